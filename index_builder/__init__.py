@@ -1,0 +1,1 @@
+"""Offline half: turn factor matrices into verified, versioned Annoy publications."""

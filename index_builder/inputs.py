@@ -1,0 +1,116 @@
+"""Load and validate factor matrices. No pickle: ids are stored as fixed-width unicode arrays."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+from schemas.errors import InvalidInput
+
+REQUIRED_ARRAYS = ("item_factors", "user_factors", "item_ids", "user_ids")
+
+
+@dataclass(frozen=True)
+class Factors:
+    """Matrix factorization output: row i of item_factors is the item item_ids[i]."""
+
+    item_factors: npt.NDArray[np.float32]
+    user_factors: npt.NDArray[np.float32]
+    item_ids: npt.NDArray[np.str_]
+    user_ids: npt.NDArray[np.str_]
+
+    @property
+    def dim(self) -> int:
+        return int(self.item_factors.shape[1])
+
+    def checksum(self) -> str:
+        """sha256 of the arrays' bytes, so a manifest names exactly what it was built from."""
+        h = hashlib.sha256()
+        for arr in (self.item_factors, self.user_factors, self.item_ids, self.user_ids):
+            h.update(str(arr.shape).encode())
+            h.update(np.ascontiguousarray(arr).tobytes())
+        return h.hexdigest()
+
+
+def make_factors(
+    item_factors: npt.ArrayLike,
+    user_factors: npt.ArrayLike,
+    item_ids: npt.ArrayLike | None = None,
+    user_ids: npt.ArrayLike | None = None,
+) -> Factors:
+    """Validate and normalize: float32 matrices of equal K, finite rows, unique string ids."""
+    items = _matrix("item_factors", item_factors)
+    users = _matrix("user_factors", user_factors, allow_empty=True)
+    if users.shape[0] and users.shape[1] != items.shape[1]:
+        raise InvalidInput(
+            f"user_factors has K={users.shape[1]} but item_factors has K={items.shape[1]}"
+        )
+    iids = _ids("item_ids", item_ids, items.shape[0])
+    uids = _ids("user_ids", user_ids, users.shape[0])
+    return Factors(items, users.reshape(users.shape[0], items.shape[1]), iids, uids)
+
+
+def load_factors(path: Path) -> Factors:
+    """Read a .npz holding item_factors, user_factors, item_ids, user_ids (ids optional)."""
+    if not path.is_file():
+        raise InvalidInput(f"factor file {path} does not exist")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {name: npz[name] for name in npz.files}
+    except ValueError as exc:  # object arrays need pickle, which we never allow
+        raise InvalidInput(f"{path}: cannot read without pickle ({exc})") from exc
+    if "item_factors" not in arrays:
+        raise InvalidInput(f"{path} has no 'item_factors' array (found: {sorted(arrays)})")
+    return make_factors(
+        arrays["item_factors"],
+        arrays.get("user_factors", np.empty((0, arrays["item_factors"].shape[-1]))),
+        arrays.get("item_ids"),
+        arrays.get("user_ids"),
+    )
+
+
+def save_factors(path: Path, factors: Factors) -> None:
+    np.savez(
+        path,
+        item_factors=factors.item_factors,
+        user_factors=factors.user_factors,
+        item_ids=factors.item_ids,
+        user_ids=factors.user_ids,
+    )
+
+
+def _matrix(name: str, value: npt.ArrayLike, allow_empty: bool = False) -> npt.NDArray[np.float32]:
+    arr = np.asarray(value)
+    if arr.ndim != 2:
+        raise InvalidInput(f"{name} must be a 2-d matrix, got shape {arr.shape}")
+    if arr.shape[0] == 0 and not allow_empty:
+        raise InvalidInput(f"{name} has no rows")
+    if not np.issubdtype(arr.dtype, np.number):
+        raise InvalidInput(f"{name} must be numeric, got dtype {arr.dtype}")
+    out = np.ascontiguousarray(arr, dtype=np.float32)
+    bad = np.flatnonzero(~np.isfinite(out).all(axis=1))
+    if len(bad):
+        raise InvalidInput(f"{name} row {bad[0]} has a NaN or infinite value ({len(bad)} rows)")
+    return out
+
+
+def _ids(name: str, value: npt.ArrayLike | None, n: int) -> npt.NDArray[np.str_]:
+    if value is None:
+        return np.arange(n).astype(str)
+    ids = np.asarray(value)
+    if ids.ndim != 1 or ids.shape[0] != n:
+        raise InvalidInput(f"{name} must hold {n} ids, one per factor row; got shape {ids.shape}")
+    ids = ids.astype(str)
+    empty = np.flatnonzero(np.char.str_len(ids) == 0)
+    if len(empty):
+        raise InvalidInput(f"{name} row {empty[0]} is an empty id")
+    uniq, counts = np.unique(ids, return_counts=True)
+    if (counts > 1).any():
+        dup = uniq[counts > 1][0]
+        rows = np.flatnonzero(ids == dup)[:3].tolist()
+        raise InvalidInput(f"{name} has duplicate id {dup!r} at rows {rows}")
+    return ids

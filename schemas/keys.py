@@ -1,0 +1,38 @@
+"""Names in one place: environment variables, topic names, Redis keys and their TTLs.
+
+Anyone with a Kafka client (kcat) or redis-cli can use annrec from these names alone; the README
+documents the same layout.
+"""
+
+from __future__ import annotations
+
+ENV_PREFIX = "ANNREC_"
+ENV_KAFKA_BOOTSTRAP = "ANNREC_KAFKA_BOOTSTRAP"
+ENV_REDIS_URL = "ANNREC_REDIS_URL"
+
+TOPIC_REQUESTS = "annrec.requests"
+TOPIC_REPLIES = "annrec.replies"
+TOPIC_DEAD_LETTERS = "annrec.dead-letters"
+TOPIC_INDEX_VERSIONS = "annrec.index-versions"
+
+REQUEST_PARTITIONS = 4
+CONSUMER_GROUP = "annrec-workers"
+
+REDIS_PREFIX = "annrec"
+# A caller that knows its request_id reads the reply here (e.g. a frontend that fired and forgot).
+REPLY_TTL_S = 3600
+# The latest answer for a subject (a user or an item), for frontends that read recommendations
+# without waiting on Kafka. Longer-lived: it is the serving cache.
+RESULT_TTL_S = 24 * 3600
+
+
+def reply_key(request_id: str) -> str:
+    return f"{REDIS_PREFIX}:reply:{request_id}"
+
+
+def result_key(kind: str, subject_id: str) -> str:
+    return f"{REDIS_PREFIX}:result:{kind}:{subject_id}"
+
+
+# Key of every announcement on the compacted index-versions topic: compaction keeps the newest.
+ANNOUNCE_KEY = "items"

@@ -1,0 +1,34 @@
+"""Settings both sides read: where Kafka, Redis and the index storage are, and the topic names.
+
+Every field is an environment variable `ANNREC_<FIELD>` (e.g. ANNREC_KAFKA_BOOTSTRAP); CLI flags
+override them. `kafka_config` passes librdkafka properties through verbatim (SASL/SSL etc.) as JSON.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from schemas import keys
+
+
+class CommonSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix=keys.ENV_PREFIX, extra="ignore")
+
+    kafka_bootstrap: str | None = Field(
+        None, description="host:port list; unset = the local stack from `annrec stack up`"
+    )
+    kafka_config: dict[str, str] = Field(
+        default_factory=dict, description="extra librdkafka properties, JSON"
+    )
+    redis_url: SecretStr | None = Field(None, description="redis://...; unset = the local stack")
+    storage: Path = Field(Path("annrec-data"), description="index storage root")
+    stack_dir: Path = Field(
+        Path.home() / ".cache" / "annrec" / "stack", description="state of `annrec stack`"
+    )
+    topic_requests: str = keys.TOPIC_REQUESTS
+    topic_replies: str = keys.TOPIC_REPLIES
+    topic_dead_letters: str = keys.TOPIC_DEAD_LETTERS
+    topic_index_versions: str = keys.TOPIC_INDEX_VERSIONS

@@ -1,0 +1,57 @@
+"""The topic layout (names, partitions, retention) and the one function that creates it.
+
+The layout is part of the contract: request partitions bound how many workers can share the load,
+and the index-versions topic is compacted so a new worker finds the latest announcement.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from schemas import keys
+from schemas.errors import AnnrecError
+from schemas.settings import CommonSettings
+
+_WEEK_MS = str(7 * 24 * 3600 * 1000)
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    name: str
+    partitions: int
+    config: dict[str, str] = field(default_factory=dict)
+
+
+def topic_specs(settings: CommonSettings) -> list[TopicSpec]:
+    return [
+        TopicSpec(settings.topic_requests, keys.REQUEST_PARTITIONS),
+        TopicSpec(settings.topic_replies, keys.REQUEST_PARTITIONS),
+        TopicSpec(settings.topic_dead_letters, 1, {"retention.ms": str(2 * int(_WEEK_MS))}),
+        TopicSpec(settings.topic_index_versions, 1, {"cleanup.policy": "compact"}),
+    ]
+
+
+def ensure_topics(
+    kafka_conf: dict[str, str], specs: list[TopicSpec], timeout_s: float = 30
+) -> None:
+    """Create the topics that do not exist yet; existing ones are left as they are."""
+    admin = AdminClient(kafka_conf)
+    existing = admin.list_topics(timeout=timeout_s).topics
+    missing = [
+        NewTopic(s.name, num_partitions=s.partitions, config=s.config)
+        for s in specs
+        if s.name not in existing
+    ]
+    if not missing:
+        return
+    for name, future in admin.create_topics(missing, operation_timeout=timeout_s).items():
+        try:
+            future.result(timeout=timeout_s)
+        except KafkaException as exc:
+            err = exc.args[0]
+            if isinstance(err, KafkaError) and err.code() == KafkaError.TOPIC_ALREADY_EXISTS:
+                continue  # another worker created it first
+            raise AnnrecError(f"cannot create topic {name}: {err}") from exc

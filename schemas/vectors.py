@@ -1,0 +1,79 @@
+"""Pure numpy: the MIPS transform, exact top-k and recall. No I/O, no Annoy.
+
+The builder uses these to make and check indexes; the worker uses them to rerank candidates, so
+both sides compute "the exact answer" the same way.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+
+FloatArray = npt.NDArray[np.float32]
+IntArray = npt.NDArray[np.int64]
+
+
+def augment_items(items: npt.ArrayLike) -> tuple[FloatArray, float]:
+    """Bachrach et al. 2014: append sqrt(M^2 - ||x||^2), M the largest item norm.
+
+    Every augmented item then has norm M, so for a query augmented with 0 the Euclidean (and
+    angular) nearest neighbour is the item with the largest inner product. Returns the augmented
+    matrix (n, K+1) and M.
+    """
+    x = np.asarray(items, dtype=np.float32)
+    if x.ndim != 2:
+        raise ValueError(f"items must be a 2-d matrix, got shape {x.shape}")
+    sq_norms = np.einsum("ij,ij->i", x, x, dtype=np.float64)
+    max_norm = float(np.sqrt(sq_norms.max())) if len(x) else 0.0
+    # Clip: rounding can make M^2 - ||x||^2 slightly negative for the longest items.
+    extra = np.sqrt(np.clip(max_norm**2 - sq_norms, 0.0, None)).astype(np.float32)
+    return np.hstack([x, extra[:, None]]), max_norm
+
+
+def augment_query(query: npt.ArrayLike) -> FloatArray:
+    """The query side of the transform: append 0, so ||q'|| = ||q|| and q'.x' = q.x."""
+    q = np.asarray(query, dtype=np.float32)
+    return np.append(q, np.float32(0.0))
+
+
+def top_k(scores: npt.ArrayLike, k: int) -> IntArray:
+    """Indices of the k largest scores, best first (ties broken by the lower index)."""
+    s = np.asarray(scores)
+    k = min(k, s.shape[0])
+    if k <= 0:
+        return np.empty(0, dtype=np.int64)
+    part = np.argpartition(-s, k - 1)[:k] if k < s.shape[0] else np.arange(s.shape[0])
+    order = np.lexsort((part, -s[part]))
+    return part[order].astype(np.int64)
+
+
+def cosine_scores(items: FloatArray, item_norms: FloatArray, query: FloatArray) -> FloatArray:
+    """Cosine of each item with the query; a zero vector scores 0 instead of NaN."""
+    denom = item_norms * np.float32(np.linalg.norm(query))
+    dots = items @ query
+    safe = np.where(denom > 0, denom, np.float32(1.0))
+    return np.where(denom > 0, dots / safe, np.float32(0.0)).astype(np.float32)
+
+
+def exact_inner_product_top_k(items: FloatArray, query: FloatArray, k: int) -> IntArray:
+    """Brute force maximum inner-product search: the ground truth for user -> items."""
+    return top_k(items @ query, k)
+
+
+def exact_cosine_top_k(
+    items: FloatArray, item_norms: FloatArray, query: FloatArray, k: int, exclude: int | None = None
+) -> IntArray:
+    """Brute force cosine neighbours: the ground truth for item -> items."""
+    scores = cosine_scores(items, item_norms, query)
+    if exclude is not None:
+        scores[exclude] = -np.inf
+        k = min(k, len(scores) - 1)
+    return top_k(scores, k)
+
+
+def recall_at_k(found: npt.ArrayLike, truth: npt.ArrayLike) -> float:
+    """|found ∩ truth| / |truth|: the fraction of the exact top-k that the index returned."""
+    t = set(np.asarray(truth).tolist())
+    if not t:
+        return 1.0
+    return len(t.intersection(np.asarray(found).tolist())) / len(t)

@@ -1,0 +1,161 @@
+"""The `annrec` command: stack, synth, build, worker, request, demo.
+
+Every failure annrec understands exits 1 with one line on stderr: `annrec: error: <reason>`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from index_builder import cli as builder_cli
+from schemas.errors import AnnrecError
+from schemas.events import RecommendRequest, Reply, SimilarItemsRequest
+from schemas.settings import CommonSettings
+from worker import services
+from worker.app import Worker
+from worker.client import new_request_id, request_once
+from worker.logs import configure_logging
+from worker.settings import WorkerSettings
+from worker.stack import LocalStack
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="annrec", description=__doc__)
+    parser.add_argument("--log-level", default="INFO")
+    parser.add_argument("--log-json", action="store_true", help="JSON lines instead of key=value")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    stack = sub.add_parser("stack", help="local Kafka (KRaft) + redis-server, no Docker")
+    stack.add_argument("action", choices=["up", "down", "status"])
+    stack.add_argument("--state-dir", type=Path, help="default ANNREC_STACK_DIR")
+
+    builder_cli.register(sub)
+
+    worker = sub.add_parser("worker", help="serve requests from Kafka")
+    worker.add_argument("--storage", type=Path)
+    worker.add_argument("--group-id")
+    worker.add_argument("--batch-size", type=int)
+
+    request = sub.add_parser("request", help="send one request through Kafka, print the reply")
+    request.add_argument("kind", choices=["similar-items", "recommend"])
+    request.add_argument("--item-id")
+    request.add_argument("--user-id")
+    request.add_argument("-k", type=int, default=10)
+    request.add_argument("--timeout", type=float, default=30.0)
+    request.add_argument("--json", action="store_true", help="print the reply event as JSON")
+
+    demo = sub.add_parser("demo", help="stack up, build a synthetic index, serve, ask, print")
+    demo.add_argument("--keep", action="store_true", help="leave the stack running afterwards")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    configure_logging(args.log_level, args.log_json)
+    try:
+        return _dispatch(args)
+    except AnnrecError as exc:
+        print(f"annrec: error: {exc}", file=sys.stderr)
+        return 1
+    except ValidationError as exc:  # a bad ANNREC_* variable or flag value
+        first = exc.errors()[0]
+        print(f"annrec: error: setting {first['loc'][0]}: {first['msg']}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "stack":
+        return _stack(args)
+    if args.command == "synth":
+        builder_cli.run_synth(args)
+        return 0
+    if args.command == "build":
+        settings = builder_cli.builder_settings(args)
+        conf = None if args.no_announce else services.kafka_conf(settings)
+        manifest = builder_cli.run_build(args, settings, conf)
+        print(manifest.version)
+        return 0
+    if args.command == "worker":
+        return _worker(args)
+    if args.command == "request":
+        return _request(args)
+    if args.command == "demo":
+        from worker.demo import run_demo  # the demo pulls in the builder; keep it off other paths
+
+        return run_demo(keep=args.keep)
+    raise AssertionError(args.command)
+
+
+def _stack(args: argparse.Namespace) -> int:
+    settings = CommonSettings()
+    stack = LocalStack(args.state_dir or settings.stack_dir)
+    if args.action == "up":
+        print(stack.up().exports(), end="")
+    elif args.action == "down":
+        print("stopped" if stack.down() else "not running")
+    else:
+        info = stack.running()
+        if info is None:
+            print("not running")
+            return 3
+        print(info.exports(), end="")
+    return 0
+
+
+def _worker(args: argparse.Namespace) -> int:
+    overrides = {"storage": args.storage, "group_id": args.group_id, "batch_size": args.batch_size}
+    settings = WorkerSettings(**{k: v for k, v in overrides.items() if v is not None})
+    worker = Worker(settings, services.kafka_conf(settings), services.redis_url(settings))
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())  # finish the batch, commit, close
+    worker.run(stop)
+    return 0
+
+
+def _request(args: argparse.Namespace) -> int:
+    settings = CommonSettings()
+    request: SimilarItemsRequest | RecommendRequest
+    if args.kind == "similar-items":
+        if not args.item_id:
+            raise AnnrecError("similar-items needs --item-id")
+        request = SimilarItemsRequest(request_id=new_request_id(), item_id=args.item_id, k=args.k)
+    else:
+        if not args.user_id:
+            raise AnnrecError("recommend needs --user-id")
+        request = RecommendRequest(request_id=new_request_id(), user_id=args.user_id, k=args.k)
+    reply = request_once(
+        services.kafka_conf(settings),
+        settings.topic_requests,
+        settings.topic_replies,
+        request,
+        args.timeout,
+    )
+    print(reply.model_dump_json(indent=2) if args.json else format_reply(reply))
+    return 0 if reply.status == "ok" else 1
+
+
+def format_reply(reply: Reply) -> str:
+    if reply.status != "ok":
+        return f"{reply.request_id}: {reply.status}: {reply.error}"
+    head = (
+        f"{reply.kind} for {reply.subject_id}  (index {reply.index_version}, "
+        f"worker {reply.worker_id})"
+    )
+    rows = [
+        f"{i:>4}  {item.item_id:<16} {item.score:>10.4f}" for i, item in enumerate(reply.items, 1)
+    ]
+    return "\n".join([head, f"{'rank':>4}  {'item_id':<16} {'score':>10}", *rows])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

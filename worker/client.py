@@ -1,0 +1,88 @@
+"""Send one request through Kafka and wait for its reply (what `annrec request` does).
+
+The reply consumer is positioned at the end of every reply partition *before* the request is
+produced, so the reply cannot be missed, and it uses no consumer group (nothing to commit).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+from confluent_kafka import OFFSET_END, Consumer, Producer, TopicPartition
+
+from schemas.errors import AnnrecError
+from schemas.events import RecommendRequest, Reply, SimilarItemsRequest
+
+
+def new_request_id() -> str:
+    return uuid.uuid4().hex
+
+
+class ReplyWaiter:
+    """Reads the reply topic from 'now' on and hands out replies by request_id."""
+
+    def __init__(self, kafka_conf: dict[str, str], replies_topic: str) -> None:
+        self._consumer = Consumer(
+            {
+                **kafka_conf,
+                "group.id": f"annrec-client-{uuid.uuid4().hex}",  # required by librdkafka, unused
+                "enable.auto.commit": False,
+            }
+        )
+        meta = self._consumer.list_topics(replies_topic, timeout=10).topics[replies_topic]
+        if meta.error is not None:
+            raise AnnrecError(f"reply topic {replies_topic}: {meta.error}")
+        ends = []
+        for p in meta.partitions:
+            _low, high = self._consumer.get_watermark_offsets(
+                TopicPartition(replies_topic, p), timeout=10
+            )
+            ends.append(TopicPartition(replies_topic, p, high if high >= 0 else OFFSET_END))
+        self._consumer.assign(ends)
+        self._seen: dict[str, Reply] = {}
+
+    def wait(self, request_ids: set[str], timeout_s: float) -> dict[str, Reply]:
+        """Replies for the given ids (the first one seen of each); stops at the timeout."""
+        deadline = time.monotonic() + timeout_s
+        while not request_ids <= self._seen.keys() and time.monotonic() < deadline:
+            msg = self._consumer.poll(0.2)
+            if msg is None or msg.error() is not None:
+                continue
+            reply = Reply.model_validate_json(msg.value())
+            self._seen.setdefault(reply.request_id, reply)
+        return {rid: self._seen[rid] for rid in request_ids if rid in self._seen}
+
+    def close(self) -> None:
+        self._consumer.close()
+
+
+def send_requests(
+    kafka_conf: dict[str, str], topic: str, requests: list[SimilarItemsRequest | RecommendRequest]
+) -> None:
+    producer = Producer({**kafka_conf, "enable.idempotence": True})
+    for req in requests:
+        # Keyed by subject: one user's requests stay on one partition, in order.
+        producer.produce(topic, key=req.subject_id.encode(), value=req.model_dump_json().encode())
+    if producer.flush(30) > 0:
+        raise AnnrecError("requests not delivered to Kafka within 30 s")
+
+
+def request_once(
+    kafka_conf: dict[str, str],
+    requests_topic: str,
+    replies_topic: str,
+    request: SimilarItemsRequest | RecommendRequest,
+    timeout_s: float = 30.0,
+) -> Reply:
+    waiter = ReplyWaiter(kafka_conf, replies_topic)
+    try:
+        send_requests(kafka_conf, requests_topic, [request])
+        replies = waiter.wait({request.request_id}, timeout_s)
+    finally:
+        waiter.close()
+    if request.request_id not in replies:
+        raise AnnrecError(
+            f"no reply to {request.request_id} within {timeout_s:.0f}s: is a worker running?"
+        )
+    return replies[request.request_id]

@@ -1,0 +1,135 @@
+"""`annrec demo`: the whole path on a local stack, printed.
+
+Starts Kafka and Redis (unless ANNREC_KAFKA_BOOTSTRAP / ANNREC_REDIS_URL point elsewhere), builds
+and publishes a synthetic version, starts a real `annrec worker` process, sends requests through
+Kafka, prints the replies and reads the same results back from Redis.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import redis
+
+from index_builder.announce import announce_version
+from index_builder.publish import publish_version
+from index_builder.synth import synth_factors
+from schemas import keys
+from schemas.errors import AnnrecError
+from schemas.events import RecommendRequest, Reply, SimilarItemsRequest
+from schemas.settings import CommonSettings
+from schemas.topics import ensure_topics, topic_specs
+from worker import services
+from worker.client import ReplyWaiter, new_request_id, send_requests
+from worker.stack import LocalStack
+
+
+def run_demo(keep: bool = False) -> int:
+    settings = CommonSettings()
+    stack = LocalStack(settings.stack_dir)
+    started_stack = False
+    if settings.kafka_bootstrap is None or settings.redis_url is None:
+        started_stack = stack.running() is None
+        _say(
+            f"starting local Kafka + Redis in {stack.state_dir}"
+            if started_stack
+            else "using the running local stack"
+        )
+        stack.up()
+    kafka = services.kafka_conf(settings)
+    redis_url = services.redis_url(settings)
+    ensure_topics(kafka, topic_specs(settings))
+
+    storage = Path(tempfile.mkdtemp(prefix="annrec-demo-"))
+    _say(f"building a synthetic index (20,000 items, 2,000 users, K=32) into {storage}")
+    manifest = publish_version(
+        synth_factors(20_000, 2_000, 32, seed=7),
+        storage,
+        n_trees=20,
+        source="demo synth",
+        announce=lambda m: announce_version(kafka, settings.topic_index_versions, m),
+    )
+
+    env = {
+        **os.environ,
+        "ANNREC_STORAGE": str(storage),
+        "ANNREC_KAFKA_BOOTSTRAP": kafka["bootstrap.servers"],
+        "ANNREC_REDIS_URL": redis_url,
+    }
+    log_path = storage / "worker.log"
+    _say(f"starting a worker (log: {log_path})")
+    with log_path.open("wb") as log:
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "worker.cli", "worker"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        replies = _ask(kafka, settings, worker)
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        worker.wait(timeout=60)
+        if started_stack and not keep:
+            stack.down()
+    _show(
+        replies,
+        redis.Redis.from_url(redis_url) if (keep or not started_stack) else None,
+        manifest.version,
+    )
+    if started_stack and keep:
+        _say("stack left running: `annrec stack down` stops it")
+    return 0
+
+
+def _ask(
+    kafka: dict[str, str], settings: CommonSettings, worker: subprocess.Popen[bytes]
+) -> list[tuple[Reply, dict[str, object] | None]]:
+    requests: list[SimilarItemsRequest | RecommendRequest] = [
+        RecommendRequest(request_id=new_request_id(), user_id="u0", k=5),
+        RecommendRequest(request_id=new_request_id(), user_id="u1", k=5),
+        SimilarItemsRequest(request_id=new_request_id(), item_id="i0", k=5),
+    ]
+    waiter = ReplyWaiter(kafka, settings.topic_replies)
+    try:
+        send_requests(kafka, settings.topic_requests, requests)
+        _say(f"sent {len(requests)} requests to {settings.topic_requests}; waiting for replies")
+        got = waiter.wait({r.request_id for r in requests}, timeout_s=90)
+    finally:
+        waiter.close()
+    if len(got) < len(requests):
+        state = "exited" if worker.poll() is not None else "running"
+        raise AnnrecError(f"only {len(got)}/{len(requests)} replies within 90 s (worker {state})")
+    r = redis.Redis.from_url(services.redis_url(settings))
+    out = []
+    for req in requests:
+        stored = r.get(keys.reply_key(req.request_id))
+        out.append(
+            (
+                got[req.request_id],
+                Reply.model_validate_json(stored).model_dump() if stored else None,
+            )
+        )
+    return out
+
+
+def _show(replies: list[tuple[Reply, dict[str, object] | None]], _r: object, version: str) -> None:
+    from worker.cli import format_reply
+
+    print(f"\nannrec demo: index version {version}\n")
+    for reply, stored in replies:
+        print(format_reply(reply))
+        same = stored is not None and stored["items"] == reply.model_dump()["items"]
+        print(
+            f"  redis {keys.reply_key(reply.request_id)}: "
+            f"{'same items as the Kafka reply' if same else 'MISSING'}\n"
+        )
+
+
+def _say(message: str) -> None:
+    print(f"annrec demo: {message}", file=sys.stderr, flush=True)

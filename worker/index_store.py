@@ -1,0 +1,175 @@
+"""Load and verify index versions off the request path; swap them in between batches.
+
+A watcher thread follows `<storage>/LATEST`. A new version is loaded and verified completely
+(manifest, file sizes, sha256, Annoy dims and counts) before it is offered; the serving loop picks
+it up with `current()` between two batches, so no batch mixes versions and no request waits for a
+load. A version that fails verification is refused, logged once, and the previous one keeps serving.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import structlog
+from annoy import AnnoyIndex
+from pydantic import ValidationError
+
+from schemas import manifest as mf
+from schemas.errors import AnnrecError, IndexRejected
+from schemas.layout import read_latest, version_dir
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class LoadedVersion:
+    """Everything one version needs to answer requests; read-only once built."""
+
+    manifest: mf.Manifest
+    angular: AnnoyIndex
+    mips: AnnoyIndex
+    item_factors: npt.NDArray[np.float32]  # mmapped
+    item_norms: npt.NDArray[np.float32]
+    user_factors: npt.NDArray[np.float32]  # mmapped
+    item_ids: npt.NDArray[np.str_]
+    item_rows: dict[str, int]
+    user_rows: dict[str, int]
+
+    @property
+    def version(self) -> str:
+        return self.manifest.version
+
+    def close(self) -> None:
+        self.angular.unload()
+        self.mips.unload()
+
+
+def load_version(storage: Path, version: str, *, checksums: bool = True) -> LoadedVersion:
+    """Load a version and check it against its manifest; IndexRejected says what is wrong."""
+    directory = version_dir(storage, version)
+    try:
+        manifest = mf.Manifest.model_validate_json((directory / mf.MANIFEST_NAME).read_bytes())
+    except FileNotFoundError as exc:
+        raise IndexRejected(f"{version}: no {mf.MANIFEST_NAME}") from exc
+    except ValidationError as exc:
+        raise IndexRejected(f"{version}: invalid manifest ({exc.error_count()} errors)") from exc
+    if manifest.version != version:
+        raise IndexRejected(f"{version}: manifest names version {manifest.version}")
+    mf.check_files(directory, manifest, checksums=checksums)
+
+    item_factors = _load_matrix(directory / mf.ITEM_FACTORS_FILE, manifest.n_items, manifest.dim)
+    user_factors = _load_matrix(directory / mf.USER_FACTORS_FILE, manifest.n_users, manifest.dim)
+    item_ids = np.load(directory / mf.ITEM_IDS_FILE, allow_pickle=False)
+    user_ids = np.load(directory / mf.USER_IDS_FILE, allow_pickle=False)
+    if item_ids.shape != (manifest.n_items,) or user_ids.shape != (manifest.n_users,):
+        raise IndexRejected(f"{version}: id arrays do not match the manifest's counts")
+    angular = _load_annoy(directory, manifest.angular_index, manifest.n_items)
+    mips = _load_annoy(directory, manifest.mips_index, manifest.n_items)
+    return LoadedVersion(
+        manifest=manifest,
+        angular=angular,
+        mips=mips,
+        item_factors=item_factors,
+        item_norms=np.linalg.norm(item_factors, axis=1).astype(np.float32),
+        user_factors=user_factors,
+        item_ids=item_ids,
+        item_rows={str(x): i for i, x in enumerate(item_ids.tolist())},
+        user_rows={str(x): i for i, x in enumerate(user_ids.tolist())},
+    )
+
+
+def _load_matrix(path: Path, rows: int, dim: int) -> npt.NDArray[np.float32]:
+    arr = np.load(path, mmap_mode="r", allow_pickle=False)
+    if arr.dtype != np.float32 or arr.shape != (rows, dim):
+        raise IndexRejected(
+            f"{path.name}: {arr.dtype} {arr.shape}, expected float32 ({rows}, {dim})"
+        )
+    return arr
+
+
+def _load_annoy(directory: Path, spec: mf.AnnoySpec, n_items: int) -> AnnoyIndex:
+    index = AnnoyIndex(spec.dim, spec.metric)
+    try:
+        index.load(str(directory / spec.file))
+    except OSError as exc:
+        raise IndexRejected(f"{spec.file}: annoy cannot load it ({exc})") from exc
+    if index.get_n_items() != n_items:
+        index.unload()
+        # A wrong dimension shows here too: Annoy derives the item count from the file size.
+        raise IndexRejected(f"{spec.file}: {index.get_n_items()} items, manifest says {n_items}")
+    return index
+
+
+class IndexStore:
+    """Holds the serving version; a background thread prepares the next one."""
+
+    def __init__(
+        self, storage: Path, *, poll_interval_s: float = 2.0, checksums: bool = True
+    ) -> None:
+        self._storage = storage
+        self._poll_interval_s = poll_interval_s
+        self._checksums = checksums
+        self._lock = threading.Lock()
+        self._active: LoadedVersion | None = None
+        self._pending: LoadedVersion | None = None
+        self._refused: set[str] = set()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="index-watcher", daemon=True)
+
+    def start(self) -> None:
+        self.check_latest()
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=10)
+        with self._lock:
+            for v in (self._active, self._pending):
+                if v is not None:
+                    v.close()
+            self._active = self._pending = None
+
+    def current(self) -> LoadedVersion | None:
+        """The version to serve the next batch with; call between batches only (it may swap)."""
+        with self._lock:
+            if self._pending is None:
+                return self._active
+            old, self._active, self._pending = self._active, self._pending, None
+        log.info(
+            "index_swapped", version=self._active.version, previous=old.version if old else None
+        )
+        if old is not None:
+            old.close()  # only the serving thread queries versions, and it is here, not querying
+        return self._active
+
+    def check_latest(self) -> None:
+        """Load the version LATEST names if it is new; refuse it (once) if it is bad."""
+        try:
+            latest = read_latest(self._storage)
+        except AnnrecError as exc:
+            log.warning("latest_unreadable", reason=str(exc))
+            return
+        with self._lock:
+            known = {v.version for v in (self._active, self._pending) if v is not None}
+        if latest is None or latest in known or latest in self._refused:
+            return
+        try:
+            loaded = load_version(self._storage, latest, checksums=self._checksums)
+        except (AnnrecError, OSError, ValueError) as exc:
+            self._refused.add(latest)
+            log.error("index_refused", version=latest, reason=str(exc))
+            return
+        log.info("index_loaded", version=latest, n_items=loaded.manifest.n_items)
+        with self._lock:
+            stale, self._pending = self._pending, loaded
+        if stale is not None:
+            stale.close()
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self._poll_interval_s):
+            self.check_latest()
