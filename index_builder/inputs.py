@@ -105,6 +105,7 @@ def _ids(name: str, value: npt.ArrayLike | None, n: int) -> npt.NDArray[np.str_]
     if ids.ndim != 1 or ids.shape[0] != n:
         raise InvalidInput(f"{name} must hold {n} ids, one per factor row; got shape {ids.shape}")
     ids = ids.astype(str)
+    ids = ids.astype(f"U{max(1, int(np.char.str_len(ids).max(initial=1)))}")  # no padding bytes
     empty = np.flatnonzero(np.char.str_len(ids) == 0)
     if len(empty):
         raise InvalidInput(f"{name} row {empty[0]} is an empty id")

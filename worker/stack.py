@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -76,11 +77,28 @@ log.cleaner.dedupe.buffer.size=8388608
 
 
 @dataclass(frozen=True)
+class Spawned:
+    """A process we started: the pid and its start time (clock ticks since boot) name it."""
+
+    pid: int
+    started: int
+
+    def alive(self) -> bool:
+        """Alive (not a zombie) and the very process we spawned: same pid *and* start time.
+
+        The command line cannot tell (redis-server rewrites its process title), and a pid alone
+        may have been reused since `up`.
+        """
+        stat = _proc_stat(self.pid)
+        return stat is not None and stat[0] != "Z" and int(stat[19]) == self.started
+
+
+@dataclass(frozen=True)
 class StackInfo:
     kafka_bootstrap: str
     redis_url: str
-    kafka_pid: int
-    redis_pid: int
+    kafka: Spawned
+    redis: Spawned
 
     def exports(self) -> str:
         return (
@@ -160,14 +178,20 @@ class LocalStack:
 
     def read_state(self) -> StackInfo | None:
         try:
-            return StackInfo(**json.loads(self.state_path.read_text()))
-        except (FileNotFoundError, ValueError, TypeError):
+            doc = json.loads(self.state_path.read_text())
+            return StackInfo(
+                kafka_bootstrap=doc["kafka_bootstrap"],
+                redis_url=doc["redis_url"],
+                kafka=Spawned(**doc["kafka"]),
+                redis=Spawned(**doc["redis"]),
+            )
+        except (FileNotFoundError, ValueError, TypeError, KeyError):
             return None
 
     def running(self) -> StackInfo | None:
         """The recorded stack, if both of its processes are still ours and alive."""
         info = self.read_state()
-        if info and self._owns(info.kafka_pid) and self._owns(info.redis_pid):
+        if info and info.kafka.alive() and info.redis.alive():
             return info
         return None
 
@@ -179,19 +203,23 @@ class LocalStack:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         (self.state_dir / "logs").mkdir(exist_ok=True)
         redis_port, kafka_port, controller_port = _free_ports(3)
-        redis_pid = self._start_redis(redis_port)
-        kafka_pid = self._start_kafka(kafka_port, controller_port)
+        redis_proc = self._start_redis(redis_port)
+        # Recorded at once, so `down` can stop redis even if Kafka fails to start.
+        self._write_state(
+            StackInfo("", f"redis://127.0.0.1:{redis_port}/0", Spawned(0, 0), redis_proc)
+        )
+        kafka_proc = self._start_kafka(kafka_port, controller_port)
         info = StackInfo(
             kafka_bootstrap=f"127.0.0.1:{kafka_port}",
             redis_url=f"redis://127.0.0.1:{redis_port}/0",
-            kafka_pid=kafka_pid,
-            redis_pid=redis_pid,
+            kafka=kafka_proc,
+            redis=redis_proc,
         )
-        self.state_path.write_text(json.dumps(asdict(info), indent=2))
+        self._write_state(info)
         deadline = time.monotonic() + timeout_s
         try:
-            self._wait(lambda: _redis_answers(info.redis_url), redis_pid, "redis", deadline)
-            self._wait(lambda: _kafka_answers(info.kafka_bootstrap), kafka_pid, "kafka", deadline)
+            self._wait(lambda: _redis_answers(info.redis_url), redis_proc, "redis", deadline)
+            self._wait(lambda: _kafka_answers(info.kafka_bootstrap), kafka_proc, "kafka", deadline)
         except AnnrecError:
             self.down()
             raise
@@ -202,12 +230,12 @@ class LocalStack:
         info = self.read_state()
         stopped = False
         if info is not None:
-            for pid in (info.kafka_pid, info.redis_pid):
-                stopped |= self._stop(pid)
+            for proc in (info.kafka, info.redis):
+                stopped |= _stop(proc)
             self.state_path.unlink(missing_ok=True)
         return stopped
 
-    def _start_redis(self, port: int) -> int:
+    def _start_redis(self, port: int) -> Spawned:
         data = self.state_dir / "redis"
         data.mkdir(exist_ok=True)
         cmd = [
@@ -227,7 +255,7 @@ class LocalStack:
         ]
         return self._spawn(cmd, "redis.out")
 
-    def _start_kafka(self, port: int, controller_port: int) -> int:
+    def _start_kafka(self, port: int, controller_port: int) -> Spawned:
         classpath = kafka_classpath(self.cache_dir)
         data = self.state_dir / "kafka-data"
         shutil.rmtree(data, ignore_errors=True)  # reformat each time: a fresh, empty cluster
@@ -258,7 +286,10 @@ class LocalStack:
             raise AnnrecError(f"kafka storage format failed: {fmt.stderr.strip()[-500:]}")
         return self._spawn([*java, "kafka.Kafka", str(props)], "kafka.out")
 
-    def _spawn(self, cmd: list[str], out_name: str) -> int:
+    def _write_state(self, info: StackInfo) -> None:
+        self.state_path.write_text(json.dumps(asdict(info), indent=2))
+
+    def _spawn(self, cmd: list[str], out_name: str) -> Spawned:
         with (self.state_dir / "logs" / out_name).open("ab") as out:
             proc = subprocess.Popen(
                 cmd,
@@ -267,13 +298,16 @@ class LocalStack:
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,  # outlives `annrec stack up`; stopped by `down`
             )
-        return proc.pid
+        stat = _proc_stat(proc.pid)
+        if stat is None:
+            raise AnnrecError(f"{cmd[0]} exited at once; see {self.state_dir / 'logs' / out_name}")
+        return Spawned(proc.pid, int(stat[19]))
 
-    def _wait(self, ready: object, pid: int, name: str, deadline: float) -> None:
+    def _wait(self, ready: Callable[[], bool], proc: Spawned, name: str, deadline: float) -> None:
         while time.monotonic() < deadline:
-            if not self._owns(pid):
+            if not proc.alive():
                 raise AnnrecError(f"{name} exited during start-up; {self._log_tail(name)}")
-            if ready():  # type: ignore[operator]
+            if ready():
                 return
             time.sleep(0.3)
         raise AnnrecError(f"{name} did not answer in time; {self._log_tail(name)}")
@@ -291,26 +325,25 @@ class LocalStack:
                 return f"last lines of {f}:\n" + "\n".join(tail)
         return f"no log in {logs}"
 
-    def _owns(self, pid: int) -> bool:
-        """Alive and started by this stack (its command line names our state directory)."""
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
-            stat = Path(f"/proc/{pid}/stat").read_text()
-        except OSError:
-            return False
-        zombie = stat.rsplit(")", 1)[-1].split()[0] == "Z"
-        return not zombie and str(self.state_dir).encode() in cmdline
 
-    def _stop(self, pid: int, grace_s: float = 30.0) -> bool:
-        if not self._owns(pid):
-            return False
-        os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + grace_s
-        while time.monotonic() < deadline and self._owns(pid):
-            time.sleep(0.2)
-        if self._owns(pid):
-            os.kill(pid, signal.SIGKILL)
-        return True
+def _stop(proc: Spawned, grace_s: float = 30.0) -> bool:
+    if not proc.alive():
+        return False
+    os.kill(proc.pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline and proc.alive():
+        time.sleep(0.2)
+    if proc.alive():
+        os.kill(proc.pid, signal.SIGKILL)
+    return True
+
+
+def _proc_stat(pid: int) -> list[str] | None:
+    """Fields of /proc/<pid>/stat after the command name: [0] state, [19] start time."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
 
 
 def _java() -> str:
