@@ -111,7 +111,7 @@ def _ids(name: str, value: npt.ArrayLike | None, n: int) -> npt.NDArray[np.str_]
         raise InvalidInput(f"{name} row {empty[0]} is an empty id")
     uniq, counts = np.unique(ids, return_counts=True)
     if (counts > 1).any():
-        dup = uniq[counts > 1][0]
+        dup = str(uniq[counts > 1][0])
         rows = np.flatnonzero(ids == dup)[:3].tolist()
         raise InvalidInput(f"{name} has duplicate id {dup!r} at rows {rows}")
     return ids

@@ -6,6 +6,7 @@ and the index-versions topic is compacted so a new worker finds the latest annou
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 from confluent_kafka import KafkaError, KafkaException
@@ -55,3 +56,22 @@ def ensure_topics(
             if isinstance(err, KafkaError) and err.code() == KafkaError.TOPIC_ALREADY_EXISTS:
                 continue  # another worker created it first
             raise AnnrecError(f"cannot create topic {name}: {err}") from exc
+    _wait_for_leaders(admin, [t.topic for t in missing], timeout_s)
+
+
+def _wait_for_leaders(admin: AdminClient, names: list[str], timeout_s: float) -> None:
+    # CreateTopics returns before every partition has a leader; a client that asks for offsets
+    # in that window gets NOT_LEADER_FOR_PARTITION, so wait until the metadata shows leaders.
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        topics = admin.list_topics(timeout=timeout_s).topics
+        if all(
+            n in topics
+            and topics[n].error is None
+            and topics[n].partitions
+            and all(p.leader >= 0 for p in topics[n].partitions.values())
+            for n in names
+        ):
+            return
+        time.sleep(0.1)
+    raise AnnrecError(f"topics {names} have no leaders after {timeout_s:.0f}s")

@@ -116,7 +116,7 @@ class IndexStore:
         self._lock = threading.Lock()
         self._active: LoadedVersion | None = None
         self._pending: LoadedVersion | None = None
-        self._refused: set[str] = set()
+        self.refused: dict[str, str] = {}  # version -> reason; never retried
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, name="index-watcher", daemon=True)
 
@@ -156,12 +156,12 @@ class IndexStore:
             return
         with self._lock:
             known = {v.version for v in (self._active, self._pending) if v is not None}
-        if latest is None or latest in known or latest in self._refused:
+        if latest is None or latest in known or latest in self.refused:
             return
         try:
             loaded = load_version(self._storage, latest, checksums=self._checksums)
         except (AnnrecError, OSError, ValueError) as exc:
-            self._refused.add(latest)
+            self.refused[latest] = str(exc)
             log.error("index_refused", version=latest, reason=str(exc))
             return
         log.info("index_loaded", version=latest, n_items=loaded.manifest.n_items)

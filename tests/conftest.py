@@ -1,0 +1,33 @@
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+
+import pytest
+
+from tests.services import Services, real_services
+
+
+@pytest.fixture(scope="session")
+def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
+    with real_services(tmp_path_factory.mktemp("stack")) as found:
+        print(f"\nintegration services: {found}", file=sys.stderr)
+        yield found
+
+
+@pytest.fixture
+def small_factors():
+    """A small clustered catalogue with skewed norms: 300 items, 40 users, K=8."""
+    from index_builder.synth import synth_factors
+
+    return synth_factors(n_items=300, n_users=40, dim=8, n_clusters=6, seed=3)
+
+
+@pytest.fixture
+def published(tmp_path, small_factors):
+    """(storage root, manifest) of one version of small_factors, published without Kafka."""
+    from index_builder.publish import publish_version
+
+    storage = tmp_path / "storage"
+    manifest = publish_version(small_factors, storage, n_trees=10, seed=1)
+    return storage, manifest

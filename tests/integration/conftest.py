@@ -1,0 +1,41 @@
+"""Integration fixtures: every test gets its own topics, consumer group and storage."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from schemas.topics import ensure_topics, topic_specs
+from worker.settings import WorkerSettings
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "integration" in item.nodeid.split("/"):
+            item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture
+def kafka_conf(services) -> dict[str, str]:
+    return {"bootstrap.servers": services.kafka_bootstrap}
+
+
+@pytest.fixture
+def settings(tmp_path, services, kafka_conf) -> WorkerSettings:
+    run = uuid.uuid4().hex[:8]
+    s = WorkerSettings(
+        kafka_bootstrap=services.kafka_bootstrap,
+        redis_url=services.redis_url,
+        storage=tmp_path / "storage",
+        topic_requests=f"t{run}.requests",
+        topic_replies=f"t{run}.replies",
+        topic_dead_letters=f"t{run}.dead-letters",
+        topic_index_versions=f"t{run}.index-versions",
+        group_id=f"g{run}",
+        worker_id=f"w{run}",
+        index_poll_interval_s=0.5,
+        retry_backoff_s=0.3,
+    )
+    ensure_topics(kafka_conf, topic_specs(s))
+    return s

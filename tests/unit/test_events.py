@@ -1,0 +1,32 @@
+import pytest
+from pydantic import ValidationError
+
+from schemas.events import MAX_K, RecommendRequest, SimilarItemsRequest, parse_request
+
+
+def test_requests_parse_by_kind_and_ids_may_be_numbers():
+    req = parse_request(b'{"kind": "similar_items", "request_id": "r1", "item_id": 42, "k": 3}')
+    assert isinstance(req, SimilarItemsRequest)
+    assert req.item_id == "42"
+    rec = parse_request(b'{"kind": "recommend", "request_id": "r2", "user_id": "u1"}')
+    assert isinstance(rec, RecommendRequest)
+    assert rec.k == 10
+
+
+@pytest.mark.parametrize(
+    ("raw", "fragment"),
+    [
+        (b'{"kind": "recommend", "request_id": "r", "item_id": "1"}', "user_id"),
+        (b'{"kind": "nearest", "request_id": "r", "item_id": "1"}', "kind"),
+        (b'{"kind": "recommend", "request_id": "r", "user_id": "u", "k": 0}', "k"),
+        (f'{{"kind":"recommend","request_id":"r","user_id":"u","k":{MAX_K + 1}}}'.encode(), "k"),
+        (b'{"kind": "recommend", "request_id": "r", "user_id": "u", "typo": 1}', "typo"),
+        (b'{"kind": "recommend", "request_id": "r", "user_id": true}', "user_id"),
+        (b"not json", "json"),
+        (b"\xff\xfe", "json"),
+    ],
+)
+def test_malformed_requests_are_refused_with_the_field_named(raw, fragment):
+    with pytest.raises(ValidationError) as info:
+        parse_request(raw)
+    assert fragment in str(info.value).lower()
