@@ -18,6 +18,7 @@ from index_builder import cli as builder_cli
 from schemas.errors import AnnrecError
 from schemas.events import RecommendRequest, Reply, SimilarItemsRequest
 from schemas.settings import CommonSettings
+from schemas.topics import ensure_topics, topic_specs
 from worker import services
 from worker.app import Worker
 from worker.client import new_request_id, request_once
@@ -99,7 +100,9 @@ def _stack(args: argparse.Namespace) -> int:
     settings = CommonSettings()
     stack = LocalStack(args.state_dir or settings.stack_dir)
     if args.action == "up":
-        print(stack.up().exports(), end="")
+        info = stack.up()
+        ensure_topics({"bootstrap.servers": info.kafka_bootstrap}, topic_specs(settings))
+        print(info.exports(), end="")
     elif args.action == "down":
         print("stopped" if stack.down() else "not running")
     else:
