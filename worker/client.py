@@ -9,10 +9,36 @@ from __future__ import annotations
 import time
 import uuid
 
-from confluent_kafka import OFFSET_END, Consumer, Producer, TopicPartition
+from confluent_kafka import (
+    OFFSET_END,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Producer,
+    TopicPartition,
+)
 
 from schemas.errors import AnnrecError
 from schemas.events import RecommendRequest, Reply, SimilarItemsRequest
+
+_NOT_READY = {
+    KafkaError.NOT_LEADER_FOR_PARTITION,
+    KafkaError.LEADER_NOT_AVAILABLE,
+    KafkaError.UNKNOWN_TOPIC_OR_PART,
+}
+
+
+def _high_watermark(consumer: Consumer, tp: TopicPartition, timeout_s: float = 15) -> int:
+    """The partition's end offset; a just-created topic's leader may need a moment to take over,
+    and until then the broker answers NOT_LEADER_FOR_PARTITION."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return int(consumer.get_watermark_offsets(tp, timeout=5)[1])
+        except KafkaException as exc:
+            if exc.args[0].code() not in _NOT_READY or time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
 
 
 def new_request_id() -> str:
@@ -35,9 +61,7 @@ class ReplyWaiter:
             raise AnnrecError(f"reply topic {replies_topic}: {meta.error}")
         ends = []
         for p in meta.partitions:
-            _low, high = self._consumer.get_watermark_offsets(
-                TopicPartition(replies_topic, p), timeout=10
-            )
+            high = _high_watermark(self._consumer, TopicPartition(replies_topic, p))
             ends.append(TopicPartition(replies_topic, p, high if high >= 0 else OFFSET_END))
         self._consumer.assign(ends)
         self._seen: dict[str, Reply] = {}
