@@ -9,7 +9,7 @@ import structlog
 
 from index_builder.announce import announce_version
 from index_builder.inputs import Factors, load_factors, save_factors
-from index_builder.publish import publish_version
+from index_builder.publish import BuildOptions, publish_version
 from index_builder.settings import BuilderSettings
 from index_builder.synth import synth_factors
 from schemas.manifest import Manifest
@@ -31,6 +31,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     build.add_argument("--trees", type=int, help="Annoy trees per index (ANNREC_N_TREES)")
     build.add_argument("--jobs", type=int, help="build threads, -1 = all (ANNREC_BUILD_JOBS)")
     build.add_argument("--no-announce", action="store_true", help="do not announce on Kafka")
+    build.add_argument("--target-recall", type=float, help="recall@10 search_k is tuned for")
+    build.add_argument("--min-recall", type=float, help="refuse to publish below this recall@10")
+    build.add_argument("--no-quality", action="store_true", help="skip the quality report")
 
 
 def _synth_flags(p: argparse.ArgumentParser) -> None:
@@ -51,7 +54,13 @@ def run_synth(args: argparse.Namespace) -> None:
 
 
 def builder_settings(args: argparse.Namespace) -> BuilderSettings:
-    overrides = {"storage": args.storage, "n_trees": args.trees, "build_jobs": args.jobs}
+    overrides = {
+        "storage": args.storage,
+        "n_trees": args.trees,
+        "build_jobs": args.jobs,
+        "target_recall": args.target_recall,
+        "min_recall": args.min_recall,
+    }
     return BuilderSettings(**{k: v for k, v in overrides.items() if v is not None})
 
 
@@ -68,12 +77,18 @@ def run_build(
         announce_version(kafka_conf, settings.topic_index_versions, manifest)
         log.info("version_announced", version=manifest.version, topic=settings.topic_index_versions)
 
-    return publish_version(
-        factors,
-        settings.storage,
+    options = BuildOptions(
         n_trees=settings.n_trees,
         seed=settings.seed,
         n_jobs=settings.build_jobs,
+        quality=not args.no_quality,
+        target_recall=settings.target_recall,
+        min_recall=settings.min_recall,
+    )
+    return publish_version(
+        factors,
+        settings.storage,
+        options,
         source=source,
         announce=announce if kafka_conf is not None else None,
     )

@@ -1,88 +1,121 @@
-"""publish_version(): factors -> both Annoy indexes -> manifest -> verify -> storage -> LATEST
--> announce."""
+"""publish_version(): factors -> both Annoy indexes -> verify + measure -> storage -> LATEST ->
+announce. Nothing becomes visible to workers unless every step succeeded."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 import structlog
-from annoy import AnnoyIndex
 
 from index_builder import storage
 from index_builder.build import build_annoy
 from index_builder.inputs import Factors
+from index_builder.quality import measure_quality
 from schemas import manifest as mf
 from schemas.errors import AnnrecError
 from schemas.vectors import augment_items
+from schemas.verify import check_files, check_indexes, file_entry, load_annoy
 
 log = structlog.get_logger(__name__)
 
 Announcer = Callable[[mf.Manifest], None]
 
 
+class QualityTooLow(AnnrecError):
+    """The built indexes miss too many true neighbours to be published."""
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    n_trees: int = 50
+    seed: int = 42
+    n_jobs: int = -1
+    quality: bool = True  # measure recall vs search_k and pick search_k (the report)
+    target_recall: float = 0.95
+    min_recall: float = 0.8  # below this held-out recall@10 a build is refused
+    quality_queries: int = 200
+
+
 def publish_version(
     factors: Factors,
     storage_root: Path,
+    options: BuildOptions | None = None,
     *,
-    n_trees: int = 50,
-    seed: int = 42,
-    n_jobs: int = -1,
     source: str = "memory",
+    training: dict[str, object] | None = None,
     announce: Announcer | None = None,
 ) -> mf.Manifest:
-    """Build, verify and publish one version; nothing is visible to workers unless all succeed."""
+    """Build, verify and publish one version; returns its manifest."""
+    opts = options or BuildOptions()
     version = storage.new_version_name()
     staging = storage.start_staging(storage_root, version)
+    started = time.perf_counter()
     try:
-        manifest = _write_version(factors, staging, version, n_trees, seed, n_jobs, source)
-        verify_staged(staging, manifest)
+        manifest = _build_version(factors, staging, version, opts, source, training)
         storage.commit_staging(storage_root, staging, version)
     except BaseException:
         storage.discard_staging(staging)
         raise
     storage.set_latest(storage_root, version)
-    log.info("version_published", version=version, n_items=manifest.n_items, dim=manifest.dim)
+    log.info(
+        "version_published",
+        version=version,
+        n_items=manifest.n_items,
+        dim=manifest.dim,
+        seconds=round(time.perf_counter() - started, 1),
+    )
     if announce is not None:
         announce(manifest)
     return manifest
 
 
-def _write_version(
-    factors: Factors, staging: Path, version: str, n_trees: int, seed: int, n_jobs: int, source: str
+def _build_version(
+    factors: Factors,
+    staging: Path,
+    version: str,
+    opts: BuildOptions,
+    source: str,
+    training: dict[str, object] | None,
 ) -> mf.Manifest:
     np.save(staging / mf.ITEM_FACTORS_FILE, factors.item_factors)
     np.save(staging / mf.USER_FACTORS_FILE, factors.user_factors)
     np.save(staging / mf.ITEM_IDS_FILE, factors.item_ids)
     np.save(staging / mf.USER_IDS_FILE, factors.user_ids)
 
-    angular = mf.AnnoySpec(file=mf.ANGULAR_FILE, metric="angular", dim=factors.dim, n_trees=n_trees)
+    angular = mf.AnnoySpec(
+        file=mf.ANGULAR_FILE, metric="angular", dim=factors.dim, n_trees=opts.n_trees
+    )
     build_annoy(
         factors.item_factors,
         staging / angular.file,
         metric=angular.metric,
-        n_trees=n_trees,
-        seed=seed,
-        n_jobs=n_jobs,
+        n_trees=opts.n_trees,
+        seed=opts.seed,
+        n_jobs=opts.n_jobs,
         label="angular",
     )
     augmented, max_norm = augment_items(factors.item_factors)
     # Angular on augmented vectors: every item has norm M, so the angle to [q, 0] is monotone in
     # q.x; this is the manual augmentation that works, unlike Annoy's broken `dot` (annoy #619).
-    mips = mf.AnnoySpec(file=mf.MIPS_FILE, metric="angular", dim=factors.dim + 1, n_trees=n_trees)
+    mips = mf.AnnoySpec(
+        file=mf.MIPS_FILE, metric="angular", dim=factors.dim + 1, n_trees=opts.n_trees
+    )
     build_annoy(
         augmented,
         staging / mips.file,
         metric=mips.metric,
-        n_trees=n_trees,
-        seed=seed,
-        n_jobs=n_jobs,
+        n_trees=opts.n_trees,
+        seed=opts.seed,
+        n_jobs=opts.n_jobs,
         label="mips",
     )
+    del augmented
 
-    files = {p.name: mf.file_entry(p) for p in sorted(staging.iterdir())}
     manifest = mf.Manifest(
         version=version,
         created_at=datetime.now(UTC),
@@ -92,26 +125,49 @@ def _write_version(
         angular_index=angular,
         mips_index=mips,
         mips_max_norm=max_norm,
-        files=files,
+        files={p.name: file_entry(p) for p in sorted(staging.iterdir())},
         build=mf.BuildParams(
-            n_trees=n_trees, seed=seed, source=source, source_sha256=factors.checksum()
+            n_trees=opts.n_trees, seed=opts.seed, source=source, source_sha256=factors.checksum()
         ),
+        training=training,
     )
+    # Read back what was written, as a worker will, and measure it.
+    check_files(staging, manifest)
+    angular_index, mips_index = load_annoy(staging, angular), load_annoy(staging, mips)
+    try:
+        check_indexes(manifest, angular_index, mips_index, factors.item_factors)
+        if opts.quality:
+            report = measure_quality(
+                angular_index,
+                mips_index,
+                factors,
+                n_trees=opts.n_trees,
+                target_recall=opts.target_recall,
+                n_queries=opts.quality_queries,
+                seed=opts.seed,
+            )
+            _refuse_if_poor(report, opts.min_recall)
+            manifest = manifest.model_copy(update={"quality": report})
+    finally:
+        angular_index.unload()
+        mips_index.unload()
     (staging / mf.MANIFEST_NAME).write_text(manifest.model_dump_json(indent=2))
     return manifest
 
 
-def verify_staged(directory: Path, manifest: mf.Manifest) -> None:
-    """Read the written files back as a worker would; refuse the build if any disagrees."""
-    mf.check_files(directory, manifest)
-    for spec in (manifest.angular_index, manifest.mips_index):
-        index = AnnoyIndex(spec.dim, spec.metric)
-        index.load(str(directory / spec.file))
-        try:
-            if index.get_n_items() != manifest.n_items or index.f != spec.dim:
-                raise AnnrecError(
-                    f"{spec.file}: {index.get_n_items()} items of dim {index.f}, expected "
-                    f"{manifest.n_items} of dim {spec.dim}"
-                )
-        finally:
-            index.unload()
+def _refuse_if_poor(report: mf.QualityReport, min_recall: float) -> None:
+    for kind, q in (("similar_items", report.similar_items), ("recommend", report.recommend)):
+        log.info(
+            "quality_measured",
+            kind=kind,
+            search_k=q.search_k,
+            recall=round(q.recall_at_k, 4),
+            queries_per_s=round(q.queries_per_s),
+            brute_force_queries_per_s=round(q.brute_force_queries_per_s),
+            reached_target=q.reached_target,
+        )
+        if q.recall_at_k < min_recall:
+            raise QualityTooLow(
+                f"{kind}: held-out recall@{report.k} {q.recall_at_k:.3f} at search_k "
+                f"{q.search_k} is below the minimum {min_recall} (target {report.target_recall})"
+            )

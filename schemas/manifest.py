@@ -7,15 +7,11 @@ worker refuses a version whose files do not match.
 
 from __future__ import annotations
 
-import hashlib
 import re
 from datetime import datetime
-from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
-
-from schemas.errors import IndexRejected
 
 MANIFEST_NAME = "manifest.json"
 FORMAT_VERSION = 1
@@ -53,6 +49,33 @@ class BuildParams(_Model):
     source_sha256: str
 
 
+class SearchKPoint(_Model):
+    search_k: int
+    recall_at_k: float
+    queries_per_s: float
+
+
+class IndexQuality(_Model):
+    """How well one index answers, measured on the query path the worker runs (candidates +
+    exact rerank), one query at a time on one thread, against exact brute force."""
+
+    tuning_queries: int = Field(description="queries the curve and the choice were measured on")
+    curve: list[SearchKPoint]
+    search_k: int = Field(description="the smallest search_k on the curve reaching the target")
+    reached_target: bool
+    heldout_queries: int = Field(description="other queries, measured only at search_k")
+    recall_at_k: float = Field(description="held-out recall@k at search_k")
+    queries_per_s: float = Field(description="held-out queries/s at search_k")
+    brute_force_queries_per_s: float = Field(description="single-query exact scan, same run")
+
+
+class QualityReport(_Model):
+    k: int
+    target_recall: float
+    similar_items: IndexQuality
+    recommend: IndexQuality
+
+
 class Manifest(_Model):
     format_version: int = FORMAT_VERSION
     version: str = Field(pattern=VERSION_PATTERN)
@@ -65,6 +88,10 @@ class Manifest(_Model):
     mips_max_norm: float = Field(ge=0, description="M, the largest item norm")
     files: dict[str, FileEntry]
     build: BuildParams
+    quality: QualityReport | None = Field(None, description="None: built with --no-quality")
+    training: dict[str, object] | None = Field(
+        None, description="how the factors were trained, when annrec trained them (ALS params)"
+    )
 
     @field_validator("files")
     @classmethod
@@ -82,27 +109,3 @@ ITEM_FACTORS_FILE = "item_factors.npy"
 USER_FACTORS_FILE = "user_factors.npy"
 ITEM_IDS_FILE = "item_ids.npy"
 USER_IDS_FILE = "user_ids.npy"
-
-
-def file_entry(path: Path) -> FileEntry:
-    """Size and sha256 of a file, read in 1 MiB chunks."""
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return FileEntry(size=path.stat().st_size, sha256=h.hexdigest())
-
-
-def check_files(directory: Path, manifest: Manifest, *, checksums: bool = True) -> None:
-    """Refuse a version whose files are missing, truncated or altered (IndexRejected says which)."""
-    for name, expected in manifest.files.items():
-        path = directory / name
-        if not path.is_file():
-            raise IndexRejected(f"{manifest.version}: file {name} is missing")
-        size = path.stat().st_size
-        if size != expected.size:
-            raise IndexRejected(
-                f"{manifest.version}: file {name} has {size} bytes, manifest says {expected.size}"
-            )
-        if checksums and file_entry(path).sha256 != expected.sha256:
-            raise IndexRejected(f"{manifest.version}: file {name} does not match its sha256")

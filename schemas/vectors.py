@@ -23,11 +23,20 @@ def augment_items(items: npt.ArrayLike) -> tuple[FloatArray, float]:
     x = np.asarray(items, dtype=np.float32)
     if x.ndim != 2:
         raise ValueError(f"items must be a 2-d matrix, got shape {x.shape}")
-    sq_norms = np.einsum("ij,ij->i", x, x, dtype=np.float64)
-    max_norm = float(np.sqrt(sq_norms.max())) if len(x) else 0.0
+    max_norm = float(np.sqrt(_sq_norms(x).max())) if len(x) else 0.0
+    return augment_with(x, max_norm), max_norm
+
+
+def augment_with(items: npt.ArrayLike, max_norm: float) -> FloatArray:
+    """Augment rows with a given M (the version's), e.g. to check rows of a built index."""
+    x = np.asarray(items, dtype=np.float32)
     # Clip: rounding can make M^2 - ||x||^2 slightly negative for the longest items.
-    extra = np.sqrt(np.clip(max_norm**2 - sq_norms, 0.0, None)).astype(np.float32)
-    return np.hstack([x, extra[:, None]]), max_norm
+    extra = np.sqrt(np.clip(max_norm**2 - _sq_norms(x), 0.0, None)).astype(np.float32)
+    return np.hstack([x, extra[:, None]])
+
+
+def _sq_norms(x: FloatArray) -> npt.NDArray[np.float64]:
+    return np.einsum("ij,ij->i", x, x, dtype=np.float64)
 
 
 def augment_query(query: npt.ArrayLike) -> FloatArray:

@@ -25,9 +25,15 @@ def small_factors():
 
 @pytest.fixture
 def published(tmp_path, small_factors):
-    """(storage root, manifest) of one version of small_factors, published without Kafka."""
-    from index_builder.publish import publish_version
+    """(storage root, manifest) of one version of small_factors, published without Kafka.
+
+    Without a quality report the worker uses Annoy's default search_k (n * n_trees), which on
+    300 items visits every leaf: answers are then exact and tests compare them to brute force.
+    """
+    from index_builder.publish import BuildOptions, publish_version
 
     storage = tmp_path / "storage"
-    manifest = publish_version(small_factors, storage, n_trees=10, seed=1)
+    manifest = publish_version(
+        small_factors, storage, BuildOptions(n_trees=10, seed=1, quality=False)
+    )
     return storage, manifest

@@ -12,10 +12,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-import numpy.typing as npt
 import structlog
 from pydantic import TypeAdapter, ValidationError
 
+from schemas import search
 from schemas.events import (
     DeadLetter,
     RecommendRequest,
@@ -25,14 +25,10 @@ from schemas.events import (
     SimilarItemsRequest,
     parse_request,
 )
-from schemas.vectors import augment_query, cosine_scores, top_k
 from worker.index_store import LoadedVersion
 
 log = structlog.get_logger(__name__)
 
-# Candidates fetched per result wanted. Annoy's default search_k is n_trees * n, so asking for
-# more candidates also searches more of each tree; the exact rerank then orders them.
-OVERFETCH = 10
 _REQUEST_ID_ADAPTER: TypeAdapter[str] = TypeAdapter(RequestId)
 
 
@@ -55,9 +51,6 @@ class RawEvent:
 class Outcome:
     replies: list[Reply] = field(default_factory=list)
     dead_letters: list[DeadLetter] = field(default_factory=list)
-
-
-Ranked = tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]
 
 
 def answer_batch(events: Sequence[RawEvent], version: LoadedVersion, worker_id: str) -> Outcome:
@@ -85,12 +78,25 @@ def answer(
         row = version.item_rows.get(request.item_id)
         if row is None:
             raise BadRequest(f"unknown item_id {request.item_id!r} in index {version.version}")
-        rows, scores = similar_items(version, row, request.k)
+        rows, scores = search.similar_items(
+            version.angular,
+            version.item_factors,
+            version.item_norms,
+            row,
+            request.k,
+            search.scaled_search_k(version.search_k_similar, request.k),
+        )
     else:
         row = version.user_rows.get(request.user_id)
         if row is None:
             raise BadRequest(f"unknown user_id {request.user_id!r} in index {version.version}")
-        rows, scores = recommend(version, np.asarray(version.user_factors[row]), request.k)
+        rows, scores = search.max_inner_product(
+            version.mips,
+            version.item_factors,
+            np.asarray(version.user_factors[row]),
+            request.k,
+            search.scaled_search_k(version.search_k_recommend, request.k),
+        )
     return Reply(
         request_id=request.request_id,
         status="ok",
@@ -103,30 +109,6 @@ def answer(
         index_version=version.version,
         worker_id=worker_id,
     )
-
-
-def similar_items(version: LoadedVersion, row: int, k: int) -> Ranked:
-    """Cosine neighbours of item `row`, itself excluded, exact scores, best first."""
-    n = min(version.manifest.n_items, (k + 1) * OVERFETCH)
-    candidates = np.asarray(version.angular.get_nns_by_item(row, n), dtype=np.int64)
-    candidates = candidates[candidates != row]
-    scores = cosine_scores(
-        np.asarray(version.item_factors[candidates]),
-        version.item_norms[candidates],
-        np.asarray(version.item_factors[row]),
-    )
-    best = top_k(scores, k)
-    return candidates[best], scores[best]
-
-
-def recommend(version: LoadedVersion, user_vector: npt.NDArray[np.float32], k: int) -> Ranked:
-    """Items with the largest inner product with `user_vector`, exact scores, best first."""
-    n = min(version.manifest.n_items, k * OVERFETCH)
-    query = augment_query(user_vector)
-    candidates = np.asarray(version.mips.get_nns_by_vector(query, n), dtype=np.int64)
-    scores = np.asarray(version.item_factors[candidates]) @ user_vector
-    best = top_k(scores, k)
-    return candidates[best], scores[best].astype(np.float32)
 
 
 def _refuse(

@@ -21,6 +21,7 @@ from pydantic import ValidationError
 from schemas import manifest as mf
 from schemas.errors import AnnrecError, IndexRejected
 from schemas.layout import read_latest, version_dir
+from schemas.verify import check_files, check_indexes, load_annoy
 
 log = structlog.get_logger(__name__)
 
@@ -43,6 +44,16 @@ class LoadedVersion:
     def version(self) -> str:
         return self.manifest.version
 
+    @property
+    def search_k_similar(self) -> int:
+        q = self.manifest.quality
+        return q.similar_items.search_k if q else -1  # -1: Annoy's default, n * n_trees
+
+    @property
+    def search_k_recommend(self) -> int:
+        q = self.manifest.quality
+        return q.recommend.search_k if q else -1
+
     def close(self) -> None:
         self.angular.unload()
         self.mips.unload()
@@ -59,7 +70,7 @@ def load_version(storage: Path, version: str, *, checksums: bool = True) -> Load
         raise IndexRejected(f"{version}: invalid manifest ({exc.error_count()} errors)") from exc
     if manifest.version != version:
         raise IndexRejected(f"{version}: manifest names version {manifest.version}")
-    mf.check_files(directory, manifest, checksums=checksums)
+    check_files(directory, manifest, checksums=checksums)
 
     item_factors = _load_matrix(directory / mf.ITEM_FACTORS_FILE, manifest.n_items, manifest.dim)
     user_factors = _load_matrix(directory / mf.USER_FACTORS_FILE, manifest.n_users, manifest.dim)
@@ -67,8 +78,14 @@ def load_version(storage: Path, version: str, *, checksums: bool = True) -> Load
     user_ids = np.load(directory / mf.USER_IDS_FILE, allow_pickle=False)
     if item_ids.shape != (manifest.n_items,) or user_ids.shape != (manifest.n_users,):
         raise IndexRejected(f"{version}: id arrays do not match the manifest's counts")
-    angular = _load_annoy(directory, manifest.angular_index, manifest.n_items)
-    mips = _load_annoy(directory, manifest.mips_index, manifest.n_items)
+    angular = load_annoy(directory, manifest.angular_index)
+    mips = load_annoy(directory, manifest.mips_index)
+    try:
+        check_indexes(manifest, angular, mips, item_factors)
+    except IndexRejected:
+        angular.unload()
+        mips.unload()
+        raise
     return LoadedVersion(
         manifest=manifest,
         angular=angular,
@@ -89,19 +106,6 @@ def _load_matrix(path: Path, rows: int, dim: int) -> npt.NDArray[np.float32]:
             f"{path.name}: {arr.dtype} {arr.shape}, expected float32 ({rows}, {dim})"
         )
     return arr
-
-
-def _load_annoy(directory: Path, spec: mf.AnnoySpec, n_items: int) -> AnnoyIndex:
-    index = AnnoyIndex(spec.dim, spec.metric)
-    try:
-        index.load(str(directory / spec.file))
-    except OSError as exc:
-        raise IndexRejected(f"{spec.file}: annoy cannot load it ({exc})") from exc
-    if index.get_n_items() != n_items:
-        index.unload()
-        # A wrong dimension shows here too: Annoy derives the item count from the file size.
-        raise IndexRejected(f"{spec.file}: {index.get_n_items()} items, manifest says {n_items}")
-    return index
 
 
 class IndexStore:

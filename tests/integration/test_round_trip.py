@@ -6,7 +6,7 @@ import numpy as np
 import redis
 
 from index_builder.announce import announce_version
-from index_builder.publish import publish_version
+from index_builder.publish import BuildOptions, publish_version
 from schemas import keys
 from schemas.events import DeadLetter, IndexAnnounced, RecommendRequest, Reply, SimilarItemsRequest
 from schemas.vectors import exact_cosine_top_k, exact_inner_product_top_k
@@ -26,7 +26,7 @@ def test_requests_are_answered_through_kafka_and_redis_with_exact_top_k(
     manifest = publish_version(
         small_factors,
         settings.storage,
-        n_trees=10,
+        BuildOptions(n_trees=10, quality=False),  # exact on 300 items, see conftest
         announce=lambda m: announce_version(kafka_conf, settings.topic_index_versions, m),
     )
     requests = [RecommendRequest(request_id=f"rec-{u}", user_id=f"u{u}", k=10) for u in range(12)]
@@ -72,7 +72,7 @@ def test_requests_are_answered_through_kafka_and_redis_with_exact_top_k(
 def test_malformed_event_goes_to_the_dead_letter_topic_and_the_next_one_is_answered(
     settings, kafka_conf, services, small_factors
 ):
-    publish_version(small_factors, settings.storage, n_trees=5)
+    publish_version(small_factors, settings.storage, BuildOptions(n_trees=5))
     bad = [
         b"{this is not json",
         json.dumps(

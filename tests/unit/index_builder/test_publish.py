@@ -5,7 +5,7 @@ import pytest
 from annoy import AnnoyIndex
 
 from index_builder import publish
-from index_builder.publish import publish_version
+from index_builder.publish import BuildOptions, publish_version
 from schemas.layout import list_versions, read_latest, version_dir
 from schemas.vectors import augment_query, exact_inner_product_top_k
 
@@ -40,14 +40,14 @@ def test_mips_index_answers_inner_product_queries(published, small_factors):
 
 def test_failed_build_publishes_nothing(tmp_path, small_factors, monkeypatch):
     storage = tmp_path / "s"
-    first = publish_version(small_factors, storage, n_trees=2)
+    first = publish_version(small_factors, storage, BuildOptions(n_trees=2))
 
     def broken(*_a, **_k):
         raise OSError("disk full")
 
     monkeypatch.setattr(publish, "build_annoy", broken)
     with pytest.raises(OSError, match="disk full"):
-        publish_version(small_factors, storage, n_trees=2)
+        publish_version(small_factors, storage, BuildOptions(n_trees=2))
     assert read_latest(storage) == first.version
     assert list_versions(storage) == [first.version]
     assert not any((storage / "tmp").iterdir())
@@ -59,7 +59,7 @@ def test_announcement_happens_after_latest_moved(tmp_path, small_factors):
     m = publish_version(
         small_factors,
         storage,
-        n_trees=2,
+        BuildOptions(n_trees=2),
         announce=lambda man: seen.append((man.version, read_latest(storage))),
     )
     assert seen == [(m.version, m.version)]

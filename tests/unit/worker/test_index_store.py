@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from index_builder.publish import publish_version
+from index_builder.publish import BuildOptions, publish_version
 from index_builder.synth import synth_factors
 from schemas.errors import IndexRejected
 from schemas.layout import version_dir
@@ -45,11 +45,11 @@ def test_store_swaps_to_a_new_version_and_keeps_serving_when_one_is_bad(publishe
     try:
         assert store.current().version == first.version
 
-        second = publish_version(small_factors, storage, n_trees=3)
+        second = publish_version(small_factors, storage, BuildOptions(n_trees=3))
         store.check_latest()
         assert store.current().version == second.version
 
-        bad = publish_version(synth_factors(50, 5, 8, seed=9), storage, n_trees=2)
+        bad = publish_version(synth_factors(50, 5, 8, seed=9), storage, BuildOptions(n_trees=2))
         ann = version_dir(storage, bad.version) / bad.mips_index.file
         ann.write_bytes(ann.read_bytes()[:-16])  # a half-copied file
         store.check_latest()

@@ -1,0 +1,162 @@
+"""The quality report: recall@k against exact brute force over a grid of search_k, per index.
+
+Queries are sampled from the version itself (items for item -> items, users for user -> items)
+and split in two: the curve and the choice of search_k use the tuning half; the recall and
+queries/s reported for the chosen search_k come from the held-out half, so the figure a worker
+trusts was not fitted to the queries that measured it. Timings are one query at a time on one
+thread (BLAS pinned to one thread), through schemas.search, the same code the worker runs.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import numpy as np
+import numpy.typing as npt
+from annoy import AnnoyIndex
+from threadpoolctl import threadpool_limits
+from tqdm import tqdm
+
+from index_builder.inputs import Factors
+from schemas import search
+from schemas.manifest import IndexQuality, QualityReport, SearchKPoint
+from schemas.vectors import recall_at_k, top_k
+
+FloatArray = npt.NDArray[np.float32]
+# query number -> found item rows, for one search_k
+Searcher = Callable[[int, int], npt.NDArray[np.int64]]
+
+STOP_RECALL = 0.995  # past this, more search_k buys nothing worth measuring
+SLOWER_THAN_BRUTE_FORCE = 0.5  # stop once ANN is 2x slower than the exact scan
+
+
+def measure_quality(
+    angular: AnnoyIndex,
+    mips: AnnoyIndex,
+    factors: Factors,
+    *,
+    n_trees: int,
+    k: int = search.TUNED_K,
+    target_recall: float = 0.95,
+    n_queries: int = 200,
+    seed: int = 0,
+) -> QualityReport:
+    rng = np.random.default_rng(seed)
+    items = factors.item_factors
+    norms = np.linalg.norm(items, axis=1).astype(np.float32)
+    unit = items / np.where(norms > 0, norms, 1)[:, None]
+
+    item_rows = _sample(rng, len(items), 2 * n_queries)
+    # Without users in the version, item vectors stand in as user queries.
+    users = factors.user_factors if len(factors.user_factors) >= 2 else items
+    user_queries = users[_sample(rng, len(users), 2 * n_queries)]
+
+    with threadpool_limits(1, user_api="blas"):
+        sim_truth = _exact(unit, unit[item_rows], k, exclude=item_rows)
+        rec_truth = _exact(items, user_queries, k)
+        similar = _index_quality(
+            "similar_items",
+            lambda q, sk: search.similar_items(angular, items, norms, int(item_rows[q]), k, sk)[0],
+            lambda q: _brute(unit, unit[item_rows[q]], k),
+            sim_truth,
+            len(items),
+            n_trees,
+            (k + 1) * search.OVERFETCH,
+            target_recall,
+        )
+        recommend = _index_quality(
+            "recommend",
+            lambda q, sk: search.max_inner_product(mips, items, user_queries[q], k, sk)[0],
+            lambda q: _brute(items, user_queries[q], k),
+            rec_truth,
+            len(items),
+            n_trees,
+            k * search.OVERFETCH,
+            target_recall,
+        )
+    return QualityReport(
+        k=k, target_recall=target_recall, similar_items=similar, recommend=recommend
+    )
+
+
+def _index_quality(
+    label: str,
+    searcher: Searcher,
+    brute: Callable[[int], object],
+    truth: npt.NDArray[np.int64],
+    n_items: int,
+    n_trees: int,
+    n_candidates: int,
+    target: float,
+) -> IndexQuality:
+    half = len(truth) // 2
+    tuning, heldout = np.arange(half), np.arange(half, len(truth))
+    brute_qps = _queries_per_s(brute, tuning[: min(50, half)])
+    curve: list[SearchKPoint] = []
+    search_k = n_candidates
+    with tqdm(desc=f"quality {label}", unit="search_k", leave=False) as bar:
+        while True:
+            curve.append(_point(searcher, truth, tuning, search_k))
+            bar.update(1)
+            bar.set_postfix(search_k=search_k, recall=f"{curve[-1].recall_at_k:.3f}")
+            done = curve[-1].recall_at_k >= STOP_RECALL
+            too_slow = curve[-1].queries_per_s < SLOWER_THAN_BRUTE_FORCE * brute_qps
+            if done or too_slow or search_k >= n_items * n_trees:
+                break
+            search_k *= 2
+    reaching = [p for p in curve if p.recall_at_k >= target]
+    chosen = reaching[0] if reaching else max(curve, key=lambda p: p.recall_at_k)
+    final = _point(searcher, truth, heldout, chosen.search_k)
+    return IndexQuality(
+        tuning_queries=len(tuning),
+        curve=curve,
+        search_k=chosen.search_k,
+        reached_target=bool(reaching),
+        heldout_queries=len(heldout),
+        recall_at_k=final.recall_at_k,
+        queries_per_s=final.queries_per_s,
+        brute_force_queries_per_s=brute_qps,
+    )
+
+
+def _point(
+    searcher: Searcher, truth: npt.NDArray[np.int64], queries: npt.NDArray[np.int64], search_k: int
+) -> SearchKPoint:
+    found: dict[int, npt.NDArray[np.int64]] = {}
+
+    def run(q: int) -> None:
+        found[q] = searcher(q, search_k)
+
+    qps = _queries_per_s(run, queries)
+    recall = float(np.mean([recall_at_k(found[q], truth[q]) for q in queries.tolist()]))
+    return SearchKPoint(search_k=search_k, recall_at_k=recall, queries_per_s=qps)
+
+
+def _queries_per_s(fn: Callable[[int], object], queries: npt.NDArray[np.int64]) -> float:
+    start = time.perf_counter()
+    for q in queries.tolist():
+        fn(q)
+    return len(queries) / max(time.perf_counter() - start, 1e-9)
+
+
+def _brute(items: FloatArray, query: FloatArray, k: int) -> npt.NDArray[np.int64]:
+    return top_k(items @ query, k)
+
+
+def _exact(
+    items: FloatArray, queries: FloatArray, k: int, exclude: npt.NDArray[np.int64] | None = None
+) -> npt.NDArray[np.int64]:
+    """Exact top-k for many queries: blocked GEMM (ground truth, not timed)."""
+    out = np.empty((len(queries), min(k, len(items))), dtype=np.int64)
+    for start in range(0, len(queries), 256):
+        scores = queries[start : start + 256] @ items.T
+        for j, row in enumerate(scores):
+            if exclude is not None:
+                row[exclude[start + j]] = -np.inf
+            out[start + j] = top_k(row, k)
+    return out
+
+
+def _sample(rng: np.random.Generator, n: int, size: int) -> npt.NDArray[np.int64]:
+    return rng.choice(n, size=min(n, size), replace=False).astype(np.int64)

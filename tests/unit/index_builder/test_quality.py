@@ -1,0 +1,67 @@
+import numpy as np
+import pytest
+
+from index_builder import publish
+from index_builder.publish import BuildOptions, QualityTooLow, publish_version
+from index_builder.synth import synth_factors
+from schemas import search
+from schemas.layout import list_versions, read_latest
+from schemas.vectors import exact_inner_product_top_k, recall_at_k
+from worker.index_store import load_version
+
+
+@pytest.fixture(scope="module")
+def tuned(tmp_path_factory):
+    factors = synth_factors(n_items=4000, n_users=600, dim=16, n_clusters=20, seed=5)
+    storage = tmp_path_factory.mktemp("tuned")
+    manifest = publish_version(factors, storage, BuildOptions(n_trees=8, target_recall=0.9))
+    return factors, storage, manifest
+
+
+def test_report_curve_and_choice_are_consistent(tuned):
+    _, _, manifest = tuned
+    report = manifest.quality
+    assert report is not None and report.k == 10 and report.target_recall == 0.9
+    for q in (report.similar_items, report.recommend):
+        ks = [p.search_k for p in q.curve]
+        assert ks == sorted(ks) and len(set(ks)) == len(ks)
+        reaching = [p for p in q.curve if p.recall_at_k >= 0.9]
+        assert q.reached_target and q.search_k == reaching[0].search_k
+        assert q.tuning_queries == q.heldout_queries == 200
+        assert q.queries_per_s > 0 and q.brute_force_queries_per_s > 0
+
+
+def test_reported_recall_is_what_the_query_path_achieves_on_fresh_queries(tuned):
+    factors, storage, manifest = tuned
+    version = load_version(storage, manifest.version)
+    rng = np.random.default_rng(123)
+    queries = rng.standard_normal((300, 16)).astype(np.float32) + factors.user_factors[:300]
+    recalls = [
+        recall_at_k(
+            search.max_inner_product(
+                version.mips, version.item_factors, q, 10, version.search_k_recommend
+            )[0],
+            exact_inner_product_top_k(factors.item_factors, q, 10),
+        )
+        for q in queries
+    ]
+    version.close()
+    assert version.search_k_recommend == manifest.quality.recommend.search_k
+    assert np.mean(recalls) == pytest.approx(manifest.quality.recommend.recall_at_k, abs=0.08)
+
+
+def test_a_build_below_the_minimum_recall_is_not_published(tmp_path, small_factors, monkeypatch):
+    storage = tmp_path / "s"
+    first = publish_version(small_factors, storage, BuildOptions(n_trees=2, quality=False))
+    real = publish.measure_quality
+
+    def poor(*args, **kwargs):
+        report = real(*args, **kwargs)
+        bad = report.recommend.model_copy(update={"recall_at_k": 0.3})
+        return report.model_copy(update={"recommend": bad})
+
+    monkeypatch.setattr(publish, "measure_quality", poor)
+    with pytest.raises(QualityTooLow, match=r"recommend: held-out recall@10 0.300"):
+        publish_version(small_factors, storage, BuildOptions(n_trees=2, min_recall=0.8))
+    assert read_latest(storage) == first.version
+    assert list_versions(storage) == [first.version]
