@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 from pathlib import Path
 
 import structlog
 
+from index_builder import storage
 from index_builder.announce import announce_version
-from index_builder.inputs import Factors, load_factors, save_factors
+from index_builder.inputs import Factors, load_factor_arrays, load_factors, save_factors
 from index_builder.publish import BuildOptions, publish_version
 from index_builder.settings import BuilderSettings
 from index_builder.synth import synth_factors
+from schemas.errors import AnnrecError
+from schemas.layout import list_versions
 from schemas.manifest import Manifest
 
 log = structlog.get_logger(__name__)
@@ -25,7 +30,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     build = sub.add_parser("build", help="build, verify, publish and announce an index version")
     src = build.add_mutually_exclusive_group()
     src.add_argument("--factors", type=Path, help=".npz with item_factors, user_factors, ids")
+    src.add_argument("--item-factors", type=Path, help=".npy item factors (with --user-factors..)")
     src.add_argument("--synth", action="store_true", help="build from synthetic factors")
+    build.add_argument("--user-factors", type=Path, help=".npy user factors")
+    build.add_argument("--item-ids", type=Path, help=".npy item ids (default: row numbers)")
+    build.add_argument("--user-ids", type=Path, help=".npy user ids (default: row numbers)")
     _synth_flags(build)
     build.add_argument("--storage", type=Path, help="storage root (ANNREC_STORAGE)")
     build.add_argument("--trees", type=int, help="Annoy trees per index (ANNREC_N_TREES)")
@@ -34,6 +43,44 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     build.add_argument("--target-recall", type=float, help="recall@10 search_k is tuned for")
     build.add_argument("--min-recall", type=float, help="refuse to publish below this recall@10")
     build.add_argument("--no-quality", action="store_true", help="skip the quality report")
+
+    versions = sub.add_parser("versions", help="list, garbage-collect or roll back versions")
+    vsub = versions.add_subparsers(dest="versions_action", required=True)
+    vlist = vsub.add_parser("list", help="versions in storage, newest last")
+    vlist.add_argument("--json", action="store_true")
+    gc = vsub.add_parser("gc", help="remove old versions (never LATEST, never recent ones)")
+    gc.add_argument("--keep", type=int, required=True, help="newest versions to keep")
+    gc.add_argument(
+        "--grace-s",
+        type=float,
+        default=3600.0,
+        help="never remove a version younger than this (a worker may be loading it)",
+    )
+    rollback = vsub.add_parser("rollback", help="point LATEST at an older version")
+    rollback.add_argument("version")
+    for p in (vlist, gc, rollback):
+        p.add_argument("--storage", type=Path, help="storage root (ANNREC_STORAGE)")
+
+
+def run_versions(args: argparse.Namespace, settings: BuilderSettings) -> int:
+    root = settings.storage
+    if args.versions_action == "gc":
+        removed = storage.gc_versions(root, args.keep, args.grace_s)
+        log.info("versions_removed", count=len(removed), versions=removed)
+        return 0
+    if args.versions_action == "rollback":
+        if args.version not in list_versions(root):
+            raise AnnrecError(f"no version {args.version} in {root}")
+        storage.set_latest(root, args.version, allow_older=True)
+        print(args.version)
+        return 0
+    infos = storage.describe_versions(root)
+    if args.json:
+        print(json.dumps([dataclasses.asdict(i) for i in infos], indent=2))
+    else:
+        for i in infos:
+            print(f"{'*' if i.latest else ' '} {i.name}  {i.bytes / 1e6:10.1f} MB")
+    return 0
 
 
 def _synth_flags(p: argparse.ArgumentParser) -> None:
@@ -56,10 +103,10 @@ def run_synth(args: argparse.Namespace) -> None:
 def builder_settings(args: argparse.Namespace) -> BuilderSettings:
     overrides = {
         "storage": args.storage,
-        "n_trees": args.trees,
-        "build_jobs": args.jobs,
-        "target_recall": args.target_recall,
-        "min_recall": args.min_recall,
+        "n_trees": getattr(args, "trees", None),
+        "build_jobs": getattr(args, "jobs", None),
+        "target_recall": getattr(args, "target_recall", None),
+        "min_recall": getattr(args, "min_recall", None),
     }
     return BuilderSettings(**{k: v for k, v in overrides.items() if v is not None})
 
@@ -69,6 +116,11 @@ def run_build(
 ) -> Manifest:
     if args.factors:
         factors, source = load_factors(args.factors), str(args.factors)
+    elif args.item_factors:
+        factors = load_factor_arrays(
+            args.item_factors, args.user_factors, args.item_ids, args.user_ids
+        )
+        source = str(args.item_factors)
     else:
         factors, source = synth_from_args(args), f"synth(seed={args.seed})"
 

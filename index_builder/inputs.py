@@ -73,6 +73,35 @@ def load_factors(path: Path) -> Factors:
     )
 
 
+def load_factor_arrays(
+    item_factors: Path,
+    user_factors: Path | None = None,
+    item_ids: Path | None = None,
+    user_ids: Path | None = None,
+) -> Factors:
+    """Read separate .npy files (what many MF tools write); only item_factors is required."""
+
+    def read(path: Path | None) -> np.ndarray | None:
+        if path is None:
+            return None
+        if not path.is_file():
+            raise InvalidInput(f"{path} does not exist")
+        try:
+            return np.load(path, allow_pickle=False)
+        except ValueError as exc:
+            raise InvalidInput(f"{path}: cannot read without pickle ({exc})") from exc
+
+    items = read(item_factors)
+    assert items is not None
+    users = read(user_factors)
+    return make_factors(
+        items,
+        users if users is not None else np.empty((0, items.shape[-1])),
+        read(item_ids),
+        read(user_ids),
+    )
+
+
 def save_factors(path: Path, factors: Factors) -> None:
     np.savez(
         path,

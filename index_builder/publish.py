@@ -61,7 +61,10 @@ def publish_version(
     except BaseException:
         storage.discard_staging(staging)
         raise
-    storage.set_latest(storage_root, version)
+    if not storage.set_latest(storage_root, version):
+        # A concurrent build published a newer version first; ours stays available for rollback.
+        log.warning("version_published_not_latest", version=version)
+        return manifest
     log.info(
         "version_published",
         version=version,

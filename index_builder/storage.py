@@ -7,13 +7,19 @@ new one, never half of a version.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import secrets
 import shutil
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from schemas.layout import LATEST, STAGING, version_dir
+from schemas.errors import AnnrecError
+from schemas.layout import LATEST, STAGING, list_versions, read_latest, version_dir
 
 
 def new_version_name(now: datetime | None = None) -> str:
@@ -43,13 +49,83 @@ def commit_staging(storage: Path, staging: Path, version: str) -> Path:
     return target
 
 
-def set_latest(storage: Path, version: str) -> None:
+def set_latest(storage: Path, version: str, *, allow_older: bool = False) -> bool:
+    """Point LATEST at `version`; True if it moved.
+
+    Builders may run concurrently: under a lock, LATEST only moves forward (version names sort by
+    creation time), so a slow build finishing last cannot replace a newer version. A rollback
+    passes allow_older. The rename makes the change atomic for readers, who take no lock.
+    """
     version_dir(storage, version)  # validates the name
-    tmp = storage / f".{LATEST}.{secrets.token_hex(4)}"
-    tmp.write_text(version + "\n")
-    _fsync(tmp)
-    os.replace(tmp, storage / LATEST)
-    _fsync(storage)
+    with _locked(storage):
+        current = read_latest(storage)
+        if current is not None and version <= current and not allow_older:
+            return False
+        tmp = storage / f".{LATEST}.{secrets.token_hex(4)}"
+        tmp.write_text(version + "\n")
+        _fsync(tmp)
+        os.replace(tmp, storage / LATEST)
+        _fsync(storage)
+        return True
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    name: str
+    bytes: int
+    latest: bool
+
+
+def describe_versions(storage: Path) -> list[VersionInfo]:
+    latest = read_latest(storage)
+    return [
+        VersionInfo(
+            v, sum(f.stat().st_size for f in version_dir(storage, v).iterdir()), v == latest
+        )
+        for v in list_versions(storage)
+    ]
+
+
+def gc_versions(storage: Path, keep: int, grace_s: float, now: float | None = None) -> list[str]:
+    """Remove all but the `keep` newest versions; returns the removed names.
+
+    Never removed: the version LATEST names, and any version (or staging directory) younger than
+    `grace_s`, since a worker may still be loading it or a builder writing it. A removed version
+    is first renamed out of versions/, so no reader ever sees one with files missing; workers
+    that still have its files mapped keep reading them (unlinked files live until unmapped).
+    """
+    if keep < 1:
+        raise AnnrecError("gc keeps at least one version")
+    now = time.time() if now is None else now
+    with _locked(storage):
+        latest = read_latest(storage)
+        removed = []
+        for name in list_versions(storage)[:-keep]:
+            path = version_dir(storage, name)
+            if name == latest or now - path.stat().st_mtime < grace_s:
+                continue
+            trash = storage / STAGING / f".trash-{name}"
+            trash.parent.mkdir(exist_ok=True)
+            os.rename(path, trash)
+            shutil.rmtree(trash)
+            removed.append(name)
+        staging = storage / STAGING
+        if staging.is_dir():  # builds that died half-way
+            for leftover in staging.iterdir():
+                if now - leftover.stat().st_mtime >= grace_s:
+                    shutil.rmtree(leftover, ignore_errors=True)
+    return removed
+
+
+@contextmanager
+def _locked(storage: Path) -> Iterator[None]:
+    storage.mkdir(parents=True, exist_ok=True)
+    with (storage / ".lock").open("a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def _fsync(path: Path) -> None:

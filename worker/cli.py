@@ -85,6 +85,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         manifest = builder_cli.run_build(args, settings, conf)
         print(manifest.version)
         return 0
+    if args.command == "versions":
+        return builder_cli.run_versions(args, builder_cli.builder_settings(args))
     if args.command == "worker":
         return _worker(args)
     if args.command == "request":

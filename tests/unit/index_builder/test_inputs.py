@@ -45,3 +45,16 @@ def test_integer_ids_become_compact_strings():
     assert f.item_ids.tolist() == ["10", "200", "3"]
     assert f.item_ids.dtype == np.dtype("<U3")
     assert f.user_ids.tolist() == ["0"]
+
+
+def test_separate_npy_files_load_like_an_npz(tmp_path, small_factors):
+    from index_builder.inputs import load_factor_arrays
+
+    paths = {}
+    for name in ("item_factors", "user_factors", "item_ids", "user_ids"):
+        paths[name] = tmp_path / f"{name}.npy"
+        np.save(paths[name], getattr(small_factors, name))
+    loaded = load_factor_arrays(**paths)
+    assert loaded.checksum() == small_factors.checksum()
+    only_items = load_factor_arrays(paths["item_factors"])
+    assert only_items.user_factors.shape == (0, 8) and only_items.item_ids[5] == "5"

@@ -57,3 +57,53 @@ def test_store_swaps_to_a_new_version_and_keeps_serving_when_one_is_bad(publishe
         assert "bytes" in store.refused[bad.version]
     finally:
         store.stop()
+
+
+def test_a_file_of_the_wrong_dimension_is_refused_even_with_matching_checksums(
+    published, small_factors
+):
+    """Annoy files do not record their dimension; only the sampled vectors reveal it."""
+    import json
+
+    from index_builder.build import build_annoy
+    from schemas.verify import file_entry
+
+    storage, manifest = published
+    directory = version_dir(storage, manifest.version)
+    padded = np.hstack([small_factors.item_factors, np.ones((300, 1), dtype=np.float32)])
+    path = directory / manifest.angular_index.file
+    path.unlink()
+    build_annoy(padded, path, metric="angular", n_trees=10, seed=1)
+    doc = json.loads((directory / "manifest.json").read_text())
+    doc["files"][path.name] = file_entry(path).model_dump()  # checksums now agree
+    (directory / "manifest.json").write_text(json.dumps(doc))
+    with pytest.raises(
+        IndexRejected, match=r"stored vectors differ|items, manifest says|cannot load"
+    ):
+        load_version(storage, manifest.version)
+
+
+def test_an_index_file_of_another_catalogue_is_refused(published, small_factors):
+    """Same size, same dimension, same checksums in the manifest: only the vectors differ."""
+    import json
+
+    from index_builder.build import build_annoy
+    from schemas.verify import file_entry
+
+    storage, manifest = published
+    directory = version_dir(storage, manifest.version)
+    path = directory / manifest.mips_index.file
+    path.unlink()
+    other = synth_factors(300, 1, 8, seed=99).item_factors
+    build_annoy(
+        np.hstack([other, np.zeros((300, 1), np.float32)]),
+        path,
+        metric="angular",
+        n_trees=10,
+        seed=1,
+    )
+    doc = json.loads((directory / "manifest.json").read_text())
+    doc["files"][path.name] = file_entry(path).model_dump()
+    (directory / "manifest.json").write_text(json.dumps(doc))
+    with pytest.raises(IndexRejected, match="stored vectors differ"):
+        load_version(storage, manifest.version)

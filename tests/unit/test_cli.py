@@ -1,0 +1,68 @@
+"""The CLI as a user meets it: exit codes and one-line errors (no services needed)."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+
+def annrec(*args, env=None, cwd=None):
+    return subprocess.run(
+        [sys.executable, "-m", "worker.cli", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=cwd,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize(
+    ("arrays", "expected"),
+    [
+        ({"item_factors": np.array([[1.0, 2.0], [np.inf, 0.0]])}, "item_factors row 1"),
+        (
+            {"item_factors": np.ones((3, 2)), "item_ids": np.array(["a", "b", "a"])},
+            "duplicate id 'a' at rows [0, 2]",
+        ),
+        ({"user_factors": np.ones((3, 2))}, "no 'item_factors'"),
+    ],
+)
+def test_bad_factor_files_exit_1_with_one_line_naming_the_problem(tmp_path, arrays, expected):
+    path = tmp_path / "bad.npz"
+    np.savez(path, **arrays)
+    result = annrec(
+        "build", "--factors", str(path), "--no-announce", "--storage", str(tmp_path / "s")
+    )
+    assert result.returncode == 1
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith("annrec: error: ") and expected in line
+    assert not (tmp_path / "s" / "versions").exists()
+
+
+def test_missing_file_and_bad_setting_are_one_line_errors(tmp_path):
+    result = annrec("build", "--factors", str(tmp_path / "nope.npz"), "--no-announce")
+    assert result.returncode == 1 and "does not exist" in result.stderr
+    env = {"ANNREC_N_TREES": "zero", "PATH": "/usr/bin:/bin"}
+    result = annrec("build", "--synth", "--no-announce", env=env, cwd=tmp_path)
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        "annrec: error: setting n_trees: Input should be a valid integer, "
+        "unable to parse string as an integer"
+    )
+
+
+def test_build_then_versions_list_and_rollback(tmp_path):
+    storage = str(tmp_path / "s")
+    common = ["--no-announce", "--storage", storage, "--no-quality", "--trees", "2"]
+    first = annrec("build", "--synth", "--items", "200", "--users", "10", "--dim", "4", *common)
+    second = annrec("build", "--synth", "--items", "200", "--users", "10", "--dim", "4", *common)
+    assert first.returncode == second.returncode == 0, first.stderr
+    v1, v2 = first.stdout.strip(), second.stdout.strip()
+    listed = annrec("versions", "list", "--storage", storage).stdout.splitlines()
+    assert [line.split()[-3] for line in listed] == [v1, v2] and listed[1].startswith("*")
+    assert annrec("versions", "rollback", v1, "--storage", storage).returncode == 0
+    assert (tmp_path / "s" / "LATEST").read_text().strip() == v1
+    bad = annrec("versions", "rollback", "../../etc", "--storage", storage)
+    assert bad.returncode == 1 and "no version" in bad.stderr
