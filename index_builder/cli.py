@@ -14,7 +14,8 @@ from index_builder.announce import announce_version
 from index_builder.inputs import Factors, load_factor_arrays, load_factors, save_factors
 from index_builder.publish import BuildOptions, publish_version
 from index_builder.settings import BuilderSettings
-from index_builder.synth import synth_factors
+from index_builder.synth import synth_factors, write_synth_interactions
+from index_builder.train import load_interactions, train_als
 from schemas.errors import AnnrecError
 from schemas.layout import list_versions
 from schemas.manifest import Manifest
@@ -25,13 +26,27 @@ log = structlog.get_logger(__name__)
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     synth = sub.add_parser("synth", help="write synthetic MF factors (.npz)")
     _synth_flags(synth)
-    synth.add_argument("--out", type=Path, required=True, help="output .npz")
+    synth.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help="output: .npz factors, or .csv/.parquet interactions",
+    )
+    synth.add_argument(
+        "--per-user", type=int, default=30, help="interactions per user (interactions output only)"
+    )
 
     build = sub.add_parser("build", help="build, verify, publish and announce an index version")
     src = build.add_mutually_exclusive_group()
     src.add_argument("--factors", type=Path, help=".npz with item_factors, user_factors, ids")
     src.add_argument("--item-factors", type=Path, help=".npy item factors (with --user-factors..)")
+    src.add_argument("--interactions", type=Path, help="CSV/Parquet user,item[,weight]: train ALS")
     src.add_argument("--synth", action="store_true", help="build from synthetic factors")
+    als = build.add_argument_group("ALS training (with --interactions; needs annrec[train])")
+    als.add_argument("--als-factors", type=int, default=64)
+    als.add_argument("--als-regularization", type=float, default=0.01)
+    als.add_argument("--als-alpha", type=float, default=1.0)
+    als.add_argument("--als-iterations", type=int, default=15)
     build.add_argument("--user-factors", type=Path, help=".npy user factors")
     build.add_argument("--item-ids", type=Path, help=".npy item ids (default: row numbers)")
     build.add_argument("--user-ids", type=Path, help=".npy user ids (default: row numbers)")
@@ -96,7 +111,19 @@ def synth_from_args(args: argparse.Namespace) -> Factors:
 
 
 def run_synth(args: argparse.Namespace) -> None:
-    save_factors(args.out, synth_from_args(args))
+    if args.out.suffix in (".csv", ".parquet"):
+        rows = write_synth_interactions(
+            args.out,
+            args.users,
+            args.items,
+            args.dim,
+            args.per_user,
+            args.seed,
+            n_clusters=args.clusters,
+        )
+        log.info("interactions_written", path=str(args.out), rows=rows)
+    else:
+        save_factors(args.out, synth_from_args(args))
     print(args.out)
 
 
@@ -114,8 +141,19 @@ def builder_settings(args: argparse.Namespace) -> BuilderSettings:
 def run_build(
     args: argparse.Namespace, settings: BuilderSettings, kafka_conf: dict[str, str] | None
 ) -> Manifest:
+    training = None
     if args.factors:
         factors, source = load_factors(args.factors), str(args.factors)
+    elif args.interactions:
+        factors, training = train_als(
+            load_interactions(args.interactions),
+            factors=args.als_factors,
+            regularization=args.als_regularization,
+            alpha=args.als_alpha,
+            iterations=args.als_iterations,
+            seed=args.seed,
+        )
+        source = str(args.interactions)
     elif args.item_factors:
         factors = load_factor_arrays(
             args.item_factors, args.user_factors, args.item_ids, args.user_ids
@@ -142,5 +180,6 @@ def run_build(
         settings.storage,
         options,
         source=source,
+        training=training,
         announce=announce if kafka_conf is not None else None,
     )

@@ -47,7 +47,7 @@ def publish_version(
     options: BuildOptions | None = None,
     *,
     source: str = "memory",
-    training: dict[str, object] | None = None,
+    training: mf.TrainParams | None = None,
     announce: Announcer | None = None,
 ) -> mf.Manifest:
     """Build, verify and publish one version; returns its manifest."""
@@ -83,7 +83,7 @@ def _build_version(
     version: str,
     opts: BuildOptions,
     source: str,
-    training: dict[str, object] | None,
+    training: mf.TrainParams | None,
 ) -> mf.Manifest:
     np.save(staging / mf.ITEM_FACTORS_FILE, factors.item_factors)
     np.save(staging / mf.USER_FACTORS_FILE, factors.user_factors)

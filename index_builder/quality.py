@@ -101,8 +101,12 @@ def _index_quality(
             bar.update(1)
             bar.set_postfix(search_k=search_k, recall=f"{curve[-1].recall_at_k:.3f}")
             done = curve[-1].recall_at_k >= STOP_RECALL
-            too_slow = curve[-1].queries_per_s < SLOWER_THAN_BRUTE_FORCE * brute_qps
-            if done or too_slow or search_k >= n_items * n_trees:
+            # Timing only ends the curve once the target is reached, so a busy machine can
+            # shorten the report but never change the chosen search_k.
+            reached = curve[-1].recall_at_k >= target
+            too_slow = reached and curve[-1].queries_per_s < SLOWER_THAN_BRUTE_FORCE * brute_qps
+            # Examining more candidates than there are items costs more than the exact scan.
+            if done or too_slow or search_k >= min(n_items, n_items * n_trees):
                 break
             search_k *= 2
     reaching = [p for p in curve if p.recall_at_k >= target]

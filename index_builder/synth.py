@@ -7,9 +7,13 @@ struggles exactly with skewed norms), so benchmarks and tests use data that has 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
+import numpy.typing as npt
 
 from index_builder.inputs import Factors, make_factors
+from schemas.errors import AnnrecError, InvalidInput
 
 
 def synth_factors(
@@ -40,6 +44,100 @@ def synth_factors(
         np.char.add("i", np.arange(n_items).astype(str)),
         np.char.add("u", np.arange(n_users).astype(str)),
     )
+
+
+def synth_interactions(
+    n_users: int = 2_000,
+    n_items: int = 5_000,
+    dim: int = 16,
+    interactions_per_user: int = 30,
+    seed: int = 0,
+    *,
+    n_clusters: int = 32,
+    temperature: float = 0.1,
+) -> tuple[npt.NDArray[np.str_], npt.NDArray[np.str_], npt.NDArray[np.float32]]:
+    """(user ids, item ids, weights), one entry per interaction, from a latent taste model.
+
+    Items sit around cluster centres and have a lognormal popularity. A user has a main and a
+    secondary taste (a cluster each) and picks every interaction from one of them, the item with
+    probability proportional to softmax(centre . item / temperature) * popularity: clustered like
+    real behaviour, popularity-skewed, and learnable by MF. Sampling is per taste cluster (a
+    clusters x items table), never users x items, so 10k users x 50 interactions take well under a
+    second. Items are drawn with replacement: repeated (user, item) rows happen, as they do in a
+    play log, and the loader sums them.
+    """
+    if min(n_users, n_items, dim, interactions_per_user, n_clusters) < 1 or temperature <= 0:
+        raise ValueError("sizes must be >= 1 and temperature > 0")
+    rng = np.random.default_rng(seed)
+    centers = _unit(rng.standard_normal((n_clusters, dim)))
+    cluster_weights = 1.0 / np.arange(1, n_clusters + 1) ** 0.8
+    cluster_weights /= cluster_weights.sum()
+
+    item_cluster = rng.choice(n_clusters, size=n_items, p=cluster_weights)
+    item_vectors = _unit(centers[item_cluster] + rng.standard_normal((n_items, dim)) / np.sqrt(dim))
+    log_popularity = rng.normal(0.0, 1.0, size=n_items)
+    logits = centers @ item_vectors.T / temperature + log_popularity  # clusters x items
+    probs = np.exp(logits - logits.max(axis=1, keepdims=True))
+    cdf = np.cumsum(probs, axis=1)
+    cdf /= cdf[:, -1:]
+    # Row c of the table shifted by c: one searchsorted over the flattened table samples every
+    # interaction from its own cluster's distribution at once.
+    flat_cdf = (cdf + np.arange(n_clusters)[:, None]).ravel()
+
+    main = rng.choice(n_clusters, size=n_users, p=cluster_weights)
+    secondary = rng.choice(n_clusters, size=n_users, p=cluster_weights)
+    user = np.repeat(np.arange(n_users), interactions_per_user)
+    taste = np.where(rng.random(user.size) < 0.75, main[user], secondary[user])
+    query = taste + rng.random(user.size)
+    order = np.argsort(query)  # sorted queries walk the table once instead of hopping around it
+    slot = np.empty_like(order)
+    slot[order] = np.searchsorted(flat_cdf, query[order], side="right")
+    item = np.minimum(slot - taste * n_items, n_items - 1)  # float rounding at a row's end
+    weights = rng.geometric(0.6, size=user.size).astype(np.float32)  # 1, sometimes 2, 3...
+    # Formatting each id once and indexing is ~5x faster than formatting every interaction.
+    user_names = np.char.add("u", np.arange(n_users).astype(str))
+    item_names = np.char.add("i", np.arange(n_items).astype(str))
+    return user_names[user], item_names[item], weights
+
+
+def write_synth_interactions(
+    path: Path,
+    n_users: int = 2_000,
+    n_items: int = 5_000,
+    dim: int = 16,
+    interactions_per_user: int = 30,
+    seed: int = 0,
+    *,
+    n_clusters: int = 32,
+    temperature: float = 0.1,
+) -> int:
+    """Write synth_interactions as `user,item,weight` (.csv with a header, or .parquet); returns
+    the number of rows. Needs the train extra (pyarrow), imported here so `annrec synth` of factors
+    does not."""
+    if path.suffix.lower() not in (".csv", ".parquet"):
+        raise InvalidInput(f"{path}: interactions must be written as .csv or .parquet")
+    try:
+        import pyarrow as pa
+        import pyarrow.csv as pa_csv
+        import pyarrow.parquet as pq
+    except ImportError as exc:
+        raise AnnrecError("writing interactions needs: pip install 'annrec[train]'") from exc
+    users, items, weights = synth_interactions(
+        n_users,
+        n_items,
+        dim,
+        interactions_per_user,
+        seed,
+        n_clusters=n_clusters,
+        temperature=temperature,
+    )
+    table = pa.table({"user": users, "item": items, "weight": weights})
+    if path.suffix.lower() == ".csv":
+        # Synthetic ids never hold a comma or a quote, so the file is plain `u1,i7,1`.
+        pa_csv.write_csv(table, path, pa_csv.WriteOptions(quoting_style="none"))
+    else:
+        pq.write_table(table, path)
+    return table.num_rows
 
 
 def _unit(x: np.ndarray) -> np.ndarray:

@@ -76,6 +76,19 @@ class QualityReport(_Model):
     recommend: IndexQuality
 
 
+class TrainParams(_Model):
+    """How a set of factors was trained, so a published version can say where it came from."""
+
+    algorithm: Literal["implicit.als"] = "implicit.als"
+    factors: int = Field(ge=1)
+    regularization: float = Field(ge=0.0, allow_inf_nan=False)
+    alpha: float = Field(gt=0.0, allow_inf_nan=False)
+    iterations: int = Field(ge=1)
+    seed: int
+    n_interactions: int = Field(ge=0)
+    implicit_version: str
+
+
 class Manifest(_Model):
     format_version: int = FORMAT_VERSION
     version: str = Field(pattern=VERSION_PATTERN)
@@ -89,8 +102,8 @@ class Manifest(_Model):
     files: dict[str, FileEntry]
     build: BuildParams
     quality: QualityReport | None = Field(None, description="None: built with --no-quality")
-    training: dict[str, object] | None = Field(
-        None, description="how the factors were trained, when annrec trained them (ALS params)"
+    training: TrainParams | None = Field(
+        None, description="how the factors were trained, when annrec trained them"
     )
 
     @field_validator("files")

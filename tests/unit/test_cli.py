@@ -66,3 +66,39 @@ def test_build_then_versions_list_and_rollback(tmp_path):
     assert (tmp_path / "s" / "LATEST").read_text().strip() == v1
     bad = annrec("versions", "rollback", "../../etc", "--storage", storage)
     assert bad.returncode == 1 and "no version" in bad.stderr
+
+
+def test_build_from_interactions_trains_als_and_records_it(tmp_path):
+    log = tmp_path / "log.parquet"
+    assert (
+        annrec(
+            "synth", "--users", "300", "--items", "400", "--per-user", "20", "--out", str(log)
+        ).returncode
+        == 0
+    )
+    storage = tmp_path / "s"
+    result = annrec(
+        "build",
+        "--interactions",
+        str(log),
+        "--als-factors",
+        "8",
+        "--als-iterations",
+        "3",
+        "--no-announce",
+        "--storage",
+        str(storage),
+        "--trees",
+        "4",
+    )
+    assert result.returncode == 0, result.stderr
+    from schemas.layout import version_dir
+    from schemas.manifest import Manifest
+
+    version = result.stdout.strip()
+    manifest = Manifest.model_validate_json(
+        (version_dir(storage, version) / "manifest.json").read_text()
+    )
+    assert manifest.dim == 8 and manifest.training is not None
+    assert manifest.training.factors == 8 and manifest.training.iterations == 3
+    assert manifest.build.source == str(log) and manifest.quality is not None
