@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import structlog
 
-from index_builder import storage
+from index_builder import remote, storage
 from index_builder.announce import announce_version
 from index_builder.inputs import Factors, load_factor_arrays, load_factors, save_factors
 from index_builder.publish import BuildOptions, publish_version
@@ -17,8 +18,9 @@ from index_builder.settings import BuilderSettings
 from index_builder.synth import synth_factors, write_synth_interactions
 from index_builder.train import load_interactions, train_als
 from schemas.errors import AnnrecError
-from schemas.layout import list_versions
+from schemas.layout import list_versions, read_latest
 from schemas.manifest import Manifest
+from schemas.object_store import ObjectStore, is_remote
 
 log = structlog.get_logger(__name__)
 
@@ -51,7 +53,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     build.add_argument("--item-ids", type=Path, help=".npy item ids (default: row numbers)")
     build.add_argument("--user-ids", type=Path, help=".npy user ids (default: row numbers)")
     _synth_flags(build)
-    build.add_argument("--storage", type=Path, help="storage root (ANNREC_STORAGE)")
+    build.add_argument("--storage", help="directory or s3://bucket/prefix (ANNREC_STORAGE)")
     build.add_argument("--trees", type=int, help="Annoy trees per index (ANNREC_N_TREES)")
     build.add_argument("--jobs", type=int, help="build threads, -1 = all (ANNREC_BUILD_JOBS)")
     build.add_argument("--no-announce", action="store_true", help="do not announce on Kafka")
@@ -74,27 +76,56 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     rollback = vsub.add_parser("rollback", help="point LATEST at an older version")
     rollback.add_argument("version")
     for p in (vlist, gc, rollback):
-        p.add_argument("--storage", type=Path, help="storage root (ANNREC_STORAGE)")
+        p.add_argument("--storage", help="directory or s3://bucket/prefix (ANNREC_STORAGE)")
+
+
+@dataclasses.dataclass(frozen=True)
+class _Catalogue:
+    """The version operations, on a directory or on object storage."""
+
+    versions: Callable[[], list[str]]
+    latest: Callable[[], str | None]
+    set_latest: Callable[[str], bool]
+    gc: Callable[[int, float], list[str]]
+
+
+def _catalogue(settings: BuilderSettings) -> _Catalogue:
+    if is_remote(settings.storage):
+        store = ObjectStore(settings.storage, settings.storage_options)
+        return _Catalogue(
+            store.list_versions,
+            store.read_latest,
+            lambda v: remote.set_remote_latest(store, v, allow_older=True),
+            lambda keep, grace: remote.gc_remote_versions(store, keep, grace),
+        )
+    root = Path(settings.storage)
+    return _Catalogue(
+        lambda: list_versions(root),
+        lambda: read_latest(root),
+        lambda v: storage.set_latest(root, v, allow_older=True),
+        lambda keep, grace: storage.gc_versions(root, keep, grace),
+    )
 
 
 def run_versions(args: argparse.Namespace, settings: BuilderSettings) -> int:
-    root = settings.storage
+    cat = _catalogue(settings)
     if args.versions_action == "gc":
-        removed = storage.gc_versions(root, args.keep, args.grace_s)
+        removed = cat.gc(args.keep, args.grace_s)
         log.info("versions_removed", count=len(removed), versions=removed)
         return 0
     if args.versions_action == "rollback":
-        if args.version not in list_versions(root):
-            raise AnnrecError(f"no version {args.version} in {root}")
-        storage.set_latest(root, args.version, allow_older=True)
+        if args.version not in cat.versions():
+            raise AnnrecError(f"no version {args.version} in {settings.storage}")
+        cat.set_latest(args.version)
         print(args.version)
         return 0
-    infos = storage.describe_versions(root)
+    latest = cat.latest()
+    rows = [{"name": v, "latest": v == latest} for v in cat.versions()]
     if args.json:
-        print(json.dumps([dataclasses.asdict(i) for i in infos], indent=2))
+        print(json.dumps(rows, indent=2))
     else:
-        for i in infos:
-            print(f"{'*' if i.latest else ' '} {i.name}  {i.bytes / 1e6:10.1f} MB")
+        for row in rows:
+            print(f"{'*' if row['latest'] else ' '} {row['name']}")
     return 0
 
 
@@ -175,10 +206,16 @@ def run_build(
         target_recall=settings.target_recall,
         min_recall=settings.min_recall,
     )
+    remote_store = None
+    local_root = Path(settings.storage)
+    if is_remote(settings.storage):
+        remote_store = ObjectStore(settings.storage, settings.storage_options)
+        local_root = settings.build_dir  # built and verified here, then uploaded
     return publish_version(
         factors,
-        settings.storage,
+        local_root,
         options,
+        remote=remote_store,
         source=source,
         training=training,
         announce=announce if kafka_conf is not None else None,

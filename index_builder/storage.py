@@ -14,7 +14,6 @@ import shutil
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -67,23 +66,6 @@ def set_latest(storage: Path, version: str, *, allow_older: bool = False) -> boo
         os.replace(tmp, storage / LATEST)
         _fsync(storage)
         return True
-
-
-@dataclass(frozen=True)
-class VersionInfo:
-    name: str
-    bytes: int
-    latest: bool
-
-
-def describe_versions(storage: Path) -> list[VersionInfo]:
-    latest = read_latest(storage)
-    return [
-        VersionInfo(
-            v, sum(f.stat().st_size for f in version_dir(storage, v).iterdir()), v == latest
-        )
-        for v in list_versions(storage)
-    ]
 
 
 def gc_versions(storage: Path, keep: int, grace_s: float, now: float | None = None) -> list[str]:

@@ -7,6 +7,7 @@ override them. `kafka_config` passes librdkafka properties through verbatim (SAS
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -24,7 +25,12 @@ class CommonSettings(BaseSettings):
         default_factory=dict, description="extra librdkafka properties, JSON"
     )
     redis_url: SecretStr | None = Field(None, description="redis://...; unset = the local stack")
-    storage: Path = Field(Path("annrec-data"), description="index storage root")
+    storage: str = Field(
+        "annrec-data", description="index storage: a directory, or s3://bucket/prefix"
+    )
+    storage_options: dict[str, Any] = Field(
+        default_factory=dict, description="fsspec options for object storage, JSON"
+    )
     stack_dir: Path = Field(
         Path.home() / ".cache" / "annrec" / "stack", description="state of `annrec stack`"
     )

@@ -20,6 +20,7 @@ from worker.answer import RawEvent, answer_batch
 from worker.index_store import IndexStore, LoadedVersion
 from worker.settings import WorkerSettings
 from worker.sinks import KafkaSink, RedisSink, SinkError
+from worker.version_source import version_source
 
 log = structlog.get_logger(__name__)
 
@@ -53,7 +54,9 @@ class Worker:
         s = self.settings
         ensure_topics(self._kafka_conf, topic_specs(s))
         store = IndexStore(
-            s.storage, poll_interval_s=s.index_poll_interval_s, checksums=s.verify_checksums
+            version_source(s.storage, s.cache_dir, s.storage_options),
+            poll_interval_s=s.index_poll_interval_s,
+            checksums=s.verify_checksums,
         )
         store.start()
         consumer = Consumer(consumer_config(s, self._kafka_conf))

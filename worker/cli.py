@@ -40,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     builder_cli.register(sub)
 
     worker = sub.add_parser("worker", help="serve requests from Kafka")
-    worker.add_argument("--storage", type=Path)
+    worker.add_argument("--storage", help="directory or s3://bucket/prefix (ANNREC_STORAGE)")
     worker.add_argument("--group-id")
     worker.add_argument("--batch-size", type=int)
 

@@ -20,8 +20,9 @@ from pydantic import ValidationError
 
 from schemas import manifest as mf
 from schemas.errors import AnnrecError, IndexRejected
-from schemas.layout import read_latest, version_dir
+from schemas.layout import version_dir
 from schemas.verify import check_files, check_indexes, load_annoy
+from worker.version_source import VersionSource
 
 log = structlog.get_logger(__name__)
 
@@ -112,9 +113,9 @@ class IndexStore:
     """Holds the serving version; a background thread prepares the next one."""
 
     def __init__(
-        self, storage: Path, *, poll_interval_s: float = 2.0, checksums: bool = True
+        self, source: VersionSource, *, poll_interval_s: float = 2.0, checksums: bool = True
     ) -> None:
-        self._storage = storage
+        self._source = source
         self._poll_interval_s = poll_interval_s
         self._checksums = checksums
         self._lock = threading.Lock()
@@ -154,8 +155,8 @@ class IndexStore:
     def check_latest(self) -> None:
         """Load the version LATEST names if it is new; refuse it (once) if it is bad."""
         try:
-            latest = read_latest(self._storage)
-        except AnnrecError as exc:
+            latest = self._source.latest()
+        except (AnnrecError, OSError) as exc:
             log.warning("latest_unreadable", reason=str(exc))
             return
         with self._lock:
@@ -163,7 +164,8 @@ class IndexStore:
         if latest is None or latest in known or latest in self.refused:
             return
         try:
-            loaded = load_version(self._storage, latest, checksums=self._checksums)
+            root = self._source.materialize(latest)
+            loaded = load_version(root, latest, checksums=self._checksums)
         except (AnnrecError, OSError, ValueError) as exc:
             self.refused[latest] = str(exc)
             log.error("index_refused", version=latest, reason=str(exc))

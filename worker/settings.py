@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import secrets
 import socket
+from pathlib import Path
 
 from pydantic import Field
 
@@ -23,4 +24,8 @@ class WorkerSettings(CommonSettings):
     poll_timeout_s: float = Field(0.5, gt=0, le=1.0, description="<= 1 s keeps shutdown prompt")
     index_poll_interval_s: float = Field(2.0, gt=0)
     verify_checksums: bool = True
+    cache_dir: Path = Field(
+        Path.home() / ".cache" / "annrec" / "versions",
+        description="local copies of versions from object storage",
+    )
     retry_backoff_s: float = Field(1.0, gt=0, description="wait after a failed write")

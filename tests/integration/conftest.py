@@ -27,7 +27,7 @@ def settings(tmp_path, services, kafka_conf) -> WorkerSettings:
     s = WorkerSettings(
         kafka_bootstrap=services.kafka_bootstrap,
         redis_url=services.redis_url,
-        storage=tmp_path / "storage",
+        storage=str(tmp_path / "storage"),
         topic_requests=f"t{run}.requests",
         topic_replies=f"t{run}.replies",
         topic_dead_letters=f"t{run}.dead-letters",

@@ -5,6 +5,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from index_builder.publish import BuildOptions, publish_version
 from schemas import keys
@@ -16,7 +17,7 @@ from worker.client import ReplyWaiter, send_requests
 def test_no_offset_is_committed_while_redis_is_down_and_nothing_is_lost(
     settings, kafka_conf, services, small_factors
 ):
-    publish_version(small_factors, settings.storage, BuildOptions(n_trees=5))
+    publish_version(small_factors, Path(settings.storage), BuildOptions(n_trees=5))
     request = RecommendRequest(request_id="while-redis-down", user_id="u2", k=4)
     dead_redis = "redis://127.0.0.1:9/0"  # discard port: connection refused
     waiter = ReplyWaiter(kafka_conf, settings.topic_replies)
@@ -53,7 +54,7 @@ def test_no_offset_is_committed_while_redis_is_down_and_nothing_is_lost(
 def test_cli_worker_serves_and_exits_cleanly_on_sigterm(
     settings, kafka_conf, services, small_factors
 ):
-    publish_version(small_factors, settings.storage, BuildOptions(n_trees=5))
+    publish_version(small_factors, Path(settings.storage), BuildOptions(n_trees=5))
     env = {
         **os.environ,
         "ANNREC_KAFKA_BOOTSTRAP": services.kafka_bootstrap,

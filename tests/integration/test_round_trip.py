@@ -1,6 +1,7 @@
 """request -> Kafka -> worker -> Redis + reply topic, on real services, against brute force."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import redis
@@ -25,7 +26,7 @@ def test_requests_are_answered_through_kafka_and_redis_with_exact_top_k(
 ):
     manifest = publish_version(
         small_factors,
-        settings.storage,
+        Path(settings.storage),
         BuildOptions(n_trees=10, quality=False),  # exact on 300 items, see conftest
         announce=lambda m: announce_version(kafka_conf, settings.topic_index_versions, m),
     )
@@ -72,7 +73,7 @@ def test_requests_are_answered_through_kafka_and_redis_with_exact_top_k(
 def test_malformed_event_goes_to_the_dead_letter_topic_and_the_next_one_is_answered(
     settings, kafka_conf, services, small_factors
 ):
-    publish_version(small_factors, settings.storage, BuildOptions(n_trees=5))
+    publish_version(small_factors, Path(settings.storage), BuildOptions(n_trees=5))
     bad = [
         b"{this is not json",
         json.dumps(

@@ -61,7 +61,7 @@ def test_build_then_versions_list_and_rollback(tmp_path):
     assert first.returncode == second.returncode == 0, first.stderr
     v1, v2 = first.stdout.strip(), second.stdout.strip()
     listed = annrec("versions", "list", "--storage", storage).stdout.splitlines()
-    assert [line.split()[-3] for line in listed] == [v1, v2] and listed[1].startswith("*")
+    assert [line.split()[-1] for line in listed] == [v1, v2] and listed[1].startswith("*")
     assert annrec("versions", "rollback", v1, "--storage", storage).returncode == 0
     assert (tmp_path / "s" / "LATEST").read_text().strip() == v1
     bad = annrec("versions", "rollback", "../../etc", "--storage", storage)
