@@ -4,10 +4,12 @@ announce. Nothing becomes visible to workers unless every step succeeded."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import structlog
@@ -26,6 +28,7 @@ from schemas.verify import check_files, check_indexes, file_entry, load_annoy
 log = structlog.get_logger(__name__)
 
 Announcer = Callable[[mf.Manifest], None]
+T = TypeVar("T")
 
 
 class QualityTooLow(AnnrecError):
@@ -96,38 +99,42 @@ def _build_version(
     source: str,
     training: mf.TrainParams | None,
 ) -> mf.Manifest:
-    np.save(staging / mf.ITEM_FACTORS_FILE, factors.item_factors)
-    np.save(staging / mf.USER_FACTORS_FILE, factors.user_factors)
-    np.save(staging / mf.ITEM_IDS_FILE, factors.item_ids)
-    np.save(staging / mf.USER_IDS_FILE, factors.user_ids)
+    phase = _PhaseTimer()
+    with phase("arrays"):
+        np.save(staging / mf.ITEM_FACTORS_FILE, factors.item_factors)
+        np.save(staging / mf.USER_FACTORS_FILE, factors.user_factors)
+        np.save(staging / mf.ITEM_IDS_FILE, factors.item_ids)
+        np.save(staging / mf.USER_IDS_FILE, factors.user_ids)
 
     angular = mf.AnnoySpec(
         file=mf.ANGULAR_FILE, metric="angular", dim=factors.dim, n_trees=opts.n_trees
     )
-    build_annoy(
-        factors.item_factors,
-        staging / angular.file,
-        metric=angular.metric,
-        n_trees=opts.n_trees,
-        seed=opts.seed,
-        n_jobs=opts.n_jobs,
-        label="angular",
-    )
+    with phase("angular_index"):
+        build_annoy(
+            factors.item_factors,
+            staging / angular.file,
+            metric=angular.metric,
+            n_trees=opts.n_trees,
+            seed=opts.seed,
+            n_jobs=opts.n_jobs,
+            label="angular",
+        )
     augmented, max_norm = augment_items(factors.item_factors)
     # Angular on augmented vectors: every item has norm M, so the angle to [q, 0] is monotone in
     # q.x; this is the manual augmentation that works, unlike Annoy's broken `dot` (annoy #619).
     mips = mf.AnnoySpec(
         file=mf.MIPS_FILE, metric="angular", dim=factors.dim + 1, n_trees=opts.n_trees
     )
-    build_annoy(
-        augmented,
-        staging / mips.file,
-        metric=mips.metric,
-        n_trees=opts.n_trees,
-        seed=opts.seed,
-        n_jobs=opts.n_jobs,
-        label="mips",
-    )
+    with phase("mips_index"):
+        build_annoy(
+            augmented,
+            staging / mips.file,
+            metric=mips.metric,
+            n_trees=opts.n_trees,
+            seed=opts.seed,
+            n_jobs=opts.n_jobs,
+            label="mips",
+        )
     del augmented
 
     manifest = mf.Manifest(
@@ -139,34 +146,58 @@ def _build_version(
         angular_index=angular,
         mips_index=mips,
         mips_max_norm=max_norm,
-        files={p.name: file_entry(p) for p in sorted(staging.iterdir())},
+        files=phase.run(
+            "checksums", lambda: {p.name: file_entry(p) for p in sorted(staging.iterdir())}
+        ),
         build=mf.BuildParams(
             n_trees=opts.n_trees, seed=opts.seed, source=source, source_sha256=factors.checksum()
         ),
         training=training,
     )
     # Read back what was written, as a worker will, and measure it.
-    check_files(staging, manifest)
-    angular_index, mips_index = load_annoy(staging, angular), load_annoy(staging, mips)
+    with phase("verify"):
+        check_files(staging, manifest)
+        angular_index, mips_index = load_annoy(staging, angular), load_annoy(staging, mips)
     try:
         check_indexes(manifest, angular_index, mips_index, factors.item_factors)
         if opts.quality:
-            report = measure_quality(
-                angular_index,
-                mips_index,
-                factors,
-                n_trees=opts.n_trees,
-                target_recall=opts.target_recall,
-                n_queries=opts.quality_queries,
-                seed=opts.seed,
-            )
+            with phase("quality"):
+                report = measure_quality(
+                    angular_index,
+                    mips_index,
+                    factors,
+                    n_trees=opts.n_trees,
+                    target_recall=opts.target_recall,
+                    n_queries=opts.quality_queries,
+                    seed=opts.seed,
+                )
             _refuse_if_poor(report, opts.min_recall)
             manifest = manifest.model_copy(update={"quality": report})
     finally:
         angular_index.unload()
         mips_index.unload()
+    manifest = manifest.model_copy(
+        update={"build": manifest.build.model_copy(update={"timings_s": phase.seconds})}
+    )
     (staging / mf.MANIFEST_NAME).write_text(manifest.model_dump_json(indent=2))
     return manifest
+
+
+class _PhaseTimer:
+    """Wall time per build phase, recorded in the manifest (build.timings_s)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        yield
+        self.seconds[name] = round(time.perf_counter() - start, 2)
+
+    def run(self, name: str, fn: Callable[[], T]) -> T:
+        with self(name):
+            return fn()
 
 
 def _refuse_if_poor(report: mf.QualityReport, min_recall: float) -> None:

@@ -47,6 +47,7 @@ class BuildParams(_Model):
     seed: int
     source: str
     source_sha256: str
+    timings_s: dict[str, float] = Field(default_factory=dict, description="wall time per phase")
 
 
 class SearchKPoint(_Model):

@@ -52,6 +52,15 @@ def build_parser() -> argparse.ArgumentParser:
     request.add_argument("--timeout", type=float, default=30.0)
     request.add_argument("--json", action="store_true", help="print the reply event as JSON")
 
+    bench = sub.add_parser("bench", help="benchmarks: print figures, write JSON (and plots)")
+    bsub = bench.add_subparsers(dest="bench_kind", required=True)
+    bbuild = bsub.add_parser("build", help="time and peak memory of `annrec build`")
+    bbuild.add_argument("--out", type=Path, required=True)
+    bbuild.add_argument("--items", type=int, default=1_000_000)
+    bbuild.add_argument("--users", type=int, default=100_000)
+    bbuild.add_argument("--dim", type=int, default=64)
+    bbuild.add_argument("--trees", type=int, default=50)
+
     demo = sub.add_parser("demo", help="stack up, build a synthetic index, serve, ask, print")
     demo.add_argument("--keep", action="store_true", help="leave the stack running afterwards")
     return parser
@@ -91,6 +100,11 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _worker(args)
     if args.command == "request":
         return _request(args)
+    if args.command == "bench":
+        from worker.bench.build import bench_build
+
+        bench_build(args.out, args.items, args.users, args.dim, args.trees)
+        return 0
     if args.command == "demo":
         from worker.demo import run_demo  # the demo pulls in the builder; keep it off other paths
 
