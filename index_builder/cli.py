@@ -205,6 +205,8 @@ def run_build(
         quality=not args.no_quality,
         target_recall=settings.target_recall,
         min_recall=settings.min_recall,
+        fold_in_regularization=settings.fold_in_regularization,
+        fold_in_alpha=settings.fold_in_alpha,
     )
     remote_store = None
     local_root = Path(settings.storage)

@@ -22,6 +22,8 @@ class Factors:
     user_factors: npt.NDArray[np.float32]
     item_ids: npt.NDArray[np.str_]
     user_ids: npt.NDArray[np.str_]
+    # Interactions per item (or any popularity measure); None: rank by item norm instead.
+    item_popularity: npt.NDArray[np.float64] | None = None
 
     @property
     def dim(self) -> int:
@@ -41,6 +43,7 @@ def make_factors(
     user_factors: npt.ArrayLike,
     item_ids: npt.ArrayLike | None = None,
     user_ids: npt.ArrayLike | None = None,
+    item_popularity: npt.ArrayLike | None = None,
 ) -> Factors:
     """Validate and normalize: float32 matrices of equal K, finite rows, unique string ids."""
     items = _matrix("item_factors", item_factors)
@@ -51,11 +54,19 @@ def make_factors(
         )
     iids = _ids("item_ids", item_ids, items.shape[0])
     uids = _ids("user_ids", user_ids, users.shape[0])
-    return Factors(items, users.reshape(users.shape[0], items.shape[1]), iids, uids)
+    popularity = None
+    if item_popularity is not None:
+        popularity = np.asarray(item_popularity, dtype=np.float64)
+        if popularity.shape != (items.shape[0],) or not np.isfinite(popularity).all():
+            raise InvalidInput(
+                f"item_popularity must hold one finite number per item ({items.shape[0]})"
+            )
+    return Factors(items, users.reshape(users.shape[0], items.shape[1]), iids, uids, popularity)
 
 
 def load_factors(path: Path) -> Factors:
-    """Read a .npz holding item_factors, user_factors, item_ids, user_ids (ids optional)."""
+    """Read a .npz holding item_factors, user_factors, item_ids, user_ids (ids optional) and,
+    optionally, item_popularity (e.g. interaction counts) for the popularity fallback."""
     if not path.is_file():
         raise InvalidInput(f"factor file {path} does not exist")
     try:
@@ -70,6 +81,7 @@ def load_factors(path: Path) -> Factors:
         arrays.get("user_factors", np.empty((0, arrays["item_factors"].shape[-1]))),
         arrays.get("item_ids"),
         arrays.get("user_ids"),
+        arrays.get("item_popularity"),
     )
 
 
@@ -103,12 +115,14 @@ def load_factor_arrays(
 
 
 def save_factors(path: Path, factors: Factors) -> None:
+    extra = {} if factors.item_popularity is None else {"item_popularity": factors.item_popularity}
     np.savez(
         path,
         item_factors=factors.item_factors,
         user_factors=factors.user_factors,
         item_ids=factors.item_ids,
         user_ids=factors.user_ids,
+        **extra,
     )
 
 

@@ -9,9 +9,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 import numpy as np
+import numpy.typing as npt
 import structlog
 
 from index_builder import storage
@@ -29,6 +30,7 @@ log = structlog.get_logger(__name__)
 
 Announcer = Callable[[mf.Manifest], None]
 T = TypeVar("T")
+PopularitySource = Literal["interactions", "provided", "item_norm"]
 
 
 class QualityTooLow(AnnrecError):
@@ -44,6 +46,9 @@ class BuildOptions:
     target_recall: float = 0.95
     min_recall: float = 0.3  # below this held-out recall@10 a build is refused (settings.py)
     quality_queries: int = 200
+    # The ALS user step for `recent_items` requests; trained versions use their own values.
+    fold_in_regularization: float = 0.01
+    fold_in_alpha: float = 1.0
 
 
 def publish_version(
@@ -105,6 +110,8 @@ def _build_version(
         np.save(staging / mf.USER_FACTORS_FILE, factors.user_factors)
         np.save(staging / mf.ITEM_IDS_FILE, factors.item_ids)
         np.save(staging / mf.USER_IDS_FILE, factors.user_ids)
+        popularity, popularity_source = popularity_ranking(factors, training is not None)
+        np.save(staging / mf.POPULARITY_FILE, popularity)
 
     angular = mf.AnnoySpec(
         file=mf.ANGULAR_FILE, metric="angular", dim=factors.dim, n_trees=opts.n_trees
@@ -153,6 +160,11 @@ def _build_version(
             n_trees=opts.n_trees, seed=opts.seed, source=source, source_sha256=factors.checksum()
         ),
         training=training,
+        fold_in=mf.FoldIn(
+            regularization=training.regularization if training else opts.fold_in_regularization,
+            alpha=training.alpha if training else opts.fold_in_alpha,
+        ),
+        popularity=popularity_source,
     )
     # Read back what was written, as a worker will, and measure it.
     with phase("verify"):
@@ -181,6 +193,19 @@ def _build_version(
     )
     (staging / mf.MANIFEST_NAME).write_text(manifest.model_dump_json(indent=2))
     return manifest
+
+
+def popularity_ranking(
+    factors: Factors, trained: bool
+) -> tuple[npt.NDArray[np.int32], PopularitySource]:
+    """All item rows, most popular first (ties: lower row first)."""
+    source: PopularitySource
+    if factors.item_popularity is not None:
+        score = factors.item_popularity
+        source = "interactions" if trained else "provided"
+    else:
+        score, source = np.linalg.norm(factors.item_factors, axis=1), "item_norm"
+    return np.argsort(-score, kind="stable").astype(np.int32), source
 
 
 class _PhaseTimer:

@@ -19,6 +19,10 @@ class BuilderSettings(CommonSettings):
     # "Far below target": catches broken builds (Annoy's buggy `dot` metric scored 0.003-0.175,
     # annoy #619) without refusing honest-but-weak ones (Annoy MIPS on skewed norms, issue 6).
     min_recall: float = Field(0.3, ge=0, le=1, description="below this a build is not published")
+    fold_in_regularization: float = Field(
+        0.01, ge=0, description="ALS regularization for recent_items fold-in (untrained factors)"
+    )
+    fold_in_alpha: float = Field(1.0, gt=0, description="confidence of one recent item")
     build_dir: Path = Field(
         Path.home() / ".cache" / "annrec" / "build",
         description="where versions for object storage are built before the upload",

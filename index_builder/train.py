@@ -182,7 +182,12 @@ def train_als(
         iterations=iterations,
         seconds=round(time.perf_counter() - started, 2),
     )
-    trained = make_factors(item_factors, user_factors, interactions.item_ids, interactions.user_ids)
+    # Interaction weight per item ranks the version's popularity list (the fallback for
+    # cold-start users and for filling results up to k).
+    popularity = np.asarray(interactions.user_items.sum(axis=0)).ravel()
+    trained = make_factors(
+        item_factors, user_factors, interactions.item_ids, interactions.user_ids, popularity
+    )
     return trained, params
 
 

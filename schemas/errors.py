@@ -11,3 +11,8 @@ class InvalidInput(AnnrecError):
 
 class IndexRejected(AnnrecError):
     """An index version that failed verification; the previous version keeps serving."""
+
+
+class VersionMissing(AnnrecError):
+    """A version that is named (LATEST, an announcement) but not visible in storage yet; retried,
+    unlike a rejected one (a shared filesystem or object store may lag behind the announcement)."""

@@ -10,11 +10,22 @@ import base64
 from datetime import UTC, datetime
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    FiniteFloat,
+    TypeAdapter,
+    model_validator,
+)
 
 from schemas.manifest import Manifest
 
 MAX_K = 1000
+MAX_LIST = 1000  # exclude_items, recent_items
+MAX_DIM = 4096
+MAX_SEARCH_K = 10_000_000
 
 
 def _id_to_str(value: object) -> object:
@@ -36,29 +47,62 @@ class _Event(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class SimilarItemsRequest(_Event):
+class _RequestOptions(_Event):
+    request_id: RequestId
+    k: int = Field(10, ge=1, le=MAX_K, description="results wanted")
+    exclude_items: list[ExternalId] = Field(
+        default_factory=list, max_length=MAX_LIST, description="never return these items"
+    )
+    search_k: int | None = Field(
+        None, ge=1, le=MAX_SEARCH_K, description="override the version's tuned search_k"
+    )
+    deadline_ms: int | None = Field(
+        None,
+        ge=1,
+        le=3_600_000,
+        description="not computed (status `expired`) once this long past `sent_at`, or past "
+        "the Kafka message timestamp when `sent_at` is absent",
+    )
+    sent_at: datetime | None = Field(None, description="when the caller sent it (UTC)")
+
+
+class SimilarItemsRequest(_RequestOptions):
     """Items most similar (cosine) to `item_id`, the item itself excluded."""
 
     kind: Literal["similar_items"] = "similar_items"
-    request_id: RequestId
     item_id: ExternalId
-    k: int = Field(10, ge=1, le=MAX_K)
 
     @property
-    def subject_id(self) -> str:
+    def subject_id(self) -> str | None:
         return self.item_id
 
 
-class RecommendRequest(_Event):
-    """Items with the largest inner product with the factors of `user_id`."""
+class RecommendRequest(_RequestOptions):
+    """Items with the largest inner product with a user vector, given as exactly one of:
+    `user_id` (factors published with the version), `user_vector` (K floats), or
+    `recent_items` (folded in with the ALS least-squares step: real-time personalization)."""
 
     kind: Literal["recommend"] = "recommend"
-    request_id: RequestId
-    user_id: ExternalId
-    k: int = Field(10, ge=1, le=MAX_K)
+    user_id: ExternalId | None = None
+    user_vector: list[FiniteFloat] | None = Field(None, min_length=1, max_length=MAX_DIM)
+    recent_items: list[ExternalId] | None = Field(None, min_length=1, max_length=MAX_LIST)
+    exclude_seen: bool = Field(False, description="exclude recent_items from the results")
+
+    @model_validator(mode="after")
+    def _one_user_form(self) -> RecommendRequest:
+        given = [n for n in ("user_id", "user_vector", "recent_items") if getattr(self, n)]
+        if len(given) != 1:
+            raise ValueError(
+                "give exactly one of user_id, user_vector, recent_items"
+                + (f" (got {', '.join(given)})" if given else "")
+            )
+        if self.exclude_seen and not self.recent_items:
+            raise ValueError("exclude_seen needs recent_items")
+        return self
 
     @property
-    def subject_id(self) -> str:
+    def subject_id(self) -> str | None:
+        """The user, when the request names one (only those results are cached per subject)."""
         return self.user_id
 
 
@@ -68,21 +112,31 @@ REQUEST_ADAPTER: TypeAdapter[SimilarItemsRequest | RecommendRequest] = TypeAdapt
 
 class ScoredItem(_Event):
     item_id: str
-    score: float
+    score: float | None = Field(
+        description="exact cosine or inner product; null for cold-start popular items"
+    )
+    filled: bool = Field(False, description="from the popularity list, not the ANN search")
 
 
 class Reply(_Event):
     """The answer to one request; `status` is `error`, with `error` set, when it was not served."""
 
     request_id: str
-    status: Literal["ok", "error"]
+    status: Literal["ok", "error", "expired"]
     kind: Literal["similar_items", "recommend"] | None = None
     subject_id: str | None = None
     items: list[ScoredItem] = Field(default_factory=list)
     index_version: str | None = None
     error: str | None = None
+    fallback: Literal["cold_start"] | None = Field(
+        None, description="cold_start: the user is unknown to this version; popular items"
+    )
+    unknown_items: list[str] = Field(
+        default_factory=list, description="recent_items this version does not know (ignored)"
+    )
     worker_id: str
     served_at: datetime = Field(default_factory=utc_now)
+    from_cache: bool = Field(False, description="answered from Redis, computed earlier")
 
 
 class DeadLetter(_Event):

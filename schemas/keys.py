@@ -6,6 +6,10 @@ documents the same layout.
 
 from __future__ import annotations
 
+import hashlib
+
+from pydantic import BaseModel
+
 ENV_PREFIX = "ANNREC_"
 ENV_KAFKA_BOOTSTRAP = "ANNREC_KAFKA_BOOTSTRAP"
 ENV_REDIS_URL = "ANNREC_REDIS_URL"
@@ -36,3 +40,9 @@ def result_key(kind: str, subject_id: str) -> str:
 
 # Key of every announcement on the compacted index-versions topic: compaction keeps the newest.
 ANNOUNCE_KEY = "items"
+
+
+def cache_key(version: str, request: BaseModel) -> str:
+    """What was asked, for one version: the request without who asked and when."""
+    asked = request.model_dump_json(exclude={"request_id", "deadline_ms", "sent_at"})
+    return f"{REDIS_PREFIX}:cache:{version}:{hashlib.sha256(asked.encode()).hexdigest()[:32]}"

@@ -90,6 +90,13 @@ class TrainParams(_Model):
     implicit_version: str
 
 
+class FoldIn(_Model):
+    """How to fold a new user in from their items (the ALS user step); see vectors.fold_in."""
+
+    regularization: float = Field(ge=0)
+    alpha: float = Field(gt=0, description="confidence of one interaction (alpha * weight 1)")
+
+
 class Manifest(_Model):
     format_version: int = FORMAT_VERSION
     version: str = Field(pattern=VERSION_PATTERN)
@@ -100,6 +107,11 @@ class Manifest(_Model):
     angular_index: AnnoySpec = Field(description="item -> items, cosine, over the raw item factors")
     mips_index: AnnoySpec = Field(description="user -> items, over Bachrach-augmented items (K+1)")
     mips_max_norm: float = Field(ge=0, description="M, the largest item norm")
+    fold_in: FoldIn
+    popularity: Literal["interactions", "provided", "item_norm"] = Field(
+        description="what ranks popularity.npy: interaction weights, an item_popularity array "
+        "given with the factors, or the item norm (a popularity proxy in MF factors)"
+    )
     files: dict[str, FileEntry]
     build: BuildParams
     quality: QualityReport | None = Field(None, description="None: built with --no-quality")
@@ -123,3 +135,4 @@ ITEM_FACTORS_FILE = "item_factors.npy"
 USER_FACTORS_FILE = "user_factors.npy"
 ITEM_IDS_FILE = "item_ids.npy"
 USER_IDS_FILE = "user_ids.npy"
+POPULARITY_FILE = "popularity.npy"  # int32 item rows, most popular first

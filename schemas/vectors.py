@@ -86,3 +86,30 @@ def recall_at_k(found: npt.ArrayLike, truth: npt.ArrayLike) -> float:
     if not t:
         return 1.0
     return len(t.intersection(np.asarray(found).tolist())) / len(t)
+
+
+def item_gramian(items: npt.ArrayLike) -> npt.NDArray[np.float64]:
+    """Y^T Y (K x K), the part of the ALS normal equations shared by every user."""
+    y = np.asarray(items, dtype=np.float64)
+    return y.T @ y
+
+
+def fold_in(
+    gramian: npt.NDArray[np.float64],
+    seen: npt.ArrayLike,
+    regularization: float,
+    confidence: float | npt.ArrayLike = 1.0,
+) -> FloatArray:
+    """The ALS user step for one user (Hu, Koren & Volinsky 2008; implicit's least_squares):
+
+        (Y^T Y + Y^T (C_u - I) Y + reg I) x_u = Y^T C_u p_u
+
+    with `seen` the factor rows of the user's items and `confidence` their c_ui (alpha * weight
+    in implicit's convention). A user who arrives with a few recent items gets the vector ALS
+    would have given them, without retraining.
+    """
+    y = np.asarray(seen, dtype=np.float64)
+    c = np.broadcast_to(np.asarray(confidence, dtype=np.float64), (len(y),))
+    a = gramian + regularization * np.eye(gramian.shape[0]) + (y.T * (c - 1.0)) @ y
+    b = y.T @ c
+    return np.linalg.solve(a, b).astype(np.float32)

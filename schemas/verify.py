@@ -41,10 +41,10 @@ def check_files(directory: Path, manifest: Manifest, *, checksums: bool = True) 
             raise IndexRejected(f"{manifest.version}: file {name} does not match its sha256")
 
 
-def load_annoy(directory: Path, spec: AnnoySpec) -> AnnoyIndex:
+def load_annoy(directory: Path, spec: AnnoySpec, *, prefault: bool = False) -> AnnoyIndex:
     index = AnnoyIndex(spec.dim, spec.metric)
     try:
-        index.load(str(directory / spec.file))
+        index.load(str(directory / spec.file), prefault=prefault)
     except OSError as exc:
         raise IndexRejected(f"{spec.file}: annoy cannot load it ({exc})") from exc
     return index

@@ -2,16 +2,20 @@
 
 Candidates come from Annoy; their order and scores come from the exact factors (cosine for
 similar items, inner product for recommendations), so a reply's scores are exact even when the
-ANN search missed an item.
+ANN search missed an item. Results are always k long when the catalogue allows: what exclusions
+remove is filled from the version's popularity list, each filled item marked `filled`.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
+import numpy.typing as npt
 import structlog
 from pydantic import TypeAdapter, ValidationError
 
@@ -25,15 +29,26 @@ from schemas.events import (
     SimilarItemsRequest,
     parse_request,
 )
+from schemas.vectors import cosine_scores, fold_in
 from worker.index_store import LoadedVersion
 
 log = structlog.get_logger(__name__)
 
 _REQUEST_ID_ADAPTER: TypeAdapter[str] = TypeAdapter(RequestId)
+AnyRequest = SimilarItemsRequest | RecommendRequest
+Rows = npt.NDArray[np.int64]
+Scorer = Callable[[Rows], npt.NDArray[np.float32]]
 
 
 class BadRequest(ValueError):
-    """A well-formed event that cannot be served (unknown id, ...)."""
+    """A well-formed event that cannot be served (unknown id, wrong dimension, ...)."""
+
+
+@dataclass(frozen=True)
+class Policy:
+    """The worker settings that change answers."""
+
+    cold_start: Literal["popular", "error"] = "popular"
 
 
 @dataclass(frozen=True)
@@ -45,70 +60,229 @@ class RawEvent:
     offset: int
     key: bytes | None
     value: bytes | None
+    timestamp_ms: int | None = None  # the Kafka message timestamp (producer's create time)
+
+
+@dataclass(frozen=True)
+class Served:
+    """Per-request figures for the metrics."""
+
+    kind: str
+    outcome: str  # ok | error | expired | dead_letter
+    queue_s: float | None
+    compute_s: float
 
 
 @dataclass
 class Outcome:
     replies: list[Reply] = field(default_factory=list)
     dead_letters: list[DeadLetter] = field(default_factory=list)
+    served: list[Served] = field(default_factory=list)
 
 
-def answer_batch(events: Sequence[RawEvent], version: LoadedVersion, worker_id: str) -> Outcome:
-    """Answer every event; a bad one becomes a dead letter (plus an error reply when it has a
-    readable request_id, so a caller waiting for the reply is not left to time out)."""
-    outcome = Outcome()
+@dataclass(frozen=True)
+class Parsed:
+    event: RawEvent
+    request: AnyRequest | None
+    reason: str | None  # why it could not be parsed
+
+
+def parse_batch(events: Sequence[RawEvent]) -> list[Parsed]:
+    out = []
     for event in events:
         try:
-            request = parse_request(event.value or b"")
-            outcome.replies.append(answer(request, version, worker_id))
-        except (ValidationError, BadRequest, UnicodeDecodeError) as exc:
-            _refuse(outcome, event, _reason(exc), worker_id, version)
-        except Exception as exc:  # a bug must not poison the partition: dead-letter and go on
-            log.exception("answer_failed", offset=event.offset, partition=event.partition)
-            _refuse(
-                outcome, event, f"internal error: {type(exc).__name__}: {exc}", worker_id, version
-            )
+            out.append(Parsed(event, parse_request(event.value or b""), None))
+        except (ValidationError, UnicodeDecodeError) as exc:
+            out.append(Parsed(event, None, _reason(exc)))
+    return out
+
+
+def answer_batch(
+    parsed: Sequence[Parsed],
+    version: LoadedVersion,
+    worker_id: str,
+    policy: Policy = Policy(),
+    cached: dict[str, Reply] | None = None,
+    now: float | None = None,
+) -> Outcome:
+    """Answer every event; a bad one becomes a dead letter (plus an error reply when it has a
+    readable request_id, so a caller waiting for the reply is not left to time out).
+    `cached` holds replies already computed for this version, by request_id."""
+    outcome = Outcome()
+    now = time.time() if now is None else now
+    for p in parsed:
+        started = time.perf_counter()
+        queue_s = now - p.event.timestamp_ms / 1000 if p.event.timestamp_ms else None
+        kind = p.request.kind if p.request else "unparsed"
+        if p.request is None:
+            _refuse(outcome, p.event, p.reason or "invalid request", worker_id, version)
+            result = "dead_letter"
+        else:
+            try:
+                reply = (cached or {}).get(p.request.request_id) or answer(
+                    p.request, version, worker_id, policy, _sent_at(p), now
+                )
+                outcome.replies.append(reply)
+                result = reply.status
+            except BadRequest as exc:
+                _refuse(outcome, p.event, str(exc), worker_id, version)
+                result = "dead_letter"
+            except Exception as exc:  # a bug must not poison the partition: dead-letter, go on
+                log.exception("answer_failed", offset=p.event.offset, partition=p.event.partition)
+                reason = f"internal error: {type(exc).__name__}: {exc}"
+                _refuse(outcome, p.event, reason, worker_id, version)
+                result = "dead_letter"
+        outcome.served.append(Served(kind, result, queue_s, time.perf_counter() - started))
     return outcome
 
 
 def answer(
-    request: SimilarItemsRequest | RecommendRequest, version: LoadedVersion, worker_id: str
+    request: AnyRequest,
+    version: LoadedVersion,
+    worker_id: str,
+    policy: Policy = Policy(),
+    sent_at: float | None = None,
+    now: float | None = None,
 ) -> Reply:
+    base = {
+        "request_id": request.request_id,
+        "kind": request.kind,
+        "subject_id": request.subject_id,
+        "index_version": version.version,
+        "worker_id": worker_id,
+    }
+    if request.deadline_ms is not None and sent_at is not None:
+        late_ms = ((now or time.time()) - sent_at) * 1000 - request.deadline_ms
+        if late_ms > 0:
+            return Reply(status="expired", error=f"deadline passed {late_ms:.0f} ms ago", **base)
     if isinstance(request, SimilarItemsRequest):
-        row = version.item_rows.get(request.item_id)
-        if row is None:
-            raise BadRequest(f"unknown item_id {request.item_id!r} in index {version.version}")
-        rows, scores = search.similar_items(
-            version.angular,
-            version.item_factors,
-            version.item_norms,
-            row,
-            request.k,
-            search.scaled_search_k(version.search_k_similar, request.k),
-        )
-    else:
-        row = version.user_rows.get(request.user_id)
-        if row is None:
-            raise BadRequest(f"unknown user_id {request.user_id!r} in index {version.version}")
-        rows, scores = search.max_inner_product(
-            version.mips,
-            version.item_factors,
-            np.asarray(version.user_factors[row]),
-            request.k,
-            search.scaled_search_k(version.search_k_recommend, request.k),
-        )
-    return Reply(
-        request_id=request.request_id,
-        status="ok",
-        kind=request.kind,
-        subject_id=request.subject_id,
-        items=[
-            ScoredItem(item_id=str(version.item_ids[r]), score=float(s))
-            for r, s in zip(rows.tolist(), scores.tolist(), strict=True)
-        ],
-        index_version=version.version,
-        worker_id=worker_id,
+        return Reply(status="ok", items=_similar(request, version), **base)
+    return _recommend(request, version, policy, base)
+
+
+def _similar(request: SimilarItemsRequest, v: LoadedVersion) -> list[ScoredItem]:
+    row = v.item_rows.get(request.item_id)
+    if row is None:
+        raise BadRequest(f"unknown item_id {request.item_id!r} in index {v.version}")
+    excluded = _rows(v, request.exclude_items) | {row}
+    fetch = request.k + len(excluded)
+    rows, scores = search.similar_items(
+        v.angular,
+        v.item_factors,
+        v.item_norms,
+        row,
+        fetch,
+        search.scaled_search_k(request.search_k or v.search_k_similar, fetch),
     )
+    query = np.asarray(v.item_factors[row])
+
+    def scorer(r: Rows) -> npt.NDArray[np.float32]:
+        return cosine_scores(np.asarray(v.item_factors[r]), v.item_norms[r], query)
+
+    return _complete(v, rows, scores, excluded, request.k, scorer)
+
+
+def _recommend(
+    request: RecommendRequest, v: LoadedVersion, policy: Policy, base: dict[str, object]
+) -> Reply:
+    query, seen, unknown = _user_vector(request, v)
+    excluded = _rows(v, request.exclude_items) | (seen if request.exclude_seen else set())
+    if query is None:  # cold start: nothing known about this user
+        if policy.cold_start == "error":
+            raise BadRequest(f"unknown user in index {v.version} (cold start disabled)")
+        items = _complete(
+            v, np.empty(0, np.int64), np.empty(0, np.float32), excluded, request.k, None
+        )
+        return Reply(status="ok", items=items, fallback="cold_start", unknown_items=unknown, **base)
+    fetch = request.k + len(excluded)
+    rows, scores = search.max_inner_product(
+        v.mips,
+        v.item_factors,
+        query,
+        fetch,
+        search.scaled_search_k(request.search_k or v.search_k_recommend, fetch),
+    )
+
+    def scorer(r: Rows) -> npt.NDArray[np.float32]:
+        return (np.asarray(v.item_factors[r]) @ query).astype(np.float32)
+
+    items = _complete(v, rows, scores, excluded, request.k, scorer)
+    return Reply(status="ok", items=items, unknown_items=unknown, **base)
+
+
+def _user_vector(
+    request: RecommendRequest, v: LoadedVersion
+) -> tuple[npt.NDArray[np.float32] | None, set[int], list[str]]:
+    """(query vector or None for a cold start, rows the user has seen, unknown recent items)."""
+    if request.user_id is not None:
+        row = v.user_rows.get(request.user_id)
+        return (None if row is None else np.asarray(v.user_factors[row])), set(), []
+    if request.user_vector is not None:
+        if len(request.user_vector) != v.manifest.dim:
+            raise BadRequest(
+                f"user_vector has {len(request.user_vector)} values, index {v.version} "
+                f"has K={v.manifest.dim}"
+            )
+        return np.asarray(request.user_vector, dtype=np.float32), set(), []
+    assert request.recent_items is not None
+    known = [v.item_rows[i] for i in request.recent_items if i in v.item_rows]
+    unknown = [i for i in request.recent_items if i not in v.item_rows]
+    if not known:
+        return None, set(), unknown
+    f = v.manifest.fold_in
+    query = fold_in(
+        v.gramian, np.asarray(v.item_factors[np.array(known)]), f.regularization, f.alpha
+    )
+    return query, set(known), unknown
+
+
+def _complete(
+    v: LoadedVersion,
+    rows: Rows,
+    scores: npt.NDArray[np.float32],
+    excluded: set[int],
+    k: int,
+    scorer: Scorer | None,
+) -> list[ScoredItem]:
+    """The first k non-excluded results, filled up from the popularity list when short."""
+    keep = [i for i, r in enumerate(rows.tolist()) if r not in excluded][:k]
+    items = [_item(v, int(rows[i]), float(scores[i])) for i in keep]
+    missing = k - len(items)
+    if missing > 0:
+        taken = excluded | {int(rows[i]) for i in keep}
+        fill = _popular(v, taken, missing)
+        fill_scores = scorer(fill) if scorer is not None and len(fill) else None
+        items += [
+            _item(v, int(r), None if fill_scores is None else float(fill_scores[j]), filled=True)
+            for j, r in enumerate(fill.tolist())
+        ]
+    return items
+
+
+def _popular(v: LoadedVersion, taken: set[int], n: int) -> Rows:
+    """The n most popular rows not in `taken` (fewer only when the catalogue runs out)."""
+    picked: list[int] = []
+    start, step = 0, n + len(taken)
+    while len(picked) < n and start < len(v.popularity):
+        chunk = np.asarray(v.popularity[start : start + step]).tolist()
+        picked += [r for r in chunk if r not in taken][: n - len(picked)]
+        start += step
+    return np.asarray(picked, dtype=np.int64)
+
+
+def _item(v: LoadedVersion, row: int, score: float | None, filled: bool = False) -> ScoredItem:
+    return ScoredItem(item_id=str(v.item_ids[row]), score=score, filled=filled)
+
+
+def _rows(v: LoadedVersion, ids: Sequence[str]) -> set[int]:
+    # Ids the version does not know cannot be returned anyway: nothing to exclude.
+    return {v.item_rows[i] for i in ids if i in v.item_rows}
+
+
+def _sent_at(p: Parsed) -> float | None:
+    if p.request is not None and p.request.sent_at is not None:
+        return p.request.sent_at.timestamp()
+    return p.event.timestamp_ms / 1000 if p.event.timestamp_ms else None
 
 
 def _refuse(
@@ -154,4 +328,4 @@ def _reason(exc: Exception) -> str:
             where = ".".join(str(p) for p in err["loc"]) or "event"
             parts.append(f"{where}: {err['msg']}")
         return "invalid request: " + "; ".join(parts)
-    return str(exc)
+    return f"invalid request: {exc}"

@@ -1,25 +1,31 @@
-"""The serving loop: consume a batch, answer it, write Redis and Kafka, then commit.
+"""The serving loop: consume a batch, answer it, write Redis and Kafka, then store the offsets.
 
-At-least-once: offsets are committed only after both sinks acknowledged the batch. When a write
-fails, the consumer seeks back to the batch's first offsets and the batch is served again after a
-backoff, so nothing is lost; a reply may then be written twice (same request_id, harmless).
-A stop request (SIGTERM/SIGINT) only sets an event: the current batch finishes and commits first.
+At-least-once: a message's offset is stored only after both sinks acknowledged its result, and
+only stored offsets are committed (automatically every second, on every partition revocation and
+at shutdown). When a write fails, the consumer seeks back to the batch's first offsets and serves
+the batch again after a backoff, so nothing is lost; a reply may then be written twice (same
+request_id, harmless). A stop request (SIGTERM/SIGINT) only sets an event: the current batch
+finishes, its offsets are committed, and the consumer leaves the group.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Sequence
 
 import redis
 import structlog
-from confluent_kafka import Consumer, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
+from schemas.events import Reply
 from schemas.topics import ensure_topics, topic_specs
-from worker.answer import RawEvent, answer_batch
+from worker.announcements import AnnouncementFollower
+from worker.answer import Outcome, Parsed, Policy, RawEvent, answer_batch, parse_batch
 from worker.index_store import IndexStore, LoadedVersion
+from worker.metrics import HealthState, WorkerMetrics, serve_http
 from worker.settings import WorkerSettings
-from worker.sinks import KafkaSink, RedisSink, SinkError
+from worker.sinks import KafkaSink, RedisSink, ReplyCache, SinkError
 from worker.version_source import version_source
 
 log = structlog.get_logger(__name__)
@@ -30,14 +36,21 @@ def consumer_config(settings: WorkerSettings, kafka_conf: dict[str, str]) -> dic
         **kafka_conf,
         "group.id": settings.group_id,
         "client.id": settings.worker_id,
-        "enable.auto.commit": False,  # we commit after the results are written, never before
+        # Offsets are stored by us, after the results are written, and only stored offsets are
+        # committed (every second, and synchronously on revoke and at shutdown).
+        "enable.auto.offset.store": False,
+        "enable.auto.commit": True,
+        "auto.commit.interval.ms": 1000,
         "auto.offset.reset": "earliest",  # a new group must not skip requests already waiting
         "partition.assignment.strategy": "cooperative-sticky",
+        "max.poll.interval.ms": 300_000,
+        "session.timeout.ms": settings.session_timeout_ms,
+        **settings.consumer_config,
     }
 
 
-def producer_config(kafka_conf: dict[str, str]) -> dict[str, object]:
-    return {**kafka_conf, "enable.idempotence": True, "linger.ms": 5}
+def producer_config(settings: WorkerSettings, kafka_conf: dict[str, str]) -> dict[str, object]:
+    return {**kafka_conf, "enable.idempotence": True, "linger.ms": 5, **settings.producer_config}
 
 
 class Worker:
@@ -47,41 +60,71 @@ class Worker:
         self.settings = settings
         self._kafka_conf = kafka_conf
         self._redis_url = redis_url
+        self.metrics = WorkerMetrics()
+        self.health = HealthState(max_poll_gap_s=settings.health_max_poll_gap_s)
         self.served = 0
         self.dead_lettered = 0
+        self.batch_sizes: list[int] = []
+        self.assigned: set[int] = set()
+        self.http_port: int | None = None
 
     def run(self, stop: threading.Event) -> None:
         s = self.settings
         ensure_topics(self._kafka_conf, topic_specs(s))
+        follower = AnnouncementFollower(self._kafka_conf, s.topic_index_versions)
         store = IndexStore(
             version_source(s.storage, s.cache_dir, s.storage_options),
             poll_interval_s=s.index_poll_interval_s,
             checksums=s.verify_checksums,
+            wakeup=follower.wait,
+            on_refused=lambda _v, _r: self.metrics.refusals.inc(),
         )
+        http = (
+            serve_http(s.metrics_port, self.metrics, self.health) if s.metrics_port >= 0 else None
+        )
+        self.http_port = http.server_address[1] if http else None
         store.start()
         consumer = Consumer(consumer_config(s, self._kafka_conf))
-        producer = Producer(producer_config(self._kafka_conf))
-        redis_sink = RedisSink(redis.Redis.from_url(self._redis_url))
+        producer = Producer(producer_config(s, self._kafka_conf))
+        client = redis.Redis.from_url(self._redis_url, socket_timeout=s.redis_timeout_s)
+        redis_sink = RedisSink(client, s.reply_ttl_s, s.result_ttl_s)
+        cache = ReplyCache(client, s.result_ttl_s) if s.serve_from_cache else None
         kafka_sink = KafkaSink(producer, s.topic_replies, s.topic_dead_letters)
         try:
-            if _wait_for_index(store, stop, s.index_poll_interval_s) is None:
+            version = self._wait_for_index(store, stop)
+            if version is None:
                 return
-            consumer.subscribe([s.topic_requests], on_assign=_on_assign, on_revoke=_on_revoke)
+            consumer.subscribe(
+                [s.topic_requests],
+                on_assign=self._on_assign,
+                on_revoke=self._on_revoke,
+                on_lost=self._on_lost,
+            )
             log.info(
-                "worker_started", worker_id=s.worker_id, group=s.group_id, topic=s.topic_requests
+                "worker_started",
+                worker_id=s.worker_id,
+                group=s.group_id,
+                topic=s.topic_requests,
+                version=version.version,
+                metrics_port=self.http_port,
             )
             while not stop.is_set():
                 messages = consumer.consume(num_messages=s.batch_size, timeout=s.poll_timeout_s)
+                self.health.polled()
+                self.metrics.last_poll.set_to_current_time()
                 events = _events(messages)
                 if not events:
                     continue
-                version = store.current()
-                assert version is not None  # _wait_for_index returned one
-                self._serve(consumer, events, version, redis_sink, kafka_sink, stop)
+                version = self._current(store, version)
+                self._serve(consumer, events, version, redis_sink, kafka_sink, cache, stop)
         finally:
+            _commit_stored(consumer, "shutdown")
             consumer.close()  # leaves the group now, so partitions move without a session timeout
             producer.flush(10)
-            store.stop()
+            store.stop()  # before the follower closes: its watcher thread polls the follower
+            follower.close()
+            if http is not None:
+                http.shutdown()
             log.info(
                 "worker_stopped",
                 worker_id=s.worker_id,
@@ -96,19 +139,32 @@ class Worker:
         version: LoadedVersion,
         redis_sink: RedisSink,
         kafka_sink: KafkaSink,
+        cache: ReplyCache | None,
         stop: threading.Event,
     ) -> None:
-        outcome = answer_batch(events, version, self.settings.worker_id)
+        parsed = parse_batch(events)
+        cached = _cached(cache, parsed, version)
+        outcome = answer_batch(parsed, version, self.settings.worker_id, self._policy(), cached)
+        started = time.perf_counter()
         try:
             redis_sink.write(outcome.replies)
+            if cache is not None:
+                cache.store(parsed, outcome, version.version)
             kafka_sink.write(outcome.replies, outcome.dead_letters)
         except SinkError as exc:
+            self.metrics.write_failures.inc()
             log.error("batch_not_written", reason=str(exc), size=len(events))
             _rewind(consumer, events)
             stop.wait(self.settings.retry_backoff_s)
             return
-        _commit(consumer, events)
-        self.served += len(outcome.replies)
+        _store_offsets(consumer, events)
+        self._count(events, outcome, time.perf_counter() - started, len(cached))
+
+    def _count(self, events: list[RawEvent], outcome: Outcome, write_s: float, hits: int) -> None:
+        self.metrics.record_batch(len(events), outcome, write_s)
+        self.metrics.cache_hits.inc(hits)
+        self.batch_sizes.append(len(events))
+        self.served += sum(1 for r in outcome.replies if r.status != "error")
         self.dead_lettered += len(outcome.dead_letters)
         for dead in outcome.dead_letters:
             log.warning(
@@ -119,22 +175,56 @@ class Worker:
                 offset=dead.source_offset,
             )
 
+    def _policy(self) -> Policy:
+        return Policy(cold_start=self.settings.cold_start)
 
-def _wait_for_index(
-    store: IndexStore, stop: threading.Event, interval_s: float
-) -> LoadedVersion | None:
-    """Requests are not consumed before a version can answer them (they wait in Kafka)."""
-    logged = False
-    while not stop.is_set():
+    def _current(self, store: IndexStore, serving: LoadedVersion) -> LoadedVersion:
         version = store.current()
-        if version is not None:
-            return version
-        if not logged:
-            log.info("waiting_for_index")
-            logged = True
-        store.check_latest()
-        stop.wait(interval_s)
-    return None
+        assert version is not None
+        if version.version != serving.version:
+            self._announce_serving(version, serving.version)
+        return version
+
+    def _announce_serving(self, version: LoadedVersion, previous: str | None) -> None:
+        self.metrics.serving(version.version, version.manifest.created_at.timestamp(), previous)
+        self.health.version = version.version
+
+    def _wait_for_index(self, store: IndexStore, stop: threading.Event) -> LoadedVersion | None:
+        """Requests are not consumed before a version can answer them (they wait in Kafka)."""
+        logged = False
+        while not stop.is_set():
+            self.health.polled()  # waiting for an index is not a stalled loop
+            version = store.current()
+            if version is not None:
+                self._announce_serving(version, None)
+                return version
+            if not logged:
+                log.info("waiting_for_index", storage=self.settings.storage)
+                logged = True
+            stop.wait(self.settings.index_poll_interval_s)
+        return None
+
+    def _on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self.assigned |= {p.partition for p in partitions}
+        log.info("partitions_assigned", partitions=sorted(p.partition for p in partitions))
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        # What this worker wrote is committed before the partitions move, so the next owner
+        # does not serve it again.
+        _commit_stored(consumer, "revoke")
+        self.assigned -= {p.partition for p in partitions}
+        log.info("partitions_revoked", partitions=sorted(p.partition for p in partitions))
+
+    def _on_lost(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        # Lost (session timed out): another worker owns them already; committing would fail.
+        self.assigned -= {p.partition for p in partitions}
+        log.warning("partitions_lost", partitions=sorted(p.partition for p in partitions))
+
+
+def _cached(
+    cache: ReplyCache | None, parsed: list[Parsed], version: LoadedVersion
+) -> dict[str, Reply]:
+    return cache.lookup(parsed, version.version) if cache is not None else {}
 
 
 def _events(messages: Sequence[Message]) -> list[RawEvent]:
@@ -143,7 +233,12 @@ def _events(messages: Sequence[Message]) -> list[RawEvent]:
         if m.error() is not None:
             log.warning("consume_error", error=str(m.error()))
             continue
-        events.append(RawEvent(m.topic(), m.partition(), m.offset(), m.key(), m.value()))
+        _ts_type, ts = m.timestamp()
+        events.append(
+            RawEvent(
+                m.topic(), m.partition(), m.offset(), m.key(), m.value(), ts if ts > 0 else None
+            )
+        )
     return events
 
 
@@ -156,13 +251,25 @@ def _next_offsets(events: Sequence[RawEvent], *, first: bool) -> list[TopicParti
     return [TopicPartition(t, p, o) for (t, p), o in pick.items()]
 
 
-def _commit(consumer: Consumer, events: Sequence[RawEvent]) -> None:
+def _store_offsets(consumer: Consumer, events: Sequence[RawEvent]) -> None:
     try:
-        consumer.commit(offsets=_next_offsets(events, first=False), asynchronous=False)
+        consumer.store_offsets(offsets=_next_offsets(events, first=False))
     except KafkaException as exc:
-        # Typically a rebalance took the partition away: its new owner re-serves from the last
-        # commit (at-least-once), so this is logged, not fatal.
-        log.warning("commit_failed", error=str(exc.args[0]))
+        # The partition was revoked meanwhile: its next owner re-serves from the last commit
+        # (at-least-once), so this is logged, not fatal.
+        log.warning("store_offsets_failed", error=str(exc.args[0]))
+
+
+def _commit_stored(consumer: Consumer, why: str) -> None:
+    try:
+        consumer.commit(asynchronous=False)
+    except KafkaException as exc:
+        err = exc.args[0]
+        if isinstance(err, KafkaError) and err.code() == KafkaError._NO_OFFSET:
+            return  # nothing stored since the last commit
+        log.warning("commit_failed", when=why, error=str(err))
+    except RuntimeError:
+        return  # consumer already closed
 
 
 def _rewind(consumer: Consumer, events: Sequence[RawEvent]) -> None:
@@ -171,11 +278,3 @@ def _rewind(consumer: Consumer, events: Sequence[RawEvent]) -> None:
             consumer.seek(tp)
         except KafkaException as exc:  # partition revoked meanwhile: its next owner re-serves it
             log.warning("rewind_failed", partition=tp.partition, error=str(exc.args[0]))
-
-
-def _on_assign(_consumer: Consumer, partitions: list[TopicPartition]) -> None:
-    log.info("partitions_assigned", partitions=[p.partition for p in partitions])
-
-
-def _on_revoke(_consumer: Consumer, partitions: list[TopicPartition]) -> None:
-    log.info("partitions_revoked", partitions=[p.partition for p in partitions])

@@ -9,6 +9,7 @@ load. A version that fails verification is refused, logged once, and the previou
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,8 +20,9 @@ from annoy import AnnoyIndex
 from pydantic import ValidationError
 
 from schemas import manifest as mf
-from schemas.errors import AnnrecError, IndexRejected
+from schemas.errors import AnnrecError, IndexRejected, VersionMissing
 from schemas.layout import version_dir
+from schemas.vectors import item_gramian
 from schemas.verify import check_files, check_indexes, load_annoy
 from worker.version_source import VersionSource
 
@@ -40,6 +42,8 @@ class LoadedVersion:
     item_ids: npt.NDArray[np.str_]
     item_rows: dict[str, int]
     user_rows: dict[str, int]
+    popularity: npt.NDArray[np.int32]  # item rows, most popular first
+    gramian: npt.NDArray[np.float64]  # Y^T Y, for folding users in from their items
 
     @property
     def version(self) -> str:
@@ -60,13 +64,15 @@ class LoadedVersion:
         self.mips.unload()
 
 
-def load_version(storage: Path, version: str, *, checksums: bool = True) -> LoadedVersion:
+def load_version(
+    storage: Path, version: str, *, checksums: bool = True, warm: bool = False
+) -> LoadedVersion:
     """Load a version and check it against its manifest; IndexRejected says what is wrong."""
     directory = version_dir(storage, version)
     try:
         manifest = mf.Manifest.model_validate_json((directory / mf.MANIFEST_NAME).read_bytes())
     except FileNotFoundError as exc:
-        raise IndexRejected(f"{version}: no {mf.MANIFEST_NAME}") from exc
+        raise VersionMissing(f"{version}: no {mf.MANIFEST_NAME} in {directory.parent}") from exc
     except ValidationError as exc:
         raise IndexRejected(f"{version}: invalid manifest ({exc.error_count()} errors)") from exc
     if manifest.version != version:
@@ -77,10 +83,18 @@ def load_version(storage: Path, version: str, *, checksums: bool = True) -> Load
     user_factors = _load_matrix(directory / mf.USER_FACTORS_FILE, manifest.n_users, manifest.dim)
     item_ids = np.load(directory / mf.ITEM_IDS_FILE, allow_pickle=False)
     user_ids = np.load(directory / mf.USER_IDS_FILE, allow_pickle=False)
+    popularity = np.load(directory / mf.POPULARITY_FILE, allow_pickle=False)
+    if popularity.shape != (manifest.n_items,) or popularity.dtype != np.int32:
+        raise IndexRejected(f"{version}: {mf.POPULARITY_FILE} is not one int32 row per item")
     if item_ids.shape != (manifest.n_items,) or user_ids.shape != (manifest.n_users,):
         raise IndexRejected(f"{version}: id arrays do not match the manifest's counts")
-    angular = load_annoy(directory, manifest.angular_index)
-    mips = load_annoy(directory, manifest.mips_index)
+    # warm: fault every page in before the swap; a cold mmap costs seconds on the first
+    # queries (annoy #376), which must not land on requests.
+    angular = load_annoy(directory, manifest.angular_index, prefault=warm)
+    mips = load_annoy(directory, manifest.mips_index, prefault=warm)
+    if warm:
+        for arr in (item_factors, user_factors):
+            _touch_pages(arr)
     try:
         check_indexes(manifest, angular, mips, item_factors)
     except IndexRejected:
@@ -94,10 +108,18 @@ def load_version(storage: Path, version: str, *, checksums: bool = True) -> Load
         item_factors=item_factors,
         item_norms=np.linalg.norm(item_factors, axis=1).astype(np.float32),
         user_factors=user_factors,
+        popularity=popularity,
+        gramian=item_gramian(item_factors),
         item_ids=item_ids,
         item_rows={str(x): i for i, x in enumerate(item_ids.tolist())},
         user_rows={str(x): i for i, x in enumerate(user_ids.tolist())},
     )
+
+
+def _touch_pages(arr: npt.NDArray[np.float32]) -> None:
+    flat = arr.reshape(-1)
+    if flat.size:
+        flat[:: 4096 // flat.itemsize].sum()  # one read per page
 
 
 def _load_matrix(path: Path, rows: int, dim: int) -> npt.NDArray[np.float32]:
@@ -109,16 +131,33 @@ def _load_matrix(path: Path, rows: int, dim: int) -> npt.NDArray[np.float32]:
     return arr
 
 
+Wakeup = Callable[[float], bool]  # blocks up to the timeout; True when a version was announced
+
+
 class IndexStore:
-    """Holds the serving version; a background thread prepares the next one."""
+    """Holds the serving version; a background thread prepares the next one.
+
+    LATEST is the single source of truth. Announcements on Kafka only wake the watcher up early
+    (`wakeup`), so a rollback (LATEST moved back) and a missed announcement are both handled by
+    the same read of LATEST, at the latest one poll interval later.
+    """
 
     def __init__(
-        self, source: VersionSource, *, poll_interval_s: float = 2.0, checksums: bool = True
+        self,
+        source: VersionSource,
+        *,
+        poll_interval_s: float = 2.0,
+        checksums: bool = True,
+        wakeup: Wakeup | None = None,
+        on_refused: Callable[[str, str], None] | None = None,
     ) -> None:
         self._source = source
         self._poll_interval_s = poll_interval_s
         self._checksums = checksums
+        self._wakeup = wakeup
+        self._on_refused = on_refused
         self._lock = threading.Lock()
+        self._load_lock = threading.Lock()
         self._active: LoadedVersion | None = None
         self._pending: LoadedVersion | None = None
         self.refused: dict[str, str] = {}  # version -> reason; never retried
@@ -132,7 +171,7 @@ class IndexStore:
     def stop(self) -> None:
         self._stop.set()
         if self._thread.is_alive():
-            self._thread.join(timeout=10)
+            self._thread.join(timeout=30)
         with self._lock:
             for v in (self._active, self._pending):
                 if v is not None:
@@ -154,28 +193,39 @@ class IndexStore:
 
     def check_latest(self) -> None:
         """Load the version LATEST names if it is new; refuse it (once) if it is bad."""
-        try:
-            latest = self._source.latest()
-        except (AnnrecError, OSError) as exc:
-            log.warning("latest_unreadable", reason=str(exc))
-            return
-        with self._lock:
-            known = {v.version for v in (self._active, self._pending) if v is not None}
-        if latest is None or latest in known or latest in self.refused:
-            return
-        try:
-            root = self._source.materialize(latest)
-            loaded = load_version(root, latest, checksums=self._checksums)
-        except (AnnrecError, OSError, ValueError) as exc:
-            self.refused[latest] = str(exc)
-            log.error("index_refused", version=latest, reason=str(exc))
-            return
-        log.info("index_loaded", version=latest, n_items=loaded.manifest.n_items)
-        with self._lock:
-            stale, self._pending = self._pending, loaded
-        if stale is not None:
-            stale.close()
+        with self._load_lock:
+            try:
+                latest = self._source.latest()
+            except (AnnrecError, OSError) as exc:
+                log.warning("latest_unreadable", reason=str(exc))
+                return
+            with self._lock:
+                known = {v.version for v in (self._active, self._pending) if v is not None}
+            if latest is None or latest in known or latest in self.refused:
+                return
+            try:
+                root = self._source.materialize(latest)
+                loaded = load_version(root, latest, checksums=self._checksums, warm=True)
+            except VersionMissing as exc:
+                log.info("index_not_visible_yet", version=latest, reason=str(exc))
+                return
+            except (AnnrecError, OSError, ValueError) as exc:
+                self.refused[latest] = str(exc)
+                log.error("index_refused", version=latest, reason=str(exc))
+                if self._on_refused is not None:
+                    self._on_refused(latest, str(exc))
+                return
+            log.info("index_loaded", version=latest, n_items=loaded.manifest.n_items)
+            with self._lock:
+                stale, self._pending = self._pending, loaded
+            if stale is not None:
+                stale.close()
 
     def _watch(self) -> None:
-        while not self._stop.wait(self._poll_interval_s):
-            self.check_latest()
+        while not self._stop.is_set():
+            if self._wakeup is not None:
+                self._wakeup(self._poll_interval_s)
+            elif self._stop.wait(self._poll_interval_s):
+                return
+            if not self._stop.is_set():
+                self.check_latest()

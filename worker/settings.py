@@ -6,6 +6,7 @@ import os
 import secrets
 import socket
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 
@@ -24,6 +25,24 @@ class WorkerSettings(CommonSettings):
     poll_timeout_s: float = Field(0.5, gt=0, le=1.0, description="<= 1 s keeps shutdown prompt")
     index_poll_interval_s: float = Field(2.0, gt=0)
     verify_checksums: bool = True
+    cold_start: Literal["popular", "error"] = Field(
+        "popular", description="an unknown user gets popular items, or an error reply"
+    )
+    serve_from_cache: bool = Field(
+        False, description="answer a repeated request for the same version from Redis"
+    )
+    reply_ttl_s: int = Field(keys.REPLY_TTL_S, ge=1)
+    result_ttl_s: int = Field(keys.RESULT_TTL_S, ge=1)
+    redis_timeout_s: float = Field(5.0, gt=0)
+    metrics_port: int = Field(9464, ge=-1, le=65535, description="-1: off, 0: any free port")
+    health_max_poll_gap_s: float = Field(30.0, gt=0)
+    session_timeout_ms: int = Field(45_000, ge=1000)
+    consumer_config: dict[str, str | int | bool] = Field(
+        default_factory=dict, description="extra librdkafka consumer properties, JSON"
+    )
+    producer_config: dict[str, str | int | bool] = Field(
+        default_factory=dict, description="extra librdkafka producer properties, JSON"
+    )
     cache_dir: Path = Field(
         Path.home() / ".cache" / "annrec" / "versions",
         description="local copies of versions from object storage",

@@ -9,11 +9,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import redis
+import structlog
 from confluent_kafka import KafkaError, Message, Producer
 
 from schemas import keys
 from schemas.errors import AnnrecError
-from schemas.events import DeadLetter, Reply
+from schemas.events import DeadLetter, Reply, utc_now
+from worker.answer import Outcome, Parsed
+
+log = structlog.get_logger(__name__)
 
 
 class SinkError(AnnrecError):
@@ -21,8 +25,15 @@ class SinkError(AnnrecError):
 
 
 class RedisSink:
-    def __init__(self, client: redis.Redis) -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        reply_ttl_s: int = keys.REPLY_TTL_S,
+        result_ttl_s: int = keys.RESULT_TTL_S,
+    ) -> None:
         self._client = client
+        self._reply_ttl_s = reply_ttl_s
+        self._result_ttl_s = result_ttl_s
 
     def write(self, replies: Sequence[Reply]) -> None:
         if not replies:
@@ -30,9 +41,9 @@ class RedisSink:
         pipe = self._client.pipeline(transaction=False)
         for reply in replies:
             doc = reply.model_dump_json()
-            pipe.set(keys.reply_key(reply.request_id), doc, ex=keys.REPLY_TTL_S)
+            pipe.set(keys.reply_key(reply.request_id), doc, ex=self._reply_ttl_s)
             if reply.status == "ok" and reply.kind and reply.subject_id:
-                pipe.set(keys.result_key(reply.kind, reply.subject_id), doc, ex=keys.RESULT_TTL_S)
+                pipe.set(keys.result_key(reply.kind, reply.subject_id), doc, ex=self._result_ttl_s)
         try:
             pipe.execute()
         except redis.RedisError as exc:
@@ -93,3 +104,46 @@ class KafkaSink:
                 return
             except BufferError:  # local queue full: let deliveries drain, then retry
                 self._producer.poll(0.1)
+
+
+class ReplyCache:
+    """Replies already computed for a version, by what was asked (not by who asked), so a
+    repeated request is answered from Redis without touching the index. Best effort: a Redis
+    failure here means computing, never failing the batch."""
+
+    def __init__(self, client: redis.Redis, ttl_s: int) -> None:
+        self._client = client
+        self._ttl_s = ttl_s
+
+    def lookup(self, parsed: Sequence[Parsed], version: str) -> dict[str, Reply]:
+        wanted = [(p.request, keys.cache_key(version, p.request)) for p in parsed if p.request]
+        if not wanted:
+            return {}
+        try:
+            values = self._client.mget([k for _, k in wanted])
+        except redis.RedisError as exc:
+            log.warning("cache_lookup_failed", error=str(exc))
+            return {}
+        hits = {}
+        for (request, _), raw in zip(wanted, values, strict=True):
+            if raw is not None:
+                hits[request.request_id] = Reply.model_validate_json(raw).model_copy(
+                    update={
+                        "request_id": request.request_id,
+                        "served_at": utc_now(),
+                        "from_cache": True,
+                    }
+                )
+        return hits
+
+    def store(self, parsed: Sequence[Parsed], outcome: Outcome, version: str) -> None:
+        by_id = {r.request_id: r for r in outcome.replies if r.status == "ok" and not r.from_cache}
+        pipe = self._client.pipeline(transaction=False)
+        for p in parsed:
+            if p.request is not None and p.request.request_id in by_id:
+                doc = by_id[p.request.request_id].model_dump_json()
+                pipe.set(keys.cache_key(version, p.request), doc, ex=self._ttl_s)
+        try:
+            pipe.execute()
+        except redis.RedisError as exc:
+            log.warning("cache_store_failed", error=str(exc))

@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Protocol
 
-from schemas.errors import IndexRejected
+from schemas.errors import VersionMissing
 from schemas.layout import read_latest, version_dir
 from schemas.manifest import MANIFEST_NAME, Manifest
 from schemas.object_store import ObjectStore, is_remote
@@ -58,7 +58,7 @@ class ObjectStoreSource:
             try:
                 raw = self.store.fs.cat_file(manifest_key)
             except FileNotFoundError as exc:
-                raise IndexRejected(f"{version}: no manifest in {self.store.url}") from exc
+                raise VersionMissing(f"{version}: no manifest in {self.store.url}") from exc
             manifest = Manifest.model_validate_json(raw)
             for name in manifest.files:
                 self.store.fs.get_file(self.store.version_key(version, name), str(staging / name))

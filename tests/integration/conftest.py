@@ -36,6 +36,8 @@ def settings(tmp_path, services, kafka_conf) -> WorkerSettings:
         worker_id=f"w{run}",
         index_poll_interval_s=0.5,
         retry_backoff_s=0.3,
+        metrics_port=0,  # any free port: several workers share this process
+        cache_dir=tmp_path / "cache",
     )
     ensure_topics(kafka_conf, topic_specs(s))
     return s

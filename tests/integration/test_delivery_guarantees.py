@@ -64,6 +64,7 @@ def test_cli_worker_serves_and_exits_cleanly_on_sigterm(
         "ANNREC_TOPIC_REPLIES": settings.topic_replies,
         "ANNREC_TOPIC_DEAD_LETTERS": settings.topic_dead_letters,
         "ANNREC_GROUP_ID": settings.group_id,
+        "ANNREC_METRICS_PORT": "0",
     }
     proc = subprocess.Popen(
         [sys.executable, "-m", "worker.cli", "worker"], env=env, stderr=subprocess.PIPE, text=True

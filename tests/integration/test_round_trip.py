@@ -77,7 +77,7 @@ def test_malformed_event_goes_to_the_dead_letter_topic_and_the_next_one_is_answe
     bad = [
         b"{this is not json",
         json.dumps(
-            {"kind": "recommend", "request_id": "unknown-user", "user_id": "nobody"}
+            {"kind": "similar_items", "request_id": "unknown-item", "item_id": "nothing"}
         ).encode(),
     ]
     good = RecommendRequest(request_id="good-1", user_id="u1", k=3)
@@ -85,13 +85,13 @@ def test_malformed_event_goes_to_the_dead_letter_topic_and_the_next_one_is_answe
     waiter = ReplyWaiter(kafka_conf, settings.topic_replies)
     with running_worker(settings, kafka_conf, services.redis_url) as worker:
         produce(kafka_conf, settings.topic_requests, [*bad, good.model_dump_json().encode()])
-        replies = waiter.wait({"good-1", "unknown-user"}, timeout_s=90)
+        replies = waiter.wait({"good-1", "unknown-item"}, timeout_s=90)
         dead = consume_all(kafka_conf, settings.topic_dead_letters, 2)
     waiter.close()
 
     assert replies["good-1"].status == "ok" and len(replies["good-1"].items) == 3
-    assert replies["unknown-user"].status == "error"
-    assert "unknown user_id 'nobody'" in replies["unknown-user"].error
+    assert replies["unknown-item"].status == "error"
+    assert "unknown item_id 'nothing'" in replies["unknown-item"].error
     letters = sorted(
         (DeadLetter.model_validate_json(m.value()) for m in dead), key=lambda d: d.payload()
     )

@@ -5,7 +5,7 @@ import pytest
 
 from schemas.events import RecommendRequest, SimilarItemsRequest
 from schemas.vectors import exact_cosine_top_k, exact_inner_product_top_k
-from worker.answer import RawEvent, answer, answer_batch
+from worker.answer import Policy, RawEvent, answer, answer_batch, parse_batch
 from worker.index_store import load_version
 
 
@@ -68,7 +68,7 @@ def test_batch_dead_letters_bad_events_and_answers_the_rest(version):
             json.dumps({"kind": "recommend", "request_id": "good", "user_id": "u1"}).encode(), 5
         ),
     ]
-    out = answer_batch(events, version, "w")
+    out = answer_batch(parse_batch(events), version, "w")
     reasons = {d.source_offset: d.reason for d in out.dead_letters}
     assert set(reasons) == {0, 1, 2, 3, 4}
     assert "invalid request" in reasons[0] and "json" in reasons[0].lower()
@@ -81,3 +81,144 @@ def test_batch_dead_letters_bad_events_and_answers_the_rest(version):
     assert set(by_id) == {"bad-k", "gone", "good"}
     assert by_id["bad-k"].status == "error" and "k" in by_id["bad-k"].error
     assert by_id["good"].status == "ok" and len(by_id["good"].items) == 10
+
+
+def _ids(reply):
+    return [i.item_id for i in reply.items]
+
+
+def test_exclusions_are_honoured_and_results_filled_to_k(version, small_factors):
+    plain = answer(RecommendRequest(request_id="a", user_id="u3", k=10), version, "w")
+    top = _ids(plain)
+    excluded = answer(
+        RecommendRequest(
+            request_id="b", user_id="u3", k=10, exclude_items=[*top[:4], "not-an-item"]
+        ),
+        version,
+        "w",
+    )
+    assert not set(top[:4]) & set(_ids(excluded)) and len(excluded.items) == 10
+    assert _ids(excluded)[:6] == top[4:]  # the rest keeps its order
+    # excluding all but 5 items: the 5 are returned, and nothing else exists to fill with
+    keep = {"i1", "i2", "i3", "i4", "i5"}
+    rest = [f"i{i}" for i in range(300) if f"i{i}" not in keep]
+    squeezed = answer(
+        RecommendRequest(request_id="c", user_id="u3", k=10, exclude_items=rest), version, "w"
+    )
+    assert set(_ids(squeezed)) == keep
+
+
+def test_fill_comes_from_the_popularity_list_with_exact_scores(version, small_factors):
+    # exclusions push the ANN candidates out (search_k=1 leaves almost nothing to rerank)
+    reply = answer(RecommendRequest(request_id="r", user_id="u1", k=20, search_k=1), version, "w")
+    assert len(reply.items) == 20
+    filled = [i for i in reply.items if i.filled]
+    assert filled, "a tiny search_k must leave gaps to fill"
+    popular = [f"i{r}" for r in np.asarray(version.popularity).tolist()]
+    # filled items are the most popular ones not already in the results, in popularity order
+    present = {i.item_id for i in reply.items if not i.filled}
+    expected = [p for p in popular if p not in present][: len(filled)]
+    assert [i.item_id for i in filled] == expected
+    user = small_factors.user_factors[1]
+    for item in filled:
+        exact = float(small_factors.item_factors[int(item.item_id[1:])] @ user)
+        assert item.score == pytest.approx(exact, rel=1e-5)
+
+
+def test_cold_start_gets_popular_items_or_an_error(version):
+    reply = answer(RecommendRequest(request_id="r", user_id="stranger", k=5), version, "w")
+    assert reply.fallback == "cold_start" and reply.status == "ok"
+    assert _ids(reply) == [f"i{r}" for r in np.asarray(version.popularity[:5]).tolist()]
+    assert all(i.filled and i.score is None for i in reply.items)
+    from worker.answer import BadRequest
+
+    with pytest.raises(BadRequest, match="cold start disabled"):
+        answer(
+            RecommendRequest(request_id="r", user_id="stranger"),
+            version,
+            "w",
+            Policy(cold_start="error"),
+        )
+
+
+def test_user_vector_must_match_the_dimension(version, small_factors):
+    from worker.answer import BadRequest
+
+    u = small_factors.user_factors[2]
+    by_vector = answer(RecommendRequest(request_id="v", user_vector=u.tolist(), k=7), version, "w")
+    by_id = answer(RecommendRequest(request_id="i", user_id="u2", k=7), version, "w")
+    assert _ids(by_vector) == _ids(by_id)
+    with pytest.raises(BadRequest, match=r"user_vector has 3 values, index .* has K=8"):
+        answer(RecommendRequest(request_id="v", user_vector=[1.0, 2.0, 3.0]), version, "w")
+
+
+def test_recent_items_fold_in_like_implicit_recalculate_user():
+    """Known answer: the fold-in equals implicit's own ALS user step for the same items."""
+    from scipy.sparse import csr_matrix
+
+    from index_builder.synth import synth_interactions
+    from index_builder.train import make_interactions, train_als
+    from schemas.vectors import fold_in, item_gramian
+
+    users, items, weights = synth_interactions(200, 300, dim=8, interactions_per_user=15, seed=2)
+    inter = make_interactions(users, items, weights)
+    factors, params = train_als(
+        inter, factors=8, regularization=0.05, alpha=2.0, iterations=5, show_progress=False
+    )
+    import implicit.cpu.als
+
+    model = implicit.cpu.als.AlternatingLeastSquares(factors=8, regularization=0.05, alpha=2.0)
+    model.item_factors = factors.item_factors
+    seen = [3, 17, 42, 99]
+    row = csr_matrix((np.ones(4, np.float32), ([0] * 4, seen)), shape=(1, 300))
+    expected = model.recalculate_user(0, row)
+    got = fold_in(
+        item_gramian(factors.item_factors),
+        factors.item_factors[seen],
+        params.regularization,
+        params.alpha,
+    )
+    np.testing.assert_allclose(got, np.ravel(expected), rtol=2e-3, atol=2e-4)
+
+
+def test_recent_items_recommend_excludes_seen_and_reports_unknown(version):
+    reply = answer(
+        RecommendRequest(request_id="r", recent_items=["i5", "i6", "zzz"], k=10, exclude_seen=True),
+        version,
+        "w",
+    )
+    assert reply.status == "ok" and reply.unknown_items == ["zzz"]
+    assert not {"i5", "i6"} & set(_ids(reply)) and len(reply.items) == 10
+    scores = [i.score for i in reply.items]
+    assert scores == sorted(scores, reverse=True)
+    unknown_only = answer(RecommendRequest(request_id="r", recent_items=["zzz"]), version, "w")
+    assert unknown_only.fallback == "cold_start"
+
+
+def test_a_request_past_its_deadline_is_not_computed(version):
+    import json as _json
+    import time
+
+    req = {"kind": "recommend", "request_id": "late", "user_id": "u1", "deadline_ms": 50}
+    old = RawEvent(
+        "requests",
+        0,
+        0,
+        None,
+        _json.dumps(req).encode(),
+        timestamp_ms=int(time.time() * 1000) - 1000,
+    )
+    fresh = RawEvent(
+        "requests",
+        0,
+        1,
+        None,
+        _json.dumps({**req, "request_id": "ok"}).encode(),
+        timestamp_ms=int(time.time() * 1000),
+    )
+    out = answer_batch(parse_batch([old, fresh]), version, "w")
+    by_id = {r.request_id: r for r in out.replies}
+    assert by_id["late"].status == "expired" and by_id["late"].items == []
+    assert by_id["ok"].status == "ok"
+    assert [s.outcome for s in out.served] == ["expired", "ok"]
+    assert out.served[0].queue_s >= 0.9

@@ -16,7 +16,22 @@ def test_requests_parse_by_kind_and_ids_may_be_numbers():
 @pytest.mark.parametrize(
     ("raw", "fragment"),
     [
-        (b'{"kind": "recommend", "request_id": "r", "item_id": "1"}', "user_id"),
+        (b'{"kind": "recommend", "request_id": "r", "item_id": "1"}', "item_id"),
+        (b'{"kind": "recommend", "request_id": "r"}', "exactly one of user_id"),
+        (
+            b'{"kind": "recommend", "request_id": "r", "user_id": "u", "user_vector": [1]}',
+            "got user_id, user_vector",
+        ),
+        (b'{"kind": "recommend", "request_id": "r", "user_vector": [1, NaN]}', "finite"),
+        (
+            b'{"kind": "recommend", "request_id": "r", "user_id": "u", "exclude_seen": true}',
+            "exclude_seen needs recent_items",
+        ),
+        (b'{"kind": "recommend", "request_id": "r", "user_id": "u", "search_k": 0}', "search_k"),
+        (
+            b'{"kind": "recommend", "request_id": "r", "user_id": "u", "deadline_ms": -5}',
+            "deadline_ms",
+        ),
         (b'{"kind": "nearest", "request_id": "r", "item_id": "1"}', "kind"),
         (b'{"kind": "recommend", "request_id": "r", "user_id": "u", "k": 0}', "k"),
         (f'{{"kind":"recommend","request_id":"r","user_id":"u","k":{MAX_K + 1}}}'.encode(), "k"),

@@ -1,0 +1,129 @@
+"""Prometheus metrics and the health endpoint of one worker (GET /metrics, GET /health).
+
+Each Worker has its own registry, so several workers in one process (tests) do not collide.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+from worker.answer import Outcome
+
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+_BATCH_BUCKETS = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000)
+
+
+class WorkerMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "annrec_requests", "Requests handled", ["kind", "outcome"], registry=r
+        )
+        self.latency = Histogram(
+            "annrec_request_latency_seconds",
+            "Per request: queue (Kafka timestamp to consume), compute, write (batch's sinks)",
+            ["stage"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.dead_letters = Counter("annrec_dead_letters", "Events sent to the DLQ", registry=r)
+        self.batch_size = Histogram(
+            "annrec_batch_size", "Messages per consumed batch", buckets=_BATCH_BUCKETS, registry=r
+        )
+        self.write_failures = Counter(
+            "annrec_write_failures",
+            "Batches whose results could not be written (retried, not committed)",
+            registry=r,
+        )
+        self.cache_hits = Counter("annrec_cache_hits", "Replies served from Redis", registry=r)
+        self.swaps = Counter("annrec_index_swaps", "Index versions swapped in", registry=r)
+        self.refusals = Counter("annrec_index_refusals", "Index versions refused", registry=r)
+        self.version = Gauge(
+            "annrec_index_version_info", "1 for the version being served", ["version"], registry=r
+        )
+        self.version_created = Gauge(
+            "annrec_index_created_timestamp_seconds",
+            "Creation time of the version being served",
+            registry=r,
+        )
+        self.last_poll = Gauge(
+            "annrec_last_poll_timestamp_seconds", "Last consumer poll", registry=r
+        )
+
+    def record_batch(self, size: int, outcome: Outcome, write_s: float) -> None:
+        self.batch_size.observe(size)
+        for s in outcome.served:
+            self.requests.labels(s.kind, s.outcome).inc()
+            self.latency.labels("compute").observe(s.compute_s)
+            self.latency.labels("write").observe(write_s)
+            if s.queue_s is not None:
+                self.latency.labels("queue").observe(max(s.queue_s, 0.0))
+        self.dead_letters.inc(len(outcome.dead_letters))
+
+    def serving(self, version: str, created_at: float, previous: str | None) -> None:
+        if previous is not None:
+            self.version.remove(previous)
+            self.swaps.inc()
+        self.version.labels(version).set(1)
+        self.version_created.set(created_at)
+
+
+class HealthState:
+    """What /health reports: unhealthy when no version is loaded or the loop stopped polling."""
+
+    def __init__(self, max_poll_gap_s: float) -> None:
+        self.max_poll_gap_s = max_poll_gap_s
+        self.version: str | None = None
+        self.last_poll = 0.0
+
+    def polled(self) -> None:
+        self.last_poll = time.monotonic()
+
+    def report(self) -> tuple[bool, dict[str, object]]:
+        gap = time.monotonic() - self.last_poll
+        ok = self.version is not None and gap <= self.max_poll_gap_s
+        return ok, {"ok": ok, "version": self.version, "seconds_since_poll": round(gap, 1)}
+
+
+def serve_http(port: int, metrics: WorkerMetrics, health: HealthState) -> ThreadingHTTPServer:
+    """Start /metrics and /health on 0.0.0.0:port in a daemon thread (port 0: any free port)."""
+    routes: dict[str, Callable[[], tuple[int, str, bytes]]] = {
+        "/metrics": lambda: (200, CONTENT_TYPE_LATEST, generate_latest(metrics.registry)),
+        "/health": lambda: _health(health),
+    }
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            route = routes.get(self.path.split("?")[0])
+            status, ctype, body = route() if route else (404, "text/plain", b"not found\n")
+            self.send_response(status)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *_args: object) -> None:  # scrapes are not events worth a line
+            return
+
+    server = ThreadingHTTPServer(("0.0.0.0", port), Handler)
+    threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True).start()
+    return server
+
+
+def _health(health: HealthState) -> tuple[int, str, bytes]:
+    ok, doc = health.report()
+    return (200 if ok else 503), "application/json", json.dumps(doc).encode()
