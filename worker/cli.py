@@ -17,6 +17,7 @@ from pydantic import ValidationError
 from index_builder import cli as builder_cli
 from schemas.errors import AnnrecError
 from schemas.events import RecommendRequest, Reply, SimilarItemsRequest
+from schemas.export import write_schemas
 from schemas.settings import CommonSettings
 from schemas.topics import ensure_topics, topic_specs
 from worker import services
@@ -61,6 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     bbuild.add_argument("--dim", type=int, default=64)
     bbuild.add_argument("--trees", type=int, default=50)
 
+    schemas_cmd = sub.add_parser("schemas", help="write the events' JSON Schemas")
+    schemas_cmd.add_argument("--out", type=Path, required=True)
+
     demo = sub.add_parser("demo", help="stack up, build a synthetic index, serve, ask, print")
     demo.add_argument("--keep", action="store_true", help="leave the stack running afterwards")
     return parser
@@ -104,6 +108,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         from worker.bench.build import bench_build
 
         bench_build(args.out, args.items, args.users, args.dim, args.trees)
+        return 0
+    if args.command == "schemas":
+        for path in write_schemas(args.out):
+            print(path)
         return 0
     if args.command == "demo":
         from worker.demo import run_demo  # the demo pulls in the builder; keep it off other paths

@@ -87,7 +87,8 @@ def send_requests(
     producer = Producer({**kafka_conf, "enable.idempotence": True})
     for req in requests:
         # Keyed by subject: one user's requests stay on one partition, in order.
-        producer.produce(topic, key=req.subject_id.encode(), value=req.model_dump_json().encode())
+        key = req.subject_id or req.request_id
+        producer.produce(topic, key=key.encode(), value=req.model_dump_json().encode())
     if producer.flush(30) > 0:
         raise AnnrecError("requests not delivered to Kafka within 30 s")
 
