@@ -109,7 +109,7 @@ class Worker:
                 metrics_port=self.http_port,
             )
             while not stop.is_set():
-                messages = consumer.consume(num_messages=s.batch_size, timeout=s.poll_timeout_s)
+                messages = next_batch(consumer, s.batch_size, s.poll_timeout_s)
                 self.health.polled()
                 self.metrics.last_poll.set_to_current_time()
                 events = _events(messages)
@@ -219,6 +219,23 @@ class Worker:
         # Lost (session timed out): another worker owns them already; committing would fail.
         self.assigned -= {p.partition for p in partitions}
         log.warning("partitions_lost", partitions=sorted(p.partition for p in partitions))
+
+
+def next_batch(consumer: Consumer, max_messages: int, timeout_s: float) -> list[Message]:
+    """Wait for one message, then take whatever else is already fetched, up to max_messages.
+
+    consume(n, timeout) waits for n messages or the whole timeout, so a lone request would wait
+    up to poll_timeout_s for company; and its batching changed between releases (2.13.0 returned
+    after the first 200 ms slice, confluent-kafka-python #2205). Polling for the first message
+    and draining the local queue with timeout 0 answers a lone request at once and still takes
+    big batches from a backlog, whatever the release does with a non-zero timeout.
+    """
+    first = consumer.poll(timeout_s)
+    if first is None:
+        return []
+    if max_messages == 1:
+        return [first]
+    return [first, *consumer.consume(num_messages=max_messages - 1, timeout=0)]
 
 
 def _cached(
