@@ -4,13 +4,13 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test lint format stack-up stack-down clean
+.PHONY: install demo test lint format stack-up stack-down lock clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "annrec needs Python >= 3.11")'
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -36,6 +36,10 @@ stack-up: $(STAMP)
 
 stack-down: $(STAMP)
 	@$(BIN)/annrec stack down
+
+## lock: refresh constraints.txt (the versions dev and CI install) from the current venv
+lock: $(STAMP)
+	$(BIN)/pip freeze --exclude-editable | grep -v '^annrec' > constraints.txt
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

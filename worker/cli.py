@@ -44,6 +44,10 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--storage", help="directory or s3://bucket/prefix (ANNREC_STORAGE)")
     worker.add_argument("--group-id")
     worker.add_argument("--batch-size", type=int)
+    worker.add_argument("--metrics-port", type=int, help="-1 off, 0 any free port")
+    worker.add_argument("--cold-start", choices=["popular", "error"])
+    worker.add_argument("--serve-from-cache", action="store_true", default=None)
+    worker.add_argument("--worker-id")
 
     request = sub.add_parser("request", help="send one request through Kafka, print the reply")
     request.add_argument("kind", choices=["similar-items", "recommend"])
@@ -139,7 +143,16 @@ def _stack(args: argparse.Namespace) -> int:
 
 
 def _worker(args: argparse.Namespace) -> int:
-    overrides = {"storage": args.storage, "group_id": args.group_id, "batch_size": args.batch_size}
+    names = (
+        "storage",
+        "group_id",
+        "batch_size",
+        "metrics_port",
+        "cold_start",
+        "serve_from_cache",
+        "worker_id",
+    )
+    overrides = {n: getattr(args, n) for n in names}
     settings = WorkerSettings(**{k: v for k, v in overrides.items() if v is not None})
     worker = Worker(settings, services.kafka_conf(settings), services.redis_url(settings))
     stop = threading.Event()
