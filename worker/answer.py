@@ -136,6 +136,27 @@ def answer_batch(
     return outcome
 
 
+def echo_batch(parsed: Sequence[Parsed], version: LoadedVersion, worker_id: str) -> Outcome:
+    """Empty ok replies, no computation: the benchmark's floor (`ANNREC_ECHO=true`), so the cost
+    of Kafka, Redis and the loop can be told apart from the cost of answering."""
+    outcome = Outcome()
+    for p in parsed:
+        if p.request is None:
+            _refuse(outcome, p.event, p.reason or "invalid request", worker_id, version)
+            continue
+        outcome.replies.append(
+            Reply(
+                request_id=p.request.request_id,
+                status="ok",
+                kind=p.request.kind,
+                index_version=version.version,
+                worker_id=worker_id,
+            )
+        )
+        outcome.served.append(Served(p.request.kind, "ok", None, 0.0))
+    return outcome
+
+
 def answer(
     request: AnyRequest,
     version: LoadedVersion,

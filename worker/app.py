@@ -21,7 +21,15 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 from schemas.events import Reply
 from schemas.topics import ensure_topics, topic_specs
 from worker.announcements import AnnouncementFollower
-from worker.answer import Outcome, Parsed, Policy, RawEvent, answer_batch, parse_batch
+from worker.answer import (
+    Outcome,
+    Parsed,
+    Policy,
+    RawEvent,
+    answer_batch,
+    echo_batch,
+    parse_batch,
+)
 from worker.index_store import IndexStore, LoadedVersion
 from worker.metrics import HealthState, WorkerMetrics, serve_http
 from worker.settings import WorkerSettings
@@ -144,7 +152,10 @@ class Worker:
     ) -> None:
         parsed = parse_batch(events)
         cached = _cached(cache, parsed, version)
-        outcome = answer_batch(parsed, version, self.settings.worker_id, self._policy(), cached)
+        if self.settings.echo:
+            outcome = echo_batch(parsed, version, self.settings.worker_id)
+        else:
+            outcome = answer_batch(parsed, version, self.settings.worker_id, self._policy(), cached)
         started = time.perf_counter()
         try:
             redis_sink.write(outcome.replies)

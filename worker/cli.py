@@ -69,6 +69,13 @@ def build_parser() -> argparse.ArgumentParser:
     schemas_cmd = sub.add_parser("schemas", help="write the events' JSON Schemas")
     schemas_cmd.add_argument("--out", type=Path, required=True)
 
+    be2e = bsub.add_parser("e2e", help="request -> reply latency through Kafka, open loop")
+    be2e.add_argument("--out", type=Path, required=True)
+    be2e.add_argument("--rates", default="100,200,400,800,1600", help="requests/s, comma list")
+    be2e.add_argument("--duration", type=float, default=15.0, help="seconds per rate")
+    be2e.add_argument("--items", type=int, default=100_000)
+    be2e.add_argument("--max-p99-ms", type=float, default=1000.0)
+
     demo = sub.add_parser("demo", help="stack up, build a synthetic index, serve, ask, print")
     demo.add_argument("--keep", action="store_true", help="leave the stack running afterwards")
     return parser
@@ -109,10 +116,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "request":
         return _request(args)
     if args.command == "bench":
-        from worker.bench.build import bench_build
-
-        bench_build(args.out, args.items, args.users, args.dim, args.trees)
-        return 0
+        return _bench(args)
     if args.command == "schemas":
         for path in write_schemas(args.out):
             print(path)
@@ -122,6 +126,20 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         return run_demo(keep=args.keep)
     raise AssertionError(args.command)
+
+
+def _bench(args: argparse.Namespace) -> int:
+    # Imported here: benchmarks pull in plotting and the builder, which serving never needs.
+    if args.bench_kind == "build":
+        from worker.bench.build import bench_build
+
+        bench_build(args.out, args.items, args.users, args.dim, args.trees)
+    elif args.bench_kind == "e2e":
+        from worker.bench.e2e import bench_e2e
+
+        rates = [int(r) for r in args.rates.split(",")]
+        bench_e2e(args.out, rates, args.duration, args.items, max_p99_ms=args.max_p99_ms)
+    return 0
 
 
 def _stack(args: argparse.Namespace) -> int:

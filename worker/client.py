@@ -77,6 +77,11 @@ class ReplyWaiter:
             self._seen.setdefault(reply.request_id, reply)
         return {rid: self._seen[rid] for rid in request_ids if rid in self._seen}
 
+    def drain(self, timeout_s: float) -> list[str]:
+        """Request ids of the replies arriving within timeout_s (load generators: no parsing)."""
+        messages = self._consumer.consume(num_messages=1000, timeout=timeout_s)
+        return [m.key().decode() for m in messages if m.error() is None and m.key()]
+
     def close(self) -> None:
         self._consumer.close()
 

@@ -43,6 +43,7 @@ class WorkerSettings(CommonSettings):
     producer_config: dict[str, str | int | bool] = Field(
         default_factory=dict, description="extra librdkafka producer properties, JSON"
     )
+    echo: bool = Field(False, description="benchmarks only: reply without computing")
     cache_dir: Path = Field(
         Path.home() / ".cache" / "annrec" / "versions",
         description="local copies of versions from object storage",
