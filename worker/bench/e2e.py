@@ -168,7 +168,7 @@ def _sweep(
         for _ in range(run.workers)
     ]
     try:
-        _warm_up(kafka, topics, n_users)
+        _warm_up(kafka, topics, n_users, run.workers)
         points = []
         for rate in tqdm(rates, desc=run.label, unit="rate", file=sys.stderr):
             swapper = None
@@ -193,21 +193,25 @@ def _sweep(
         log.close()
 
 
-def _warm_up(kafka: dict[str, str], topics: CommonSettings, n_users: int) -> None:
-    """Until a reply comes back: workers have joined, loaded the index and been assigned."""
+def _warm_up(kafka: dict[str, str], topics: CommonSettings, n_users: int, workers: int) -> None:
+    """Until every worker has answered: all joined, loaded the index and got partitions (a
+    rebalance in the middle of a measured run would be measured as latency)."""
     waiter = ReplyWaiter(kafka, topics.topic_replies)
     producer = Producer({**kafka, "linger.ms": 0})
+    answered_by: set[str] = set()
     try:
-        for attempt in range(120):
-            rid = f"warm-{attempt}"
-            req = RecommendRequest(request_id=rid, user_id=f"u{attempt % n_users}", k=10)
-            producer.produce(
-                topics.topic_requests, key=rid.encode(), value=req.model_dump_json().encode()
-            )
+        for attempt in range(600):
+            ids = {f"warm-{attempt}-{i}" for i in range(8)}  # 8 keys reach every partition
+            for rid in ids:
+                req = RecommendRequest(request_id=rid, user_id=f"u{attempt % n_users}", k=10)
+                producer.produce(
+                    topics.topic_requests, key=rid.encode(), value=req.model_dump_json().encode()
+                )
             producer.flush(5)
-            if waiter.wait({rid}, timeout_s=1.0):
+            answered_by |= {r.worker_id for r in waiter.wait(ids, timeout_s=1.0).values()}
+            if len(answered_by) >= workers:
                 break
-        time.sleep(2.0)  # let the second worker's rebalance settle too
+        time.sleep(1.0)
     finally:
         waiter.close()
 

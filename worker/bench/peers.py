@@ -32,8 +32,9 @@ Search = Callable[[Param, FloatArray, int], IntArray]
 HNSW_M = 16
 HNSW_EF_CONSTRUCTION = 200
 HNSW_EF = (16, 32, 64, 128, 256, 512, 1024)
-# ScaNN's README: ~sqrt(n) leaves, a few percent of them searched, AH(2, 0.2), reorder.
-SCANN_LEAF_FRACTIONS = (0.02, 0.05, 0.1, 0.2)
+# ScaNN's README: ~sqrt(n) leaves, a few percent of them searched, AH(2, 0.2), reorder. The grid
+# goes on to every leaf, so the curve shows where the partition stops limiting recall.
+SCANN_LEAF_FRACTIONS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
 SCANN_REORDER = (25, 50, 100, 250, 500)
 SCANN_TRAINING_SAMPLE = 250_000
 
@@ -49,6 +50,9 @@ class Built:
     grid: list[list[Param]]
     search: Search
     settings: dict[str, Any]
+    # Also end a group when a point adds no recall: more reordering cannot find what the
+    # searched leaves do not hold.
+    stop_on_plateau: bool = False
 
 
 @dataclass(frozen=True)
@@ -143,6 +147,7 @@ def _build_scann(items: FloatArray, metric: Metric, seed: int) -> Built:
         index_bytes=size,
         grid=[[{"leaves_to_search": lv, "reorder": r} for r in SCANN_REORDER] for lv in leaves],
         search=search,
+        stop_on_plateau=True,
         settings={
             "distance": "dot_product" + (" on unit vectors" if metric == "cosine" else ""),
             "num_leaves": num_leaves,

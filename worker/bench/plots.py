@@ -47,7 +47,7 @@ def plot_dataset(path: Path, title: str, tasks: dict[str, dict[str, Any]]) -> No
         ax.set_yscale("log")
         ax.set_xlim(min(0.5, _min_recall(task)), 1.005)
         ax.set_xlabel("recall@10")
-        ax.set_ylabel("queries/s (one query at a time, one thread)")
+        ax.set_ylabel("queries/s, one thread (log)")
         ax.set_title(f"{task_name} ({task['metric']})")
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize="small", loc="lower left")

@@ -25,6 +25,7 @@ Answer = Callable[[int], IntArray]  # query number -> found item rows, best firs
 K = 10
 BATCH = 256  # queries per GEMM: ground truth and the batched brute force
 STOP_RECALL = 0.995  # past this, a larger grid point buys nothing worth measuring
+PLATEAU = 0.002  # with stop_on_plateau: a point adding less recall than this ends its group
 WARMUP = 5  # untimed queries before each timed run: first-touch page faults are not the method
 
 
@@ -90,19 +91,23 @@ def sweep(
     task: Task,
     grid: list[list[Param]],
     answer_for: Callable[[Param], Answer],
+    stop_on_plateau: bool = False,
 ) -> list[dict[str, Any]]:
     """Measure grid points in order. A group (cheapest first) stops once recall reaches
-    STOP_RECALL, and the sweep stops after a group that reached it: later ones only cost more."""
+    STOP_RECALL (or, with stop_on_plateau, once a point adds less than PLATEAU), and the sweep
+    stops after a group that reached STOP_RECALL: later groups only cost more."""
     points: list[dict[str, Any]] = []
     with tqdm(total=sum(map(len, grid)), desc=label, unit="point", leave=False) as bar:
         for group in grid:
+            previous = -1.0
             for param in group:
                 recall, qps = measure(task, answer_for(param))
                 points.append(point(param, recall, qps))
                 bar.update(1)
                 bar.set_postfix(param=param, recall=f"{recall:.3f}", qps=f"{qps:.0f}")
-                if recall >= STOP_RECALL:
+                if recall >= STOP_RECALL or (stop_on_plateau and recall - previous < PLATEAU):
                     break
+                previous = recall
             if points and points[-1]["recall_at_10"] >= STOP_RECALL:
                 break
     return points
