@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -112,7 +113,9 @@ def _index_quality(
     reaching = [p for p in curve if p.recall_at_k >= target]
     chosen = reaching[0] if reaching else max(curve, key=lambda p: p.recall_at_k)
     final = _point(searcher, truth, heldout, chosen.search_k)
+    strategy: Literal["ann", "exact"] = "exact" if final.queries_per_s < brute_qps else "ann"
     return IndexQuality(
+        strategy=strategy,
         tuning_queries=len(tuning),
         curve=curve,
         search_k=chosen.search_k,

@@ -68,6 +68,11 @@ class IndexQuality(_Model):
     recall_at_k: float = Field(description="held-out recall@k at search_k")
     queries_per_s: float = Field(description="held-out queries/s at search_k")
     brute_force_queries_per_s: float = Field(description="single-query exact scan, same run")
+    strategy: Literal["ann", "exact"] = Field(
+        "ann",
+        description="what workers run: `exact` when the index at search_k is slower than the "
+        "exact scan measured beside it (the scan is then better on both counts)",
+    )
 
 
 class QualityReport(_Model):

@@ -187,14 +187,17 @@ def _similar(request: SimilarItemsRequest, v: LoadedVersion) -> list[ScoredItem]
         raise BadRequest(f"unknown item_id {request.item_id!r} in index {v.version}")
     excluded = _rows(v, request.exclude_items) | {row}
     fetch = request.k + len(excluded)
-    rows, scores = search.similar_items(
-        v.angular,
-        v.item_factors,
-        v.item_norms,
-        row,
-        fetch,
-        search.scaled_search_k(request.search_k or v.search_k_similar, fetch),
-    )
+    if v.exact_similar and request.search_k is None:
+        rows, scores = search.exact_similar_items(v.item_factors, v.item_norms, row, fetch)
+    else:
+        rows, scores = search.similar_items(
+            v.angular,
+            v.item_factors,
+            v.item_norms,
+            row,
+            fetch,
+            search.scaled_search_k(request.search_k or v.search_k_similar, fetch),
+        )
     query = np.asarray(v.item_factors[row])
 
     def scorer(r: Rows) -> npt.NDArray[np.float32]:
@@ -216,13 +219,16 @@ def _recommend(
         )
         return Reply(status="ok", items=items, fallback="cold_start", unknown_items=unknown, **base)
     fetch = request.k + len(excluded)
-    rows, scores = search.max_inner_product(
-        v.mips,
-        v.item_factors,
-        query,
-        fetch,
-        search.scaled_search_k(request.search_k or v.search_k_recommend, fetch),
-    )
+    if v.exact_recommend and request.search_k is None:
+        rows, scores = search.exact_max_inner_product(v.item_factors, query, fetch)
+    else:
+        rows, scores = search.max_inner_product(
+            v.mips,
+            v.item_factors,
+            query,
+            fetch,
+            search.scaled_search_k(request.search_k or v.search_k_recommend, fetch),
+        )
 
     def scorer(r: Rows) -> npt.NDArray[np.float32]:
         return (np.asarray(v.item_factors[r]) @ query).astype(np.float32)

@@ -55,6 +55,16 @@ class LoadedVersion:
         return q.similar_items.search_k if q else -1  # -1: Annoy's default, n * n_trees
 
     @property
+    def exact_similar(self) -> bool:
+        q = self.manifest.quality
+        return q is not None and q.similar_items.strategy == "exact"
+
+    @property
+    def exact_recommend(self) -> bool:
+        q = self.manifest.quality
+        return q is not None and q.recommend.strategy == "exact"
+
+    @property
     def search_k_recommend(self) -> int:
         q = self.manifest.quality
         return q.recommend.search_k if q else -1

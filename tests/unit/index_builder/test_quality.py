@@ -65,3 +65,9 @@ def test_a_build_below_the_minimum_recall_is_not_published(tmp_path, small_facto
         publish_version(small_factors, storage, BuildOptions(n_trees=2, min_recall=0.8))
     assert read_latest(storage) == first.version
     assert list_versions(storage) == [first.version]
+
+
+def test_strategy_is_exact_exactly_when_the_index_is_slower_than_the_scan(tuned):
+    _, _, manifest = tuned
+    for q in (manifest.quality.similar_items, manifest.quality.recommend):
+        assert (q.strategy == "exact") == (q.queries_per_s < q.brute_force_queries_per_s)

@@ -222,3 +222,23 @@ def test_a_request_past_its_deadline_is_not_computed(version):
     assert by_id["ok"].status == "ok"
     assert [s.outcome for s in out.served] == ["expired", "ok"]
     assert out.served[0].queue_s >= 0.9
+
+
+def test_a_version_measured_slower_than_the_scan_is_served_exactly(tmp_path, small_factors):
+    """On 300 items a full scan beats any index: the builder says `exact`, answers are exact."""
+    from index_builder.publish import BuildOptions, publish_version
+    from worker.index_store import load_version
+
+    manifest = publish_version(small_factors, tmp_path / "s", BuildOptions(n_trees=2))
+    assert manifest.quality.recommend.strategy == "exact"
+    v = load_version(tmp_path / "s", manifest.version)
+    try:
+        assert v.exact_recommend
+        for u in range(20):
+            reply = answer(RecommendRequest(request_id="r", user_id=f"u{u}", k=10), v, "w")
+            truth = exact_inner_product_top_k(
+                small_factors.item_factors, small_factors.user_factors[u], 10
+            )
+            assert _ids(reply) == [f"i{t}" for t in truth]
+    finally:
+        v.close()
