@@ -17,6 +17,7 @@ from collections.abc import Sequence
 import redis
 import structlog
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+from threadpoolctl import threadpool_limits
 
 from schemas.events import Reply
 from schemas.topics import ensure_topics, topic_specs
@@ -98,6 +99,9 @@ class Worker:
         redis_sink = RedisSink(client, s.reply_ttl_s, s.result_ttl_s)
         cache = ReplyCache(client, s.result_ttl_s) if s.serve_from_cache else None
         kafka_sink = KafkaSink(producer, s.topic_replies, s.topic_dead_letters)
+        # One BLAS thread: a worker answers one request at a time and scales out by processes;
+        # OpenBLAS threads spinning beside Kafka, Redis and other workers only add latency.
+        blas = threadpool_limits(limits=s.blas_threads, user_api="blas")
         try:
             version = self._wait_for_index(store, stop)
             if version is None:
@@ -133,6 +137,7 @@ class Worker:
             follower.close()
             if http is not None:
                 http.shutdown()
+            blas.restore_original_limits()
             log.info(
                 "worker_stopped",
                 worker_id=s.worker_id,

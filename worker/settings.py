@@ -43,6 +43,7 @@ class WorkerSettings(CommonSettings):
     producer_config: dict[str, str | int | bool] = Field(
         default_factory=dict, description="extra librdkafka producer properties, JSON"
     )
+    blas_threads: int = Field(1, ge=1, description="BLAS threads for exact scans and reranks")
     echo: bool = Field(False, description="benchmarks only: reply without computing")
     cache_dir: Path = Field(
         Path.home() / ".cache" / "annrec" / "versions",
