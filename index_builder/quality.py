@@ -5,6 +5,10 @@ and split in two: the curve and the choice of search_k use the tuning half; the 
 queries/s reported for the chosen search_k come from the held-out half, so the figure a worker
 trusts was not fitted to the queries that measured it. Timings are one query at a time on one
 thread (BLAS pinned to one thread), through schemas.search, the same code the worker runs.
+
+The strategy: the smallest search_k that reaches the target recall while answering faster than
+the exact scan measured in the same run; when no search_k does, workers scan (exact, and faster
+than the index would be at that recall). The curve stops as soon as the answer is known.
 """
 
 from __future__ import annotations
@@ -29,7 +33,6 @@ FloatArray = npt.NDArray[np.float32]
 Searcher = Callable[[int, int], npt.NDArray[np.int64]]
 
 STOP_RECALL = 0.995  # past this, more search_k buys nothing worth measuring
-SLOWER_THAN_BRUTE_FORCE = 0.5  # stop once ANN is 2x slower than the exact scan
 
 
 def measure_quality(
@@ -98,33 +101,42 @@ def _index_quality(
     search_k = n_candidates
     with tqdm(desc=f"quality {label}", unit="search_k", leave=False) as bar:
         while True:
-            curve.append(_point(searcher, truth, tuning, search_k))
+            point = _point(searcher, truth, tuning, search_k)
+            curve.append(point)
             bar.update(1)
-            bar.set_postfix(search_k=search_k, recall=f"{curve[-1].recall_at_k:.3f}")
-            done = curve[-1].recall_at_k >= STOP_RECALL
-            # Timing only ends the curve once the target is reached, so a busy machine can
-            # shorten the report but never change the chosen search_k.
-            reached = curve[-1].recall_at_k >= target
-            too_slow = reached and curve[-1].queries_per_s < SLOWER_THAN_BRUTE_FORCE * brute_qps
-            # Examining more candidates than there are items costs more than the exact scan.
-            if done or too_slow or search_k >= min(n_items, n_items * n_trees):
+            bar.set_postfix(search_k=search_k, recall=f"{point.recall_at_k:.3f}")
+            if _wins(point, target, brute_qps) or point.queries_per_s < brute_qps:
+                break  # the answer is known: this search_k, or the exact scan
+            if point.recall_at_k >= STOP_RECALL or search_k >= min(n_items, n_items * n_trees):
                 break
             search_k *= 2
-    reaching = [p for p in curve if p.recall_at_k >= target]
-    chosen = reaching[0] if reaching else max(curve, key=lambda p: p.recall_at_k)
-    final = _point(searcher, truth, heldout, chosen.search_k)
-    strategy: Literal["ann", "exact"] = "exact" if final.queries_per_s < brute_qps else "ann"
+    winning = [p for p in curve if _wins(p, target, brute_qps)]
+    if winning:
+        final = _point(searcher, truth, heldout, winning[0].search_k)
+        strategy: Literal["ann", "exact"] = "ann"
+        served_recall, served_qps = final.recall_at_k, final.queries_per_s
+        search_k = winning[0].search_k
+    else:
+        # The index cannot reach the target faster than scanning everything: scan (exact).
+        strategy, served_recall = "exact", 1.0
+        served_qps = _queries_per_s(brute, heldout[: min(50, len(heldout))])
+        search_k = max(curve, key=lambda p: p.recall_at_k).search_k
     return IndexQuality(
         strategy=strategy,
         tuning_queries=len(tuning),
         curve=curve,
-        search_k=chosen.search_k,
-        reached_target=bool(reaching),
+        search_k=search_k,
+        reached_target=bool(winning),
         heldout_queries=len(heldout),
-        recall_at_k=final.recall_at_k,
-        queries_per_s=final.queries_per_s,
+        recall_at_k=served_recall,
+        queries_per_s=served_qps,
         brute_force_queries_per_s=brute_qps,
     )
+
+
+def _wins(point: SearchKPoint, target: float, brute_qps: float) -> bool:
+    """Reaches the target recall and beats the exact scan."""
+    return point.recall_at_k >= target and point.queries_per_s >= brute_qps
 
 
 def _point(

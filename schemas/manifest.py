@@ -62,16 +62,19 @@ class IndexQuality(_Model):
 
     tuning_queries: int = Field(description="queries the curve and the choice were measured on")
     curve: list[SearchKPoint]
-    search_k: int = Field(description="the smallest search_k on the curve reaching the target")
-    reached_target: bool
+    search_k: int = Field(
+        description="the smallest search_k reaching the target faster than the exact scan "
+        "(strategy `exact`: the curve's best, used only by requests that set search_k)"
+    )
+    reached_target: bool = Field(description="the index reached the target faster than a scan")
     heldout_queries: int = Field(description="other queries, measured only at search_k")
-    recall_at_k: float = Field(description="held-out recall@k at search_k")
-    queries_per_s: float = Field(description="held-out queries/s at search_k")
+    recall_at_k: float = Field(description="held-out recall@k of what is served (exact: 1)")
+    queries_per_s: float = Field(description="held-out queries/s of what is served")
     brute_force_queries_per_s: float = Field(description="single-query exact scan, same run")
     strategy: Literal["ann", "exact"] = Field(
         "ann",
-        description="what workers run: `exact` when the index at search_k is slower than the "
-        "exact scan measured beside it (the scan is then better on both counts)",
+        description="what workers run: `exact` when no search_k reaches the target recall "
+        "faster than the exact scan measured beside it",
     )
 
 

@@ -25,29 +25,36 @@ def test_report_curve_and_choice_are_consistent(tuned):
     for q in (report.similar_items, report.recommend):
         ks = [p.search_k for p in q.curve]
         assert ks == sorted(ks) and len(set(ks)) == len(ks)
-        reaching = [p for p in q.curve if p.recall_at_k >= 0.9]
-        assert q.reached_target and q.search_k == reaching[0].search_k
+        winning = [
+            p
+            for p in q.curve
+            if p.recall_at_k >= 0.9 and p.queries_per_s >= q.brute_force_queries_per_s
+        ]
+        assert q.reached_target == bool(winning)
+        if winning:  # the smallest search_k that reaches the target faster than a scan
+            assert q.strategy == "ann" and q.search_k == winning[0].search_k
+        else:  # no search_k does: scan, exactly
+            assert q.strategy == "exact" and q.recall_at_k == 1.0
         assert q.tuning_queries == q.heldout_queries == 200
         assert q.queries_per_s > 0 and q.brute_force_queries_per_s > 0
 
 
-def test_reported_recall_is_what_the_query_path_achieves_on_fresh_queries(tuned):
+def test_curve_recall_is_what_the_query_path_achieves_on_fresh_queries(tuned):
     factors, storage, manifest = tuned
+    curve = manifest.quality.recommend.curve
+    point = min(curve, key=lambda p: abs(p.recall_at_k - 0.8))
     version = load_version(storage, manifest.version)
     rng = np.random.default_rng(123)
     queries = rng.standard_normal((300, 16)).astype(np.float32) + factors.user_factors[:300]
     recalls = [
         recall_at_k(
-            search.max_inner_product(
-                version.mips, version.item_factors, q, 10, version.search_k_recommend
-            )[0],
+            search.max_inner_product(version.mips, version.item_factors, q, 10, point.search_k)[0],
             exact_inner_product_top_k(factors.item_factors, q, 10),
         )
         for q in queries
     ]
     version.close()
-    assert version.search_k_recommend == manifest.quality.recommend.search_k
-    assert np.mean(recalls) == pytest.approx(manifest.quality.recommend.recall_at_k, abs=0.08)
+    assert np.mean(recalls) == pytest.approx(point.recall_at_k, abs=0.1)
 
 
 def test_a_build_below_the_minimum_recall_is_not_published(tmp_path, small_factors, monkeypatch):
@@ -65,9 +72,3 @@ def test_a_build_below_the_minimum_recall_is_not_published(tmp_path, small_facto
         publish_version(small_factors, storage, BuildOptions(n_trees=2, min_recall=0.8))
     assert read_latest(storage) == first.version
     assert list_versions(storage) == [first.version]
-
-
-def test_strategy_is_exact_exactly_when_the_index_is_slower_than_the_scan(tuned):
-    _, _, manifest = tuned
-    for q in (manifest.quality.similar_items, manifest.quality.recommend):
-        assert (q.strategy == "exact") == (q.queries_per_s < q.brute_force_queries_per_s)
