@@ -14,16 +14,19 @@ import sys
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import redis
 
 from index_builder.announce import announce_version
-from index_builder.publish import publish_version
+from index_builder.inputs import Factors
+from index_builder.publish import BuildOptions, publish_version
 from index_builder.synth import synth_factors
 from schemas import keys
 from schemas.errors import AnnrecError
 from schemas.events import RecommendRequest, Reply, SimilarItemsRequest
 from schemas.settings import CommonSettings
 from schemas.topics import ensure_topics, topic_specs
+from schemas.vectors import exact_cosine_top_k, exact_inner_product_top_k, recall_at_k
 from worker import services
 from worker.client import ReplyWaiter, new_request_id, send_requests
 from worker.stack import LocalStack
@@ -47,10 +50,11 @@ def run_demo(keep: bool = False) -> int:
 
     storage = Path(tempfile.mkdtemp(prefix="annrec-demo-"))
     _say(f"building a synthetic index (20,000 items, 2,000 users, K=32) into {storage}")
+    factors = synth_factors(20_000, 2_000, 32, seed=7)
     manifest = publish_version(
-        synth_factors(20_000, 2_000, 32, seed=7),
+        factors,
         storage,
-        n_trees=20,
+        BuildOptions(n_trees=20),
         source="demo synth",
         announce=lambda m: announce_version(kafka, settings.topic_index_versions, m),
     )
@@ -60,6 +64,7 @@ def run_demo(keep: bool = False) -> int:
         "ANNREC_STORAGE": str(storage),
         "ANNREC_KAFKA_BOOTSTRAP": kafka["bootstrap.servers"],
         "ANNREC_REDIS_URL": redis_url,
+        "ANNREC_METRICS_PORT": "0",  # any free port: never collide with a running worker
     }
     log_path = storage / "worker.log"
     _say(f"starting a worker (log: {log_path})")
@@ -77,11 +82,7 @@ def run_demo(keep: bool = False) -> int:
         worker.wait(timeout=60)
         if started_stack and not keep:
             stack.down()
-    _show(
-        replies,
-        redis.Redis.from_url(redis_url) if (keep or not started_stack) else None,
-        manifest.version,
-    )
+    _show(replies, factors, manifest.version)
     if started_stack and keep:
         _say("stack left running: `annrec stack down` stops it")
     return 0
@@ -118,17 +119,29 @@ def _ask(
     return out
 
 
-def _show(replies: list[tuple[Reply, dict[str, object] | None]], _r: object, version: str) -> None:
+def _show(
+    replies: list[tuple[Reply, dict[str, object] | None]], factors: Factors, version: str
+) -> None:
     from worker.cli import format_reply
 
+    items = factors.item_factors
+    norms = np.linalg.norm(items, axis=1).astype(np.float32)
     print(f"\nannrec demo: index version {version}\n")
     for reply, stored in replies:
         print(format_reply(reply))
         same = stored is not None and stored["items"] == reply.model_dump()["items"]
         print(
             f"  redis {keys.reply_key(reply.request_id)}: "
-            f"{'same items as the Kafka reply' if same else 'MISSING'}\n"
+            f"{'same items as the Kafka reply' if same else 'MISSING'}"
         )
+        row = int(str(reply.subject_id)[1:])  # synthetic ids: i<row>, u<row>
+        k = len(reply.items)
+        if reply.kind == "recommend":
+            truth = exact_inner_product_top_k(items, factors.user_factors[row], k)
+        else:
+            truth = exact_cosine_top_k(items, norms, items[row], k, exclude=row)
+        found = [int(i.item_id[1:]) for i in reply.items]
+        print(f"  recall@{k} against exact brute force: {recall_at_k(found, truth):.2f}\n")
 
 
 def _say(message: str) -> None:
