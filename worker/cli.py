@@ -69,6 +69,15 @@ def build_parser() -> argparse.ArgumentParser:
     schemas_cmd = sub.add_parser("schemas", help="write the events' JSON Schemas")
     schemas_cmd.add_argument("--out", type=Path, required=True)
 
+    bann = bsub.add_parser("ann", help="recall vs queries/s: annrec vs brute force vs peers")
+    bann.add_argument("--out", type=Path, required=True)
+    bann.add_argument("--items", type=int, default=100_000, help="catalogue size (100k, 1M)")
+    bann.add_argument("--datasets", default="synth,als", help="comma list of synth, als")
+    bann.add_argument("--trees", type=int, default=50)
+    bann.add_argument("--queries", type=int, default=1000, help="recall is measured on these")
+    bann.add_argument("--timed-queries", type=int, default=200, help="timed one at a time")
+    bann.add_argument("--no-peers", action="store_true", help="skip hnswlib and ScaNN")
+
     be2e = bsub.add_parser("e2e", help="request -> reply latency through Kafka, open loop")
     be2e.add_argument("--out", type=Path, required=True)
     be2e.add_argument("--rates", default="100,200,400,800,1600", help="requests/s, comma list")
@@ -134,6 +143,18 @@ def _bench(args: argparse.Namespace) -> int:
         from worker.bench.build import bench_build
 
         bench_build(args.out, args.items, args.users, args.dim, args.trees)
+    elif args.bench_kind == "ann":
+        from worker.bench.ann import bench_ann
+
+        bench_ann(
+            args.out,
+            args.items,
+            args.datasets.split(","),
+            args.trees,
+            args.queries,
+            args.timed_queries,
+            peers=not args.no_peers,
+        )
     elif args.bench_kind == "e2e":
         from worker.bench.e2e import bench_e2e
 

@@ -70,7 +70,7 @@ ALS_ITERATIONS = 10
 def bench_ann(
     out: Path,
     n_items: int,
-    datasets: list[str] = ["synth", "als"],  # noqa: B006 - never mutated; the brief's signature
+    datasets: list[str] = ["synth", "als"],  # noqa: B006 - never mutated
     n_trees: int = 50,
     queries: int = 1000,
     timed_queries: int = 200,

@@ -38,7 +38,7 @@ def print_tables(r: dict[str, Any]) -> None:
             )
             print(
                 ROW.format(
-                    "method", "build s", "MiB", "parameter", "recall", "q/s", "x 1", "x GEMM"
+                    "method", "build s", "MiB", "parameter", "recall", "q/s", "x single", "x batch"
                 )
             )
             for m in task["methods"]:

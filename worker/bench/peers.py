@@ -152,6 +152,8 @@ def _build_scann(items: FloatArray, metric: Metric, seed: int) -> Built:
             "distance": "dot_product" + (" on unit vectors" if metric == "cosine" else ""),
             "num_leaves": num_leaves,
             "training_sample_size": min(n, SCANN_TRAINING_SAMPLE),
+            # 0.2 is the README's value for unit-norm data; the raw factors of user->items get
+            # it too (as the brief asks), which may be what caps its recall on skewed norms.
             "score_ah": {"dims_per_block": 2, "anisotropic_quantization_threshold": 0.2},
             "seed": "n/a (ScaNN's builder takes none)",
         },

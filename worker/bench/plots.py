@@ -50,7 +50,7 @@ def plot_dataset(path: Path, title: str, tasks: dict[str, dict[str, Any]]) -> No
         ax.set_ylabel("queries/s, one thread (log)")
         ax.set_title(f"{task_name} ({task['metric']})")
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize="small", loc="lower left")
+        ax.legend(fontsize="small", loc="best")
     fig.suptitle(title)
     fig.savefig(path, dpi=110)
 
