@@ -61,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     bsub = bench.add_subparsers(dest="bench_kind", required=True)
     bbuild = bsub.add_parser("build", help="time and peak memory of `annrec build`")
     bbuild.add_argument("--out", type=Path, required=True)
+    bbuild.add_argument("--quick", action="store_true", help="small and fast (CI runs it)")
     bbuild.add_argument("--items", type=int, default=1_000_000)
     bbuild.add_argument("--users", type=int, default=100_000)
     bbuild.add_argument("--dim", type=int, default=64)
@@ -71,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     bann = bsub.add_parser("ann", help="recall vs queries/s: annrec vs brute force vs peers")
     bann.add_argument("--out", type=Path, required=True)
+    bann.add_argument("--quick", action="store_true", help="small and fast (CI runs it)")
     bann.add_argument("--items", type=int, default=100_000, help="catalogue size (100k, 1M)")
     bann.add_argument("--datasets", default="synth,als", help="comma list of synth, als")
     bann.add_argument("--trees", type=int, default=50)
@@ -80,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     be2e = bsub.add_parser("e2e", help="request -> reply latency through Kafka, open loop")
     be2e.add_argument("--out", type=Path, required=True)
+    be2e.add_argument("--quick", action="store_true", help="small and fast (CI runs it)")
     be2e.add_argument("--rates", default="100,200,400,800,1600", help="requests/s, comma list")
     be2e.add_argument("--duration", type=float, default=15.0, help="seconds per rate")
     be2e.add_argument("--items", type=int, default=100_000)
@@ -139,13 +142,18 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 def _bench(args: argparse.Namespace) -> int:
     # Imported here: benchmarks pull in plotting and the builder, which serving never needs.
+    # --quick: a minute at most, so CI runs every benchmark and the code cannot rot.
     if args.bench_kind == "build":
         from worker.bench.build import bench_build
 
+        if args.quick:
+            args.items, args.users, args.dim, args.trees = 5_000, 500, 16, 5
         bench_build(args.out, args.items, args.users, args.dim, args.trees)
     elif args.bench_kind == "ann":
         from worker.bench.ann import bench_ann
 
+        if args.quick:
+            args.items, args.datasets, args.queries, args.timed_queries = 3_000, "synth", 100, 30
         bench_ann(
             args.out,
             args.items,
@@ -158,6 +166,8 @@ def _bench(args: argparse.Namespace) -> int:
     elif args.bench_kind == "e2e":
         from worker.bench.e2e import bench_e2e
 
+        if args.quick:
+            args.rates, args.duration, args.items = "50,100", 2.0, 5_000
         rates = [int(r) for r in args.rates.split(",")]
         bench_e2e(args.out, rates, args.duration, args.items, max_p99_ms=args.max_p99_ms)
     return 0

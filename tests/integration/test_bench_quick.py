@@ -1,0 +1,46 @@
+"""Every benchmark in --quick mode, through the CLI, so the benchmark code cannot rot."""
+
+import json
+import os
+import subprocess
+import sys
+
+
+def _bench(kind, out, services, tmp_path):
+    env = {
+        **os.environ,
+        "ANNREC_KAFKA_BOOTSTRAP": services.kafka_bootstrap,
+        "ANNREC_REDIS_URL": services.redis_url,
+        "ANNREC_STACK_DIR": str(tmp_path / "stack"),
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "worker.cli", "bench", kind, "--quick", "--out", str(out)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
+
+
+def test_bench_e2e_quick(services, tmp_path):
+    out = tmp_path / "e2e"
+    printed = _bench("e2e", out, services, tmp_path)
+    results = json.loads((out / "e2e.json").read_text())
+    assert set(results["runs"]) == {"echo", "1 worker", "2 workers", "1 worker + 3 swaps"}
+    first = results["runs"]["echo"][0]
+    assert first["answered"] == first["sent"] == 100  # 50/s for 2 s, nothing lost
+    assert (out / "e2e_latency.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "highest sustained rate, echo" in printed
+
+
+def test_bench_build_and_ann_quick(services, tmp_path):
+    printed = _bench("build", tmp_path / "build", services, tmp_path)
+    build = json.loads((tmp_path / "build" / "build.json").read_text())
+    assert build["peak_rss_mib"] > 0 and "mips_index" in build["phases_s"]
+    assert "peak RSS" in printed
+    _bench("ann", tmp_path / "ann", services, tmp_path)
+    ann = json.loads((tmp_path / "ann" / "ann.json").read_text())
+    assert ann["params"]["n_items"] == 3000
