@@ -116,32 +116,26 @@ def _build_version(
     angular = mf.AnnoySpec(
         file=mf.ANGULAR_FILE, metric="angular", dim=factors.dim, n_trees=opts.n_trees
     )
-    with phase("angular_index"):
-        build_annoy(
-            factors.item_factors,
-            staging / angular.file,
-            metric=angular.metric,
-            n_trees=opts.n_trees,
-            seed=opts.seed,
-            n_jobs=opts.n_jobs,
-            label="angular",
-        )
     augmented, max_norm = augment_items(factors.item_factors)
     # Angular on augmented vectors: every item has norm M, so the angle to [q, 0] is monotone in
     # q.x; this is the manual augmentation that works, unlike Annoy's broken `dot` (annoy #619).
     mips = mf.AnnoySpec(
         file=mf.MIPS_FILE, metric="angular", dim=factors.dim + 1, n_trees=opts.n_trees
     )
-    with phase("mips_index"):
-        build_annoy(
-            augmented,
-            staging / mips.file,
-            metric=mips.metric,
-            n_trees=opts.n_trees,
-            seed=opts.seed,
-            n_jobs=opts.n_jobs,
-            label="mips",
-        )
+    for label, spec, vectors in (
+        ("angular", angular, factors.item_factors),
+        ("mips", mips, augmented),
+    ):
+        with phase(f"{label}_index"):
+            build_annoy(
+                vectors,
+                staging / spec.file,
+                metric=spec.metric,
+                n_trees=opts.n_trees,
+                seed=opts.seed,
+                n_jobs=opts.n_jobs,
+                label=label,
+            )
     del augmented
 
     manifest = mf.Manifest(

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 from collections.abc import Sequence
 
 import redis
@@ -73,7 +74,7 @@ class Worker:
         self.health = HealthState(max_poll_gap_s=settings.health_max_poll_gap_s)
         self.served = 0
         self.dead_lettered = 0
-        self.batch_sizes: list[int] = []
+        self.batch_sizes: deque[int] = deque(maxlen=10_000)  # recent ones, for tests and benches
         self.assigned: set[int] = set()
         self.http_port: int | None = None
 

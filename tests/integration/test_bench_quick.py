@@ -1,26 +1,17 @@
 """Every benchmark in --quick mode, through the CLI, so the benchmark code cannot rot."""
 
 import json
-import os
-import subprocess
-import sys
+
+from tests.cli import annrec
 
 
 def _bench(kind, out, services, tmp_path):
     env = {
-        **os.environ,
         "ANNREC_KAFKA_BOOTSTRAP": services.kafka_bootstrap,
         "ANNREC_REDIS_URL": services.redis_url,
         "ANNREC_STACK_DIR": str(tmp_path / "stack"),
     }
-    result = subprocess.run(
-        [sys.executable, "-m", "worker.cli", "bench", kind, "--quick", "--out", str(out)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
+    result = annrec("bench", kind, "--quick", "--out", str(out), extra_env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     return result.stdout
 

@@ -1,25 +1,15 @@
 """`annrec demo` (what `make demo` runs) end to end, on the test services."""
 
-import os
-import subprocess
-import sys
+from tests.cli import annrec
 
 
 def test_demo_prints_recommendations_that_went_through_kafka_and_redis(services, tmp_path):
     env = {
-        **os.environ,
         "ANNREC_KAFKA_BOOTSTRAP": services.kafka_bootstrap,
         "ANNREC_REDIS_URL": services.redis_url,
         "ANNREC_STACK_DIR": str(tmp_path / "stack"),
     }
-    result = subprocess.run(
-        [sys.executable, "-m", "worker.cli", "demo"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    result = annrec("demo", extra_env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     out = result.stdout
     assert out.count("same items as the Kafka reply") == 3

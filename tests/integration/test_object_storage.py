@@ -12,6 +12,7 @@ from index_builder.synth import synth_factors
 from schemas.errors import AnnrecError
 from schemas.layout import version_dir
 from schemas.object_store import ObjectStore
+from tests.cli import annrec
 from worker.index_store import IndexStore, load_version
 from worker.version_source import ObjectStoreSource, version_source
 
@@ -106,33 +107,20 @@ def test_storage_setting_chooses_the_source(tmp_path, s3_endpoint):
 
 def test_cli_builds_lists_and_rolls_back_on_object_storage(store, tmp_path, s3_endpoint):
     import json
-    import os
-    import subprocess
-    import sys
 
     env = {
-        **os.environ,
         "ANNREC_STORAGE": store.url,
         "ANNREC_BUILD_DIR": str(tmp_path / "b"),
         "ANNREC_STORAGE_OPTIONS": json.dumps({**CREDS, "endpoint_url": s3_endpoint}),
     }
 
-    def annrec(*args):
-        return subprocess.run(
-            [sys.executable, "-m", "worker.cli", *args],
-            env=env,
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-
     build = ["build", "--synth", "--items", "300", "--dim", "4", "--trees", "2", "--no-announce"]
-    first, second = annrec(*build), annrec(*build)
+    first, second = annrec(*build, extra_env=env), annrec(*build, extra_env=env)
     assert first.returncode == second.returncode == 0, first.stderr
-    listed = json.loads(annrec("versions", "list", "--json").stdout)
+    listed = json.loads(annrec("versions", "list", "--json", extra_env=env).stdout)
     assert listed == [
         {"name": first.stdout.strip(), "latest": False},
         {"name": second.stdout.strip(), "latest": True},
     ]
-    assert annrec("versions", "rollback", first.stdout.strip()).returncode == 0
+    assert annrec("versions", "rollback", first.stdout.strip(), extra_env=env).returncode == 0
     assert store.read_latest() == first.stdout.strip()

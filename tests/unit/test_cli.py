@@ -1,21 +1,9 @@
 """The CLI as a user meets it: exit codes and one-line errors (no services needed)."""
 
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 
-
-def annrec(*args, env=None, cwd=None):
-    return subprocess.run(
-        [sys.executable, "-m", "worker.cli", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=cwd,
-        check=False,
-    )
+from tests.cli import annrec
 
 
 @pytest.mark.parametrize(
