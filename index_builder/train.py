@@ -357,6 +357,10 @@ def _encode(
     if len(empty):
         raise InvalidInput(f"{where(int(empty[0]))}: empty {name}")
     # Dictionary-encoding in arrow is much faster than np.unique over millions of Python strings.
+    # Large inputs arrive chunked (pa.array of a big numpy string array returns a ChunkedArray),
+    # and a chunked encoding has one dictionary per chunk: encode one contiguous array.
+    if hasattr(ids, "combine_chunks"):
+        ids = ids.combine_chunks()
     encoded = pc.dictionary_encode(ids)
     uniq = np.asarray(encoded.dictionary.to_pylist(), dtype=str)
     order = np.argsort(uniq, kind="stable")

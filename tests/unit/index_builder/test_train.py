@@ -256,3 +256,16 @@ def test_training_without_implicit_names_the_extra(held_out, monkeypatch):
     monkeypatch.setitem(sys.modules, "implicit", None)  # what an absent package looks like
     with pytest.raises(AnnrecError, match=r"pip install 'annrec\[train\]'"):
         train_als(held_out[0], show_progress=False)
+
+
+def test_chunked_arrow_ids_encode_like_contiguous_ones():
+    """At millions of rows pa.array returns a ChunkedArray (found by the 1M benchmark)."""
+    users = np.array(["b", "a", "c", "a"])
+    items = np.array(["x", "y", "x", "z"])
+    plain = make_interactions(users, items)
+    chunked = pa.chunked_array([pa.array(users[:2]), pa.array(users[2:])])
+    from index_builder.train import _encode
+
+    codes, uniq = _encode(chunked, "user", lambda i: f"row {i}")
+    assert uniq.tolist() == plain.user_ids.tolist() == ["a", "b", "c"]
+    assert codes.tolist() == [1, 0, 2, 0]
