@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 from typing import Literal
 
@@ -9,6 +10,10 @@ import numpy as np
 import numpy.typing as npt
 from annoy import AnnoyIndex
 from tqdm import tqdm
+
+from schemas import manifest as mf
+from schemas.banded import band_bounds, norm_order
+from schemas.vectors import augment_with
 
 Metric = Literal["angular", "euclidean"]
 
@@ -44,3 +49,42 @@ def build_annoy(
     if not on_disk and not index.save(str(path)):
         raise OSError(f"annoy could not save {path}")
     index.unload()
+
+
+def build_mips_bands(
+    item_factors: npt.NDArray[np.float32],
+    directory: Path,
+    *,
+    n_trees: int,
+    seed: int,
+    n_jobs: int = -1,
+) -> mf.MipsSpec:
+    """The user -> items indexes (schemas/banded.py): the norm order, then one augmented Annoy
+    index per norm band, each with its own M. Returns their manifest entry."""
+    order, norms = norm_order(item_factors)
+    np.save(directory / mf.MIPS_ORDER_FILE, order)
+    edges = band_bounds(len(order))
+    bands: list[mf.MipsBand] = []
+    for b, (start, stop) in enumerate(
+        tqdm(list(itertools.pairwise(edges)), desc="mips bands", unit="band")
+    ):
+        band = mf.MipsBand(
+            file=mf.mips_band_file(b), start=start, stop=stop, max_norm=float(norms[start])
+        )
+        vectors = augment_with(item_factors[order[start:stop]], band.max_norm)
+        build_annoy(
+            vectors,
+            directory / band.file,
+            metric="angular",
+            n_trees=n_trees,
+            seed=seed,
+            n_jobs=n_jobs,
+            label=f"mips band {b}",
+        )
+        bands.append(band)
+    return mf.MipsSpec(
+        order_file=mf.MIPS_ORDER_FILE,
+        dim=int(item_factors.shape[1]) + 1,
+        n_trees=n_trees,
+        bands=bands,
+    )

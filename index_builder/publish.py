@@ -16,15 +16,14 @@ import numpy.typing as npt
 import structlog
 
 from index_builder import storage
-from index_builder.build import build_annoy
+from index_builder.build import build_annoy, build_mips_bands
 from index_builder.inputs import Factors
 from index_builder.quality import measure_quality
 from index_builder.remote import set_remote_latest, upload_version
 from schemas import manifest as mf
 from schemas.errors import AnnrecError
 from schemas.object_store import ObjectStore
-from schemas.vectors import augment_items
-from schemas.verify import check_files, check_indexes, file_entry, load_annoy
+from schemas.verify import check_files, check_indexes, file_entry, load_annoy, load_bands
 
 log = structlog.get_logger(__name__)
 
@@ -39,7 +38,11 @@ class QualityTooLow(AnnrecError):
 
 @dataclass(frozen=True)
 class BuildOptions:
-    n_trees: int = 50
+    # Trees of the angular index, and of each MIPS norm band. Fewer than the 50 of earlier
+    # versions: the whole 1M x 64 version must build in 2 minutes on 2 cores, and the measured
+    # recall/speed curves (BENCHMARKS.md, trees vs search_k) showed the bands need few trees.
+    n_trees: int = 20
+    mips_trees: int = 10
     seed: int = 42
     n_jobs: int = -1
     quality: bool = True  # measure recall vs search_k and pick search_k (the report)
@@ -116,27 +119,24 @@ def _build_version(
     angular = mf.AnnoySpec(
         file=mf.ANGULAR_FILE, metric="angular", dim=factors.dim, n_trees=opts.n_trees
     )
-    augmented, max_norm = augment_items(factors.item_factors)
-    # Angular on augmented vectors: every item has norm M, so the angle to [q, 0] is monotone in
-    # q.x; this is the manual augmentation that works, unlike Annoy's broken `dot` (annoy #619).
-    mips = mf.AnnoySpec(
-        file=mf.MIPS_FILE, metric="angular", dim=factors.dim + 1, n_trees=opts.n_trees
-    )
-    for label, spec, vectors in (
-        ("angular", angular, factors.item_factors),
-        ("mips", mips, augmented),
-    ):
-        with phase(f"{label}_index"):
-            build_annoy(
-                vectors,
-                staging / spec.file,
-                metric=spec.metric,
-                n_trees=opts.n_trees,
-                seed=opts.seed,
-                n_jobs=opts.n_jobs,
-                label=label,
-            )
-    del augmented
+    with phase("angular_index"):
+        build_annoy(
+            factors.item_factors,
+            staging / angular.file,
+            metric=angular.metric,
+            n_trees=opts.n_trees,
+            seed=opts.seed,
+            n_jobs=opts.n_jobs,
+            label="angular",
+        )
+    with phase("mips_index"):
+        mips = build_mips_bands(
+            factors.item_factors,
+            staging,
+            n_trees=opts.mips_trees,
+            seed=opts.seed,
+            n_jobs=opts.n_jobs,
+        )
 
     manifest = mf.Manifest(
         version=version,
@@ -146,7 +146,7 @@ def _build_version(
         n_users=len(factors.user_ids),
         angular_index=angular,
         mips_index=mips,
-        mips_max_norm=max_norm,
+        mips_max_norm=mips.bands[0].max_norm,
         files=phase.run(
             "checksums", lambda: {p.name: file_entry(p) for p in sorted(staging.iterdir())}
         ),
@@ -163,25 +163,28 @@ def _build_version(
     # Read back what was written, as a worker will, and measure it.
     with phase("verify"):
         check_files(staging, manifest)
-        angular_index, mips_index = load_annoy(staging, angular), load_annoy(staging, mips)
+        angular_index = load_annoy(staging, angular)
     try:
-        check_indexes(manifest, angular_index, mips_index, factors.item_factors)
-        if opts.quality:
-            with phase("quality"):
-                report = measure_quality(
-                    angular_index,
-                    mips_index,
-                    factors,
-                    n_trees=opts.n_trees,
-                    target_recall=opts.target_recall,
-                    n_queries=opts.quality_queries,
-                    seed=opts.seed,
-                )
-            _refuse_if_poor(report, opts.min_recall)
-            manifest = manifest.model_copy(update={"quality": report})
+        check_indexes(manifest, angular_index, factors.item_factors)
+        mips_bands = load_bands(staging, mips, factors.item_factors)
+        try:
+            if opts.quality:
+                with phase("quality"):
+                    report = measure_quality(
+                        angular_index,
+                        mips_bands,
+                        factors,
+                        n_trees=opts.n_trees,
+                        target_recall=opts.target_recall,
+                        n_queries=opts.quality_queries,
+                        seed=opts.seed,
+                    )
+                _refuse_if_poor(report, opts.min_recall)
+                manifest = manifest.model_copy(update={"quality": report})
+        finally:
+            mips_bands.unload()
     finally:
         angular_index.unload()
-        mips_index.unload()
     manifest = manifest.model_copy(
         update={"build": manifest.build.model_copy(update={"timings_s": phase.seconds})}
     )
@@ -225,6 +228,7 @@ def _refuse_if_poor(report: mf.QualityReport, min_recall: float) -> None:
             "quality_measured",
             kind=kind,
             search_k=q.search_k,
+            exact_items=q.exact_items,
             recall=round(q.recall_at_k, 4),
             queries_per_s=round(q.queries_per_s),
             brute_force_queries_per_s=round(q.brute_force_queries_per_s),

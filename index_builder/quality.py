@@ -6,9 +6,10 @@ queries/s reported for the chosen search_k come from the held-out half, so the f
 trusts was not fitted to the queries that measured it. Timings are one query at a time on one
 thread (BLAS pinned to one thread), through schemas.search, the same code the worker runs.
 
-The strategy: the smallest search_k that reaches the target recall while answering faster than
-the exact scan measured in the same run; when no search_k does, workers scan (exact, and faster
-than the index would be at that recall). The curve stops as soon as the answer is known.
+The strategy: the fastest point (search_k; for user -> items also the exact head of the norm
+bands) that reaches the target recall while answering faster than the exact scan measured in the
+same run; when none does, workers scan (exact, and faster than the index would be at that
+recall). Each curve stops as soon as the answer is known.
 """
 
 from __future__ import annotations
@@ -24,20 +25,20 @@ from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
 from index_builder.inputs import Factors
-from schemas import search
+from schemas import banded, search
 from schemas.manifest import IndexQuality, QualityReport, SearchKPoint
 from schemas.vectors import recall_at_k, top_k
 
 FloatArray = npt.NDArray[np.float32]
-# query number -> found item rows, for one search_k
-Searcher = Callable[[int, int], npt.NDArray[np.int64]]
+# (query number, search_k, exact head or None) -> found item rows
+Searcher = Callable[[int, int, int | None], npt.NDArray[np.int64]]
 
 STOP_RECALL = 0.995  # past this, more search_k buys nothing worth measuring
 
 
 def measure_quality(
     angular: AnnoyIndex,
-    mips: AnnoyIndex,
+    mips: banded.NormBands,
     factors: Factors,
     *,
     n_trees: int,
@@ -61,23 +62,31 @@ def measure_quality(
         rec_truth = _exact(items, user_queries, k)
         similar = _index_quality(
             "similar_items",
-            lambda q, sk: search.similar_items(angular, items, norms, int(item_rows[q]), k, sk)[0],
+            lambda q, sk, _: search.similar_items(angular, items, norms, int(item_rows[q]), k, sk)[
+                0
+            ],
             lambda q: _brute(unit, unit[item_rows[q]], k),
+            None,
             sim_truth,
-            len(items),
-            n_trees,
-            (k + 1) * search.OVERFETCH,
-            target_recall,
+            search_k_limit=len(items) * n_trees,
+            first_search_k=(k + 1) * search.OVERFETCH,
+            heads=[None],
+            target=target_recall,
         )
         recommend = _index_quality(
             "recommend",
-            lambda q, sk: search.max_inner_product(mips, items, user_queries[q], k, sk)[0],
+            lambda q, sk, head: banded.max_inner_product(mips, user_queries[q], k, sk, head or 0)[
+                0
+            ],
             lambda q: _brute(items, user_queries[q], k),
+            # Exact strategy: every band scanned exactly, stopping at the norm bound.
+            lambda q: banded.max_inner_product(mips, user_queries[q], k, -1, len(items)),
             rec_truth,
-            len(items),
-            n_trees,
-            k * search.OVERFETCH,
-            target_recall,
+            search_k_limit=max(b.stop - b.start for b in mips.bands) * n_trees,
+            first_search_k=k,
+            # An exact head past the catalogue is the exact scan: nothing to measure.
+            heads=[h for h in banded.EXACT_HEADS if h < len(items)] or [len(items)],
+            target=target_recall,
         )
     return QualityReport(
         k=k, target_recall=target_recall, similar_items=similar, recommend=recommend
@@ -88,44 +97,50 @@ def _index_quality(
     label: str,
     searcher: Searcher,
     brute: Callable[[int], object],
+    exact: Callable[[int], object] | None,
     truth: npt.NDArray[np.int64],
-    n_items: int,
-    n_trees: int,
-    n_candidates: int,
+    *,
+    search_k_limit: int,
+    first_search_k: int,
+    heads: list[int | None],
     target: float,
 ) -> IndexQuality:
+    """`brute` is the plain scan every point is compared with; `exact`, when given, is what the
+    `exact` strategy serves instead of it."""
     half = len(truth) // 2
     tuning, heldout = np.arange(half), np.arange(half, len(truth))
     brute_qps = _queries_per_s(brute, tuning[: min(50, half)])
     curve: list[SearchKPoint] = []
-    search_k = n_candidates
-    with tqdm(desc=f"quality {label}", unit="search_k", leave=False) as bar:
-        while True:
-            point = _point(searcher, truth, tuning, search_k)
-            curve.append(point)
-            bar.update(1)
-            bar.set_postfix(search_k=search_k, recall=f"{point.recall_at_k:.3f}")
-            if _wins(point, target, brute_qps) or point.queries_per_s < brute_qps:
-                break  # the answer is known: this search_k, or the exact scan
-            if point.recall_at_k >= STOP_RECALL or search_k >= min(n_items, n_items * n_trees):
-                break
-            search_k *= 2
+    with tqdm(desc=f"quality {label}", unit="point", leave=False) as bar:
+        for head in heads:
+            search_k = first_search_k
+            while True:
+                point = _point(searcher, truth, tuning, search_k, head)
+                curve.append(point)
+                bar.update(1)
+                bar.set_postfix(search_k=search_k, head=head, recall=f"{point.recall_at_k:.3f}")
+                if _wins(point, target, brute_qps) or point.queries_per_s < brute_qps:
+                    break  # the answer for this head is known: this point, or not at all
+                if point.recall_at_k >= STOP_RECALL or search_k >= search_k_limit:
+                    break
+                search_k *= 2
     winning = [p for p in curve if _wins(p, target, brute_qps)]
     if winning:
-        final = _point(searcher, truth, heldout, winning[0].search_k)
+        best = max(winning, key=lambda p: p.queries_per_s)
+        final = _point(searcher, truth, heldout, best.search_k, best.exact_items)
         strategy: Literal["ann", "exact"] = "ann"
         served_recall, served_qps = final.recall_at_k, final.queries_per_s
-        search_k = winning[0].search_k
     else:
         # The index cannot reach the target faster than scanning everything: scan (exact).
+        best = max(curve, key=lambda p: p.recall_at_k)
         strategy, served_recall = "exact", 1.0
-        served_qps = _queries_per_s(brute, heldout[: min(50, len(heldout))])
-        search_k = max(curve, key=lambda p: p.recall_at_k).search_k
+        served_qps = _queries_per_s(exact or brute, heldout[: min(50, len(heldout))])
     return IndexQuality(
         strategy=strategy,
         tuning_queries=len(tuning),
         curve=curve,
-        search_k=search_k,
+        search_k=best.search_k,
+        exact_items=best.exact_items,
         reached_target=bool(winning),
         heldout_queries=len(heldout),
         recall_at_k=served_recall,
@@ -140,16 +155,20 @@ def _wins(point: SearchKPoint, target: float, brute_qps: float) -> bool:
 
 
 def _point(
-    searcher: Searcher, truth: npt.NDArray[np.int64], queries: npt.NDArray[np.int64], search_k: int
+    searcher: Searcher,
+    truth: npt.NDArray[np.int64],
+    queries: npt.NDArray[np.int64],
+    search_k: int,
+    head: int | None,
 ) -> SearchKPoint:
     found: dict[int, npt.NDArray[np.int64]] = {}
 
     def run(q: int) -> None:
-        found[q] = searcher(q, search_k)
+        found[q] = searcher(q, search_k, head)
 
     qps = _queries_per_s(run, queries)
     recall = float(np.mean([recall_at_k(found[q], truth[q]) for q in queries.tolist()]))
-    return SearchKPoint(search_k=search_k, recall_at_k=recall, queries_per_s=qps)
+    return SearchKPoint(search_k=search_k, exact_items=head, recall_at_k=recall, queries_per_s=qps)
 
 
 def _queries_per_s(fn: Callable[[int], object], queries: npt.NDArray[np.int64]) -> float:

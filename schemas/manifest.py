@@ -14,7 +14,9 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 MANIFEST_NAME = "manifest.json"
-FORMAT_VERSION = 1
+# 2: user -> items moved from one Bachrach-augmented Annoy file to norm bands (MipsSpec). A
+# worker refuses other formats with a reason rather than guessing at their layout.
+FORMAT_VERSION = 2
 
 # Sortable (UTC time first) and unique (random suffix); a plain file-name component by
 # construction, so a version name can never escape the storage root.
@@ -42,6 +44,31 @@ class AnnoySpec(_Model):
     n_trees: int = Field(ge=1)
 
 
+class MipsBand(_Model):
+    """One norm band: the items at positions [start, stop) of the norm order, Bachrach-augmented
+    with the band's own M (its largest norm), so their extra coordinate varies little and the
+    augmented index stays sharp (Yan et al. 2018, norm-ranging)."""
+
+    file: str
+    start: int = Field(ge=0)
+    stop: int = Field(ge=1)
+    max_norm: float = Field(ge=0, description="M of this band: the norm of its first item")
+
+
+class MipsSpec(_Model):
+    """user -> items: items ordered by decreasing norm, cut into bands of geometric size, one
+    augmented Annoy index per band. A query searches bands from the longest norms down and stops
+    when max_norm(band) * ||q|| cannot beat the k-th score found (Cauchy-Schwarz), so only the
+    few bands that can hold an answer are searched; the first bands may be scanned exactly."""
+
+    method: Literal["norm_bands"] = "norm_bands"
+    order_file: str = Field(description="int32 item rows, largest norm first")
+    metric: Literal["angular"] = "angular"
+    dim: int = Field(ge=2, description="K + 1: the augmented dimension")
+    n_trees: int = Field(ge=1)
+    bands: list[MipsBand] = Field(min_length=1)
+
+
 class BuildParams(_Model):
     n_trees: int
     seed: int
@@ -52,6 +79,9 @@ class BuildParams(_Model):
 
 class SearchKPoint(_Model):
     search_k: int
+    exact_items: int | None = Field(
+        None, description="user -> items: items of the first norm bands scanned exactly"
+    )
     recall_at_k: float
     queries_per_s: float
 
@@ -65,6 +95,9 @@ class IndexQuality(_Model):
     search_k: int = Field(
         description="the smallest search_k reaching the target faster than the exact scan "
         "(strategy `exact`: the curve's best, used only by requests that set search_k)"
+    )
+    exact_items: int | None = Field(
+        None, description="user -> items: the chosen exact head (items scanned exactly)"
     )
     reached_target: bool = Field(description="the index reached the target faster than a scan")
     heldout_queries: int = Field(description="other queries, measured only at search_k")
@@ -113,8 +146,8 @@ class Manifest(_Model):
     n_items: int = Field(ge=1)
     n_users: int = Field(ge=0)
     angular_index: AnnoySpec = Field(description="item -> items, cosine, over the raw item factors")
-    mips_index: AnnoySpec = Field(description="user -> items, over Bachrach-augmented items (K+1)")
-    mips_max_norm: float = Field(ge=0, description="M, the largest item norm")
+    mips_index: MipsSpec = Field(description="user -> items: norm bands of augmented items")
+    mips_max_norm: float = Field(ge=0, description="the largest item norm")
     fold_in: FoldIn
     popularity: Literal["interactions", "provided", "item_norm"] = Field(
         description="what ranks popularity.npy: interaction weights, an item_popularity array "
@@ -127,6 +160,16 @@ class Manifest(_Model):
         None, description="how the factors were trained, when annrec trained them"
     )
 
+    @field_validator("format_version")
+    @classmethod
+    def _known_format(cls, value: int) -> int:
+        if value != FORMAT_VERSION:
+            raise ValueError(
+                f"format_version {value} is not {FORMAT_VERSION}: rebuild the version with this "
+                "annrec (format 1 had a single MIPS file)"
+            )
+        return value
+
     @field_validator("files")
     @classmethod
     def _plain_names(cls, files: dict[str, FileEntry]) -> dict[str, FileEntry]:
@@ -138,7 +181,13 @@ class Manifest(_Model):
 
 # The files of every version, by role.
 ANGULAR_FILE = "items.angular.ann"
-MIPS_FILE = "items.mips.ann"
+MIPS_ORDER_FILE = "items.mips.order.npy"
+
+
+def mips_band_file(band: int) -> str:
+    return f"items.mips.band{band:02d}.ann"
+
+
 ITEM_FACTORS_FILE = "item_factors.npy"
 USER_FACTORS_FILE = "user_factors.npy"
 ITEM_IDS_FILE = "item_ids.npy"

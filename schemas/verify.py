@@ -4,14 +4,16 @@ publishes, the worker before it serves. A failure raises IndexRejected naming th
 from __future__ import annotations
 
 import hashlib
+import itertools
 from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
 from annoy import AnnoyIndex
 
+from schemas.banded import Band, NormBands
 from schemas.errors import IndexRejected
-from schemas.manifest import AnnoySpec, FileEntry, Manifest
+from schemas.manifest import AnnoySpec, FileEntry, Manifest, MipsSpec
 from schemas.vectors import augment_with
 
 SAMPLED_ROWS = 16
@@ -42,38 +44,79 @@ def check_files(directory: Path, manifest: Manifest, *, checksums: bool = True) 
 
 
 def load_annoy(directory: Path, spec: AnnoySpec, *, prefault: bool = False) -> AnnoyIndex:
-    index = AnnoyIndex(spec.dim, spec.metric)
+    return _load(directory / spec.file, spec.dim, spec.metric, prefault)
+
+
+def _load(path: Path, dim: int, metric: str, prefault: bool) -> AnnoyIndex:
+    index = AnnoyIndex(dim, metric)  # type: ignore[arg-type]
     try:
-        index.load(str(directory / spec.file), prefault=prefault)
+        index.load(str(path), prefault=prefault)
     except OSError as exc:
-        raise IndexRejected(f"{spec.file}: annoy cannot load it ({exc})") from exc
+        raise IndexRejected(f"{path.name}: annoy cannot load it ({exc})") from exc
     return index
 
 
-def check_indexes(
-    manifest: Manifest,
-    angular: AnnoyIndex,
-    mips: AnnoyIndex,
+def load_bands(
+    directory: Path,
+    spec: MipsSpec,
     item_factors: npt.NDArray[np.float32],
+    *,
+    prefault: bool = False,
+) -> NormBands:
+    """Load the norm order and every band's index, checking each band against the factors."""
+    n_items = len(item_factors)
+    order = np.load(directory / spec.order_file, allow_pickle=False)
+    if order.shape != (n_items,) or order.dtype != np.int32:
+        raise IndexRejected(f"{spec.order_file}: not one int32 row per item")
+    if not np.array_equal(np.bincount(order, minlength=n_items), np.ones(n_items, np.int64)):
+        raise IndexRejected(f"{spec.order_file}: not a permutation of the item rows")
+    edges = [b.start for b in spec.bands] + [spec.bands[-1].stop]
+    if edges[0] != 0 or edges[-1] != n_items or any(a >= b for a, b in itertools.pairwise(edges)):
+        raise IndexRejected(f"mips bands do not tile the {n_items} items: edges {edges}")
+    bands: list[Band] = []
+    try:
+        for b in spec.bands:
+            index = _load(directory / b.file, spec.dim, spec.metric, prefault)
+            bands.append(Band(b.start, b.stop, b.max_norm, index))
+            ids = _sample_ids(b.stop - b.start)
+            want = augment_with(np.asarray(item_factors[order[ids + b.start]]), b.max_norm)
+            _check_vectors(b.file, index, b.stop - b.start, ids, want)
+    except IndexRejected:
+        for band in bands:
+            band.index.unload()
+        raise
+    return NormBands.create(bands, order, item_factors)
+
+
+def check_indexes(
+    manifest: Manifest, angular: AnnoyIndex, item_factors: npt.NDArray[np.float32]
 ) -> None:
-    """Item counts, and sampled stored vectors equal to the factors (augmented for MIPS).
+    """The angular index: item count, and sampled stored vectors equal to the factors (the MIPS
+    bands are checked as load_bands loads them).
 
     Annoy files record neither metric nor dimension (annoy #368): a file of the wrong dimension
     loads, and only its vectors give it away.
     """
-    rows = np.unique(np.linspace(0, manifest.n_items - 1, SAMPLED_ROWS).astype(np.int64))
-    expected = np.asarray(item_factors[rows])
-    for spec, index, want in (
-        (manifest.angular_index, angular, expected),
-        (manifest.mips_index, mips, augment_with(expected, manifest.mips_max_norm)),
-    ):
-        if index.get_n_items() != manifest.n_items:
-            raise IndexRejected(
-                f"{spec.file}: {index.get_n_items()} items, manifest says {manifest.n_items}"
-            )
-        got = np.array([index.get_item_vector(int(r)) for r in rows], dtype=np.float32)
-        if got.shape != want.shape or not np.allclose(got, want, rtol=1e-4, atol=1e-5):
-            raise IndexRejected(
-                f"{spec.file}: stored vectors differ from the item factors "
-                f"(wrong dimension, metric or file)"
-            )
+    ids = _sample_ids(manifest.n_items)
+    want = np.asarray(item_factors[ids])
+    _check_vectors(manifest.angular_index.file, angular, manifest.n_items, ids, want)
+
+
+def _sample_ids(n: int) -> npt.NDArray[np.int64]:
+    return np.unique(np.linspace(0, n - 1, SAMPLED_ROWS).astype(np.int64))
+
+
+def _check_vectors(
+    name: str,
+    index: AnnoyIndex,
+    n_items: int,
+    ids: npt.NDArray[np.int64],
+    want: npt.NDArray[np.float32],
+) -> None:
+    if index.get_n_items() != n_items:
+        raise IndexRejected(f"{name}: {index.get_n_items()} items, manifest says {n_items}")
+    got = np.array([index.get_item_vector(int(i)) for i in ids], dtype=np.float32)
+    if got.shape != want.shape or not np.allclose(got, want, rtol=1e-4, atol=1e-5):
+        raise IndexRejected(
+            f"{name}: stored vectors differ from the item factors (wrong dimension, metric or file)"
+        )

@@ -19,7 +19,7 @@ import numpy.typing as npt
 import structlog
 from pydantic import TypeAdapter, ValidationError
 
-from schemas import search
+from schemas import banded, search
 from schemas.events import (
     DeadLetter,
     RecommendRequest,
@@ -220,14 +220,16 @@ def _recommend(
         return Reply(status="ok", items=items, fallback="cold_start", unknown_items=unknown, **base)
     fetch = request.k + len(excluded)
     if v.exact_recommend and request.search_k is None:
-        rows, scores = search.exact_max_inner_product(v.item_factors, query, fetch)
+        # Every band scanned exactly, stopping at the norm bound: exact, and cheaper than a
+        # full scan whenever the answers live in the long-norm bands.
+        rows, scores = banded.max_inner_product(v.mips, query, fetch, -1, len(v.item_factors))
     else:
-        rows, scores = search.max_inner_product(
+        rows, scores = banded.max_inner_product(
             v.mips,
-            v.item_factors,
             query,
             fetch,
             search.scaled_search_k(request.search_k or v.search_k_recommend, fetch),
+            v.exact_items_recommend,
         )
 
     def scorer(r: Rows) -> npt.NDArray[np.float32]:

@@ -20,10 +20,11 @@ from annoy import AnnoyIndex
 from pydantic import ValidationError
 
 from schemas import manifest as mf
+from schemas.banded import EXACT_HEADS, NormBands
 from schemas.errors import AnnrecError, IndexRejected, VersionMissing
 from schemas.layout import version_dir
 from schemas.vectors import item_gramian
-from schemas.verify import check_files, check_indexes, load_annoy
+from schemas.verify import check_files, check_indexes, load_annoy, load_bands
 from worker.version_source import VersionSource
 
 log = structlog.get_logger(__name__)
@@ -35,7 +36,7 @@ class LoadedVersion:
 
     manifest: mf.Manifest
     angular: AnnoyIndex
-    mips: AnnoyIndex
+    mips: NormBands
     item_factors: npt.NDArray[np.float32]  # mmapped
     item_norms: npt.NDArray[np.float32]
     user_factors: npt.NDArray[np.float32]  # mmapped
@@ -69,6 +70,14 @@ class LoadedVersion:
         q = self.manifest.quality
         return q.recommend.search_k if q else -1
 
+    @property
+    def exact_items_recommend(self) -> int:
+        """Items of the first norm bands scanned exactly (unmeasured: the largest head tried)."""
+        q = self.manifest.quality
+        if q is None or q.recommend.exact_items is None:
+            return EXACT_HEADS[-1]
+        return q.recommend.exact_items
+
     def close(self) -> None:
         self.angular.unload()
         self.mips.unload()
@@ -84,7 +93,11 @@ def load_version(
     except FileNotFoundError as exc:
         raise VersionMissing(f"{version}: no {mf.MANIFEST_NAME} in {directory.parent}") from exc
     except ValidationError as exc:
-        raise IndexRejected(f"{version}: invalid manifest ({exc.error_count()} errors)") from exc
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        raise IndexRejected(
+            f"{version}: invalid manifest ({exc.error_count()} errors; {where}: {first['msg']})"
+        ) from exc
     if manifest.version != version:
         raise IndexRejected(f"{version}: manifest names version {manifest.version}")
     check_files(directory, manifest, checksums=checksums)
@@ -101,15 +114,14 @@ def load_version(
     # warm: fault every page in before the swap; a cold mmap costs seconds on the first
     # queries (annoy #376), which must not land on requests.
     angular = load_annoy(directory, manifest.angular_index, prefault=warm)
-    mips = load_annoy(directory, manifest.mips_index, prefault=warm)
     if warm:
         for arr in (item_factors, user_factors):
             _touch_pages(arr)
     try:
-        check_indexes(manifest, angular, mips, item_factors)
+        check_indexes(manifest, angular, item_factors)
+        mips = load_bands(directory, manifest.mips_index, item_factors, prefault=warm)
     except IndexRejected:
         angular.unload()
-        mips.unload()
         raise
     return LoadedVersion(
         manifest=manifest,

@@ -73,7 +73,7 @@ def test_a_corrupted_remote_version_is_refused_and_never_cached(store, tmp_path,
     try:
         assert worker_store.current().version == good.version
         bad = _publish(store, tmp_path, synth_factors(300, 40, 8, seed=4))
-        key = store.version_key(bad.version, bad.mips_index.file)
+        key = store.version_key(bad.version, bad.mips_index.bands[0].file)
         store.fs.pipe_file(key, store.fs.cat_file(key)[:-100])  # a half-uploaded file
         worker_store.check_latest()
         assert worker_store.current().version == good.version

@@ -2,12 +2,13 @@ import json
 
 import numpy as np
 import pytest
-from annoy import AnnoyIndex
 
 from index_builder import publish
 from index_builder.publish import BuildOptions, publish_version
+from schemas.banded import max_inner_product
 from schemas.layout import list_versions, read_latest, version_dir
-from schemas.vectors import augment_query, exact_inner_product_top_k
+from schemas.vectors import exact_inner_product_top_k
+from schemas.verify import load_bands
 
 
 def test_published_version_is_complete_and_latest_names_it(published, small_factors):
@@ -23,19 +24,20 @@ def test_published_version_is_complete_and_latest_names_it(published, small_fact
     assert json.loads((directory / "manifest.json").read_text())["version"] == manifest.version
 
 
-def test_mips_index_answers_inner_product_queries(published, small_factors):
+def test_mips_bands_answer_inner_product_queries(published, small_factors):
     storage, manifest = published
-    index = AnnoyIndex(manifest.mips_index.dim, manifest.mips_index.metric)
-    index.load(str(version_dir(storage, manifest.version) / manifest.mips_index.file))
-    for u in small_factors.user_factors[:10]:
-        # search_k = n_items * n_trees visits every leaf: what remains is the augmented
-        # distance's ordering, which must be the inner product's
-        got = index.get_nns_by_vector(
-            augment_query(u), 10, search_k=300 * manifest.mips_index.n_trees
-        )
-        np.testing.assert_array_equal(
-            got, exact_inner_product_top_k(small_factors.item_factors, u, 10)
-        )
+    bands = load_bands(
+        version_dir(storage, manifest.version), manifest.mips_index, small_factors.item_factors
+    )
+    try:
+        for u in small_factors.user_factors[:10]:
+            # search_k -1 visits every node of every band searched: the answer must be exact
+            got, _ = max_inner_product(bands, u, 10, -1, 0)
+            np.testing.assert_array_equal(
+                got, exact_inner_product_top_k(small_factors.item_factors, u, 10)
+            )
+    finally:
+        bands.unload()
 
 
 def test_failed_build_publishes_nothing(tmp_path, small_factors, monkeypatch):

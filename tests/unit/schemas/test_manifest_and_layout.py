@@ -26,7 +26,7 @@ def test_check_files_catches_truncation_and_alteration(published):
     stored = Manifest.model_validate_json((directory / MANIFEST_NAME).read_text())
     assert stored == manifest
 
-    target = directory / manifest.mips_index.file
+    target = directory / manifest.mips_index.bands[0].file
     data = bytearray(target.read_bytes())
     data[100] ^= 0xFF
     target.write_bytes(bytes(data))

@@ -15,7 +15,7 @@ def test_load_version_maps_ids_and_factors(published, small_factors):
     try:
         assert v.item_rows["i7"] == 7 and v.user_rows["u3"] == 3
         np.testing.assert_array_equal(v.item_factors[5], small_factors.item_factors[5])
-        assert v.angular.get_n_items() == v.mips.get_n_items() == 300
+        assert v.angular.get_n_items() == len(v.mips.order) == 300
     finally:
         v.close()
 
@@ -51,7 +51,7 @@ def test_store_swaps_to_a_new_version_and_keeps_serving_when_one_is_bad(publishe
         assert store.current().version == second.version
 
         bad = publish_version(synth_factors(50, 5, 8, seed=9), storage, BuildOptions(n_trees=2))
-        ann = version_dir(storage, bad.version) / bad.mips_index.file
+        ann = version_dir(storage, bad.version) / bad.mips_index.bands[0].file
         ann.write_bytes(ann.read_bytes()[:-16])  # a half-copied file
         store.check_latest()
         assert store.current().version == second.version
@@ -93,7 +93,7 @@ def test_an_index_file_of_another_catalogue_is_refused(published, small_factors)
 
     storage, manifest = published
     directory = version_dir(storage, manifest.version)
-    path = directory / manifest.mips_index.file
+    path = directory / manifest.mips_index.bands[0].file
     path.unlink()
     other = synth_factors(300, 1, 8, seed=99).item_factors
     build_annoy(
