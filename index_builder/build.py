@@ -12,7 +12,7 @@ from annoy import AnnoyIndex
 from tqdm import tqdm
 
 from schemas import manifest as mf
-from schemas.banded import band_bounds, norm_order
+from schemas.banded import BAND_GROWTH, FIRST_BAND, band_bounds, norm_order
 from schemas.vectors import augment_with
 
 Metric = Literal["angular", "euclidean"]
@@ -58,12 +58,14 @@ def build_mips_bands(
     n_trees: int,
     seed: int,
     n_jobs: int = -1,
+    first_band: int = FIRST_BAND,
+    band_growth: int = BAND_GROWTH,
 ) -> mf.MipsSpec:
     """The user -> items indexes (schemas/banded.py): the norm order, then one augmented Annoy
     index per norm band, each with its own M. Returns their manifest entry."""
     order, norms = norm_order(item_factors)
     np.save(directory / mf.MIPS_ORDER_FILE, order)
-    edges = band_bounds(len(order))
+    edges = band_bounds(len(order), first_band, band_growth)
     bands: list[mf.MipsBand] = []
     for b, (start, stop) in enumerate(
         tqdm(list(itertools.pairwise(edges)), desc="mips bands", unit="band")

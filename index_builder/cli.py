@@ -54,7 +54,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     build.add_argument("--user-ids", type=Path, help=".npy user ids (default: row numbers)")
     _synth_flags(build)
     build.add_argument("--storage", help="directory or s3://bucket/prefix (ANNREC_STORAGE)")
-    build.add_argument("--trees", type=int, help="Annoy trees per index (ANNREC_N_TREES)")
+    build.add_argument("--trees", type=int, help="angular index trees (ANNREC_N_TREES)")
+    build.add_argument("--mips-trees", type=int, help="trees per MIPS band (ANNREC_MIPS_TREES)")
     build.add_argument("--jobs", type=int, help="build threads, -1 = all (ANNREC_BUILD_JOBS)")
     build.add_argument("--no-announce", action="store_true", help="do not announce on Kafka")
     build.add_argument("--target-recall", type=float, help="recall@10 search_k is tuned for")
@@ -162,6 +163,7 @@ def builder_settings(args: argparse.Namespace) -> BuilderSettings:
     overrides = {
         "storage": args.storage,
         "n_trees": getattr(args, "trees", None),
+        "mips_trees": getattr(args, "mips_trees", None),
         "build_jobs": getattr(args, "jobs", None),
         "target_recall": getattr(args, "target_recall", None),
         "min_recall": getattr(args, "min_recall", None),
@@ -200,6 +202,7 @@ def run_build(
 
     options = BuildOptions(
         n_trees=settings.n_trees,
+        mips_trees=settings.mips_trees,
         seed=settings.seed,
         n_jobs=settings.build_jobs,
         quality=not args.no_quality,

@@ -10,7 +10,8 @@ from schemas.settings import CommonSettings
 
 
 class BuilderSettings(CommonSettings):
-    n_trees: int = Field(50, ge=1, le=1000, description="Annoy trees per index")
+    n_trees: int = Field(20, ge=1, le=1000, description="Annoy trees of the angular index")
+    mips_trees: int = Field(10, ge=1, le=1000, description="Annoy trees per MIPS norm band")
     seed: int = 42
     build_jobs: int = Field(-1, description="Annoy build threads; -1 = all cores")
     target_recall: float = Field(

@@ -27,17 +27,19 @@ import numpy as np
 import numpy.typing as npt
 from annoy import AnnoyIndex
 
-from schemas.vectors import top_k
-
 FloatArray = npt.NDArray[np.float32]
 IntArray = npt.NDArray[np.int64]
 Ranked = tuple[IntArray, FloatArray]
 
-FIRST_BAND = 512  # items in the first (longest-norm) band
-BAND_GROWTH = 4  # each band this many times the previous one
-# Exact heads the quality report tries (items scanned exactly before the trees take over); a
-# worker keeps this many norm-ordered rows contiguous in memory (8 MiB at K=64).
-EXACT_HEADS = (512, 2048, 8192)
+# Items in the first (longest-norm) band, and the growth of each next band. Measured at 1M x 64
+# (BENCHMARKS.md): the first 2048 norms are too spread for trees (recall 0.47 with an Annoy
+# first band, 0.99 scanning it), and every band searched costs a fixed ~20-30 us of overhead, so
+# fewer, larger bands beat finer ones.
+FIRST_BAND = 2048
+BAND_GROWTH = 4
+# Exact heads the quality report tries: the first one or two bands scanned exactly. A worker keeps
+# this many norm-ordered rows contiguous in memory (2.5 MiB at K=64).
+EXACT_HEADS = (FIRST_BAND, FIRST_BAND * (1 + BAND_GROWTH))
 HEAD_ROWS = max(EXACT_HEADS)
 # Candidates fetched from a band's index per result wanted, then scored exactly: Annoy ranks in
 # float32 angular distance, which can swap near-ties (measured: 1e-4 apart in inner product).
@@ -46,14 +48,15 @@ BAND_OVERFETCH = 2
 
 def band_bounds(n_items: int, first: int = FIRST_BAND, growth: int = BAND_GROWTH) -> list[int]:
     """Band edges over norm-ordered positions: [0, first, first*(1+growth), ..., n_items].
-    A last band smaller than its predecessor is merged into it (no tiny trailing index)."""
+    A last band under half its predecessor's size is merged into it (no tiny trailing index),
+    except into the first band, which must stay small enough to scan."""
     if n_items < 1 or first < 1 or growth < 1:
         raise ValueError(f"need n_items, first, growth >= 1 (got {n_items}, {first}, {growth})")
     edges, size = [0], first
     while edges[-1] + size < n_items:
         edges.append(edges[-1] + size)
         size *= growth
-    if len(edges) > 1 and n_items - edges[-1] < (edges[-1] - edges[-2]) // 2:
+    if len(edges) > 2 and n_items - edges[-1] < (edges[-1] - edges[-2]) // 2:
         edges.pop()
     edges.append(n_items)
     return edges
@@ -85,9 +88,13 @@ class NormBands:
 
     @classmethod
     def create(
-        cls, bands: Sequence[Band], order: npt.NDArray[np.int32], item_factors: FloatArray
+        cls,
+        bands: Sequence[Band],
+        order: npt.NDArray[np.int32],
+        item_factors: FloatArray,
+        head_rows: int = HEAD_ROWS,
     ) -> NormBands:
-        head = np.ascontiguousarray(item_factors[order[:HEAD_ROWS]], dtype=np.float32)
+        head = np.ascontiguousarray(item_factors[order[:head_rows]], dtype=np.float32)
         return cls(bands=tuple(bands), order=order, item_factors=item_factors, head=head)
 
     def rows(self, start: int, stop: int) -> FloatArray:
@@ -111,50 +118,60 @@ def max_inner_product(
     """Items with the largest inner product with `query`, exact scores, best first.
 
     Bands ending at or before `exact_items` are scanned exactly, the others searched by their
-    Annoy index with `search_k` nodes (-1: every node, so exact). Candidates are scored
-    exactly as they are found, so the bound compares true scores.
+    Annoy index with `search_k` nodes (-1: every node, so exact). While searching, an Annoy
+    candidate's score comes from its distance (no vector read: this loop runs per request, and
+    every microsecond counts at 1M items); the pool of the best k * BAND_OVERFETCH candidates is
+    then scored exactly, once.
     """
     q = np.asarray(query, dtype=np.float32)
     q_norm = math.sqrt(max(float(q @ q), 0.0))
-    augmented = q.tolist()
-    augmented.append(0.0)  # the query side of the transform
-    positions: list[IntArray] = []
-    scores: list[FloatArray] = []
-    kth, found = -math.inf, 0
+    pool_size = k * BAND_OVERFETCH
+    # Annoy's float32 distances are off by ~1e-6 of ||q|| * M; pruning waits until a band is
+    # below the k-th score by far more than that, so the bound stays a proof.
+    slack = 1e-4 * q_norm * bands.bands[0].max_norm
+    augmented: list[float] | None = None
+    pool: list[tuple[float, int]] = []  # (score, norm-order position), best first after a sort
+    kth = math.inf
     for band in bands.bands:
-        if found >= k and band.max_norm * q_norm <= kth:
+        if len(pool) >= k and band.max_norm * q_norm < kth - slack:
             break  # nothing in this band or any later one can beat what was found
         if band.stop <= exact_items:
-            band_scores = bands.rows(band.start, band.stop) @ q
-            best = _largest(band_scores, k)
-            pos, band_scores = best + band.start, band_scores[best]
+            scores = bands.rows(band.start, band.stop) @ q
+            best = (
+                np.argpartition(scores, -pool_size)[-pool_size:]
+                if len(scores) > pool_size
+                else np.arange(len(scores))
+            )
+            pool.extend(zip(scores[best].tolist(), (best + band.start).tolist(), strict=True))
         else:
+            if augmented is None:
+                augmented = q.tolist()
+                augmented.append(0.0)  # the query side of the transform
             # Annoy's own default (-1) is n_trees * results, not every node: spell it out.
             budget = (
                 search_k if search_k >= 0 else band.index.get_n_trees() * (band.stop - band.start)
             )
-            ids = band.index.get_nns_by_vector(augmented, k * BAND_OVERFETCH, budget)
-            pos = np.asarray(ids, dtype=np.int64) + band.start
-            band_scores = np.asarray(bands.item_factors[bands.order[pos]]) @ q
-        positions.append(pos)
-        scores.append(band_scores)
-        found += len(pos)
-        if found >= k:
-            kth = _kth_largest(scores, k)
-    if not positions:
+            ids, distances = band.index.get_nns_by_vector(
+                augmented, pool_size, budget, include_distances=True
+            )
+            # Angular distance on the augmented vectors: d^2 = 2 - 2 cos, and every item of the
+            # band has norm max_norm, so q.x = cos * ||q|| * max_norm.
+            scale = q_norm * band.max_norm
+            pool.extend(
+                ((1.0 - d * d / 2.0) * scale, i + band.start)
+                for i, d in zip(ids, distances, strict=True)
+            )
+        pool.sort(reverse=True)
+        del pool[pool_size:]
+        if len(pool) >= k:
+            kth = pool[k - 1][0]
+    if not pool:
         return np.empty(0, np.int64), np.empty(0, np.float32)
-    all_pos, all_scores = np.concatenate(positions), np.concatenate(scores).astype(np.float32)
-    best = top_k(all_scores, k)
-    return bands.order[all_pos[best]].astype(np.int64), all_scores[best]
-
-
-def _largest(scores: FloatArray, k: int) -> IntArray:
-    """Positions of the k largest scores, unordered (top_k orders them once, at the end)."""
-    if len(scores) <= k:
-        return np.arange(len(scores), dtype=np.int64)
-    return np.argpartition(scores, -k)[-k:]
-
-
-def _kth_largest(scores: list[FloatArray], k: int) -> float:
-    merged = scores[0] if len(scores) == 1 else np.concatenate(scores)
-    return float(np.partition(merged, len(merged) - k)[len(merged) - k])
+    positions = np.fromiter((p for _, p in pool), dtype=np.int64, count=len(pool))
+    rows = bands.order[positions]
+    if positions.max() < len(bands.head):  # the usual case: compact, cache-friendly rows
+        exact = bands.head[positions] @ q
+    else:
+        exact = np.asarray(bands.item_factors[rows]) @ q
+    best = np.argsort(-exact, kind="stable")[:k]
+    return rows[best].astype(np.int64), exact[best].astype(np.float32)

@@ -65,7 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     bbuild.add_argument("--items", type=int, default=1_000_000)
     bbuild.add_argument("--users", type=int, default=100_000)
     bbuild.add_argument("--dim", type=int, default=64)
-    bbuild.add_argument("--trees", type=int, default=50)
+    bbuild.add_argument("--trees", type=int, default=20, help="angular index trees")
+    bbuild.add_argument("--mips-trees", type=int, default=10, help="trees per MIPS band")
 
     schemas_cmd = sub.add_parser("schemas", help="write the events' JSON Schemas")
     schemas_cmd.add_argument("--out", type=Path, required=True)
@@ -75,7 +76,12 @@ def build_parser() -> argparse.ArgumentParser:
     bann.add_argument("--quick", action="store_true", help="small and fast (CI runs it)")
     bann.add_argument("--items", type=int, default=100_000, help="catalogue size (100k, 1M)")
     bann.add_argument("--datasets", default="synth,als", help="comma list of synth, als")
-    bann.add_argument("--trees", type=int, default=50)
+    bann.add_argument("--trees", type=int, default=20, help="angular (and xbox) index trees")
+    bann.add_argument("--mips-trees", type=int, default=10, help="trees per MIPS norm band")
+    bann.add_argument("--tasks", default="item->items,user->items", help="comma list")
+    bann.add_argument(
+        "--no-variants", action="store_true", help="skip the user -> items alternatives"
+    )
     bann.add_argument("--queries", type=int, default=1000, help="recall is measured on these")
     bann.add_argument("--timed-queries", type=int, default=200, help="timed one at a time")
     bann.add_argument("--no-peers", action="store_true", help="skip hnswlib and ScaNN")
@@ -147,8 +153,8 @@ def _bench(args: argparse.Namespace) -> int:
         from worker.bench.build import bench_build
 
         if args.quick:
-            args.items, args.users, args.dim, args.trees = 5_000, 500, 16, 5
-        bench_build(args.out, args.items, args.users, args.dim, args.trees)
+            args.items, args.users, args.dim, args.trees, args.mips_trees = 5_000, 500, 16, 5, 5
+        bench_build(args.out, args.items, args.users, args.dim, args.trees, args.mips_trees)
     elif args.bench_kind == "ann":
         from worker.bench.ann import bench_ann
 
@@ -162,6 +168,9 @@ def _bench(args: argparse.Namespace) -> int:
             args.queries,
             args.timed_queries,
             peers=not args.no_peers,
+            mips_trees=args.mips_trees,
+            tasks=tuple(args.tasks.split(",")),
+            variants=not args.no_variants,
         )
     elif args.bench_kind == "e2e":
         from worker.bench.e2e import bench_e2e

@@ -4,8 +4,10 @@ For each dataset (synthetic factors; ALS factors trained on synthetic interactio
 (item -> items by cosine; user -> items by inner product), every method goes through the same loop
 (worker/bench/sweep.py): recall@10 against an exact top-10 (blocked GEMM, computed once) over all
 sampled queries, queries/s over a fixed subset of them, one query at a time on one thread (BLAS
-pinned to 1). annrec's method is what a worker runs: the Annoy index built as
-index_builder/publish.py builds it, queried through schemas.search (candidates + exact rerank).
+pinned to 1). annrec's method is what a worker runs: the indexes built as
+index_builder/publish.py builds them, queried as a worker queries them (item -> items: angular
+Annoy + exact rerank, schemas.search; user -> items: the norm bands, schemas.banded). With
+variants, user -> items also measures the alternatives of worker/bench/mips_variants.py.
 """
 
 from __future__ import annotations
@@ -32,10 +34,11 @@ from index_builder.publish import BuildOptions
 from index_builder.synth import synth_factors, synth_interactions
 from schemas import search
 from schemas.errors import InvalidInput
-from schemas.vectors import augment_items, top_k
+from schemas.vectors import top_k
 from worker.bench import peers as peer_libs
 from worker.bench.ann_table import print_tables
 from worker.bench.machine import machine_info
+from worker.bench.mips_variants import measure_bands, measure_variants
 from worker.bench.peers import Metric
 from worker.bench.plots import plot_dataset
 from worker.bench.sweep import (
@@ -50,6 +53,7 @@ from worker.bench.sweep import (
     exact_top_k,
     mean_recall,
     measure,
+    method_entry,
     point,
     search_k_grid,
     sweep,
@@ -57,6 +61,7 @@ from worker.bench.sweep import (
 
 FloatArray = npt.NDArray[np.float32]
 DATASETS = ("synth", "als")
+TASKS = ("item->items", "user->items")
 EXTRA_PACKAGES = ("hnswlib", "scann", "matplotlib", "threadpoolctl")
 DIM = 64
 # ALS dataset: trains in seconds at 100k items, about a minute at 1M on 2 cores. Items nobody
@@ -71,16 +76,23 @@ def bench_ann(
     out: Path,
     n_items: int,
     datasets: list[str] = ["synth", "als"],  # noqa: B006 - never mutated
-    n_trees: int = 50,
+    n_trees: int = 20,
     queries: int = 1000,
     timed_queries: int = 200,
     seed: int = 0,
     peers: bool = True,
+    *,
+    mips_trees: int = 10,
+    tasks: tuple[str, ...] = TASKS,
+    variants: bool = True,
+    band_trees: tuple[int, ...] = (5, 20),
 ) -> dict[str, Any]:
     """Measure every method on every dataset and task; write ann.json and ann-<dataset>.png into
     `out`; print the tables on stdout (progress and notes go to stderr); return ann.json's dict."""
     if not datasets or set(datasets) - set(DATASETS):
         raise InvalidInput(f"datasets must be among {', '.join(DATASETS)} (got {datasets})")
+    if not tasks or set(tasks) - set(TASKS):
+        raise InvalidInput(f"tasks must be among {', '.join(TASKS)} (got {tasks})")
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     blas_default = [i.get("num_threads") for i in threadpool_info() if i["user_api"] == "blas"]
@@ -92,6 +104,10 @@ def bench_ann(
             "n_items": n_items,
             "datasets": list(datasets),
             "n_trees": n_trees,
+            "mips_trees": mips_trees,
+            "tasks": list(tasks),
+            "variants": variants,
+            "band_trees": list(band_trees) if variants else [],
             "queries": queries,
             "timed_queries": timed_queries,
             "seed": seed,
@@ -124,8 +140,21 @@ def bench_ann(
             factors, info = _dataset(name, n_items, seed)
             info["tasks"] = {}
             for task in _tasks(factors, np.random.default_rng(seed), queries, timed_queries):
+                if task.name not in tasks:
+                    continue
                 methods = _brute_force(task, factors)
-                methods.append(_annrec(task, factors, Path(tmp), n_trees))
+                floor = methods[0]["points"][0]["queries_per_s"]
+                if task.metric == "cosine":
+                    methods.append(_annrec_similar(task, factors, Path(tmp), n_trees))
+                else:
+                    items = factors.item_factors
+                    methods.append(
+                        measure_bands(task, items, Path(tmp), mips_trees, "annrec", floor)
+                    )
+                    if variants:
+                        methods += measure_variants(
+                            task, factors, Path(tmp), n_trees, list(band_trees), floor
+                        )
                 for peer, status in usable.items():
                     if status["available"]:
                         methods.append(_peer(peer, task, factors, seed))
@@ -138,7 +167,9 @@ def bench_ann(
                     "methods": methods,
                 }
             result["datasets"][name] = info
-            result["plots"].append(_plot(out, name, info, n_trees))
+            result["plots"].append(_plot(out, name, info, n_trees, mips_trees))
+            # Written after every dataset: an interrupted long run keeps what it measured.
+            (out / "ann.json").write_text(json.dumps(result, indent=2))
     result["wall_s"] = round(time.perf_counter() - started, 1)
     (out / "ann.json").write_text(json.dumps(result, indent=2))
     print_tables(result)
@@ -238,53 +269,48 @@ def _brute_force(task: Task, factors: Factors) -> list[dict[str, Any]]:
             scores[task.rows[q]] = -np.inf
         return top_k(scores, K)
 
-    single = _method("brute_single", "brute force, one query", prepare_s, matrix.nbytes)
+    single = method_entry("brute_single", "brute force, one query", prepare_s, matrix.nbytes)
     single["points"] = [point({}, *measure(task, answer))]
     start = time.perf_counter()
     found = exact_top_k(matrix, task.vectors, K, task.rows)
     qps = len(found) / max(time.perf_counter() - start, 1e-9)
-    batched = _method("brute_batched", f"brute force, {BATCH}/GEMM", prepare_s, matrix.nbytes)
+    batched = method_entry("brute_batched", f"brute force, {BATCH}/GEMM", prepare_s, matrix.nbytes)
     # Timed over every query, not the timed subset: that subset is smaller than one batch.
     batched |= {"timed_queries": len(found), "settings": {"batch": BATCH}}
     batched["points"] = [point({}, mean_recall(found, task.truth), qps)]
     return [single, batched]
 
 
-def _annrec(task: Task, factors: Factors, tmp: Path, n_trees: int) -> dict[str, Any]:
-    """The index exactly as publish_version builds it, queried as the worker queries it."""
+def _annrec_similar(task: Task, factors: Factors, tmp: Path, n_trees: int) -> dict[str, Any]:
+    """The angular index exactly as publish_version builds it, queried as the worker queries it."""
     opts = BuildOptions(n_trees=n_trees)
     items = factors.item_factors
-    cosine = task.metric == "cosine"
-    path = tmp / ("items.angular.ann" if cosine else "items.mips.ann")
+    path = tmp / "items.angular.ann"
     start = time.perf_counter()
-    vectors = items if cosine else augment_items(items)[0]
-    label = "angular" if cosine else "mips"
     build_annoy(
-        vectors,
+        items,
         path,
         metric="angular",
         n_trees=n_trees,
         seed=opts.seed,
         n_jobs=opts.n_jobs,
-        label=label,
+        label="angular",
     )
     build_s = time.perf_counter() - start
-    index = AnnoyIndex(int(vectors.shape[1]), "angular")
+    index = AnnoyIndex(int(items.shape[1]), "angular")
     index.load(str(path), prefault=True)  # a worker warms every page before it serves
     norms = np.linalg.norm(items, axis=1).astype(np.float32)  # as worker/index_store.py does
     rows = task.rows if task.rows is not None else np.empty(0, dtype=np.int64)
 
     def answer_for(param: Param) -> Answer:
         sk = param["search_k"]
-        if cosine:
-            return lambda q: search.similar_items(index, items, norms, int(rows[q]), K, sk)[0]
-        return lambda q: search.max_inner_product(index, items, task.vectors[q], K, sk)[0]
+        return lambda q: search.similar_items(index, items, norms, int(rows[q]), K, sk)[0]
 
-    n_candidates = (K + 1 if cosine else K) * search.OVERFETCH
+    n_candidates = (K + 1) * search.OVERFETCH
     grid = [[{"search_k": s} for s in search_k_grid(n_candidates, len(items))]]
-    method = _method("annrec", "annrec (Annoy+rerank)", build_s, path.stat().st_size)
+    method = method_entry("annrec", "annrec (Annoy+rerank)", build_s, path.stat().st_size)
     method["settings"] = {
-        "index": "angular" if cosine else "angular over Bachrach-augmented items (MIPS)",
+        "index": "angular",
         "n_trees": n_trees,
         "seed": opts.seed,
         "candidates": n_candidates,
@@ -307,7 +333,7 @@ def _peer(peer: peer_libs.Peer, task: Task, factors: Factors, seed: int) -> dict
     def answer_for(param: Param) -> Answer:
         return lambda q: task.drop_self(q, built.search(param, task.vectors[q], n))
 
-    method = _method(peer.name, peer.name, built.build_s, built.index_bytes)
+    method = method_entry(peer.name, peer.name, built.build_s, built.index_bytes)
     method["settings"] = built.settings
     method["points"] = sweep(
         f"{peer.name} {task.name}", task, built.grid, answer_for, built.stop_on_plateau
@@ -315,13 +341,12 @@ def _peer(peer: peer_libs.Peer, task: Task, factors: Factors, seed: int) -> dict
     return method
 
 
-def _method(name: str, label: str, build_s: float, index_bytes: int) -> dict[str, Any]:
-    return {"name": name, "label": label, "build_s": round(build_s, 3), "index_bytes": index_bytes}
-
-
-def _plot(out: Path, name: str, info: dict[str, Any], n_trees: int) -> str | None:
+def _plot(out: Path, name: str, info: dict[str, Any], n_trees: int, mips_trees: int) -> str | None:
     path = out / f"ann-{name}.png"
-    title = f"{name}: {info['n_items']:,} items x {info['dim']}, recall@{K}, Annoy {n_trees} trees"
+    title = (
+        f"{name}: {info['n_items']:,} items x {info['dim']}, recall@{K}, "
+        f"angular {n_trees} trees, MIPS bands {mips_trees} trees"
+    )
     try:
         plot_dataset(path, title, info["tasks"])
     except ImportError as exc:

@@ -23,7 +23,13 @@ from worker.bench.machine import describe, machine_info
 
 
 def bench_build(
-    out: Path, n_items: int, n_users: int, dim: int, n_trees: int, seed: int = 0
+    out: Path,
+    n_items: int,
+    n_users: int,
+    dim: int,
+    n_trees: int,
+    mips_trees: int,
+    seed: int = 0,
 ) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     factors_path = out / f"factors-{n_items}x{dim}.npz"
@@ -42,6 +48,8 @@ def bench_build(
         str(storage),
         "--trees",
         str(n_trees),
+        "--mips-trees",
+        str(mips_trees),
         "--no-announce",
     ]
     start = time.perf_counter()
@@ -61,6 +69,7 @@ def bench_build(
             "n_users": n_users,
             "dim": dim,
             "n_trees": n_trees,
+            "mips_trees": mips_trees,
             "seed": seed,
         },
         "wall_s": round(wall, 1),
@@ -78,8 +87,8 @@ def bench_build(
 def _print(r: dict[str, Any]) -> None:
     p = r["params"]
     print(
-        f"annrec bench build: {p['n_items']:,} items x {p['dim']}, {p['n_trees']} trees, "
-        f"both indexes + quality report"
+        f"annrec bench build: {p['n_items']:,} items x {p['dim']}, angular {p['n_trees']} trees, "
+        f"MIPS bands {p['mips_trees']} trees each, quality report"
     )
     print(f"machine: {describe(r['machine'])}")
     print(
@@ -92,8 +101,9 @@ def _print(r: dict[str, Any]) -> None:
         for kind in ("similar_items", "recommend"):
             q = r["quality"][kind]
             best = max(q["curve"], key=lambda p: p["recall_at_k"])
+            head = f", exact head {q['exact_items']}" if q.get("exact_items") else ""
             served = (
-                f"index, search_k {q['search_k']}"
+                f"index, search_k {q['search_k']}{head}"
                 if q["strategy"] == "ann"
                 else "exact scan (no search_k beat it at the target)"
             )

@@ -12,6 +12,16 @@ STYLES = {
     "hnswlib": ("tab:orange", "s"),
     "scann": ("tab:green", "^"),
 }
+# The user -> items alternatives (worker/bench/mips_variants.py), in the order they appear.
+OTHER_STYLES = [
+    ("tab:red", "x"),
+    ("tab:purple", "v"),
+    ("tab:brown", "D"),
+    ("tab:pink", "P"),
+    ("tab:olive", "*"),
+    ("tab:cyan", "<"),
+    ("tab:gray", ">"),
+]
 BRUTE_STYLES = {"brute_single": ("black", "--"), "brute_batched": ("dimgray", ":")}
 
 
@@ -26,6 +36,7 @@ def plot_dataset(path: Path, title: str, tasks: dict[str, dict[str, Any]]) -> No
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, len(tasks), squeeze=False)[0]
     for ax, (task_name, task) in zip(axes, tasks.items(), strict=True):
+        others = iter(OTHER_STYLES * 2)
         for method in task["methods"]:
             name = method["name"]
             qps = method["points"][0]["queries_per_s"] if method["points"] else None
@@ -36,7 +47,7 @@ def plot_dataset(path: Path, title: str, tasks: dict[str, dict[str, Any]]) -> No
             front = pareto(method["points"])
             if not front:
                 continue
-            color, marker = STYLES.get(name, ("tab:red", "x"))
+            color, marker = STYLES[name] if name in STYLES else next(others)
             ax.plot(
                 [p["recall_at_10"] for p in front],
                 [p["queries_per_s"] for p in front],

@@ -92,10 +92,12 @@ def sweep(
     grid: list[list[Param]],
     answer_for: Callable[[Param], Answer],
     stop_on_plateau: bool = False,
+    floor_qps: float = 0.0,
 ) -> list[dict[str, Any]]:
     """Measure grid points in order. A group (cheapest first) stops once recall reaches
-    STOP_RECALL (or, with stop_on_plateau, once a point adds less than PLATEAU), and the sweep
-    stops after a group that reached STOP_RECALL: later groups only cost more."""
+    STOP_RECALL (or, with stop_on_plateau, once a point adds less than PLATEAU; or once a point
+    is slower than `floor_qps`, the exact scan), and the sweep stops after a group that reached
+    STOP_RECALL: later groups only cost more."""
     points: list[dict[str, Any]] = []
     with tqdm(total=sum(map(len, grid)), desc=label, unit="point", leave=False) as bar:
         for group in grid:
@@ -105,12 +107,21 @@ def sweep(
                 points.append(point(param, recall, qps))
                 bar.update(1)
                 bar.set_postfix(param=param, recall=f"{recall:.3f}", qps=f"{qps:.0f}")
-                if recall >= STOP_RECALL or (stop_on_plateau and recall - previous < PLATEAU):
+                if (
+                    recall >= STOP_RECALL
+                    or (stop_on_plateau and recall - previous < PLATEAU)
+                    or qps < floor_qps
+                ):
                     break
                 previous = recall
             if points and points[-1]["recall_at_10"] >= STOP_RECALL:
                 break
     return points
+
+
+def method_entry(name: str, label: str, build_s: float, index_bytes: int) -> dict[str, Any]:
+    """A method's record in ann.json, before its settings and points."""
+    return {"name": name, "label": label, "build_s": round(build_s, 3), "index_bytes": index_bytes}
 
 
 def mean_recall(found: list[IntArray] | IntArray, truth: IntArray) -> float:

@@ -21,7 +21,9 @@ def bands(tmp_path_factory):
     rng = np.random.default_rng(7)
     items = _skewed(rng, 6000, 12)  # bands of 512, 2048, then the rest
     directory = tmp_path_factory.mktemp("bands")
-    spec = build_mips_bands(items, directory, n_trees=4, seed=1, n_jobs=1)
+    spec = build_mips_bands(
+        items, directory, n_trees=4, seed=1, n_jobs=1, first_band=512, band_growth=4
+    )
     loaded = load_bands(directory, spec, items)
     yield items, loaded, rng.standard_normal((40, 12)).astype(np.float32)
     loaded.unload()
@@ -32,14 +34,20 @@ def bands(tmp_path_factory):
     [
         (1, [0, 1]),
         (512, [0, 512]),
-        (600, [0, 600]),  # 88 trailing items merge into the first band
+        (600, [0, 512, 600]),  # the first band is never merged into: it is scanned
+        (2600, [0, 512, 2600]),  # 40 trailing items merge into the band before
         (1000, [0, 512, 1000]),
         (2560, [0, 512, 2560]),
         (100_000, [0, 512, 2560, 10752, 43520, 100_000]),
     ],
 )
 def test_band_bounds_grow_geometrically_and_cover_every_item(n, edges):
-    assert banded.band_bounds(n) == edges
+    assert banded.band_bounds(n, first=512, growth=4) == edges
+
+
+def test_default_bands_at_a_million_items():
+    edges = banded.band_bounds(1_000_000)
+    assert edges == [0, 2048, 10240, 43008, 174080, 698368, 1_000_000]
 
 
 def test_bands_are_norm_ordered_with_their_own_max_norm(bands):
@@ -101,7 +109,7 @@ def test_more_results_than_items_returns_every_item_once(bands):
 def test_load_refuses_an_order_that_is_not_a_permutation(tmp_path):
     rng = np.random.default_rng(1)
     items = _skewed(rng, 700, 6)
-    spec = build_mips_bands(items, tmp_path, n_trees=2, seed=1, n_jobs=1)
+    spec = build_mips_bands(items, tmp_path, n_trees=2, seed=1, n_jobs=1, first_band=256)
     order = np.load(tmp_path / spec.order_file)
     order[1] = order[0]
     np.save(tmp_path / spec.order_file, order)
