@@ -54,7 +54,11 @@ class _RequestOptions(_Event):
         default_factory=list, max_length=MAX_LIST, description="never return these items"
     )
     search_k: int | None = Field(
-        None, ge=1, le=MAX_SEARCH_K, description="override the version's tuned search_k"
+        None,
+        ge=1,
+        le=MAX_SEARCH_K,
+        description="override the version's tuned search_k: Annoy nodes to inspect "
+        "(recommend: per norm band searched)",
     )
     deadline_ms: int | None = Field(
         None,

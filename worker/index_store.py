@@ -78,6 +78,16 @@ class LoadedVersion:
             return EXACT_HEADS[-1]
         return q.recommend.exact_items
 
+    def serving_plan(self) -> dict[str, object]:
+        """How each kind is answered, for the log line of a swap."""
+        return {
+            "similar_strategy": "exact" if self.exact_similar else "ann",
+            "similar_search_k": self.search_k_similar,
+            "recommend_strategy": "exact" if self.exact_recommend else "ann",
+            "recommend_search_k": self.search_k_recommend,
+            "recommend_exact_items": self.exact_items_recommend,
+        }
+
     def close(self) -> None:
         self.angular.unload()
         self.mips.unload()
@@ -237,7 +247,13 @@ class IndexStore:
                 if self._on_refused is not None:
                     self._on_refused(latest, str(exc))
                 return
-            log.info("index_loaded", version=latest, n_items=loaded.manifest.n_items)
+            log.info(
+                "index_loaded",
+                version=latest,
+                n_items=loaded.manifest.n_items,
+                mips_bands=len(loaded.manifest.mips_index.bands),
+                **loaded.serving_plan(),
+            )
             with self._lock:
                 stale, self._pending = self._pending, loaded
             if stale is not None:

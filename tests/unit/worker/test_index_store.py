@@ -108,3 +108,16 @@ def test_an_index_file_of_another_catalogue_is_refused(published, small_factors)
     (directory / "manifest.json").write_text(json.dumps(doc))
     with pytest.raises(IndexRejected, match="stored vectors differ"):
         load_version(storage, manifest.version)
+
+
+def test_a_version_of_another_format_is_refused_with_the_reason(published):
+    """Format 1 had a single MIPS file: a worker must say so, not fail on a missing band."""
+    import json
+
+    storage, manifest = published
+    path = version_dir(storage, manifest.version) / "manifest.json"
+    doc = json.loads(path.read_text())
+    doc["format_version"] = 1
+    path.write_text(json.dumps(doc))
+    with pytest.raises(IndexRejected, match=r"format_version: .*rebuild"):
+        load_version(storage, manifest.version)
