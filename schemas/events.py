@@ -26,6 +26,17 @@ MAX_K = 1000
 MAX_LIST = 1000  # exclude_items, recent_items
 MAX_DIM = 4096
 MAX_SEARCH_K = 10_000_000
+# Larger payloads are dead-lettered before parsing: the largest valid request (1000 ids of 256
+# characters, or a 4096-float vector) is well under it, and parsing megabytes of JSON per event
+# would let one producer stall a partition. Kafka's own default message limit is also 1 MiB.
+MAX_REQUEST_BYTES = 1 << 20
+# A dead letter keeps this much of a payload: enough to debug it, and a dead letter must fit in a
+# Kafka message itself, or the hostile event it records would block its partition.
+DEAD_LETTER_PAYLOAD_BYTES = 64 << 10
+# Factor values are small; a value past this would overflow float32 scores to inf (1e39 is
+# finite as a Python float but not as float32), and inf is not JSON.
+MAX_VECTOR_VALUE = 1e9
+VectorValue = Annotated[FiniteFloat, Field(ge=-MAX_VECTOR_VALUE, le=MAX_VECTOR_VALUE)]
 
 
 def _id_to_str(value: object) -> object:
@@ -88,7 +99,7 @@ class RecommendRequest(_RequestOptions):
 
     kind: Literal["recommend"] = "recommend"
     user_id: ExternalId | None = None
-    user_vector: list[FiniteFloat] | None = Field(None, min_length=1, max_length=MAX_DIM)
+    user_vector: list[VectorValue] | None = Field(None, min_length=1, max_length=MAX_DIM)
     recent_items: list[ExternalId] | None = Field(None, min_length=1, max_length=MAX_LIST)
     exclude_seen: bool = Field(False, description="exclude recent_items from the results")
 
@@ -152,7 +163,11 @@ class DeadLetter(_Event):
     source_partition: int
     source_offset: int
     key_b64: str | None = None
-    payload_b64: str
+    payload_b64: str = Field(
+        description=f"the original bytes, base64; only the first {DEAD_LETTER_PAYLOAD_BYTES} "
+        "when payload_bytes is larger"
+    )
+    payload_bytes: int = Field(0, ge=0, description="size of the original payload")
     worker_id: str
     failed_at: datetime = Field(default_factory=utc_now)
 

@@ -21,6 +21,8 @@ from pydantic import TypeAdapter, ValidationError
 
 from schemas import banded, search
 from schemas.events import (
+    DEAD_LETTER_PAYLOAD_BYTES,
+    MAX_REQUEST_BYTES,
     DeadLetter,
     RecommendRequest,
     Reply,
@@ -90,10 +92,17 @@ class Parsed:
 def parse_batch(events: Sequence[RawEvent]) -> list[Parsed]:
     out = []
     for event in events:
+        size = len(event.value or b"")
+        if size > MAX_REQUEST_BYTES:
+            reason = f"payload of {size} bytes exceeds the {MAX_REQUEST_BYTES}-byte limit"
+            out.append(Parsed(event, None, reason))
+            continue
         try:
             out.append(Parsed(event, parse_request(event.value or b""), None))
         except (ValidationError, UnicodeDecodeError) as exc:
             out.append(Parsed(event, None, _reason(exc)))
+        except (RecursionError, MemoryError, ValueError) as exc:  # hostile JSON the parser rejects
+            out.append(Parsed(event, None, f"unparseable payload: {type(exc).__name__}"))
     return out
 
 
@@ -317,7 +326,8 @@ def _sent_at(p: Parsed) -> float | None:
 def _refuse(
     outcome: Outcome, event: RawEvent, reason: str, worker_id: str, version: LoadedVersion
 ) -> None:
-    request_id = _readable_request_id(event.value)
+    payload = event.value or b""
+    request_id = _readable_request_id(payload) if len(payload) <= MAX_REQUEST_BYTES else None
     outcome.dead_letters.append(
         DeadLetter(
             reason=reason,
@@ -326,7 +336,8 @@ def _refuse(
             source_partition=event.partition,
             source_offset=event.offset,
             key_b64=DeadLetter.encode(event.key),
-            payload_b64=DeadLetter.encode(event.value or b"") or "",
+            payload_b64=DeadLetter.encode(payload[:DEAD_LETTER_PAYLOAD_BYTES]) or "",
+            payload_bytes=len(payload),
             worker_id=worker_id,
         )
     )
@@ -346,7 +357,7 @@ def _readable_request_id(raw: bytes | None) -> str | None:
     try:
         doc = json.loads(raw or b"")
         return _REQUEST_ID_ADAPTER.validate_python(doc["request_id"], strict=True)
-    except (ValueError, TypeError, KeyError, ValidationError):
+    except (ValueError, TypeError, KeyError, ValidationError, RecursionError):
         return None
 
 

@@ -86,6 +86,10 @@ def build_parser() -> argparse.ArgumentParser:
     bann.add_argument("--timed-queries", type=int, default=200, help="timed one at a time")
     bann.add_argument("--no-peers", action="store_true", help="skip hnswlib and ScaNN")
 
+    bsum = bsub.add_parser("summary", help="Markdown table of a saved `bench ann` result")
+    bsum.add_argument("ann_json", type=Path, help="ann.json written by `annrec bench ann`")
+    bsum.add_argument("--recalls", default="0.95,0.99", help="recall levels, comma list")
+
     be2e = bsub.add_parser("e2e", help="request -> reply latency through Kafka, open loop")
     be2e.add_argument("--out", type=Path, required=True)
     be2e.add_argument("--quick", action="store_true", help="small and fast (CI runs it)")
@@ -172,6 +176,13 @@ def _bench(args: argparse.Namespace) -> int:
             tasks=tuple(args.tasks.split(",")),
             variants=not args.no_variants,
         )
+    elif args.bench_kind == "summary":
+        import json
+
+        from worker.bench.ann_table import markdown_summary
+
+        levels = tuple(float(x) for x in args.recalls.split(","))
+        print(markdown_summary(json.loads(args.ann_json.read_text()), levels))
     elif args.bench_kind == "e2e":
         from worker.bench.e2e import bench_e2e
 

@@ -62,3 +62,36 @@ def _print_method(m: dict[str, Any]) -> None:
                 f"{pt['speedup_vs_batched']:.2f}x",
             )
         )
+
+
+def markdown_summary(r: dict[str, Any], recalls: tuple[float, ...] = (0.95, 0.99)) -> str:
+    """Per (dataset, task, method): the fastest point at each recall level, as x single / x
+    batched brute force, in a Markdown table (what BENCHMARKS.md quotes)."""
+    levels = " | ".join(f"fastest at >= {level}" for level in recalls)
+    lines = [
+        f"| dataset, task | method | build s | {levels} | best recall |",
+        "|---|---|---|" + "---|" * len(recalls) + "---|",
+    ]
+    for name, d in r["datasets"].items():
+        for task_name, task in d["tasks"].items():
+            for m in task["methods"]:
+                if m["name"].startswith("brute"):
+                    continue
+                cells = [_fastest(m["points"], level) for level in recalls]
+                best = max(m["points"], key=lambda p: (p["recall_at_10"], p["queries_per_s"]))
+                lines.append(
+                    f"| {name} {task_name} | {m['label']} | {m['build_s']:.0f} | "
+                    + " | ".join(cells)
+                    + f" | {best['recall_at_10']:.3f} ({best['speedup_vs_single']:.1f}x) |"
+                )
+    return "\n".join(lines)
+
+
+def _fastest(points: list[dict[str, Any]], level: float) -> str:
+    reached = [p for p in points if p["recall_at_10"] >= level]
+    if not reached:
+        return "-"
+    p = max(reached, key=lambda p: p["queries_per_s"])
+    return (
+        f"{p['recall_at_10']:.3f}: {p['speedup_vs_single']:.0f}x / {p['speedup_vs_batched']:.0f}x"
+    )

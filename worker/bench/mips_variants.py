@@ -14,6 +14,7 @@ one here is measured by the same sweep as everything else:
 
 from __future__ import annotations
 
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -89,6 +90,7 @@ def measure_bands(
     }
     method["points"] = sweep(f"{label} {task.name}", task, grid, answer_for, floor_qps=floor_qps)
     bands.unload()
+    shutil.rmtree(directory)
     return method
 
 

@@ -141,3 +141,27 @@ def test_unknown_dataset_is_refused(tmp_path):
 
     with pytest.raises(InvalidInput, match="datasets"):
         bench_ann(tmp_path, 100, datasets=["movielens"])
+
+
+def test_markdown_summary_quotes_the_fastest_point_per_recall_level(result):
+    from worker.bench.ann_table import markdown_summary
+
+    _, doc = result
+    table = markdown_summary(doc, (0.5, 1.01)).splitlines()
+    methods = [
+        m
+        for task in doc["datasets"]["synth"]["tasks"].values()
+        for m in task["methods"]
+        if not m["name"].startswith("brute")
+    ]
+    assert len(table) == 2 + len(methods)
+    for line, m in zip(table[2:], methods, strict=True):
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        assert cells[1] == m["label"]
+        reached = [p for p in m["points"] if p["recall_at_10"] >= 0.5]
+        if reached:
+            fastest = max(reached, key=lambda p: p["queries_per_s"])
+            assert cells[3].startswith(f"{fastest['recall_at_10']:.3f}:")
+        else:
+            assert cells[3] == "-"
+        assert cells[4] == "-"  # no recall above 1
