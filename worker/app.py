@@ -55,6 +55,7 @@ def consumer_config(settings: WorkerSettings, kafka_conf: dict[str, str]) -> dic
         "partition.assignment.strategy": "cooperative-sticky",
         "max.poll.interval.ms": 300_000,
         "session.timeout.ms": settings.session_timeout_ms,
+        **({"group.instance.id": settings.instance_id} if settings.instance_id else {}),
         **settings.consumer_config,
     }
 

@@ -86,6 +86,16 @@ def build_parser() -> argparse.ArgumentParser:
     bann.add_argument("--timed-queries", type=int, default=200, help="timed one at a time")
     bann.add_argument("--no-peers", action="store_true", help="skip hnswlib and ScaNN")
 
+    chaos = sub.add_parser("chaos", help="fault injection on real Kafka and Redis (RELIABILITY.md)")
+    chaos.add_argument(
+        "scenarios",
+        nargs="*",
+        default=["crash", "swaps", "bad-index", "outage", "fuzz"],
+        help="crash, swaps, bad-index, outage, fuzz (default: all)",
+    )
+    chaos.add_argument("--quick", action="store_true", help="seconds, not minutes (CI runs it)")
+    chaos.add_argument("--out", type=Path, help="write the figures to this JSON file")
+
     bsum = bsub.add_parser("summary", help="Markdown table of a saved `bench ann` result")
     bsum.add_argument("ann_json", type=Path, help="ann.json written by `annrec bench ann`")
     bsum.add_argument("--recalls", default="0.95,0.99", help="recall levels, comma list")
@@ -143,11 +153,24 @@ def _dispatch(args: argparse.Namespace) -> int:
         for path in write_schemas(args.out):
             print(path)
         return 0
+    if args.command == "chaos":
+        return _chaos(args)
     if args.command == "demo":
         from worker.demo import run_demo  # the demo pulls in the builder; keep it off other paths
 
         return run_demo(keep=args.keep)
     raise AssertionError(args.command)
+
+
+def _chaos(args: argparse.Namespace) -> int:
+    from worker.chaos.run import run_chaos  # scenarios pull in the builder
+    from worker.chaos.scenarios import SCENARIOS
+
+    unknown = set(args.scenarios) - set(SCENARIOS)
+    if unknown:
+        print(f"annrec: error: unknown scenario(s) {sorted(unknown)}", file=sys.stderr)
+        return 2
+    return 0 if run_chaos(args.scenarios, args.quick, args.out) else 1
 
 
 def _bench(args: argparse.Namespace) -> int:

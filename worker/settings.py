@@ -37,6 +37,11 @@ class WorkerSettings(CommonSettings):
     metrics_port: int = Field(9464, ge=-1, le=65535, description="-1: off, 0: any free port")
     health_max_poll_gap_s: float = Field(30.0, gt=0)
     session_timeout_ms: int = Field(45_000, ge=1000)
+    instance_id: str | None = Field(
+        None,
+        description="static group membership (group.instance.id): set one per replica, stable "
+        "across restarts (a pod name), and a restarted worker takes its partitions back at once",
+    )
     consumer_config: dict[str, str | int | bool] = Field(
         default_factory=dict, description="extra librdkafka consumer properties, JSON"
     )

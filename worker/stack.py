@@ -18,7 +18,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import redis
@@ -255,17 +255,41 @@ class LocalStack:
         ]
         return self._spawn(cmd, "redis.out")
 
-    def _start_kafka(self, port: int, controller_port: int) -> Spawned:
-        classpath = kafka_classpath(self.cache_dir)
-        data = self.state_dir / "kafka-data"
-        shutil.rmtree(data, ignore_errors=True)  # reformat each time: a fresh, empty cluster
-        props = self.state_dir / "server.properties"
-        props.write_text(
-            _SERVER_PROPERTIES.format(port=port, controller=controller_port, data=data)
+    def restart_kafka(self, down_s: float = 0.0, timeout_s: float = 90.0) -> StackInfo:
+        """Stop the broker, wait down_s, start it again on the same ports and data (chaos)."""
+        info = self.running()
+        if info is None:
+            raise AnnrecError("no local stack running: `annrec stack up` first")
+        _stop(info.kafka)
+        time.sleep(down_s)
+        proc = self._spawn(
+            [*self._java(), "kafka.Kafka", str(self.state_dir / "server.properties")], "kafka.out"
         )
+        info = replace(info, kafka=proc)
+        self._write_state(info)
+        self._wait(
+            lambda: _kafka_answers(info.kafka_bootstrap),
+            proc,
+            "kafka",
+            time.monotonic() + timeout_s,
+        )
+        return info
+
+    def pause_redis(self, seconds: float) -> None:
+        """Freeze redis-server (SIGSTOP) for `seconds`, then let it go on (SIGCONT): to clients
+        an outage (connections hang, then time out), but no data is lost (chaos)."""
+        info = self.running()
+        if info is None:
+            raise AnnrecError("no local stack running: `annrec stack up` first")
+        os.kill(info.redis.pid, signal.SIGSTOP)
+        try:
+            time.sleep(seconds)
+        finally:
+            os.kill(info.redis.pid, signal.SIGCONT)
+
+    def _java(self) -> list[str]:
         log4j = self.state_dir / "log4j2.properties"
-        log4j.write_text(_LOG4J2)
-        java = [
+        return [
             _java(),
             "-Xms256m",
             "-Xmx1g",
@@ -274,8 +298,18 @@ class LocalStack:
             f"-Dkafka.logs.dir={self.state_dir / 'logs'}",
             f"-Dlog4j2.configurationFile={log4j}",
             "-cp",
-            classpath,
+            kafka_classpath(self.cache_dir),
         ]
+
+    def _start_kafka(self, port: int, controller_port: int) -> Spawned:
+        data = self.state_dir / "kafka-data"
+        shutil.rmtree(data, ignore_errors=True)  # reformat each time: a fresh, empty cluster
+        props = self.state_dir / "server.properties"
+        props.write_text(
+            _SERVER_PROPERTIES.format(port=port, controller=controller_port, data=data)
+        )
+        (self.state_dir / "log4j2.properties").write_text(_LOG4J2)
+        java = self._java()
         fmt = subprocess.run(
             [*java, "kafka.tools.StorageTool", "format", "-t", CLUSTER_ID, "-c", str(props)],
             capture_output=True,

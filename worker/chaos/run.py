@@ -1,0 +1,41 @@
+"""`annrec chaos <scenario>`: run scenarios, print their figures, write them to JSON."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from worker.bench.machine import describe, machine_info
+from worker.chaos.harness import services_for_chaos
+from worker.chaos.scenarios import SCENARIOS
+
+# --quick: seconds instead of minutes, so CI runs every scenario and none of them rots.
+QUICK: dict[str, dict[str, Any]] = {
+    "crash": {"rate": 200, "duration_s": 24, "kill_every_s": 8, "n_items": 3000},
+    "swaps": {"rate": 100, "duration_s": 15, "n_versions": 3, "n_items": 2000},
+    "bad-index": {"n_items": 1000},
+    "outage": {"rate": 100, "redis_down_s": 5, "n_items": 2000},
+    "fuzz": {"n_hostile": 1000, "n_items": 1000},
+}
+
+
+def run_chaos(names: list[str], quick: bool, out: Path | None) -> bool:
+    results: dict[str, Any] = {"machine": machine_info(), "quick": quick, "scenarios": {}}
+    print(f"machine: {describe(results['machine'])}")
+    with services_for_chaos() as svc:
+        for name in names:
+            started = time.monotonic()
+            figures = SCENARIOS[name](svc, **(QUICK[name] if quick else {}))
+            figures["wall_s"] = round(time.monotonic() - started, 1)
+            results["scenarios"][name] = figures
+            verdict = "PASSED" if figures["passed"] else "FAILED"
+            print(f"== chaos {name}: {verdict} ({figures['wall_s']} s)")
+            print(json.dumps({k: v for k, v in figures.items() if k != "scenario"}, indent=2))
+            sys.stdout.flush()
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(results, indent=2))
+    return all(f["passed"] for f in results["scenarios"].values())
