@@ -30,8 +30,11 @@ from schemas.manifest import IndexQuality, QualityReport, SearchKPoint
 from schemas.vectors import recall_at_k, top_k
 
 FloatArray = npt.NDArray[np.float32]
-# (query number, search_k, exact head or None) -> found item rows
-Searcher = Callable[[int, int, int | None], npt.NDArray[np.int64]]
+# One group of the curve: search_k doubles within it. For user -> items, (exact head, bound
+# factor); (None, None) for item -> items.
+Group = tuple[int | None, float | None]
+# (query number, search_k, group) -> found item rows
+Searcher = Callable[[int, int, Group], npt.NDArray[np.int64]]
 
 STOP_RECALL = 0.995  # past this, more search_k buys nothing worth measuring
 
@@ -62,7 +65,7 @@ def measure_quality(
         rec_truth = _exact(items, user_queries, k)
         similar = _index_quality(
             "similar_items",
-            lambda q, sk, _: search.similar_items(angular, items, norms, int(item_rows[q]), k, sk)[
+            lambda q, sk, _g: search.similar_items(angular, items, norms, int(item_rows[q]), k, sk)[
                 0
             ],
             lambda q: _brute(unit, unit[item_rows[q]], k),
@@ -70,14 +73,14 @@ def measure_quality(
             sim_truth,
             search_k_limit=len(items) * n_trees,
             first_search_k=(k + 1) * search.OVERFETCH,
-            heads=[None],
+            groups=[(None, None)],
             target=target_recall,
         )
         recommend = _index_quality(
             "recommend",
-            lambda q, sk, head: banded.max_inner_product(mips, user_queries[q], k, sk, head or 0)[
-                0
-            ],
+            lambda q, sk, g: banded.max_inner_product(
+                mips, user_queries[q], k, sk, g[0] or 0, g[1] or 1.0
+            )[0],
             lambda q: _brute(items, user_queries[q], k),
             # Exact strategy: every band scanned exactly, stopping at the norm bound.
             lambda q: banded.max_inner_product(mips, user_queries[q], k, -1, len(items)),
@@ -85,7 +88,11 @@ def measure_quality(
             search_k_limit=max(b.stop - b.start for b in mips.bands) * n_trees,
             first_search_k=k,
             # An exact head past the catalogue is the exact scan: nothing to measure.
-            heads=[h for h in banded.EXACT_HEADS if h < len(items)] or [len(items)],
+            groups=[
+                (head, factor)
+                for head in [h for h in banded.EXACT_HEADS if h < len(items)] or [len(items)]
+                for factor in banded.BOUND_FACTORS
+            ],
             target=target_recall,
         )
     return QualityReport(
@@ -102,7 +109,7 @@ def _index_quality(
     *,
     search_k_limit: int,
     first_search_k: int,
-    heads: list[int | None],
+    groups: list[Group],
     target: float,
 ) -> IndexQuality:
     """`brute` is the plain scan every point is compared with; `exact`, when given, is what the
@@ -112,13 +119,13 @@ def _index_quality(
     brute_qps = _queries_per_s(brute, tuning[: min(50, half)])
     curve: list[SearchKPoint] = []
     with tqdm(desc=f"quality {label}", unit="point", leave=False) as bar:
-        for head in heads:
+        for group in groups:
             search_k = first_search_k
             while True:
-                point = _point(searcher, truth, tuning, search_k, head)
+                point = _point(searcher, truth, tuning, search_k, group)
                 curve.append(point)
                 bar.update(1)
-                bar.set_postfix(search_k=search_k, head=head, recall=f"{point.recall_at_k:.3f}")
+                bar.set_postfix(search_k=search_k, group=group, recall=f"{point.recall_at_k:.3f}")
                 if _wins(point, target, brute_qps) or point.queries_per_s < brute_qps:
                     break  # the answer for this head is known: this point, or not at all
                 if point.recall_at_k >= STOP_RECALL or search_k >= search_k_limit:
@@ -127,7 +134,9 @@ def _index_quality(
     winning = [p for p in curve if _wins(p, target, brute_qps)]
     if winning:
         best = max(winning, key=lambda p: p.queries_per_s)
-        final = _point(searcher, truth, heldout, best.search_k, best.exact_items)
+        final = _point(
+            searcher, truth, heldout, best.search_k, (best.exact_items, best.bound_factor)
+        )
         strategy: Literal["ann", "exact"] = "ann"
         served_recall, served_qps = final.recall_at_k, final.queries_per_s
     else:
@@ -141,6 +150,7 @@ def _index_quality(
         curve=curve,
         search_k=best.search_k,
         exact_items=best.exact_items,
+        bound_factor=best.bound_factor,
         reached_target=bool(winning),
         heldout_queries=len(heldout),
         recall_at_k=served_recall,
@@ -159,16 +169,22 @@ def _point(
     truth: npt.NDArray[np.int64],
     queries: npt.NDArray[np.int64],
     search_k: int,
-    head: int | None,
+    group: Group,
 ) -> SearchKPoint:
     found: dict[int, npt.NDArray[np.int64]] = {}
 
     def run(q: int) -> None:
-        found[q] = searcher(q, search_k, head)
+        found[q] = searcher(q, search_k, group)
 
     qps = _queries_per_s(run, queries)
     recall = float(np.mean([recall_at_k(found[q], truth[q]) for q in queries.tolist()]))
-    return SearchKPoint(search_k=search_k, exact_items=head, recall_at_k=recall, queries_per_s=qps)
+    return SearchKPoint(
+        search_k=search_k,
+        exact_items=group[0],
+        bound_factor=group[1],
+        recall_at_k=recall,
+        queries_per_s=qps,
+    )
 
 
 def _queries_per_s(fn: Callable[[int], object], queries: npt.NDArray[np.int64]) -> float:

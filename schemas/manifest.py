@@ -82,6 +82,9 @@ class SearchKPoint(_Model):
     exact_items: int | None = Field(
         None, description="user -> items: items of the first norm bands scanned exactly"
     )
+    bound_factor: float | None = Field(
+        None, description="user -> items: the norm bound's factor (1: exact bound)"
+    )
     recall_at_k: float
     queries_per_s: float
 
@@ -98,6 +101,9 @@ class IndexQuality(_Model):
     )
     exact_items: int | None = Field(
         None, description="user -> items: the chosen exact head (items scanned exactly)"
+    )
+    bound_factor: float | None = Field(
+        None, description="user -> items: the chosen norm bound factor (1: exact bound)"
     )
     reached_target: bool = Field(description="the index reached the target faster than a scan")
     heldout_queries: int = Field(description="other queries, measured only at search_k")

@@ -239,6 +239,7 @@ def _recommend(
             fetch,
             search.scaled_search_k(request.search_k or v.search_k_recommend, fetch),
             v.exact_items_recommend,
+            v.bound_factor_recommend,
         )
 
     def scorer(r: Rows) -> npt.NDArray[np.float32]:

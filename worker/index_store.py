@@ -78,6 +78,13 @@ class LoadedVersion:
             return EXACT_HEADS[-1]
         return q.recommend.exact_items
 
+    @property
+    def bound_factor_recommend(self) -> float:
+        q = self.manifest.quality
+        if q is None or q.recommend.bound_factor is None:
+            return 1.0
+        return q.recommend.bound_factor
+
     def serving_plan(self) -> dict[str, object]:
         """How each kind is answered, for the log line of a swap."""
         return {
@@ -86,6 +93,7 @@ class LoadedVersion:
             "recommend_strategy": "exact" if self.exact_recommend else "ann",
             "recommend_search_k": self.search_k_recommend,
             "recommend_exact_items": self.exact_items_recommend,
+            "recommend_bound_factor": self.bound_factor_recommend,
         }
 
     def close(self) -> None:

@@ -75,10 +75,18 @@ def measure_bands(
 
     def answer_for(param: Param) -> Answer:
         sk, head = param["search_k"], param["exact_items"]
-        return lambda q: banded.max_inner_product(bands, task.vectors[q], K, sk, head)[0]
+        factor = param["bound_factor_pct"] / 100
+        return lambda q: banded.max_inner_product(bands, task.vectors[q], K, sk, head, factor)[0]
 
     heads = [h for h in banded.EXACT_HEADS if h < len(items)] or [len(items)]
-    grid = [[{"exact_items": h, "search_k": sk} for sk in _doubling(K, 20_000)] for h in heads]
+    grid = [
+        [
+            {"exact_items": h, "bound_factor_pct": round(f * 100), "search_k": sk}
+            for sk in _doubling(K, 20_000)
+        ]
+        for h in heads
+        for f in banded.BOUND_FACTORS
+    ]
     label = "annrec (norm bands)" if name == "annrec" else f"bands, {trees} trees"
     method = method_entry(name, label, build_s, size)
     method["settings"] = {

@@ -23,9 +23,9 @@ def test_report_curve_and_choice_are_consistent(tuned):
     report = manifest.quality
     assert report is not None and report.k == 10 and report.target_recall == 0.9
     for q in (report.similar_items, report.recommend):
-        heads = [p.exact_items for p in q.curve]
-        for head in dict.fromkeys(heads):  # per exact head (one group for item -> items)
-            ks = [p.search_k for p in q.curve if p.exact_items == head]
+        groups = [(p.exact_items, p.bound_factor) for p in q.curve]
+        for group in dict.fromkeys(groups):  # per (head, factor); one group for item -> items
+            ks = [p.search_k for p in q.curve if (p.exact_items, p.bound_factor) == group]
             assert ks == sorted(ks) and len(set(ks)) == len(ks)
         winning = [
             p
@@ -36,7 +36,11 @@ def test_report_curve_and_choice_are_consistent(tuned):
         if winning:  # the fastest point that reaches the target faster than a scan
             best = max(winning, key=lambda p: p.queries_per_s)
             assert q.strategy == "ann"
-            assert (q.search_k, q.exact_items) == (best.search_k, best.exact_items)
+            assert (q.search_k, q.exact_items, q.bound_factor) == (
+                best.search_k,
+                best.exact_items,
+                best.bound_factor,
+            )
         else:  # no search_k does: scan, exactly
             assert q.strategy == "exact" and q.recall_at_k == 1.0
         assert q.tuning_queries == q.heldout_queries == 200
@@ -52,7 +56,9 @@ def test_curve_recall_is_what_the_query_path_achieves_on_fresh_queries(tuned):
     queries = rng.standard_normal((300, 16)).astype(np.float32) + factors.user_factors[:300]
     recalls = [
         recall_at_k(
-            banded.max_inner_product(version.mips, q, 10, point.search_k, point.exact_items)[0],
+            banded.max_inner_product(
+                version.mips, q, 10, point.search_k, point.exact_items, point.bound_factor
+            )[0],
             exact_inner_product_top_k(factors.item_factors, q, 10),
         )
         for q in queries

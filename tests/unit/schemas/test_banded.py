@@ -123,3 +123,34 @@ def test_load_refuses_bands_built_from_other_factors(tmp_path):
     spec = build_mips_bands(items, tmp_path, n_trees=2, seed=1, n_jobs=1)
     with pytest.raises(IndexRejected, match="differ"):
         load_bands(tmp_path, spec, items[::-1].copy())
+
+
+def test_a_smaller_bound_factor_searches_fewer_bands(bands):
+    items, loaded, queries = bands
+    calls: list[int] = []
+    counting = banded.NormBands.create(
+        [banded.Band(b.start, b.stop, b.max_norm, _Counting(b.index, calls)) for b in loaded.bands],
+        loaded.order,
+        items,
+    )
+    searched = {}
+    for factor in (1.0, 0.5):
+        calls.clear()
+        for q in queries:
+            banded.max_inner_product(counting, q, 10, 50, 512, factor)
+        searched[factor] = len(calls)
+    assert searched[0.5] < searched[1.0]
+
+
+class _Counting:
+    """An Annoy index that counts its searches."""
+
+    def __init__(self, index, calls):
+        self._index, self._calls = index, calls
+
+    def get_nns_by_vector(self, *args, **kwargs):
+        self._calls.append(1)
+        return self._index.get_nns_by_vector(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._index, name)
