@@ -128,8 +128,9 @@ def max_inner_product(
     bound_factor * max_norm(band) * ||q|| can beat the k-th score (1: the exact bound).
 
     While searching, an Annoy candidate's score comes from its distance (no vector read: this
-    loop runs per request, and every microsecond counts at 1M items); the pool of the best
-    k * BAND_OVERFETCH candidates is then scored exactly, once.
+    loop runs per request, and every microsecond counts at 1M items); the candidates that remain
+    in the pool of the best k * BAND_OVERFETCH are then scored exactly, once (those of exact
+    bands already are).
     """
     q = np.asarray(query, dtype=np.float32)
     q_norm = math.sqrt(max(float(q @ q), 0.0))
@@ -138,7 +139,8 @@ def max_inner_product(
     # below the k-th score by far more than that, so the bound stays a proof.
     slack = 1e-4 * q_norm * bands.bands[0].max_norm
     augmented: list[float] | None = None
-    pool: list[tuple[float, int]] = []  # (score, norm-order position), best first after a sort
+    # (score, norm-order position, whether the score is exact), best first after a sort
+    pool: list[tuple[float, int, bool]] = []
     kth = math.inf
     for band in bands.bands:
         if len(pool) >= k and bound_factor * band.max_norm * q_norm < kth - slack:
@@ -150,7 +152,12 @@ def max_inner_product(
                 if len(scores) > pool_size
                 else np.arange(len(scores))
             )
-            pool.extend(zip(scores[best].tolist(), (best + band.start).tolist(), strict=True))
+            pool.extend(
+                (score, pos, True)
+                for score, pos in zip(
+                    scores[best].tolist(), (best + band.start).tolist(), strict=True
+                )
+            )
         else:
             if augmented is None:
                 augmented = q.tolist()
@@ -166,20 +173,23 @@ def max_inner_product(
             # band has norm max_norm, so q.x = cos * ||q|| * max_norm.
             scale = q_norm * band.max_norm
             pool.extend(
-                ((1.0 - d * d / 2.0) * scale, i + band.start)
+                ((1.0 - d * d / 2.0) * scale, i + band.start, False)
                 for i, d in zip(ids, distances, strict=True)
             )
         pool.sort(reverse=True)
         del pool[pool_size:]
         if len(pool) >= k:
             kth = pool[k - 1][0]
-    if not pool:
-        return np.empty(0, np.int64), np.empty(0, np.float32)
-    positions = np.fromiter((p for _, p in pool), dtype=np.int64, count=len(pool))
-    rows = bands.order[positions]
-    if positions.max() < len(bands.head):  # the usual case: compact, cache-friendly rows
-        exact = bands.head[positions] @ q
-    else:
-        exact = np.asarray(bands.item_factors[rows]) @ q
-    best = np.argsort(-exact, kind="stable")[:k]
-    return rows[best].astype(np.int64), exact[best].astype(np.float32)
+    approximate = [i for i, entry in enumerate(pool) if not entry[2]]
+    if approximate:
+        positions = np.array([pool[i][1] for i in approximate], dtype=np.int64)
+        if positions.max() < len(bands.head):  # the usual case: compact, cache-friendly rows
+            exact = bands.head[positions] @ q
+        else:
+            exact = np.asarray(bands.item_factors[bands.order[positions]]) @ q
+        for i, score in zip(approximate, exact.tolist(), strict=True):
+            pool[i] = (score, pool[i][1], True)
+        pool.sort(reverse=True)
+    top = pool[:k]
+    rows = bands.order[np.array([pos for _, pos, _ in top], dtype=np.int64)].astype(np.int64)
+    return rows, np.array([score for score, _, _ in top], dtype=np.float32)
