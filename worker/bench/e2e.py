@@ -72,7 +72,7 @@ def bench_e2e(
     kafka, redis_url = services.kafka_conf(settings), services.redis_url(settings)
     storage = Path(tempfile.mkdtemp(prefix="annrec-e2e-"))
     factors = synth_factors(n_items, max(1000, n_items // 10), dim, seed=1)
-    publish_version(factors, storage, BuildOptions(n_trees=50))
+    publish_version(factors, storage, BuildOptions())
     n_users = len(factors.user_ids)
     runs = [Run("echo", 1, echo=True), Run("1 worker", 1), Run("2 workers", 2)]
     results: dict[str, Any] = {"runs": {}}
