@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import repeat
 
 import numpy as np
 import numpy.typing as npt
@@ -32,20 +33,24 @@ IntArray = npt.NDArray[np.int64]
 Ranked = tuple[IntArray, FloatArray]
 
 # Items in the first (longest-norm) band, and the growth of each next band. Measured at 1M x 64
-# (BENCHMARKS.md): the first 2048 norms are too spread for trees (recall 0.47 with an Annoy
-# first band, 0.99 scanning it), and every band searched costs a fixed ~20-30 us of overhead, so
-# fewer, larger bands beat finer ones.
-FIRST_BAND = 2048
+# (BENCHMARKS.md): the first ~2,500 norms are too spread for trees (recall 0.45 with trees over
+# the first 2,048, 0.99 scanning them), so the first bands are scanned exactly; a small first
+# band lets the bound stop after 512 items when the answers are all there (ALS factors).
+FIRST_BAND = 512
 BAND_GROWTH = 4
-# Exact heads the quality report tries: the first one or two bands scanned exactly. A worker keeps
-# this many norm-ordered rows contiguous in memory (2.5 MiB at K=64).
-EXACT_HEADS = (FIRST_BAND, FIRST_BAND * (1 + BAND_GROWTH))
+# Exact heads the quality report tries: the first one, two or three bands scanned exactly. A
+# worker keeps this many norm-ordered rows contiguous in memory (2.6 MiB at K=64).
+EXACT_HEADS = (
+    FIRST_BAND,
+    FIRST_BAND * (1 + BAND_GROWTH),
+    FIRST_BAND * (1 + BAND_GROWTH + BAND_GROWTH**2),
+)
 HEAD_ROWS = max(EXACT_HEADS)
 # Bound factors the quality report tries: 1 is the exact Cauchy-Schwarz bound; below 1 a band is
 # searched only when factor * max_norm(band) * ||q|| beats the k-th score, i.e. when reaching it
 # would not take an almost-parallel item. On MF factors the later bands rarely hold an answer
 # even when the bound allows it, so a smaller factor trades a little recall for fewer bands.
-BOUND_FACTORS = (0.6, 0.8, 1.0)  # cheapest first
+BOUND_FACTORS = (0.5, 0.75, 1.0)  # cheapest first
 # Candidates fetched from a band's index per result wanted, then scored exactly: Annoy ranks in
 # float32 angular distance, which can swap near-ties (measured: 1e-4 apart in inner product).
 BAND_OVERFETCH = 2
@@ -142,22 +147,15 @@ def max_inner_product(
     # (score, norm-order position, whether the score is exact), best first after a sort
     pool: list[tuple[float, int, bool]] = []
     kth = math.inf
+    searched_trees = False
     for band in bands.bands:
         if len(pool) >= k and bound_factor * band.max_norm * q_norm < kth - slack:
             break  # nothing in this band or any later one can beat what was found
         if band.stop <= exact_items:
             scores = bands.rows(band.start, band.stop) @ q
-            best = (
-                np.argpartition(scores, -pool_size)[-pool_size:]
-                if len(scores) > pool_size
-                else np.arange(len(scores))
-            )
-            pool.extend(
-                (score, pos, True)
-                for score, pos in zip(
-                    scores[best].tolist(), (best + band.start).tolist(), strict=True
-                )
-            )
+            # Exact scores need no over-fetch: the band's own top k is all it can contribute.
+            best = np.argpartition(scores, -k)[-k:] if len(scores) > k else np.arange(len(scores))
+            pool.extend(zip(scores[best].tolist(), (best + band.start).tolist(), repeat(True)))
         else:
             if augmented is None:
                 augmented = q.tolist()
@@ -171,16 +169,20 @@ def max_inner_product(
             )
             # Angular distance on the augmented vectors: d^2 = 2 - 2 cos, and every item of the
             # band has norm max_norm, so q.x = cos * ||q|| * max_norm.
-            scale = q_norm * band.max_norm
+            scale, start = q_norm * band.max_norm, band.start
             pool.extend(
-                ((1.0 - d * d / 2.0) * scale, i + band.start, False)
-                for i, d in zip(ids, distances, strict=True)
+                zip(
+                    [(1.0 - d * d / 2.0) * scale for d in distances],
+                    [i + start for i in ids],
+                    repeat(False),
+                )
             )
+            searched_trees = True
         pool.sort(reverse=True)
         del pool[pool_size:]
         if len(pool) >= k:
             kth = pool[k - 1][0]
-    approximate = [i for i, entry in enumerate(pool) if not entry[2]]
+    approximate = [i for i, entry in enumerate(pool) if not entry[2]] if searched_trees else []
     if approximate:
         positions = np.array([pool[i][1] for i in approximate], dtype=np.int64)
         if positions.max() < len(bands.head):  # the usual case: compact, cache-friendly rows

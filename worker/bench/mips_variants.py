@@ -96,7 +96,9 @@ def measure_bands(
         "growth": banded.BAND_GROWTH,
         "candidates_per_band": K * banded.BAND_OVERFETCH,
     }
-    method["points"] = sweep(f"{label} {task.name}", task, grid, answer_for, floor_qps=floor_qps)
+    method["points"] = sweep(
+        f"{label} {task.name}", task, grid, answer_for, floor_qps=floor_qps, every_group=True
+    )
     bands.unload()
     shutil.rmtree(directory)
     return method

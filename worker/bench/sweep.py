@@ -93,11 +93,13 @@ def sweep(
     answer_for: Callable[[Param], Answer],
     stop_on_plateau: bool = False,
     floor_qps: float = 0.0,
+    every_group: bool = False,
 ) -> list[dict[str, Any]]:
     """Measure grid points in order. A group (cheapest first) stops once recall reaches
     STOP_RECALL (or, with stop_on_plateau, once a point adds less than PLATEAU; or once a point
     is slower than `floor_qps`, the exact scan), and the sweep stops after a group that reached
-    STOP_RECALL: later groups only cost more."""
+    STOP_RECALL: later groups only cost more (unless every_group: groups that are not ordered by
+    cost, such as the bound factors of the norm bands, are all measured)."""
     points: list[dict[str, Any]] = []
     with tqdm(total=sum(map(len, grid)), desc=label, unit="point", leave=False) as bar:
         for group in grid:
@@ -114,7 +116,7 @@ def sweep(
                 ):
                     break
                 previous = recall
-            if points and points[-1]["recall_at_10"] >= STOP_RECALL:
+            if not every_group and points and points[-1]["recall_at_10"] >= STOP_RECALL:
                 break
     return points
 

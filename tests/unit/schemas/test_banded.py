@@ -47,7 +47,7 @@ def test_band_bounds_grow_geometrically_and_cover_every_item(n, edges):
 
 def test_default_bands_at_a_million_items():
     edges = banded.band_bounds(1_000_000)
-    assert edges == [0, 2048, 10240, 43008, 174080, 698368, 1_000_000]
+    assert edges == [0, 512, 2560, 10752, 43520, 174592, 698880, 1_000_000]
 
 
 def test_bands_are_norm_ordered_with_their_own_max_norm(bands):
