@@ -90,3 +90,11 @@ def test_build_from_interactions_trains_als_and_records_it(tmp_path):
     assert manifest.dim == 8 and manifest.training is not None
     assert manifest.training.factors == 8 and manifest.training.iterations == 3
     assert manifest.build.source == str(log) and manifest.quality is not None
+
+
+def test_a_missing_input_file_is_a_one_line_error(tmp_path):
+    result = annrec("bench", "summary", str(tmp_path / "nope.json"))
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        f"annrec: error: No such file or directory: {tmp_path / 'nope.json'}"
+    ]
