@@ -10,6 +10,7 @@ from typing import Any
 
 from worker.bench.machine import describe, machine_info
 from worker.chaos.harness import services_for_chaos
+from worker.chaos.report import markdown_report
 from worker.chaos.scenarios import SCENARIOS
 
 # --quick: seconds instead of minutes, so CI runs every scenario and none of them rots.
@@ -43,6 +44,7 @@ def run_chaos(names: list[str], quick: bool, out: Path | None) -> bool:
             print(f"== chaos {name}: {verdict} ({figures['wall_s']} s)")
             print(json.dumps({k: v for k, v in figures.items() if k != "scenario"}, indent=2))
             sys.stdout.flush()
+    print(markdown_report(results))
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(results, indent=2))
