@@ -101,7 +101,11 @@ def _print(r: dict[str, Any]) -> None:
         for kind in ("similar_items", "recommend"):
             q = r["quality"][kind]
             best = max(q["curve"], key=lambda p: p["recall_at_k"])
-            head = f", exact head {q['exact_items']}" if q.get("exact_items") else ""
+            head = (
+                f", exact head {q['exact_items']}, bound factor {q['bound_factor']}"
+                if q.get("exact_items")
+                else ""
+            )
             served = (
                 f"index, search_k {q['search_k']}{head}"
                 if q["strategy"] == "ann"
