@@ -23,6 +23,7 @@ import tempfile
 import threading
 import time
 import uuid
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,7 +44,6 @@ from schemas.topics import ensure_topics, topic_specs
 from worker import services
 from worker.bench.machine import describe, machine_info
 from worker.client import ReplyWaiter
-from worker.stack import LocalStack
 
 
 @dataclass(frozen=True)
@@ -63,13 +63,9 @@ def bench_e2e(
     swap_rate: int | None = None,
 ) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
-    settings = CommonSettings()
-    stack = LocalStack(settings.stack_dir)
-    started_stack = False
-    if settings.kafka_bootstrap is None or settings.redis_url is None:
-        started_stack = stack.running() is None
-        stack.up()
-    kafka, redis_url = services.kafka_conf(settings), services.redis_url(settings)
+    endpoints = ExitStack()
+    svc = endpoints.enter_context(services.configured_or_local())
+    kafka, redis_url = svc.kafka, svc.redis_url
     storage = Path(tempfile.mkdtemp(prefix="annrec-e2e-"))
     factors = synth_factors(n_items, max(1000, n_items // 10), dim, seed=1)
     publish_version(factors, storage, BuildOptions())
@@ -102,8 +98,7 @@ def bench_e2e(
             (side, upcoming),
         )
     finally:
-        if started_stack:
-            stack.down()
+        endpoints.close()
     results.update(
         {
             "params": {

@@ -19,8 +19,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,8 +34,7 @@ from schemas import keys
 from schemas.events import DeadLetter, Reply
 from schemas.settings import CommonSettings
 from schemas.topics import ensure_topics, topic_specs
-from worker import services
-from worker.stack import LocalStack
+from worker.services import Endpoints
 
 # Fast failover for the scenarios: a killed worker's partitions move after this (a production
 # deployment would rather set ANNREC_INSTANCE_ID per replica: see the README).
@@ -44,36 +42,10 @@ SESSION_TIMEOUT_MS = 6000
 
 
 @dataclass
-class Services:
-    kafka: dict[str, str]
-    redis_url: str
-    stack: LocalStack | None  # set when the scenario started the local stack itself
-
-
-@contextmanager
-def services_for_chaos() -> Iterator[Services]:
-    """The configured services (ANNREC_KAFKA_BOOTSTRAP / ANNREC_REDIS_URL), or the local stack,
-    started for the run and stopped after it when it was not already running."""
-    settings = CommonSettings()
-    stack = LocalStack(settings.stack_dir)
-    started = False
-    if settings.kafka_bootstrap is None or settings.redis_url is None:
-        started = stack.running() is None
-        stack.up()
-    try:
-        yield Services(
-            services.kafka_conf(settings), services.redis_url(settings), stack if started else None
-        )
-    finally:
-        if started:
-            stack.down()
-
-
-@dataclass
 class Cluster:
     """Fresh topics and group, a storage with one published version, and worker processes."""
 
-    svc: Services
+    svc: Endpoints
     storage: Path
     factors: Factors
     tag: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
@@ -81,7 +53,7 @@ class Cluster:
     extra_env: dict[str, str] = field(default_factory=dict)
 
     @classmethod
-    def create(cls, svc: Services, n_items: int, seed: int = 1) -> Cluster:
+    def create(cls, svc: Endpoints, n_items: int, seed: int = 1) -> Cluster:
         storage = Path(tempfile.mkdtemp(prefix="annrec-chaos-"))
         factors = synth_factors(n_items, max(100, n_items // 10), 32, seed=seed)
         publish_version(factors, storage, BuildOptions(n_trees=10, quality_queries=100))

@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from worker.bench.machine import describe, machine_info
-from worker.chaos.harness import services_for_chaos
 from worker.chaos.report import markdown_report
 from worker.chaos.scenarios import SCENARIOS
+from worker.services import configured_or_local
 
 # --quick: seconds instead of minutes, so CI runs every scenario and none of them rots.
 QUICK: dict[str, dict[str, Any]] = {
@@ -27,7 +27,7 @@ QUICK: dict[str, dict[str, Any]] = {
 def run_chaos(names: list[str], quick: bool, out: Path | None) -> bool:
     results: dict[str, Any] = {"machine": machine_info(), "quick": quick, "scenarios": {}}
     print(f"machine: {describe(results['machine'])}")
-    with services_for_chaos() as svc:
+    with configured_or_local() as svc:
         for name in names:
             started = time.monotonic()
             try:

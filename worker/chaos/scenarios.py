@@ -31,14 +31,15 @@ from schemas.layout import version_dir
 from schemas.manifest import MANIFEST_NAME, Manifest
 from schemas.verify import file_entry
 from worker.chaos.fuzz import hostile_payloads, valid_payload
-from worker.chaos.harness import Cluster, Load, Services, audit, recommend_payload, wait_until
+from worker.chaos.harness import Cluster, Load, audit, recommend_payload, wait_until
 from worker.client import ReplyWaiter
+from worker.services import Endpoints
 
 Figures = dict[str, Any]
 
 
 def crash(
-    svc: Services,
+    svc: Endpoints,
     rate: int = 500,
     duration_s: float = 60,
     kill_every_s: float = 10,
@@ -86,7 +87,7 @@ def crash(
 
 
 def swaps(
-    svc: Services,
+    svc: Endpoints,
     rate: int = 200,
     duration_s: float = 40,
     n_versions: int = 10,
@@ -138,7 +139,7 @@ def swaps(
     }
 
 
-def bad_index(svc: Services, n_items: int = 3000) -> Figures:
+def bad_index(svc: Endpoints, n_items: int = 3000) -> Figures:
     cluster = Cluster.create(svc, n_items)
     cluster.start("w1")
     _warm_up(cluster, 1)
@@ -196,7 +197,7 @@ def bad_index(svc: Services, n_items: int = 3000) -> Figures:
 
 
 def outage(
-    svc: Services, rate: int = 200, redis_down_s: float = 10, n_items: int = 5000
+    svc: Endpoints, rate: int = 200, redis_down_s: float = 10, n_items: int = 5000
 ) -> Figures:
     if svc.stack is None:
         return {
@@ -237,7 +238,7 @@ def outage(
     }
 
 
-def fuzz(svc: Services, n_hostile: int = 10_000, seed: int = 0, n_items: int = 3000) -> Figures:
+def fuzz(svc: Endpoints, n_hostile: int = 10_000, seed: int = 0, n_items: int = 3000) -> Figures:
     cluster = Cluster.create(svc, n_items)
     cluster.start("w1")
     _warm_up(cluster, 1)

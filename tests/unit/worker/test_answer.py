@@ -9,14 +9,6 @@ from worker.answer import Policy, RawEvent, answer, answer_batch, parse_batch
 from worker.index_store import load_version
 
 
-@pytest.fixture
-def version(published):
-    storage, manifest = published
-    v = load_version(storage, manifest.version)
-    yield v
-    v.close()
-
-
 def _event(value: bytes | None, offset: int = 0) -> RawEvent:
     return RawEvent("requests", 0, offset, b"key", value)
 
@@ -231,7 +223,6 @@ def test_a_request_past_its_deadline_is_not_computed(version):
 def test_a_version_measured_slower_than_the_scan_is_served_exactly(tmp_path, small_factors):
     """On 300 items a full scan beats any index: the builder says `exact`, answers are exact."""
     from index_builder.publish import BuildOptions, publish_version
-    from worker.index_store import load_version
 
     manifest = publish_version(small_factors, tmp_path / "s", BuildOptions(n_trees=2))
     assert manifest.quality.recommend.strategy == "exact"

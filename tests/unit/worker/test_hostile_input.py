@@ -2,20 +2,9 @@
 
 from collections import Counter
 
-import pytest
-
 from schemas.events import DEAD_LETTER_PAYLOAD_BYTES, DeadLetter
 from worker.answer import RawEvent, answer_batch, parse_batch
 from worker.chaos.fuzz import MAKERS, hostile_payloads, valid_payload
-from worker.index_store import load_version
-
-
-@pytest.fixture
-def version(published):
-    storage, manifest = published
-    v = load_version(storage, manifest.version)
-    yield v
-    v.close()
 
 
 def test_every_hostile_event_is_dead_lettered_and_valid_ones_answered(version):
