@@ -38,6 +38,12 @@ def result_key(kind: str, subject_id: str) -> str:
     return f"{REDIS_PREFIX}:result:{kind}:{subject_id}"
 
 
+def recall_key(version: str) -> str:
+    """Live recall of a version (hash: <kind> -> mean recall, <kind>:samples -> window size),
+    written by each worker's shadow sampler: the latest writer's window."""
+    return f"{REDIS_PREFIX}:recall:{version}"
+
+
 # Key of every announcement on the compacted index-versions topic: compaction keeps the newest.
 ANNOUNCE_KEY = "items"
 

@@ -173,7 +173,10 @@ def answer(
     policy: Policy = Policy(),
     sent_at: float | None = None,
     now: float | None = None,
+    exact: bool = False,
 ) -> Reply:
+    """The reply to one request. `exact`: by exact scans whatever the version's strategy (the
+    live recall sampler's reference answer)."""
     base = {
         "request_id": request.request_id,
         "kind": request.kind,
@@ -186,17 +189,17 @@ def answer(
         if late_ms > 0:
             return Reply(status="expired", error=f"deadline passed {late_ms:.0f} ms ago", **base)
     if isinstance(request, SimilarItemsRequest):
-        return Reply(status="ok", items=_similar(request, version), **base)
-    return _recommend(request, version, policy, base)
+        return Reply(status="ok", items=_similar(request, version, exact), **base)
+    return _recommend(request, version, policy, base, exact)
 
 
-def _similar(request: SimilarItemsRequest, v: LoadedVersion) -> list[ScoredItem]:
+def _similar(request: SimilarItemsRequest, v: LoadedVersion, exact: bool) -> list[ScoredItem]:
     row = v.item_rows.get(request.item_id)
     if row is None:
         raise BadRequest(f"unknown item_id {request.item_id!r} in index {v.version}")
     excluded = _rows(v, request.exclude_items) | {row}
     fetch = request.k + len(excluded)
-    if v.exact_similar and request.search_k is None:
+    if exact or (v.exact_similar and request.search_k is None):
         rows, scores = search.exact_similar_items(v.item_factors, v.item_norms, row, fetch)
     else:
         rows, scores = search.similar_items(
@@ -216,7 +219,11 @@ def _similar(request: SimilarItemsRequest, v: LoadedVersion) -> list[ScoredItem]
 
 
 def _recommend(
-    request: RecommendRequest, v: LoadedVersion, policy: Policy, base: dict[str, object]
+    request: RecommendRequest,
+    v: LoadedVersion,
+    policy: Policy,
+    base: dict[str, object],
+    exact: bool = False,
 ) -> Reply:
     query, seen, unknown = _user_vector(request, v)
     excluded = _rows(v, request.exclude_items) | (seen if request.exclude_seen else set())
@@ -228,7 +235,9 @@ def _recommend(
         )
         return Reply(status="ok", items=items, fallback="cold_start", unknown_items=unknown, **base)
     fetch = request.k + len(excluded)
-    if v.exact_recommend and request.search_k is None:
+    if exact:  # a plain scan of every item: the reference, independent of the norm bands
+        rows, scores = search.exact_max_inner_product(v.item_factors, query, fetch)
+    elif v.exact_recommend and request.search_k is None:
         # Every band scanned exactly, stopping at the norm bound: exact, and cheaper than a
         # full scan whenever the answers live in the long-norm bands.
         rows, scores = banded.max_inner_product(v.mips, query, fetch, -1, len(v.item_factors))

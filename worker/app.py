@@ -20,6 +20,7 @@ import structlog
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from threadpoolctl import threadpool_limits
 
+from schemas import keys
 from schemas.events import Reply
 from schemas.topics import ensure_topics, topic_specs
 from worker.announcements import AnnouncementFollower
@@ -35,10 +36,22 @@ from worker.answer import (
 from worker.index_store import IndexStore, LoadedVersion
 from worker.metrics import HealthState, WorkerMetrics, serve_http
 from worker.settings import WorkerSettings
+from worker.shadow import Publish, ShadowSampler
 from worker.sinks import KafkaSink, RedisSink, ReplyCache, SinkError
 from worker.version_source import version_source
 
 log = structlog.get_logger(__name__)
+
+
+def _recall_publisher(client: redis.Redis, ttl_s: int) -> Publish:
+    def publish(version: str, kind: str, recall: float, samples: int) -> None:
+        key = keys.recall_key(version)
+        pipe = client.pipeline(transaction=False)
+        pipe.hset(key, mapping={kind: f"{recall:.4f}", f"{kind}:samples": samples})
+        pipe.expire(key, ttl_s)
+        pipe.execute()
+
+    return publish
 
 
 def consumer_config(settings: WorkerSettings, kafka_conf: dict[str, str]) -> dict[str, object]:
@@ -72,6 +85,7 @@ class Worker:
         self._kafka_conf = kafka_conf
         self._redis_url = redis_url
         self.metrics = WorkerMetrics()
+        self.shadow: ShadowSampler | None = None
         self.health = HealthState(max_poll_gap_s=settings.health_max_poll_gap_s)
         self.served = 0
         self.dead_lettered = 0
@@ -103,6 +117,15 @@ class Worker:
         kafka_sink = KafkaSink(producer, s.topic_replies, s.topic_dead_letters)
         # One BLAS thread: a worker answers one request at a time and scales out by processes;
         # OpenBLAS threads spinning beside Kafka, Redis and other workers only add latency.
+        if s.shadow_fraction > 0 and not s.echo:
+            self.shadow = ShadowSampler(
+                self.metrics.registry,
+                s.shadow_fraction,
+                s.shadow_queue,
+                s.shadow_window,
+                self._policy(),
+                publish=_recall_publisher(client, s.result_ttl_s),
+            ).start()
         blas = threadpool_limits(limits=s.blas_threads, user_api="blas")
         try:
             version = self._wait_for_index(store, stop)
@@ -136,6 +159,8 @@ class Worker:
             consumer.close()  # leaves the group now, so partitions move without a session timeout
             producer.flush(10)
             store.stop()  # before the follower closes: its watcher thread polls the follower
+            if self.shadow is not None:
+                self.shadow.stop()
             follower.close()
             if http is not None:
                 http.shutdown()
@@ -176,6 +201,7 @@ class Worker:
             stop.wait(self.settings.retry_backoff_s)
             return
         _store_offsets(consumer, events)
+        self._sample(parsed, outcome, version, cached)
         self._count(events, outcome, time.perf_counter() - started, len(cached))
 
     def _count(self, events: list[RawEvent], outcome: Outcome, write_s: float, hits: int) -> None:
@@ -192,6 +218,22 @@ class Worker:
                 partition=dead.source_partition,
                 offset=dead.source_offset,
             )
+
+    def _sample(
+        self,
+        parsed: list[Parsed],
+        outcome: Outcome,
+        version: LoadedVersion,
+        cached: dict[str, Reply],
+    ) -> None:
+        """Offer answered requests to the live recall sampler (after the write: never delays)."""
+        if self.shadow is None:
+            return
+        requests = {p.request.request_id: p.request for p in parsed if p.request is not None}
+        for reply in outcome.replies:
+            request = requests.get(reply.request_id)
+            if request is not None and reply.request_id not in cached:
+                self.shadow.offer(request, reply, version)
 
     def _policy(self) -> Policy:
         return Policy(cold_start=self.settings.cold_start)

@@ -49,6 +49,11 @@ class WorkerSettings(CommonSettings):
         default_factory=dict, description="extra librdkafka producer properties, JSON"
     )
     blas_threads: int = Field(1, ge=1, description="BLAS threads for exact scans and reranks")
+    shadow_fraction: float = Field(
+        0.01, ge=0, le=1, description="share of answers re-checked by exact scans (live recall)"
+    )
+    shadow_queue: int = Field(1000, ge=1, description="samples waiting; beyond, they are dropped")
+    shadow_window: int = Field(200, ge=1, description="samples the live recall is averaged over")
     echo: bool = Field(False, description="benchmarks only: reply without computing")
     cache_dir: Path = Field(
         Path.home() / ".cache" / "annrec" / "versions",

@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 import redis
 
 from index_builder.announce import announce_version
@@ -99,3 +100,50 @@ def test_malformed_event_goes_to_the_dead_letter_topic_and_the_next_one_is_answe
     assert "invalid request" in letters[1].reason or "invalid request" in letters[0].reason
     assert all(m.headers() and m.headers()[0][0] == "annrec.reason" for m in dead)
     assert worker.dead_lettered == 2
+
+
+def test_live_recall_is_sampled_off_the_request_path_and_published(
+    settings, kafka_conf, services, small_factors
+):
+    """Every answer sampled (fraction 1): the worker's live recall, in Redis and in /metrics,
+    equals the recall of its replies against exact brute force computed here."""
+    manifest = publish_version(
+        small_factors, Path(settings.storage), BuildOptions(n_trees=10, quality=False)
+    )
+    # search_k=2 makes item -> items answers approximate, so the figure is not trivially 1
+    requests = [
+        SimilarItemsRequest(request_id=f"live-{i}", item_id=f"i{i}", k=10, search_k=2)
+        for i in range(40)
+    ]
+    items = small_factors.item_factors
+    norms = np.linalg.norm(items, axis=1).astype(np.float32)
+    live = settings.model_copy(update={"shadow_fraction": 1.0, "shadow_window": 1000})
+    waiter = ReplyWaiter(kafka_conf, settings.topic_replies)
+    with running_worker(live, kafka_conf, services.redis_url) as worker:
+        send_requests(kafka_conf, settings.topic_requests, requests)
+        replies = waiter.wait({r.request_id for r in requests}, timeout_s=90)
+        assert worker.shadow is not None and worker.shadow.wait_idle()
+        metrics = worker.metrics.registry
+    waiter.close()
+    expected = np.mean(
+        [
+            len(
+                {int(i.item_id[1:]) for i in replies[req.request_id].items}
+                & set(
+                    exact_cosine_top_k(
+                        items, norms, items[int(req.item_id[1:])], 10, exclude=int(req.item_id[1:])
+                    ).tolist()
+                )
+            )
+            / 10
+            for req in requests
+        ]
+    )
+    stored = redis.Redis.from_url(services.redis_url).hgetall(keys.recall_key(manifest.version))
+    assert int(stored[b"similar_items:samples"]) == 40
+    assert float(stored[b"similar_items"]) == pytest.approx(expected, abs=1e-4)
+    gauge = metrics.get_sample_value(
+        "annrec_live_recall", {"kind": "similar_items", "version": manifest.version}
+    )
+    assert gauge == pytest.approx(expected, abs=1e-9)
+    assert metrics.get_sample_value("annrec_shadow_samples_total", {"kind": "similar_items"}) == 40

@@ -1,0 +1,81 @@
+import dataclasses
+
+import numpy as np
+import pytest
+from prometheus_client import CollectorRegistry
+
+from schemas.events import RecommendRequest, SimilarItemsRequest
+from schemas.manifest import IndexQuality, QualityReport
+from schemas.vectors import exact_cosine_top_k, recall_at_k
+from worker.answer import answer
+from worker.shadow import ShadowSampler
+
+
+def _similar_requests(n):
+    # search_k=2: the angular index sees almost nothing, so many answers are wrong
+    return [
+        SimilarItemsRequest(request_id=f"s{i}", item_id=f"i{i}", k=10, search_k=2) for i in range(n)
+    ]
+
+
+def test_live_recall_equals_recall_computed_independently(version, small_factors):
+    sampler = ShadowSampler(CollectorRegistry(), fraction=1.0, window=1000, seed=1).start()
+    items = small_factors.item_factors
+    norms = np.linalg.norm(items, axis=1).astype(np.float32)
+    independent = []
+    for request in _similar_requests(60):
+        reply = answer(request, version, "w")
+        sampler.offer(request, reply, version)
+        row = int(request.item_id[1:])
+        truth = exact_cosine_top_k(items, norms, items[row], 10, exclude=row)
+        independent.append(recall_at_k([int(i.item_id[1:]) for i in reply.items], truth))
+    assert sampler.wait_idle()
+    mean, n = sampler.recall("similar_items", version.version)
+    assert n == 60
+    assert mean == pytest.approx(np.mean(independent), abs=1e-12)
+    assert mean < 1.0  # the budget was too small: the sampler must see it
+    sampler.stop()
+
+
+def test_exact_answers_have_recall_one(version):
+    sampler = ShadowSampler(CollectorRegistry(), fraction=1.0, seed=1).start()
+    for u in range(20):
+        request = RecommendRequest(request_id=f"r{u}", user_id=f"u{u}", k=10)
+        sampler.offer(request, answer(request, version, "w"), version)
+    assert sampler.wait_idle()
+    assert sampler.recall("recommend", version.version) == (1.0, 20)
+    sampler.stop()
+
+
+def test_a_full_queue_drops_samples_and_never_blocks(version):
+    registry = CollectorRegistry()
+    sampler = ShadowSampler(registry, fraction=1.0, queue_size=2)  # not started: nothing drains
+    for request in _similar_requests(5):
+        sampler.offer(request, answer(request, version, "w"), version)
+    assert registry.get_sample_value("annrec_shadow_dropped_total") == 3
+
+
+def test_the_fraction_is_honoured(version):
+    sampler = ShadowSampler(CollectorRegistry(), fraction=0.1, queue_size=10_000, seed=3)
+    requests = _similar_requests(1) * 2000
+    reply = answer(requests[0], version, "w")
+    for request in requests:
+        sampler.offer(request, reply, version)
+    assert 120 <= sampler._queue.qsize() <= 280  # ~200 of 2000
+
+
+def test_a_window_below_the_target_raises_the_metric(version):
+    registry = CollectorRegistry()
+    served = IndexQuality.model_construct(strategy="ann", search_k=-1)
+    target = QualityReport.model_construct(k=10, target_recall=0.99, similar_items=served)
+    strict = dataclasses.replace(
+        version, manifest=version.manifest.model_copy(update={"quality": target})
+    )
+    sampler = ShadowSampler(registry, fraction=1.0, window=10, seed=1).start()
+    for request in _similar_requests(30):
+        sampler.offer(request, answer(request, strict, "w"), strict)
+    assert sampler.wait_idle()
+    assert (
+        registry.get_sample_value("annrec_live_recall_below_target", {"kind": "similar_items"}) == 1
+    )
+    sampler.stop()
