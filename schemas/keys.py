@@ -38,6 +38,18 @@ def result_key(kind: str, subject_id: str) -> str:
     return f"{REDIS_PREFIX}:result:{kind}:{subject_id}"
 
 
+# A worker's heartbeat: a hash refreshed every few seconds with this TTL; `annrec status` lists
+# the workers whose key exists (a crashed worker disappears when its key expires).
+HEARTBEAT_TTL_S = 15
+
+
+def worker_key(worker_id: str) -> str:
+    return f"{REDIS_PREFIX}:worker:{worker_id}"
+
+
+WORKER_KEY_PATTERN = f"{REDIS_PREFIX}:worker:*"
+
+
 def recall_key(version: str) -> str:
     """Live recall of a version (hash: <kind> -> mean recall, <kind>:samples -> window size),
     written by each worker's shadow sampler: the latest writer's window."""

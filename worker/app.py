@@ -10,6 +10,7 @@ finishes, its offsets are committed, and the consumer leaves the group.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections import deque
@@ -41,6 +42,53 @@ from worker.sinks import KafkaSink, RedisSink, ReplyCache, SinkError
 from worker.version_source import version_source
 
 log = structlog.get_logger(__name__)
+
+
+class Heartbeat:
+    """The worker's entry in Redis for `annrec status`: refreshed every TTL/3 seconds, deleted at
+    shutdown; a crashed worker's entry expires. A Redis error here is logged, never fatal."""
+
+    def __init__(self, client: redis.Redis, settings: WorkerSettings, worker: Worker) -> None:
+        self._client, self._settings, self._worker = client, settings, worker
+        self._key = keys.worker_key(settings.worker_id)
+        self._started = time.time()
+        self._next = 0.0
+
+    def beat(self, version: LoadedVersion) -> None:
+        now = time.monotonic()
+        if now < self._next:
+            return
+        self._next = now + self._settings.heartbeat_ttl_s / 3
+        w, s = self._worker, self._settings
+        recall = {}
+        if w.shadow is not None:
+            for kind in ("similar_items", "recommend"):
+                found = w.shadow.recall(kind, version.version)
+                if found is not None:
+                    recall[kind] = {"recall": round(found[0], 4), "samples": found[1]}
+        doc = {
+            "worker_id": s.worker_id,
+            "group": s.group_id,
+            "version": version.version,
+            "version_created_at": version.manifest.created_at.isoformat(),
+            "started_at": self._started,
+            "uptime_s": round(time.time() - self._started, 1),
+            "processed": w.served,
+            "dead_lettered": w.dead_lettered,
+            "partitions": sorted(w.assigned),
+            "live_recall": recall,
+            "metrics_port": w.http_port,
+        }
+        try:
+            self._client.set(self._key, json.dumps(doc), ex=s.heartbeat_ttl_s)
+        except redis.RedisError as exc:
+            log.warning("heartbeat_failed", error=str(exc))
+
+    def gone(self) -> None:
+        try:
+            self._client.delete(self._key)
+        except redis.RedisError as exc:
+            log.warning("heartbeat_failed", error=str(exc))
 
 
 def _recall_publisher(client: redis.Redis, ttl_s: int) -> Publish:
@@ -126,6 +174,7 @@ class Worker:
                 self._policy(),
                 publish=_recall_publisher(client, s.result_ttl_s),
             ).start()
+        heartbeat = Heartbeat(client, s, self)
         blas = threadpool_limits(limits=s.blas_threads, user_api="blas")
         try:
             version = self._wait_for_index(store, stop)
@@ -148,6 +197,7 @@ class Worker:
             while not stop.is_set():
                 messages = next_batch(consumer, s.batch_size, s.poll_timeout_s)
                 self.health.polled()
+                heartbeat.beat(version)
                 self.metrics.last_poll.set_to_current_time()
                 events = _events(messages)
                 if not events:
@@ -158,6 +208,7 @@ class Worker:
             _commit_stored(consumer, "shutdown")
             consumer.close()  # leaves the group now, so partitions move without a session timeout
             producer.flush(10)
+            heartbeat.gone()
             store.stop()  # before the follower closes: its watcher thread polls the follower
             if self.shadow is not None:
                 self.shadow.stop()

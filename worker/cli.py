@@ -6,10 +6,11 @@ Every failure annrec understands exits 1 with one line on stderr: `annrec: error
 from __future__ import annotations
 
 import argparse
+import json
 import signal
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -48,6 +49,11 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--cold-start", choices=["popular", "error"])
     worker.add_argument("--serve-from-cache", action="store_true", default=None)
     worker.add_argument("--worker-id")
+
+    status = sub.add_parser("status", help="group, lag, workers, versions, dead letters")
+    status.add_argument("--storage", help="directory or s3://bucket/prefix (ANNREC_STORAGE)")
+    status.add_argument("--group-id")
+    status.add_argument("--json", action="store_true", help="one JSON document")
 
     request = sub.add_parser("request", help="send one request through Kafka, print the reply")
     request.add_argument("kind", choices=["similar-items", "recommend"])
@@ -133,36 +139,45 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
-    if args.command == "stack":
-        return _stack(args)
-    if args.command == "synth":
-        builder_cli.run_synth(args)
-        return 0
-    if args.command == "build":
-        settings = builder_cli.builder_settings(args)
-        conf = None if args.no_announce else services.kafka_conf(settings)
-        manifest = builder_cli.run_build(args, settings, conf)
-        print(manifest.version)
-        return 0
-    if args.command == "versions":
-        return builder_cli.run_versions(args, builder_cli.builder_settings(args))
-    if args.command == "worker":
-        return _worker(args)
-    if args.command == "request":
-        return _request(args)
-    if args.command == "bench":
-        return _bench(args)
-    if args.command == "schemas":
-        for path in write_schemas(args.out):
-            print(path)
-        return 0
-    if args.command == "chaos":
-        return _chaos(args)
-    if args.command == "demo":
-        from worker.demo import run_demo  # the demo pulls in the builder; keep it off other paths
+    handlers: dict[str, Callable[[argparse.Namespace], int]] = {
+        "stack": _stack,
+        "synth": _synth,
+        "build": _build,
+        "versions": lambda a: builder_cli.run_versions(a, builder_cli.builder_settings(a)),
+        "worker": _worker,
+        "request": _request,
+        "status": _status,
+        "bench": _bench,
+        "schemas": _schemas,
+        "chaos": _chaos,
+        "demo": _demo,
+    }
+    return handlers[args.command](args)
 
-        return run_demo(keep=args.keep)
-    raise AssertionError(args.command)
+
+def _synth(args: argparse.Namespace) -> int:
+    builder_cli.run_synth(args)
+    return 0
+
+
+def _build(args: argparse.Namespace) -> int:
+    settings = builder_cli.builder_settings(args)
+    conf = None if args.no_announce else services.kafka_conf(settings)
+    manifest = builder_cli.run_build(args, settings, conf)
+    print(manifest.version)
+    return 0
+
+
+def _schemas(args: argparse.Namespace) -> int:
+    for path in write_schemas(args.out):
+        print(path)
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from worker.demo import run_demo  # the demo pulls in the builder; keep it off other paths
+
+    return run_demo(keep=args.keep)
 
 
 def _chaos(args: argparse.Namespace) -> int:
@@ -254,6 +269,16 @@ def _worker(args: argparse.Namespace) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())  # finish the batch, commit, close
     worker.run(stop)
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    from worker.status import collect_status, render_status
+
+    overrides = {"storage": args.storage, "group_id": args.group_id}
+    settings = WorkerSettings(**{k: v for k, v in overrides.items() if v is not None})
+    doc = collect_status(settings, services.kafka_conf(settings), services.redis_url(settings))
+    print(json.dumps(doc, indent=2) if args.json else render_status(doc))
     return 0
 
 

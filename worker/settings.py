@@ -49,6 +49,9 @@ class WorkerSettings(CommonSettings):
         default_factory=dict, description="extra librdkafka producer properties, JSON"
     )
     blas_threads: int = Field(1, ge=1, description="BLAS threads for exact scans and reranks")
+    heartbeat_ttl_s: int = Field(
+        keys.HEARTBEAT_TTL_S, ge=2, description="a worker silent this long drops out of status"
+    )
     shadow_fraction: float = Field(
         0.01, ge=0, le=1, description="share of answers re-checked by exact scans (live recall)"
     )

@@ -1,0 +1,118 @@
+"""`annrec status` against real Kafka and Redis: two workers listed with their partitions, and a
+third that crashed (SIGKILL: no goodbye) drops out when its heartbeat expires."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from index_builder.publish import BuildOptions, publish_version
+from schemas.events import RecommendRequest
+from tests.cli import annrec
+from tests.integration.helpers import produce, running_worker
+from worker.client import ReplyWaiter, send_requests
+
+
+def _status(settings, services):
+    env = {
+        "ANNREC_KAFKA_BOOTSTRAP": services.kafka_bootstrap,
+        "ANNREC_REDIS_URL": services.redis_url,
+        "ANNREC_STORAGE": settings.storage,
+        "ANNREC_GROUP_ID": settings.group_id,
+        "ANNREC_TOPIC_REQUESTS": settings.topic_requests,
+        "ANNREC_TOPIC_DEAD_LETTERS": settings.topic_dead_letters,
+    }
+    result = annrec("status", "--json", extra_env=env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return json.loads(result.stdout)
+
+
+def _wait_for(check, timeout_s=60):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        found = check()
+        if found:
+            return found
+        time.sleep(0.5)
+    raise AssertionError("condition not met in time")
+
+
+def test_status_lists_live_workers_and_drops_a_crashed_one(
+    settings, kafka_conf, services, small_factors, tmp_path
+):
+    manifest = publish_version(
+        small_factors, Path(settings.storage), BuildOptions(n_trees=5, quality=False)
+    )
+    fast = {"heartbeat_ttl_s": 3, "session_timeout_ms": 6000}
+    w1 = settings.model_copy(update={**fast, "worker_id": f"{settings.worker_id}-a"})
+    w2 = settings.model_copy(update={**fast, "worker_id": f"{settings.worker_id}-b"})
+    crashing_id = f"{settings.worker_id}-c"
+    env = {
+        **os.environ,
+        "ANNREC_KAFKA_BOOTSTRAP": services.kafka_bootstrap,
+        "ANNREC_REDIS_URL": services.redis_url,
+        "ANNREC_STORAGE": settings.storage,
+        "ANNREC_GROUP_ID": settings.group_id,
+        "ANNREC_WORKER_ID": crashing_id,
+        "ANNREC_TOPIC_REQUESTS": settings.topic_requests,
+        "ANNREC_TOPIC_REPLIES": settings.topic_replies,
+        "ANNREC_TOPIC_DEAD_LETTERS": settings.topic_dead_letters,
+        "ANNREC_TOPIC_INDEX_VERSIONS": settings.topic_index_versions,
+        "ANNREC_METRICS_PORT": "-1",
+        "ANNREC_HEARTBEAT_TTL_S": "3",
+        "ANNREC_SESSION_TIMEOUT_MS": "6000",
+    }
+    with (
+        running_worker(w1, kafka_conf, services.redis_url),
+        running_worker(w2, kafka_conf, services.redis_url),
+    ):
+        crashing = subprocess.Popen(
+            [sys.executable, "-m", "worker.cli", "worker"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            waiter = ReplyWaiter(kafka_conf, settings.topic_replies)
+            requests = [RecommendRequest(request_id=f"st-{u}", user_id=f"u{u}") for u in range(8)]
+            send_requests(kafka_conf, settings.topic_requests, requests)
+            assert len(waiter.wait({r.request_id for r in requests}, timeout_s=60)) == 8
+            waiter.close()
+
+            def three_settled():
+                doc = _status(settings, services)
+                ids = {w["worker_id"] for w in doc["workers"]}
+                members = doc["group"]["members"]
+                assigned = sorted(p for m in members for p in m["partitions"])
+                return doc if len(ids) == 3 and assigned == [0, 1, 2, 3] else None
+
+            doc = _wait_for(three_settled)
+            assert {w["worker_id"] for w in doc["workers"]} == {
+                w1.worker_id,
+                w2.worker_id,
+                crashing_id,
+            }
+            for w in doc["workers"]:
+                assert w["version"] == manifest.version and w["uptime_s"] >= 0
+            assert doc["versions"]["latest"] == manifest.version
+            assert sum(r["lag"] for r in doc["lag"]) == 0
+            by_client = {m["client_id"]: m["partitions"] for m in doc["group"]["members"]}
+            assert set(by_client) == {w1.worker_id, w2.worker_id, crashing_id}
+        finally:
+            crashing.send_signal(signal.SIGKILL)
+            crashing.wait(10)
+        killed_at = time.monotonic()
+
+        def crashed_gone():
+            doc = _status(settings, services)
+            ids = {w["worker_id"] for w in doc["workers"]}
+            return doc if ids == {w1.worker_id, w2.worker_id} else None
+
+        doc = _wait_for(crashed_gone, timeout_s=30)
+        assert time.monotonic() - killed_at <= 3 + 5  # its heartbeat TTL, plus polling slack
+        assert doc["dead_letters_last_hour"] == 0
+        produce(kafka_conf, settings.topic_requests, [b"not a request"])
+        _wait_for(lambda: _status(settings, services)["dead_letters_last_hour"] == 1)
