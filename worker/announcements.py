@@ -27,6 +27,8 @@ class AnnouncementFollower:
             }
         )
         self._consumer.assign([TopicPartition(topic, 0, OFFSET_END)])
+        # version -> when it was announced (epoch s), for the announcement-to-serving metric
+        self.announced: dict[str, float] = {}
 
     def wait(self, timeout_s: float) -> bool:
         """Block up to timeout_s; True if a version was announced meanwhile."""
@@ -39,6 +41,9 @@ class AnnouncementFollower:
             log.warning("announcement_unreadable", offset=msg.offset(), errors=exc.error_count())
             return False
         log.info("index_announced", version=event.version)
+        self.announced[event.version] = event.announced_at.timestamp()
+        while len(self.announced) > 64:  # only recent ones can still be waiting to be served
+            del self.announced[next(iter(self.announced))]
         return True
 
     def close(self) -> None:

@@ -10,6 +10,7 @@ finishes, its offsets are committed, and the consumer leaves the group.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -36,6 +37,7 @@ from worker.answer import (
 )
 from worker.index_store import IndexStore, LoadedVersion
 from worker.metrics import HealthState, WorkerMetrics, serve_http
+from worker.progress import PartitionProgress
 from worker.settings import WorkerSettings
 from worker.shadow import Publish, ShadowSampler
 from worker.sinks import KafkaSink, RedisSink, ReplyCache, SinkError
@@ -134,6 +136,9 @@ class Worker:
         self._redis_url = redis_url
         self.metrics = WorkerMetrics()
         self.shadow: ShadowSampler | None = None
+        self.progress = PartitionProgress(settings.stall_after_s)
+        self._announced: dict[str, float] = {}
+        self._next_progress = 0.0
         self.health = HealthState(max_poll_gap_s=settings.health_max_poll_gap_s)
         self.served = 0
         self.dead_lettered = 0
@@ -145,6 +150,7 @@ class Worker:
         s = self.settings
         ensure_topics(self._kafka_conf, topic_specs(s))
         follower = AnnouncementFollower(self._kafka_conf, s.topic_index_versions)
+        self._announced = follower.announced
         store = IndexStore(
             version_source(s.storage, s.cache_dir, s.storage_options),
             poll_interval_s=s.index_poll_interval_s,
@@ -198,6 +204,7 @@ class Worker:
                 messages = next_batch(consumer, s.batch_size, s.poll_timeout_s)
                 self.health.polled()
                 heartbeat.beat(version)
+                self._track_progress(consumer, version)
                 self.metrics.last_poll.set_to_current_time()
                 events = _events(messages)
                 if not events:
@@ -299,6 +306,34 @@ class Worker:
     def _announce_serving(self, version: LoadedVersion, previous: str | None) -> None:
         self.metrics.serving(version.version, version.manifest.created_at.timestamp(), previous)
         self.health.version = version.version
+        announced = self._announced.get(version.version)
+        if announced is not None:
+            delay = max(time.time() - announced, 0.0)
+            self.metrics.announce_to_serve.observe(delay)
+            log.info("version_serving", version=version.version, since_announced_s=round(delay, 2))
+
+    def _track_progress(self, consumer: Consumer, version: LoadedVersion) -> None:
+        """Lag per assigned partition (cached watermarks: no broker round trip), stalls, and the
+        served version's age; once a second."""
+        now = time.monotonic()
+        if now < self._next_progress:
+            return
+        self._next_progress = now + 1.0
+        topic = self.settings.topic_requests
+        parts = [TopicPartition(topic, p) for p in sorted(self.assigned)]
+        try:
+            positions = consumer.position(parts) if parts else []
+        except KafkaException:
+            return
+        for tp in positions:
+            _, high = consumer.get_watermark_offsets(tp, cached=True)
+            if tp.offset < 0 or high < 0:  # nothing fetched yet on this partition
+                continue
+            lag = self.progress.update(tp.partition, tp.offset, high, now)
+            self.metrics.lag.labels(str(tp.partition)).set(lag)
+        self.health.stalled = self.progress.stalled(now)
+        self.metrics.stalled.set(len(self.health.stalled))
+        self.metrics.index_age.set(time.time() - version.manifest.created_at.timestamp())
 
     def _wait_for_index(self, store: IndexStore, stop: threading.Event) -> LoadedVersion | None:
         """Requests are not consumed before a version can answer them (they wait in Kafka)."""
@@ -323,12 +358,20 @@ class Worker:
         # What this worker wrote is committed before the partitions move, so the next owner
         # does not serve it again.
         _commit_stored(consumer, "revoke")
-        self.assigned -= {p.partition for p in partitions}
+        self._forget(partitions)
         log.info("partitions_revoked", partitions=sorted(p.partition for p in partitions))
+
+    def _forget(self, partitions: list[TopicPartition]) -> None:
+        """Partitions that are another worker's now: no lag or stall of ours to report."""
+        self.assigned -= {p.partition for p in partitions}
+        for p in partitions:
+            self.progress.forget(p.partition)
+            with contextlib.suppress(KeyError):  # never measured: no label to remove
+                self.metrics.lag.remove(str(p.partition))
 
     def _on_lost(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
         # Lost (session timed out): another worker owns them already; committing would fail.
-        self.assigned -= {p.partition for p in partitions}
+        self._forget(partitions)
         log.warning("partitions_lost", partitions=sorted(p.partition for p in partitions))
 
 

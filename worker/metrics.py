@@ -63,6 +63,26 @@ class WorkerMetrics:
         self.last_poll = Gauge(
             "annrec_last_poll_timestamp_seconds", "Last consumer poll", registry=r
         )
+        self.lag = Gauge(
+            "annrec_consumer_lag",
+            "Requests waiting in an assigned partition (high watermark - position)",
+            ["partition"],
+            registry=r,
+        )
+        self.index_age = Gauge(
+            "annrec_index_age_seconds", "Age of the version being served", registry=r
+        )
+        self.announce_to_serve = Histogram(
+            "annrec_announce_to_serve_seconds",
+            "From a version's announcement to this worker serving it",
+            buckets=(0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600),
+            registry=r,
+        )
+        self.stalled = Gauge(
+            "annrec_stalled_partitions",
+            "Assigned partitions with requests waiting and no progress for the stall window",
+            registry=r,
+        )
 
     def record_batch(self, size: int, outcome: Outcome, write_s: float) -> None:
         self.batch_size.observe(size)
@@ -83,20 +103,27 @@ class WorkerMetrics:
 
 
 class HealthState:
-    """What /health reports: unhealthy when no version is loaded or the loop stopped polling."""
+    """What /health reports: unhealthy when no version is loaded, the loop stopped polling, or an
+    assigned partition with requests waiting made no progress for the stall window."""
 
     def __init__(self, max_poll_gap_s: float) -> None:
         self.max_poll_gap_s = max_poll_gap_s
         self.version: str | None = None
         self.last_poll = 0.0
+        self.stalled: list[int] = []
 
     def polled(self) -> None:
         self.last_poll = time.monotonic()
 
     def report(self) -> tuple[bool, dict[str, object]]:
         gap = time.monotonic() - self.last_poll
-        ok = self.version is not None and gap <= self.max_poll_gap_s
-        return ok, {"ok": ok, "version": self.version, "seconds_since_poll": round(gap, 1)}
+        ok = self.version is not None and gap <= self.max_poll_gap_s and not self.stalled
+        return ok, {
+            "ok": ok,
+            "version": self.version,
+            "seconds_since_poll": round(gap, 1),
+            "stalled_partitions": self.stalled,
+        }
 
 
 def serve_http(port: int, metrics: WorkerMetrics, health: HealthState) -> ThreadingHTTPServer:

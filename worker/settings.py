@@ -49,6 +49,12 @@ class WorkerSettings(CommonSettings):
         default_factory=dict, description="extra librdkafka producer properties, JSON"
     )
     blas_threads: int = Field(1, ge=1, description="BLAS threads for exact scans and reranks")
+    stall_after_s: float = Field(
+        60.0,
+        gt=0,
+        description="a partition with requests waiting and no progress this long "
+        "makes /health fail",
+    )
     heartbeat_ttl_s: int = Field(
         keys.HEARTBEAT_TTL_S, ge=2, description="a worker silent this long drops out of status"
     )
