@@ -8,6 +8,7 @@ load. A version that fails verification is refused, logged once, and the previou
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -268,6 +269,7 @@ class IndexStore:
                 stale.close()
 
     def _watch(self) -> None:
+        _lower_priority()
         while not self._stop.is_set():
             if self._wakeup is not None:
                 self._wakeup(self._poll_interval_s)
@@ -275,3 +277,18 @@ class IndexStore:
                 return
             if not self._stop.is_set():
                 self.check_latest()
+
+
+# Loading a new version (sha256 of every file, mmap + prefault, verification) runs beside serving;
+# on a small machine it competes for the same cores. Measured at 1M items on 2 cores: p99 went
+# from 23 ms to 618 ms during swaps at 500 requests/s. A nicer loader thread yields to the
+# serving loop: loads take longer, requests do not wait.
+LOADER_NICE = 10
+
+
+def _lower_priority() -> None:
+    """Raise this thread's nice value (Linux: per thread); never fatal."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), LOADER_NICE)
+    except (OSError, AttributeError) as exc:  # not Linux, or not permitted
+        log.info("loader_priority_unchanged", reason=str(exc))
