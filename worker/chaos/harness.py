@@ -41,6 +41,21 @@ from worker.services import Endpoints
 SESSION_TIMEOUT_MS = 6000
 
 
+# Every worker process any scenario started: a scenario that fails half-way must not leave
+# workers behind (they would spin against a stopped broker).
+_STARTED: list[subprocess.Popen[bytes]] = []
+
+
+def stop_leftover_workers() -> int:
+    """Kill the workers still running; returns how many there were."""
+    alive = [p for p in _STARTED if p.poll() is None]
+    for proc in alive:
+        proc.kill()
+        proc.wait(timeout=30)
+    _STARTED.clear()
+    return len(alive)
+
+
 @dataclass
 class Cluster:
     """Fresh topics and group, a storage with one published version, and worker processes."""
@@ -97,6 +112,7 @@ class Cluster:
             stdout=log,
             stderr=subprocess.STDOUT,
         )
+        _STARTED.append(self.procs[name])
 
     def kill(self, name: str) -> None:
         """SIGKILL: no shutdown, no final commit; what a crash or an OOM kill does."""

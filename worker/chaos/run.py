@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from worker.bench.machine import describe, machine_info
+from worker.chaos.harness import stop_leftover_workers
 from worker.chaos.report import markdown_report
 from worker.chaos.scenarios import SCENARIOS
 from worker.services import configured_or_local
@@ -38,6 +39,8 @@ def run_chaos(names: list[str], quick: bool, out: Path | None) -> bool:
                     "passed": False,
                     "error": f"{type(exc).__name__}: {exc}",
                 }
+            finally:
+                stop_leftover_workers()  # a scenario that failed half-way leaves none behind
             figures["wall_s"] = round(time.monotonic() - started, 1)
             results["scenarios"][name] = figures
             verdict = "PASSED" if figures["passed"] else "FAILED"
