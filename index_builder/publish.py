@@ -4,7 +4,7 @@ announce. Nothing becomes visible to workers unless every step succeeded."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -16,6 +16,7 @@ import numpy.typing as npt
 import structlog
 
 from index_builder import storage
+from index_builder.attributes import AttributeTable, write_attributes
 from index_builder.build import build_annoy, build_mips_bands
 from index_builder.inputs import Factors
 from index_builder.quality import measure_quality
@@ -63,18 +64,23 @@ def publish_version(
     training: mf.TrainParams | None = None,
     announce: Announcer | None = None,
     remote: ObjectStore | None = None,
+    attributes: AttributeTable | None = None,
+    item_updates: Mapping[tuple[str, str], bool] | None = None,
 ) -> mf.Manifest:
     """Build, verify and publish one version; returns its manifest.
 
     With `remote`, storage_root is a local build area and the verified version is uploaded to
-    the object store, whose LATEST then moves.
+    the object store, whose LATEST then moves. `attributes` are published with the version,
+    with `item_updates` ((attribute, item id) -> value, from the item-updates topic) folded in.
     """
     opts = options or BuildOptions()
     version = storage.new_version_name()
     staging = storage.start_staging(storage_root, version)
     started = time.perf_counter()
     try:
-        manifest = _build_version(factors, staging, version, opts, source, training)
+        manifest = _build_version(
+            factors, staging, version, opts, source, training, attributes, item_updates or {}
+        )
         storage.commit_staging(storage_root, staging, version)
     except BaseException:
         storage.discard_staging(staging)
@@ -106,8 +112,16 @@ def _build_version(
     opts: BuildOptions,
     source: str,
     training: mf.TrainParams | None,
+    attributes: AttributeTable | None,
+    item_updates: Mapping[tuple[str, str], bool],
 ) -> mf.Manifest:
     phase = _PhaseTimer()
+    attribute_specs: list[mf.AttributeSpec] = []
+    updates_applied = 0
+    if attributes is not None:
+        with phase("attributes"):
+            updates_applied = attributes.apply_updates(item_updates, factors.item_ids.tolist())
+            attribute_specs = write_attributes(attributes, staging)
     with phase("arrays"):
         np.save(staging / mf.ITEM_FACTORS_FILE, factors.item_factors)
         np.save(staging / mf.USER_FACTORS_FILE, factors.user_factors)
@@ -159,6 +173,8 @@ def _build_version(
             alpha=training.alpha if training else opts.fold_in_alpha,
         ),
         popularity=popularity_source,
+        attributes=attribute_specs,
+        item_updates_applied=updates_applied,
     )
     # Read back what was written, as a worker will, and measure it.
     with phase("verify"):

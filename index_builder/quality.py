@@ -25,8 +25,9 @@ from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
 from index_builder.inputs import Factors
-from schemas import banded, search
-from schemas.manifest import IndexQuality, QualityReport, SearchKPoint
+from schemas import banded, filtered, search
+from schemas.filters import Selection
+from schemas.manifest import FilterPoint, IndexQuality, QualityReport, SearchKPoint
 from schemas.vectors import recall_at_k, top_k
 
 FloatArray = npt.NDArray[np.float32]
@@ -37,6 +38,10 @@ Group = tuple[int | None, float | None]
 Searcher = Callable[[int, int, Group], npt.NDArray[np.int64]]
 
 STOP_RECALL = 0.995  # past this, more search_k buys nothing worth measuring
+# Selectivities the filter threshold is searched over (random subsets of the catalogue), and
+# the queries per selectivity (each costs one exact-over-subset scan and one index search).
+FILTER_SELECTIVITIES = (0.5, 0.2, 0.1, 0.05, 0.02, 0.01, 0.005, 0.002, 0.001)
+FILTER_QUERIES = 30
 
 
 def measure_quality(
@@ -95,9 +100,85 @@ def measure_quality(
             ],
             target=target_recall,
         )
+        # Filtered queries, at the strategy just chosen: where the planner switches to
+        # exact-over-subset (schemas/filtered.py).
+        filter_queries = min(n_queries, FILTER_QUERIES)
+        similar = _with_filter_plan(
+            "similar_items",
+            similar,
+            lambda q, keep: filtered.similar_items(
+                angular, items, norms, int(item_rows[q]), k, keep, 0.0, similar.search_k
+            )[0][0],
+            lambda q, keep: filtered.exact_similar_items(items, norms, int(item_rows[q]), k, keep)[
+                0
+            ],
+            len(items),
+            filter_queries,
+            target_recall,
+            rng,
+        )
+        recommend = _with_filter_plan(
+            "recommend",
+            recommend,
+            lambda q, keep: filtered.max_inner_product(
+                mips,
+                user_queries[q],
+                k,
+                keep,
+                0.0,
+                recommend.search_k,
+                recommend.exact_items or 0,
+                recommend.bound_factor or 1.0,
+            )[0][0],
+            lambda q, keep: filtered.exact_max_inner_product(items, user_queries[q], k, keep)[0],
+            len(items),
+            filter_queries,
+            target_recall,
+            rng,
+        )
     return QualityReport(
         k=k, target_recall=target_recall, similar_items=similar, recommend=recommend
     )
+
+
+def _with_filter_plan(
+    label: str,
+    quality: IndexQuality,
+    ann: Callable[[int, Selection], npt.NDArray[np.int64]],
+    exact: Callable[[int, Selection], npt.NDArray[np.int64]],
+    n_items: int,
+    n_queries: int,
+    target: float,
+    rng: np.random.Generator,
+) -> IndexQuality:
+    """The filter threshold: the lowest selectivity from which up, at every measured one, the
+    index path (widening over-fetch) reaches the target recall and beats exact-over-subset.
+    Below it, and whenever the version serves by exact scans, filters are scored exactly."""
+    if quality.strategy == "exact":
+        return quality.model_copy(update={"filter_threshold": 1.0})
+    curve: list[FilterPoint] = []
+    threshold = 1.0
+    queries = np.arange(n_queries)
+    for selectivity in tqdm(FILTER_SELECTIVITIES, desc=f"filters {label}", leave=False):
+        size = round(selectivity * n_items)
+        if size < 2 * search.TUNED_K:
+            break  # a handful of items: exact-over-subset is the only sensible plan
+        keep = Selection.of_rows(n_items, np.sort(rng.choice(n_items, size, replace=False)))
+        truth, exact_qps = _timed_answers(exact, keep, queries)
+        found, ann_qps = _timed_answers(ann, keep, queries)
+        recall = float(np.mean([recall_at_k(found[q], truth[q]) for q in queries.tolist()]))
+        curve.append(
+            FilterPoint(
+                selectivity=selectivity,
+                ann_recall_at_k=recall,
+                ann_queries_per_s=ann_qps,
+                exact_queries_per_s=exact_qps,
+            )
+        )
+        if recall < target or ann_qps < exact_qps:
+            break  # from here down, exact-over-subset wins
+        threshold = selectivity
+    return quality.model_copy(update={"filter_curve": curve, "filter_threshold": threshold})
 
 
 def _index_quality(
@@ -157,6 +238,19 @@ def _index_quality(
         queries_per_s=served_qps,
         brute_force_queries_per_s=brute_qps,
     )
+
+
+def _timed_answers(
+    fn: Callable[[int, Selection], npt.NDArray[np.int64]],
+    keep: Selection,
+    queries: npt.NDArray[np.int64],
+) -> tuple[dict[int, npt.NDArray[np.int64]], float]:
+    found: dict[int, npt.NDArray[np.int64]] = {}
+
+    def run(q: int) -> None:
+        found[q] = fn(q, keep)
+
+    return found, _queries_per_s(run, queries)
 
 
 def _wins(point: SearchKPoint, target: float, brute_qps: float) -> bool:

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
+from index_builder.attributes import AttributeTable, Column
 from index_builder.inputs import Factors, make_factors
 from schemas.errors import AnnrecError, InvalidInput
 
@@ -142,3 +143,33 @@ def write_synth_interactions(
 
 def _unit(x: np.ndarray) -> np.ndarray:
     return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+# Selectivities of the synthetic `bucket` attribute: `bucket == "p1"` passes exactly 1% of the
+# items (rounded), so benchmarks hit each selectivity through the real filter path.
+BUCKET_SELECTIVITIES = {"p50": 0.5, "p10": 0.1, "p1": 0.01, "p0.1": 0.001, "p0.01": 0.0001}
+
+
+def synth_attributes(n_items: int, seed: int = 0) -> AttributeTable:
+    """Seeded attributes for synthetic items: `category` (20 values, Zipf-sized), `brand` (200,
+    uniform), `in_stock` (90% true) and `bucket` (exact selectivities, BUCKET_SELECTIVITIES)."""
+    rng = np.random.default_rng(seed + 1)
+    weights = 1.0 / np.arange(1, 21) ** 1.1
+    category = rng.choice(20, size=n_items, p=weights / weights.sum()).astype(np.int32)
+    brand = rng.integers(0, 200, size=n_items, dtype=np.int32)
+    in_stock = (rng.random(n_items) < 0.9).astype(np.int32)
+    bucket = np.full(n_items, len(BUCKET_SELECTIVITIES), dtype=np.int32)  # "rest"
+    order, start = rng.permutation(n_items), 0
+    for code, share in enumerate(BUCKET_SELECTIVITIES.values()):
+        size = max(1, round(share * n_items))
+        bucket[order[start : start + size]] = code
+        start += size
+    return AttributeTable(
+        n_items,
+        [
+            Column("category", "category", category, [f"c{i:02d}" for i in range(20)]),
+            Column("brand", "category", brand, [f"b{i:03d}" for i in range(200)]),
+            Column("in_stock", "bool", in_stock),
+            Column("bucket", "category", bucket, [*BUCKET_SELECTIVITIES, "rest"]),
+        ],
+    )

@@ -28,6 +28,8 @@ import numpy as np
 import numpy.typing as npt
 from annoy import AnnoyIndex
 
+from schemas.filters import Selection
+
 FloatArray = npt.NDArray[np.float32]
 IntArray = npt.NDArray[np.int64]
 Ranked = tuple[IntArray, FloatArray]
@@ -54,6 +56,11 @@ BOUND_FACTORS = (0.5, 0.75, 1.0)  # cheapest first
 # Candidates fetched from a band's index per result wanted, then scored exactly: Annoy ranks in
 # float32 angular distance, which can swap near-ties (measured: 1e-4 apart in inner product).
 BAND_OVERFETCH = 2
+
+
+def _widened(pool_size: int, keep: Selection, widen: float, band_size: int) -> int:
+    """Candidates to ask a band for so that about pool_size of them pass `keep`."""
+    return min(band_size, math.ceil(pool_size * widen / max(keep.fraction, 1e-9)))
 
 
 def band_bounds(n_items: int, first: int = FIRST_BAND, growth: int = BAND_GROWTH) -> list[int]:
@@ -125,6 +132,8 @@ def max_inner_product(
     search_k: int = -1,
     exact_items: int = 0,
     bound_factor: float = 1.0,
+    keep: Selection | None = None,
+    widen: float = 1.0,
 ) -> Ranked:
     """Items with the largest inner product with `query`, exact scores, best first.
 
@@ -136,6 +145,11 @@ def max_inner_product(
     loop runs per request, and every microsecond counts at 1M items); the candidates that remain
     in the pool of the best k * BAND_OVERFETCH are then scored exactly, once (those of exact
     bands already are).
+
+    `keep`: only items of this selection may be returned (a request's filter). Each tree band is
+    then asked for pool / selectivity * `widen` candidates, of which those passing join the pool,
+    so the bound compares against the k-th *passing* score. Fewer than k results mean the search
+    found too few passing items; the planner (schemas/filtered.py) widens or scans instead.
     """
     q = np.asarray(query, dtype=np.float32)
     q_norm = math.sqrt(max(float(q @ q), 0.0))
@@ -153,9 +167,13 @@ def max_inner_product(
             break  # nothing in this band or any later one can beat what was found
         if band.stop <= exact_items:
             scores = bands.rows(band.start, band.stop) @ q
+            positions = np.arange(band.start, band.stop)
+            if keep is not None:
+                passing = keep.passes(bands.order[band.start : band.stop])
+                scores, positions = scores[passing], positions[passing]
             # Exact scores need no over-fetch: the band's own top k is all it can contribute.
             best = np.argpartition(scores, -k)[-k:] if len(scores) > k else np.arange(len(scores))
-            pool.extend(zip(scores[best].tolist(), (best + band.start).tolist(), repeat(True)))
+            pool.extend(zip(scores[best].tolist(), positions[best].tolist(), repeat(True)))
         else:
             if augmented is None:
                 augmented = q.tolist()
@@ -164,9 +182,19 @@ def max_inner_product(
             budget = (
                 search_k if search_k >= 0 else band.index.get_n_trees() * (band.stop - band.start)
             )
+            size = band.stop - band.start
+            wanted = pool_size if keep is None else _widened(pool_size, keep, widen, size)
             ids, distances = band.index.get_nns_by_vector(
-                augmented, pool_size, budget, include_distances=True
+                augmented,
+                wanted,
+                max(budget, int(budget * wanted / pool_size)),
+                include_distances=True,
             )
+            if keep is not None and ids:
+                found = np.asarray(ids, dtype=np.int64)
+                passing = keep.passes(bands.order[found + band.start])
+                ids = found[passing].tolist()
+                distances = np.asarray(distances)[passing].tolist()
             # Angular distance on the augmented vectors: d^2 = 2 - 2 cos, and every item of the
             # band has norm max_norm, so q.x = cos * ||q|| * max_norm.
             scale, start = q_norm * band.max_norm, band.start

@@ -17,13 +17,16 @@ from pydantic import (
     Field,
     FiniteFloat,
     TypeAdapter,
+    field_validator,
     model_validator,
 )
 
+from schemas.filters import Filter, check_shape
 from schemas.manifest import Manifest
 
 MAX_K = 1000
 MAX_LIST = 1000  # exclude_items, recent_items
+MAX_ALLOW_ITEMS = 10_000
 MAX_DIM = 4096
 MAX_SEARCH_K = 10_000_000
 # Larger payloads are dead-lettered before parsing: the largest valid request (1000 ids of 256
@@ -79,6 +82,23 @@ class _RequestOptions(_Event):
         "the Kafka message timestamp when `sent_at` is absent",
     )
     sent_at: datetime | None = Field(None, description="when the caller sent it (UTC)")
+    filter: Filter | None = Field(
+        None,
+        description="only items passing this expression over the version's item attributes: "
+        '{"attr": a, "eq": v}, {"attr": a, "in": [v, ...]}, {"all": [..]}, {"any": [..]}, '
+        '{"not": f}',
+    )
+    allow_items: list[ExternalId] | None = Field(
+        None,
+        min_length=1,
+        max_length=MAX_ALLOW_ITEMS,
+        description="only these items (ids this version does not know are ignored)",
+    )
+
+    @field_validator("filter")
+    @classmethod
+    def _filter_shape(cls, value: Filter | None) -> Filter | None:
+        return None if value is None else check_shape(value)
 
 
 class SimilarItemsRequest(_RequestOptions):
@@ -137,7 +157,10 @@ class Reply(_Event):
     """The answer to one request; `status` is `error`, with `error` set, when it was not served."""
 
     request_id: str
-    status: Literal["ok", "error", "expired"]
+    status: Literal["ok", "error", "expired", "no_match"] = Field(
+        description="no_match: the filter (and exclusions) leave no item in this version; "
+        "items is empty, nothing failed"
+    )
     kind: Literal["similar_items", "recommend"] | None = None
     subject_id: str | None = None
     items: list[ScoredItem] = Field(default_factory=list)
@@ -149,9 +172,16 @@ class Reply(_Event):
     unknown_items: list[str] = Field(
         default_factory=list, description="recent_items this version does not know (ignored)"
     )
+    filter_passing: int | None = Field(
+        None, description="items of this version passing the request's filter and allow list"
+    )
     worker_id: str
     served_at: datetime = Field(default_factory=utc_now)
     from_cache: bool = Field(False, description="answered from Redis, computed earlier")
+
+    @property
+    def filtered(self) -> bool:
+        return self.filter_passing is not None
 
 
 class DeadLetter(_Event):

@@ -69,6 +69,36 @@ class MipsSpec(_Model):
     bands: list[MipsBand] = Field(min_length=1)
 
 
+ATTRIBUTE_NAME_PATTERN = r"^[a-z][a-z0-9_]{0,63}$"  # also a plain file-name component
+MAX_CATEGORY_VALUES = 100_000
+
+
+class AttributeSpec(_Model):
+    """One item attribute published with a version (filters in requests refer to it by name).
+
+    `category`: values are strings; `rows_file` holds int32 item rows grouped by value (value i
+    at rows[offsets[i]:offsets[i + 1]], ascending), `offsets_file` the int64 offsets: an id
+    array per value, compact at any cardinality. `bool`: `rows_file` holds one int8 per item
+    (1 true, 0 false, -1 unknown), so real-time updates (item-updates topic) are one write."""
+
+    name: str = Field(pattern=ATTRIBUTE_NAME_PATTERN)
+    type: Literal["category", "bool"]
+    values: list[str] = Field(
+        default_factory=list, max_length=MAX_CATEGORY_VALUES, description="category values"
+    )
+    rows_file: str
+    offsets_file: str | None = None
+    counts: list[int] = Field(
+        default_factory=list, description="items per value (category) or [false, true] (bool)"
+    )
+
+
+def attribute_files(name: str, kind: Literal["category", "bool"]) -> tuple[str, str | None]:
+    if kind == "bool":
+        return f"attr.{name}.npy", None
+    return f"attr.{name}.rows.npy", f"attr.{name}.offsets.npy"
+
+
 class BuildParams(_Model):
     n_trees: int
     seed: int
@@ -87,6 +117,21 @@ class SearchKPoint(_Model):
     )
     recall_at_k: float
     queries_per_s: float
+
+
+# Used when a version has no measured threshold (--no-quality): a conservative guess, most
+# filters are then scored exactly over the subset (always exact, slower only when selective
+# filters are rare).
+DEFAULT_FILTER_THRESHOLD = 0.2
+
+
+class FilterPoint(_Model):
+    """Filtered queries at one selectivity (random item subsets of that size)."""
+
+    selectivity: float
+    ann_recall_at_k: float
+    ann_queries_per_s: float
+    exact_queries_per_s: float = Field(description="exact scoring over the passing subset")
 
 
 class IndexQuality(_Model):
@@ -114,6 +159,16 @@ class IndexQuality(_Model):
         "ann",
         description="what workers run: `exact` when no search_k reaches the target recall "
         "faster than the exact scan measured beside it",
+    )
+    filter_curve: list[FilterPoint] = Field(
+        default_factory=list, description="filtered queries: ANN vs exact-over-subset"
+    )
+    filter_threshold: float = Field(
+        DEFAULT_FILTER_THRESHOLD,
+        ge=0.0,
+        le=1.0,
+        description="filtered requests passing fewer than this fraction of items are scored "
+        "exactly over the passing subset; others search the index with over-fetch",
     )
 
 
@@ -164,6 +219,12 @@ class Manifest(_Model):
     quality: QualityReport | None = Field(None, description="None: built with --no-quality")
     training: TrainParams | None = Field(
         None, description="how the factors were trained, when annrec trained them"
+    )
+    attributes: list[AttributeSpec] = Field(
+        default_factory=list, description="item attributes requests can filter on"
+    )
+    item_updates_applied: int = Field(
+        0, ge=0, description="item-updates (availability) folded into the attributes at build"
     )
 
     @field_validator("format_version")

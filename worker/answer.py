@@ -19,7 +19,7 @@ import numpy.typing as npt
 import structlog
 from pydantic import TypeAdapter, ValidationError
 
-from schemas import banded, search
+from schemas import banded, filtered, search
 from schemas.events import (
     DEAD_LETTER_PAYLOAD_BYTES,
     MAX_REQUEST_BYTES,
@@ -31,6 +31,7 @@ from schemas.events import (
     SimilarItemsRequest,
     parse_request,
 )
+from schemas.filters import FilterError, Selection, select
 from schemas.vectors import cosine_scores, fold_in
 from worker.index_store import LoadedVersion
 
@@ -188,18 +189,57 @@ def answer(
         late_ms = ((now or time.time()) - sent_at) * 1000 - request.deadline_ms
         if late_ms > 0:
             return Reply(status="expired", error=f"deadline passed {late_ms:.0f} ms ago", **base)
+    keep = _selection(request, version)
+    if keep is not None:
+        base["filter_passing"] = keep.count
     if isinstance(request, SimilarItemsRequest):
-        return Reply(status="ok", items=_similar(request, version, exact), **base)
-    return _recommend(request, version, policy, base, exact)
+        items = _similar(request, version, exact, keep)
+        return Reply(status=_status(items, keep), items=items, **base)
+    return _recommend(request, version, policy, base, exact, keep)
 
 
-def _similar(request: SimilarItemsRequest, v: LoadedVersion, exact: bool) -> list[ScoredItem]:
+def _selection(request: AnyRequest, v: LoadedVersion) -> Selection | None:
+    """The items the request's filter and allow list let through; BadRequest names what this
+    version cannot evaluate (unknown attribute or value)."""
+    allow = None
+    if request.allow_items is not None:
+        allow = np.fromiter(_rows(v, request.allow_items), dtype=np.int64)
+    try:
+        return select(v.attributes, request.filter, allow, v.manifest.n_items)
+    except FilterError as exc:
+        raise BadRequest(f"filter: {exc} (index {v.version})") from exc
+
+
+def _status(items: list[ScoredItem], keep: Selection | None) -> Literal["ok", "no_match"]:
+    # An empty answer to a filtered request is a fact about the catalogue, not a failure.
+    return "no_match" if keep is not None and not items else "ok"
+
+
+def _similar(
+    request: SimilarItemsRequest, v: LoadedVersion, exact: bool, keep: Selection | None
+) -> list[ScoredItem]:
     row = v.item_rows.get(request.item_id)
     if row is None:
         raise BadRequest(f"unknown item_id {request.item_id!r} in index {v.version}")
     excluded = _rows(v, request.exclude_items) | {row}
     fetch = request.k + len(excluded)
-    if exact or (v.exact_similar and request.search_k is None):
+    if keep is not None:
+        if exact or (v.exact_similar and request.search_k is None):
+            rows, scores = filtered.exact_similar_items(
+                v.item_factors, v.item_norms, row, fetch, keep
+            )
+        else:
+            (rows, scores), _ = filtered.similar_items(
+                v.angular,
+                v.item_factors,
+                v.item_norms,
+                row,
+                fetch,
+                keep,
+                v.filter_threshold("similar_items"),
+                search.scaled_search_k(request.search_k or v.search_k_similar, fetch),
+            )
+    elif exact or (v.exact_similar and request.search_k is None):
         rows, scores = search.exact_similar_items(v.item_factors, v.item_norms, row, fetch)
     else:
         rows, scores = search.similar_items(
@@ -215,7 +255,7 @@ def _similar(request: SimilarItemsRequest, v: LoadedVersion, exact: bool) -> lis
     def scorer(r: Rows) -> npt.NDArray[np.float32]:
         return cosine_scores(np.asarray(v.item_factors[r]), v.item_norms[r], query)
 
-    return _complete(v, rows, scores, excluded, request.k, scorer)
+    return _complete(v, rows, scores, excluded, request.k, scorer, keep)
 
 
 def _recommend(
@@ -224,6 +264,7 @@ def _recommend(
     policy: Policy,
     base: dict[str, object],
     exact: bool = False,
+    keep: Selection | None = None,
 ) -> Reply:
     query, seen, unknown = _user_vector(request, v)
     excluded = _rows(v, request.exclude_items) | (seen if request.exclude_seen else set())
@@ -231,11 +272,31 @@ def _recommend(
         if policy.cold_start == "error":
             raise BadRequest(f"unknown user in index {v.version} (cold start disabled)")
         items = _complete(
-            v, np.empty(0, np.int64), np.empty(0, np.float32), excluded, request.k, None
+            v, np.empty(0, np.int64), np.empty(0, np.float32), excluded, request.k, None, keep
         )
-        return Reply(status="ok", items=items, fallback="cold_start", unknown_items=unknown, **base)
+        return Reply(
+            status=_status(items, keep),
+            items=items,
+            fallback="cold_start",
+            unknown_items=unknown,
+            **base,
+        )
     fetch = request.k + len(excluded)
-    if exact:  # a plain scan of every item: the reference, independent of the norm bands
+    if keep is not None:
+        if exact or (v.exact_recommend and request.search_k is None):
+            rows, scores = filtered.exact_max_inner_product(v.item_factors, query, fetch, keep)
+        else:
+            (rows, scores), _ = filtered.max_inner_product(
+                v.mips,
+                query,
+                fetch,
+                keep,
+                v.filter_threshold("recommend"),
+                search.scaled_search_k(request.search_k or v.search_k_recommend, fetch),
+                v.exact_items_recommend,
+                v.bound_factor_recommend,
+            )
+    elif exact:  # a plain scan of every item: the reference, independent of the norm bands
         rows, scores = search.exact_max_inner_product(v.item_factors, query, fetch)
     elif v.exact_recommend and request.search_k is None:
         # Every band scanned exactly, stopping at the norm bound: exact, and cheaper than a
@@ -254,8 +315,8 @@ def _recommend(
     def scorer(r: Rows) -> npt.NDArray[np.float32]:
         return (np.asarray(v.item_factors[r]) @ query).astype(np.float32)
 
-    items = _complete(v, rows, scores, excluded, request.k, scorer)
-    return Reply(status="ok", items=items, unknown_items=unknown, **base)
+    items = _complete(v, rows, scores, excluded, request.k, scorer, keep)
+    return Reply(status=_status(items, keep), items=items, unknown_items=unknown, **base)
 
 
 def _user_vector(
@@ -291,14 +352,16 @@ def _complete(
     excluded: set[int],
     k: int,
     scorer: Scorer | None,
+    allowed: Selection | None = None,
 ) -> list[ScoredItem]:
-    """The first k non-excluded results, filled up from the popularity list when short."""
-    keep = [i for i, r in enumerate(rows.tolist()) if r not in excluded][:k]
-    items = [_item(v, int(rows[i]), float(scores[i])) for i in keep]
+    """The first k non-excluded results, filled up from the popularity list when short (with
+    popular items passing the filter, when there is one)."""
+    kept = [i for i, r in enumerate(rows.tolist()) if r not in excluded][:k]
+    items = [_item(v, int(rows[i]), float(scores[i])) for i in kept]
     missing = k - len(items)
     if missing > 0:
-        taken = excluded | {int(rows[i]) for i in keep}
-        fill = _popular(v, taken, missing)
+        taken = excluded | {int(rows[i]) for i in kept}
+        fill = _popular(v, taken, missing, allowed)
         fill_scores = scorer(fill) if scorer is not None and len(fill) else None
         items += [
             _item(v, int(r), None if fill_scores is None else float(fill_scores[j]), filled=True)
@@ -307,14 +370,22 @@ def _complete(
     return items
 
 
-def _popular(v: LoadedVersion, taken: set[int], n: int) -> Rows:
-    """The n most popular rows not in `taken` (fewer only when the catalogue runs out)."""
+def _popular(v: LoadedVersion, taken: set[int], n: int, allowed: Selection | None) -> Rows:
+    """The n most popular rows not in `taken` and passing `allowed` (fewer only when the
+    catalogue runs out)."""
+    if allowed is not None:
+        taken_passing = allowed.passes(np.fromiter(taken, np.int64)).sum() if taken else 0
+        if allowed.count - taken_passing <= 0:
+            return np.empty(0, np.int64)  # nothing left to fill with: skip the walk
     picked: list[int] = []
     start, step = 0, n + len(taken)
     while len(picked) < n and start < len(v.popularity):
-        chunk = np.asarray(v.popularity[start : start + step]).tolist()
-        picked += [r for r in chunk if r not in taken][: n - len(picked)]
+        chunk = np.asarray(v.popularity[start : start + step], dtype=np.int64)
+        if allowed is not None:
+            chunk = chunk[allowed.passes(chunk)]
+        picked += [r for r in chunk.tolist() if r not in taken][: n - len(picked)]
         start += step
+        step *= 2  # a selective filter may need most of the list: O(log) chunks, not O(n)
     return np.asarray(picked, dtype=np.int64)
 
 

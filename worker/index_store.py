@@ -21,6 +21,7 @@ from annoy import AnnoyIndex
 from pydantic import ValidationError
 
 from schemas import manifest as mf
+from schemas.attributes import ItemAttributes
 from schemas.banded import EXACT_HEADS, NormBands
 from schemas.errors import AnnrecError, IndexRejected, VersionMissing
 from schemas.layout import version_dir
@@ -46,6 +47,7 @@ class LoadedVersion:
     user_rows: dict[str, int]
     popularity: npt.NDArray[np.int32]  # item rows, most popular first
     gramian: npt.NDArray[np.float64]  # Y^T Y, for folding users in from their items
+    attributes: ItemAttributes | None = None  # None: published without attributes
 
     @property
     def version(self) -> str:
@@ -86,6 +88,13 @@ class LoadedVersion:
             return 1.0
         return q.recommend.bound_factor
 
+    def filter_threshold(self, kind: str) -> float:
+        """Selectivity below which a filtered request is scored exactly over the subset."""
+        q = self.manifest.quality
+        if q is None:
+            return mf.DEFAULT_FILTER_THRESHOLD
+        return (q.similar_items if kind == "similar_items" else q.recommend).filter_threshold
+
     def serving_plan(self) -> dict[str, object]:
         """How each kind is answered, for the log line of a swap."""
         return {
@@ -95,6 +104,9 @@ class LoadedVersion:
             "recommend_search_k": self.search_k_recommend,
             "recommend_exact_items": self.exact_items_recommend,
             "recommend_bound_factor": self.bound_factor_recommend,
+            "similar_filter_threshold": self.filter_threshold("similar_items"),
+            "recommend_filter_threshold": self.filter_threshold("recommend"),
+            "attributes": ",".join(self.attributes.names()) if self.attributes else "",
         }
 
     def close(self) -> None:
@@ -130,6 +142,11 @@ def load_version(
         raise IndexRejected(f"{version}: {mf.POPULARITY_FILE} is not one int32 row per item")
     if item_ids.shape != (manifest.n_items,) or user_ids.shape != (manifest.n_users,):
         raise IndexRejected(f"{version}: id arrays do not match the manifest's counts")
+    attributes = (
+        ItemAttributes.load(directory, manifest.attributes, manifest.n_items)
+        if manifest.attributes
+        else None
+    )
     # warm: fault every page in before the swap; a cold mmap costs seconds on the first
     # queries (annoy #376), which must not land on requests.
     angular = load_annoy(directory, manifest.angular_index, prefault=warm)
@@ -154,6 +171,7 @@ def load_version(
         item_ids=item_ids,
         item_rows={str(x): i for i, x in enumerate(item_ids.tolist())},
         user_rows={str(x): i for i, x in enumerate(user_ids.tolist())},
+        attributes=attributes,
     )
 
 

@@ -42,7 +42,8 @@ class RedisSink:
         for reply in replies:
             doc = reply.model_dump_json()
             pipe.set(keys.reply_key(reply.request_id), doc, ex=self._reply_ttl_s)
-            if reply.status == "ok" and reply.kind and reply.subject_id:
+            # The per-subject result is "recommended for you": a filtered answer is not that.
+            if reply.status == "ok" and reply.kind and reply.subject_id and not reply.filtered:
                 pipe.set(keys.result_key(reply.kind, reply.subject_id), doc, ex=self._result_ttl_s)
         try:
             pipe.execute()
@@ -116,7 +117,7 @@ class ReplyCache:
         self._ttl_s = ttl_s
 
     def lookup(self, parsed: Sequence[Parsed], version: str) -> dict[str, Reply]:
-        wanted = [(p.request, keys.cache_key(version, p.request)) for p in parsed if p.request]
+        wanted = [(p.request, keys.cache_key(version, p.request)) for p in parsed if _cacheable(p)]
         if not wanted:
             return {}
         try:
@@ -140,10 +141,16 @@ class ReplyCache:
         by_id = {r.request_id: r for r in outcome.replies if r.status == "ok" and not r.from_cache}
         pipe = self._client.pipeline(transaction=False)
         for p in parsed:
-            if p.request is not None and p.request.request_id in by_id:
+            if _cacheable(p) and p.request.request_id in by_id:  # type: ignore[union-attr]
                 doc = by_id[p.request.request_id].model_dump_json()
                 pipe.set(keys.cache_key(version, p.request), doc, ex=self._ttl_s)
         try:
             pipe.execute()
         except redis.RedisError as exc:
             log.warning("cache_store_failed", error=str(exc))
+
+
+def _cacheable(p: Parsed) -> bool:
+    # A filter's answer changes with availability updates within a version, and the cache is
+    # keyed by version only: filtered requests are always computed.
+    return p.request is not None and p.request.filter is None
