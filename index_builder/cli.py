@@ -12,12 +12,14 @@ import structlog
 
 from index_builder import remote, storage
 from index_builder.announce import announce_version
+from index_builder.attributes import read_table
 from index_builder.inputs import Factors, load_factor_arrays, load_factors, save_factors
 from index_builder.publish import BuildOptions, publish_version
 from index_builder.settings import BuilderSettings
-from index_builder.synth import synth_factors, write_synth_interactions
+from index_builder.synth import synth_attributes, synth_factors, write_synth_interactions
 from index_builder.train import load_interactions, train_als
 from schemas.errors import AnnrecError
+from schemas.item_updates import read_item_updates
 from schemas.layout import list_versions, read_latest
 from schemas.manifest import Manifest
 from schemas.object_store import ObjectStore, is_remote
@@ -49,6 +51,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     als.add_argument("--als-regularization", type=float, default=0.01)
     als.add_argument("--als-alpha", type=float, default=1.0)
     als.add_argument("--als-iterations", type=int, default=15)
+    build.add_argument(
+        "--attributes",
+        type=Path,
+        help="CSV/Parquet item_id + categorical/boolean columns requests can filter on "
+        "(--synth: synthetic ones unless this is given)",
+    )
     build.add_argument("--user-factors", type=Path, help=".npy user factors")
     build.add_argument("--item-ids", type=Path, help=".npy item ids (default: row numbers)")
     build.add_argument("--user-ids", type=Path, help=".npy user ids (default: row numbers)")
@@ -194,6 +202,17 @@ def run_build(
         source = str(args.item_factors)
     else:
         factors, source = synth_from_args(args), f"synth(seed={args.seed})"
+    attributes = None
+    if args.attributes:
+        attributes = read_table(args.attributes, factors.item_ids.tolist())
+    elif args.synth or not (args.factors or args.interactions or args.item_factors):
+        attributes = synth_attributes(len(factors.item_ids), args.seed)
+    # Availability changes published since the last build are folded into this version.
+    updates = (
+        read_item_updates(kafka_conf, settings.topic_item_updates)
+        if kafka_conf is not None and attributes is not None
+        else {}
+    )
 
     def announce(manifest: Manifest) -> None:
         assert kafka_conf is not None
@@ -224,4 +243,6 @@ def run_build(
         source=source,
         training=training,
         announce=announce if kafka_conf is not None else None,
+        attributes=attributes,
+        item_updates=updates,
     )

@@ -13,7 +13,7 @@ from typing import Any
 from pydantic import BaseModel, TypeAdapter
 
 from schemas import keys
-from schemas.events import REQUEST_ADAPTER, DeadLetter, IndexAnnounced, Reply
+from schemas.events import REQUEST_ADAPTER, DeadLetter, IndexAnnounced, ItemUpdate, Reply
 
 ASYNCAPI_VERSION = "3.0.0"
 REF = "#/components/schemas/{model}"
@@ -50,6 +50,14 @@ CHANNELS: dict[str, tuple[str, str, TypeAdapter[Any] | type[BaseModel], str, str
         "A new index version is in storage and LATEST names it",
         "Compacted topic, key `items`: the newest announcement is always there to read.",
     ),
+    "itemUpdates": (
+        keys.TOPIC_ITEM_UPDATES,
+        "ItemUpdate",
+        ItemUpdate,
+        "An item's availability (or another boolean attribute) changed",
+        "Compacted topic, key `<attr>:<item_id>`: replayed from the beginning by every worker "
+        "at start, applied between batches, folded into the next version by the builder.",
+    ),
 }
 # The worker's side: what it does on each channel.
 OPERATIONS = {
@@ -57,6 +65,7 @@ OPERATIONS = {
     "sendReply": ("send", "replies"),
     "sendDeadLetter": ("send", "deadLetters"),
     "receiveIndexAnnouncement": ("receive", "indexVersions"),
+    "receiveItemUpdate": ("receive", "itemUpdates"),
 }
 
 

@@ -22,7 +22,7 @@ from pydantic import (
 )
 
 from schemas.filters import Filter, check_shape
-from schemas.manifest import Manifest
+from schemas.manifest import ATTRIBUTE_NAME_PATTERN, Manifest
 
 MAX_K = 1000
 MAX_LIST = 1000  # exclude_items, recent_items
@@ -215,6 +215,21 @@ class IndexAnnounced(_Event):
     version: str
     manifest: Manifest
     announced_at: datetime = Field(default_factory=utc_now)
+
+
+class ItemUpdate(_Event):
+    """A real-time change of one item's boolean attribute (availability: `in_stock`), on the
+    compacted item-updates topic, keyed `<attr>:<item_id>`. Every worker applies it between two
+    batches; the next version the builder publishes folds it in."""
+
+    item_id: ExternalId
+    attr: str = Field("in_stock", pattern=ATTRIBUTE_NAME_PATTERN)
+    value: bool
+    updated_at: datetime = Field(default_factory=utc_now)
+
+    @property
+    def key(self) -> str:
+        return f"{self.attr}:{self.item_id}"
 
 
 def parse_request(raw: bytes) -> SimilarItemsRequest | RecommendRequest:

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from schemas.asyncapi import asyncapi_document
-from schemas.events import REQUEST_ADAPTER, DeadLetter, IndexAnnounced, Reply
+from schemas.events import REQUEST_ADAPTER, DeadLetter, IndexAnnounced, ItemUpdate, Reply
 
 SCHEMA_DIR = Path(__file__).parent / "json"
 ASYNCAPI_FILE = "asyncapi.json"
@@ -22,6 +22,7 @@ def json_schemas() -> dict[str, dict[str, Any]]:
         "reply": Reply.model_json_schema(),
         "dead_letter": DeadLetter.model_json_schema(),
         "index_announced": IndexAnnounced.model_json_schema(),
+        "item_update": ItemUpdate.model_json_schema(),
     }
 
 

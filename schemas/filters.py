@@ -19,7 +19,7 @@ from typing import Annotated, Union
 
 import numpy as np
 import numpy.typing as npt
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, TypeAdapter
 
 from schemas.attributes import ItemAttributes
 
@@ -80,6 +80,9 @@ class NotOf(_Term):
 Filter = Union[AttrEquals, AttrIn, AllOf, AnyOf, NotOf]  # noqa: UP007 (a forward-referenced alias)
 for _model in (AllOf, AnyOf, NotOf):
     _model.model_rebuild()
+
+
+FILTER_ADAPTER: TypeAdapter[Filter] = TypeAdapter(Filter)
 
 
 def children(f: Filter) -> Sequence[Filter]:

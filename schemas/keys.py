@@ -18,6 +18,9 @@ TOPIC_REQUESTS = "annrec.requests"
 TOPIC_REPLIES = "annrec.replies"
 TOPIC_DEAD_LETTERS = "annrec.dead-letters"
 TOPIC_INDEX_VERSIONS = "annrec.index-versions"
+# Compacted: per (attribute, item) key only the newest value is kept, so replaying it from the
+# beginning gives the current state of every item's availability.
+TOPIC_ITEM_UPDATES = "annrec.item-updates"
 
 REQUEST_PARTITIONS = 4
 CONSUMER_GROUP = "annrec-workers"

@@ -38,3 +38,24 @@ class CommonSettings(BaseSettings):
     topic_replies: str = keys.TOPIC_REPLIES
     topic_dead_letters: str = keys.TOPIC_DEAD_LETTERS
     topic_index_versions: str = keys.TOPIC_INDEX_VERSIONS
+    topic_item_updates: str = keys.TOPIC_ITEM_UPDATES
+
+
+TOPIC_FIELDS = (
+    "topic_requests",
+    "topic_replies",
+    "topic_dead_letters",
+    "topic_index_versions",
+    "topic_item_updates",
+)
+
+
+def prefixed_topics(prefix: str) -> dict[str, str]:
+    """Topic names of their own (`<prefix>.requests`, ...), for tests, benchmarks and chaos runs
+    that must not see each other's events."""
+    return {f: f"{prefix}.{f.removeprefix('topic_').replace('_', '-')}" for f in TOPIC_FIELDS}
+
+
+def topic_env(settings: CommonSettings) -> dict[str, str]:
+    """The environment variables that give a child process the same topic names."""
+    return {f"{keys.ENV_PREFIX}{f.upper()}": getattr(settings, f) for f in TOPIC_FIELDS}

@@ -32,6 +32,7 @@ def topic_specs(settings: CommonSettings) -> list[TopicSpec]:
         TopicSpec(settings.topic_replies, keys.REQUEST_PARTITIONS),
         TopicSpec(settings.topic_dead_letters, 1, {"retention.ms": str(2 * int(_WEEK_MS))}),
         TopicSpec(settings.topic_index_versions, 1, {"cleanup.policy": "compact"}),
+        TopicSpec(settings.topic_item_updates, 1, {"cleanup.policy": "compact"}),
     ]
 
 

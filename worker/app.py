@@ -24,6 +24,7 @@ from threadpoolctl import threadpool_limits
 
 from schemas import keys
 from schemas.events import Reply
+from schemas.item_updates import ItemUpdateLog
 from schemas.topics import ensure_topics, topic_specs
 from worker.announcements import AnnouncementFollower
 from worker.answer import (
@@ -35,6 +36,7 @@ from worker.answer import (
     echo_batch,
     parse_batch,
 )
+from worker.availability import Availability
 from worker.index_store import IndexStore, LoadedVersion
 from worker.metrics import HealthState, WorkerMetrics, serve_http
 from worker.progress import PartitionProgress
@@ -145,10 +147,15 @@ class Worker:
         self.batch_sizes: deque[int] = deque(maxlen=10_000)  # recent ones, for tests and benches
         self.assigned: set[int] = set()
         self.http_port: int | None = None
+        self.availability: Availability
 
     def run(self, stop: threading.Event) -> None:
         s = self.settings
         ensure_topics(self._kafka_conf, topic_specs(s))
+        self.availability = Availability(
+            ItemUpdateLog(self._kafka_conf, s.topic_item_updates), self.metrics
+        )
+        self.availability.replay(s.item_updates_replay_s)
         follower = AnnouncementFollower(self._kafka_conf, s.topic_index_versions)
         self._announced = follower.announced
         store = IndexStore(
@@ -207,9 +214,11 @@ class Worker:
                 self._track_progress(consumer, version)
                 self.metrics.last_poll.set_to_current_time()
                 events = _events(messages)
+                version = self._current(store, version)
+                # Availability changes land between batches: the next batch sees them all.
+                self.availability.refresh(version)
                 if not events:
                     continue
-                version = self._current(store, version)
                 self._serve(consumer, events, version, redis_sink, kafka_sink, cache, stop)
         finally:
             _commit_stored(consumer, "shutdown")
@@ -220,6 +229,7 @@ class Worker:
             if self.shadow is not None:
                 self.shadow.stop()
             follower.close()
+            self.availability.close()
             if http is not None:
                 http.shutdown()
             blas.restore_original_limits()
@@ -300,6 +310,7 @@ class Worker:
         version = store.current()
         assert version is not None
         if version.version != serving.version:
+            self.availability.adopt(version)
             self._announce_serving(version, serving.version)
         return version
 
@@ -342,6 +353,7 @@ class Worker:
             self.health.polled()  # waiting for an index is not a stalled loop
             version = store.current()
             if version is not None:
+                self.availability.adopt(version)
                 self._announce_serving(version, None)
                 return version
             if not logged:

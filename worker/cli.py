@@ -12,13 +12,16 @@ import sys
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from pydantic import ValidationError
 
 from index_builder import cli as builder_cli
 from schemas.errors import AnnrecError
-from schemas.events import RecommendRequest, Reply, SimilarItemsRequest
+from schemas.events import ItemUpdate, RecommendRequest, Reply, SimilarItemsRequest
 from schemas.export import write_schemas
+from schemas.filters import FILTER_ADAPTER, Filter, check_shape
+from schemas.item_updates import publish_item_updates
 from schemas.settings import CommonSettings
 from schemas.topics import ensure_topics, topic_specs
 from worker import services
@@ -62,6 +65,14 @@ def build_parser() -> argparse.ArgumentParser:
     request.add_argument("-k", type=int, default=10)
     request.add_argument("--timeout", type=float, default=30.0)
     request.add_argument("--json", action="store_true", help="print the reply event as JSON")
+    request.add_argument("--filter", help='JSON filter, e.g. \'{"attr": "in_stock", "eq": true}\'')
+
+    update = sub.add_parser(
+        "item-update", help="publish availability changes (item-updates topic; workers apply)"
+    )
+    update.add_argument("item_ids", nargs="+", metavar="ITEM_ID")
+    update.add_argument("--value", choices=["true", "false"], required=True)
+    update.add_argument("--attr", default="in_stock", help="a boolean attribute (in_stock)")
 
     bench = sub.add_parser("bench", help="benchmarks: print figures, write JSON (and plots)")
     bsub = bench.add_subparsers(dest="bench_kind", required=True)
@@ -147,6 +158,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         "worker": _worker,
         "request": _request,
         "status": _status,
+        "item-update": _item_update,
         "bench": _bench,
         "schemas": _schemas,
         "chaos": _chaos,
@@ -282,17 +294,35 @@ def _status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _item_update(args: argparse.Namespace) -> int:
+    settings = CommonSettings()
+    conf = services.kafka_conf(settings)
+    ensure_topics(conf, topic_specs(settings))
+    try:
+        updates = [
+            ItemUpdate(item_id=i, attr=args.attr, value=args.value == "true") for i in args.item_ids
+        ]
+    except ValidationError as exc:
+        raise AnnrecError(f"item update: {exc.errors()[0]['msg']}") from exc
+    publish_item_updates(conf, settings.topic_item_updates, updates)
+    print(f"{len(updates)} updates published to {settings.topic_item_updates}")
+    return 0
+
+
 def _request(args: argparse.Namespace) -> int:
     settings = CommonSettings()
     request: SimilarItemsRequest | RecommendRequest
+    common: dict[str, Any] = {"request_id": new_request_id(), "k": args.k}
+    if args.filter:
+        common["filter"] = _parse_filter(args.filter)
     if args.kind == "similar-items":
         if not args.item_id:
             raise AnnrecError("similar-items needs --item-id")
-        request = SimilarItemsRequest(request_id=new_request_id(), item_id=args.item_id, k=args.k)
+        request = SimilarItemsRequest(item_id=args.item_id, **common)
     else:
         if not args.user_id:
             raise AnnrecError("recommend needs --user-id")
-        request = RecommendRequest(request_id=new_request_id(), user_id=args.user_id, k=args.k)
+        request = RecommendRequest(user_id=args.user_id, **common)
     reply = request_once(
         services.kafka_conf(settings),
         settings.topic_requests,
@@ -301,10 +331,19 @@ def _request(args: argparse.Namespace) -> int:
         args.timeout,
     )
     print(reply.model_dump_json(indent=2) if args.json else format_reply(reply))
-    return 0 if reply.status == "ok" else 1
+    return 0 if reply.status in ("ok", "no_match") else 1
+
+
+def _parse_filter(text: str) -> Filter:
+    try:
+        return check_shape(FILTER_ADAPTER.validate_json(text))
+    except (ValidationError, ValueError) as exc:
+        raise AnnrecError(f"--filter: {str(exc).splitlines()[0]}") from exc
 
 
 def format_reply(reply: Reply) -> str:
+    if reply.status == "no_match":
+        return f"{reply.request_id}: no_match: no item passes the filter"
     if reply.status != "ok":
         return f"{reply.request_id}: {reply.status}: {reply.error}"
     head = (
@@ -312,7 +351,9 @@ def format_reply(reply: Reply) -> str:
         f"worker {reply.worker_id})"
     )
     rows = [
-        f"{i:>4}  {item.item_id:<16} {item.score:>10.4f}" for i, item in enumerate(reply.items, 1)
+        f"{i:>4}  {item.item_id:<16} "
+        + ("filled".rjust(10) if item.score is None else f"{item.score:>10.4f}")
+        for i, item in enumerate(reply.items, 1)
     ]
     return "\n".join([head, f"{'rank':>4}  {'item_id':<16} {'score':>10}", *rows])
 

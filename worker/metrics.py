@@ -69,6 +69,12 @@ class WorkerMetrics:
             ["partition"],
             registry=r,
         )
+        self.item_updates = Counter(
+            "annrec_item_updates",
+            "Item updates (availability) read from the item-updates topic",
+            ["result"],  # applied | unchanged | invalid
+            registry=r,
+        )
         self.index_age = Gauge(
             "annrec_index_age_seconds", "Age of the version being served", registry=r
         )

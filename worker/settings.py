@@ -63,6 +63,9 @@ class WorkerSettings(CommonSettings):
     )
     shadow_queue: int = Field(1000, ge=1, description="samples waiting; beyond, they are dropped")
     shadow_window: int = Field(200, ge=1, description="samples the live recall is averaged over")
+    item_updates_replay_s: float = Field(
+        60.0, gt=0, description="longest wait for the item-updates replay at start (else fail)"
+    )
     echo: bool = Field(False, description="benchmarks only: reply without computing")
     cache_dir: Path = Field(
         Path.home() / ".cache" / "annrec" / "versions",

@@ -6,6 +6,7 @@ import uuid
 
 import pytest
 
+from schemas.settings import prefixed_topics
 from schemas.topics import ensure_topics, topic_specs
 from worker.settings import WorkerSettings
 
@@ -28,10 +29,7 @@ def settings(tmp_path, services, kafka_conf) -> WorkerSettings:
         kafka_bootstrap=services.kafka_bootstrap,
         redis_url=services.redis_url,
         storage=str(tmp_path / "storage"),
-        topic_requests=f"t{run}.requests",
-        topic_replies=f"t{run}.replies",
-        topic_dead_letters=f"t{run}.dead-letters",
-        topic_index_versions=f"t{run}.index-versions",
+        **prefixed_topics(f"t{run}"),
         group_id=f"g{run}",
         worker_id=f"w{run}",
         index_poll_interval_s=0.5,

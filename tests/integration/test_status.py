@@ -11,6 +11,7 @@ from pathlib import Path
 
 from index_builder.publish import BuildOptions, publish_version
 from schemas.events import RecommendRequest
+from schemas.settings import topic_env
 from tests.cli import annrec
 from tests.integration.helpers import produce, running_worker
 from worker.client import ReplyWaiter, send_requests
@@ -57,10 +58,7 @@ def test_status_lists_live_workers_and_drops_a_crashed_one(
         "ANNREC_STORAGE": settings.storage,
         "ANNREC_GROUP_ID": settings.group_id,
         "ANNREC_WORKER_ID": crashing_id,
-        "ANNREC_TOPIC_REQUESTS": settings.topic_requests,
-        "ANNREC_TOPIC_REPLIES": settings.topic_replies,
-        "ANNREC_TOPIC_DEAD_LETTERS": settings.topic_dead_letters,
-        "ANNREC_TOPIC_INDEX_VERSIONS": settings.topic_index_versions,
+        **topic_env(settings),
         "ANNREC_METRICS_PORT": "-1",
         "ANNREC_HEARTBEAT_TTL_S": "3",
         "ANNREC_SESSION_TIMEOUT_MS": "6000",

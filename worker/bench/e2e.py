@@ -39,7 +39,7 @@ from index_builder.synth import synth_factors
 from schemas.events import RecommendRequest
 from schemas.layout import version_dir
 from schemas.manifest import MANIFEST_NAME, Manifest
-from schemas.settings import CommonSettings
+from schemas.settings import CommonSettings, prefixed_topics, topic_env
 from schemas.topics import ensure_topics, topic_specs
 from worker import services
 from worker.bench.machine import describe, machine_info
@@ -132,25 +132,17 @@ def _sweep(
     upcoming: tuple[Path, list[str]] | None = None,
 ) -> list[dict[str, Any]]:
     tag = uuid.uuid4().hex[:8]
+    topics = CommonSettings(**prefixed_topics(f"bench{tag}"))
     env = {
         **os.environ,
         "ANNREC_KAFKA_BOOTSTRAP": kafka["bootstrap.servers"],
         "ANNREC_REDIS_URL": redis_url,
         "ANNREC_STORAGE": str(storage),
-        "ANNREC_TOPIC_REQUESTS": f"bench{tag}.requests",
-        "ANNREC_TOPIC_REPLIES": f"bench{tag}.replies",
-        "ANNREC_TOPIC_DEAD_LETTERS": f"bench{tag}.dead-letters",
-        "ANNREC_TOPIC_INDEX_VERSIONS": f"bench{tag}.index-versions",
+        **topic_env(topics),
         "ANNREC_GROUP_ID": f"bench{tag}",
         "ANNREC_METRICS_PORT": "-1",
         "ANNREC_ECHO": "true" if run.echo else "false",
     }
-    topics = CommonSettings(
-        topic_requests=env["ANNREC_TOPIC_REQUESTS"],
-        topic_replies=env["ANNREC_TOPIC_REPLIES"],
-        topic_dead_letters=env["ANNREC_TOPIC_DEAD_LETTERS"],
-        topic_index_versions=env["ANNREC_TOPIC_INDEX_VERSIONS"],
-    )
     ensure_topics(kafka, topic_specs(topics))
     log = (storage / f"workers-{tag}.log").open("ab")
     workers = [

@@ -32,7 +32,7 @@ from index_builder.publish import BuildOptions, publish_version
 from index_builder.synth import synth_factors
 from schemas import keys
 from schemas.events import DeadLetter, Reply
-from schemas.settings import CommonSettings
+from schemas.settings import CommonSettings, prefixed_topics, topic_env
 from schemas.topics import ensure_topics, topic_specs
 from worker.services import Endpoints
 
@@ -78,12 +78,7 @@ class Cluster:
 
     @property
     def topics(self) -> CommonSettings:
-        return CommonSettings(
-            topic_requests=f"chaos{self.tag}.requests",
-            topic_replies=f"chaos{self.tag}.replies",
-            topic_dead_letters=f"chaos{self.tag}.dead-letters",
-            topic_index_versions=f"chaos{self.tag}.index-versions",
-        )
+        return CommonSettings(**prefixed_topics(f"chaos{self.tag}"))
 
     def env(self, name: str) -> dict[str, str]:
         t = self.topics
@@ -92,10 +87,7 @@ class Cluster:
             "ANNREC_KAFKA_BOOTSTRAP": self.svc.kafka["bootstrap.servers"],
             "ANNREC_REDIS_URL": self.svc.redis_url,
             "ANNREC_STORAGE": str(self.storage),
-            "ANNREC_TOPIC_REQUESTS": t.topic_requests,
-            "ANNREC_TOPIC_REPLIES": t.topic_replies,
-            "ANNREC_TOPIC_DEAD_LETTERS": t.topic_dead_letters,
-            "ANNREC_TOPIC_INDEX_VERSIONS": t.topic_index_versions,
+            **topic_env(t),
             "ANNREC_GROUP_ID": f"chaos{self.tag}",
             "ANNREC_WORKER_ID": name,
             "ANNREC_METRICS_PORT": "0",

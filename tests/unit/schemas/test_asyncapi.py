@@ -47,6 +47,7 @@ def test_document_is_valid_asyncapi_3(doc):
         "annrec.replies",
         "annrec.dead-letters",
         "annrec.index-versions",
+        "annrec.item-updates",
     }
 
 

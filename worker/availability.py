@@ -1,0 +1,80 @@
+"""Real-time availability: item-updates applied to the serving version between two batches.
+
+The topic is the truth for the attributes it carries: its whole state is applied to every
+version a worker swaps in (the builder folds the same state in, so this is usually a no-op), and
+each update read later is applied before the next batch. Only the serving thread writes, and
+only between batches, so no request sees an update half-applied.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+import structlog
+
+from schemas.events import ItemUpdate
+from schemas.item_updates import ItemUpdateLog
+from worker.index_store import LoadedVersion
+from worker.metrics import WorkerMetrics
+
+log = structlog.get_logger(__name__)
+
+
+def apply_updates(version: LoadedVersion, updates: Mapping[tuple[str, str], bool]) -> int:
+    """Set each (attribute, item) -> value the version knows; returns how many changed."""
+    attrs = version.attributes
+    if attrs is None:
+        return 0
+    changed = 0
+    for (name, item), value in updates.items():
+        row = version.item_rows.get(item)
+        if row is not None and attrs.is_flag(name):
+            changed += attrs.set_flag(name, row, value)
+    return changed
+
+
+class Availability:
+    """Follows the item-updates topic for one worker."""
+
+    def __init__(self, updates: ItemUpdateLog, metrics: WorkerMetrics) -> None:
+        self._log = updates
+        self._metrics = metrics
+        self._invalid_seen = 0
+
+    def replay(self, timeout_s: float) -> None:
+        """Read the whole topic before serving: a restarted worker knows what is out of stock."""
+        self._log.replay(timeout_s)
+
+    def adopt(self, version: LoadedVersion) -> None:
+        """Apply the whole state to a version about to serve."""
+        changed = apply_updates(version, self._log.state)
+        log.info(
+            "item_updates_adopted",
+            version=version.version,
+            updates=len(self._log.state),
+            changed=changed,
+        )
+
+    def refresh(self, version: LoadedVersion) -> int:
+        """Apply what arrived since the last call; the number of updates read."""
+        fresh: Iterable[ItemUpdate] = self._log.poll()
+        batch = {(u.attr, u.item_id): u.value for u in fresh}
+        if batch:
+            changed = apply_updates(version, batch)
+            self._metrics.item_updates.labels("applied").inc(changed)
+            self._metrics.item_updates.labels("unchanged").inc(len(batch) - changed)
+            log.info(
+                "item_updates_applied", version=version.version, read=len(batch), changed=changed
+            )
+        if self._log.invalid > self._invalid_seen:
+            self._metrics.item_updates.labels("invalid").inc(self._log.invalid - self._invalid_seen)
+            self._invalid_seen = self._log.invalid
+        return len(batch)
+
+    @property
+    def read(self) -> int:
+        """Valid updates read so far (replay included)."""
+        return self._log.read
+
+    def close(self) -> None:
+        self._log.close()
