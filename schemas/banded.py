@@ -149,7 +149,8 @@ def max_inner_product(
     `keep`: only items of this selection may be returned (a request's filter). Each tree band is
     then asked for pool / selectivity * `widen` candidates, of which those passing join the pool,
     so the bound compares against the k-th *passing* score. Fewer than k results mean the search
-    found too few passing items; the planner (schemas/filtered.py) widens or scans instead.
+    found too few passing items, or cannot prove that an item a band did not return scores lower;
+    the planner (schemas/filtered.py) then widens, or scans.
     """
     q = np.asarray(query, dtype=np.float32)
     q_norm = math.sqrt(max(float(q @ q), 0.0))
@@ -158,53 +159,27 @@ def max_inner_product(
     # below the k-th score by far more than that, so the bound stays a proof.
     slack = 1e-4 * q_norm * bands.bands[0].max_norm
     augmented: list[float] | None = None
-    # (score, norm-order position, whether the score is exact), best first after a sort
-    pool: list[tuple[float, int, bool]] = []
+    pool: list[Entry] = []  # best first after a sort
     kth = math.inf
     searched_trees = False
+    # With `keep`: the best score an item a band did not return can have (its index returned
+    # the band's best `wanted` by inner product; the rest score lower). Results below it are
+    # not proven, and are cut, so the planner widens.
+    unseen = -math.inf
     for band in bands.bands:
         if len(pool) >= k and bound_factor * band.max_norm * q_norm < kth - slack:
             break  # nothing in this band or any later one can beat what was found
         if band.stop <= exact_items:
-            scores = bands.rows(band.start, band.stop) @ q
-            positions = np.arange(band.start, band.stop)
-            if keep is not None:
-                passing = keep.passes(bands.order[band.start : band.stop])
-                scores, positions = scores[passing], positions[passing]
-            # Exact scores need no over-fetch: the band's own top k is all it can contribute.
-            best = np.argpartition(scores, -k)[-k:] if len(scores) > k else np.arange(len(scores))
-            pool.extend(zip(scores[best].tolist(), positions[best].tolist(), repeat(True)))
+            pool.extend(_scan_band(bands, band, q, k, keep))
         else:
             if augmented is None:
                 augmented = q.tolist()
                 augmented.append(0.0)  # the query side of the transform
-            # Annoy's own default (-1) is n_trees * results, not every node: spell it out.
-            budget = (
-                search_k if search_k >= 0 else band.index.get_n_trees() * (band.stop - band.start)
+            found, band_unseen = _search_band(
+                bands, band, augmented, q_norm, pool_size, search_k, keep, widen
             )
-            size = band.stop - band.start
-            wanted = pool_size if keep is None else _widened(pool_size, keep, widen, size)
-            ids, distances = band.index.get_nns_by_vector(
-                augmented,
-                wanted,
-                max(budget, int(budget * wanted / pool_size)),
-                include_distances=True,
-            )
-            if keep is not None and ids:
-                found = np.asarray(ids, dtype=np.int64)
-                passing = keep.passes(bands.order[found + band.start])
-                ids = found[passing].tolist()
-                distances = np.asarray(distances)[passing].tolist()
-            # Angular distance on the augmented vectors: d^2 = 2 - 2 cos, and every item of the
-            # band has norm max_norm, so q.x = cos * ||q|| * max_norm.
-            scale, start = q_norm * band.max_norm, band.start
-            pool.extend(
-                zip(
-                    [(1.0 - d * d / 2.0) * scale for d in distances],
-                    [i + start for i in ids],
-                    repeat(False),
-                )
-            )
+            pool.extend(found)
+            unseen = max(unseen, band_unseen)
             searched_trees = True
         pool.sort(reverse=True)
         del pool[pool_size:]
@@ -221,5 +196,57 @@ def max_inner_product(
             pool[i] = (score, pool[i][1], True)
         pool.sort(reverse=True)
     top = pool[:k]
+    if keep is not None and unseen > -math.inf:
+        top = [entry for entry in top if entry[0] > unseen + slack]
     rows = bands.order[np.array([pos for _, pos, _ in top], dtype=np.int64)].astype(np.int64)
     return rows, np.array([score for score, _, _ in top], dtype=np.float32)
+
+
+Entry = tuple[float, int, bool]  # (score, norm-order position, whether the score is exact)
+
+
+def _scan_band(
+    bands: NormBands, band: Band, q: FloatArray, k: int, keep: Selection | None
+) -> list[Entry]:
+    scores = bands.rows(band.start, band.stop) @ q
+    positions = np.arange(band.start, band.stop)
+    if keep is not None:
+        passing = keep.passes(bands.order[band.start : band.stop])
+        scores, positions = scores[passing], positions[passing]
+    # Exact scores need no over-fetch: the band's own top k is all it can contribute.
+    best = np.argpartition(scores, -k)[-k:] if len(scores) > k else np.arange(len(scores))
+    return list(zip(scores[best].tolist(), positions[best].tolist(), repeat(True)))
+
+
+def _search_band(
+    bands: NormBands,
+    band: Band,
+    augmented: list[float],
+    q_norm: float,
+    pool_size: int,
+    search_k: int,
+    keep: Selection | None,
+    widen: float,
+) -> tuple[list[Entry], float]:
+    """(candidates with scores from Annoy's distances, the best score an unreturned passing
+    item of this band can have: -inf when none can be missing)."""
+    size = band.stop - band.start
+    # Annoy's own default (-1) is n_trees * results, not every node: spell it out.
+    budget = search_k if search_k >= 0 else band.index.get_n_trees() * size
+    wanted = pool_size if keep is None else _widened(pool_size, keep, widen, size)
+    ids, distances = band.index.get_nns_by_vector(
+        augmented, wanted, max(budget, budget * wanted // pool_size), include_distances=True
+    )
+    # Angular distance on the augmented vectors: d^2 = 2 - 2 cos, and every item of the band
+    # has norm max_norm, so q.x = cos * ||q|| * max_norm.
+    scale = q_norm * band.max_norm
+    unseen = -math.inf
+    if keep is not None and ids:
+        if len(ids) == wanted < size:  # the band's best `wanted`: the rest score lower
+            unseen = (1.0 - distances[-1] ** 2 / 2.0) * scale
+        found = np.asarray(ids, dtype=np.int64)
+        passing = keep.passes(bands.order[found + band.start])
+        ids = found[passing].tolist()
+        distances = np.asarray(distances)[passing].tolist()
+    scores = [(1.0 - d * d / 2.0) * scale for d in distances]
+    return list(zip(scores, [i + band.start for i in ids], repeat(False))), unseen
