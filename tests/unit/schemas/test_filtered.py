@@ -21,7 +21,16 @@ from index_builder.build import build_annoy, build_mips_bands
 from index_builder.synth import synth_factors
 from schemas import filtered
 from schemas.attributes import ItemAttributes
-from schemas.filters import AllOf, AnyOf, AttrEquals, AttrIn, NotOf, check_shape, select
+from schemas.filters import (
+    AllOf,
+    AnyOf,
+    AttrEquals,
+    AttrIn,
+    NotOf,
+    Selection,
+    check_shape,
+    select,
+)
 from schemas.verify import load_bands
 
 N_ITEMS = 400
@@ -177,10 +186,8 @@ def test_similar_items_equals_exact_filtered_top_k(tmp_path, catalogue, case, ro
 
 
 def test_the_planner_switches_strategy_at_the_threshold(catalogue):
-    items, _norms, _angular, bands, users = catalogue
+    _items, _norms, _angular, bands, users = catalogue
     rng = np.random.default_rng(0)
-    from schemas.filters import Selection
-
     keep = Selection.of_rows(N_ITEMS, np.sort(rng.choice(N_ITEMS, 40, replace=False)))  # 10%
     assert filtered.max_inner_product(bands, users[0], 5, keep, 0.11, UNLIMITED)[1] == "exact"
     assert filtered.max_inner_product(bands, users[0], 5, keep, 0.09, UNLIMITED)[1] == "ann"
@@ -188,8 +195,6 @@ def test_the_planner_switches_strategy_at_the_threshold(catalogue):
 
 def test_an_empty_selection_returns_nothing(catalogue):
     items, norms, angular, bands, users = catalogue
-    from schemas.filters import Selection
-
     empty = Selection.of_rows(N_ITEMS, np.empty(0, np.int64))
     for threshold in (0.0, 1.0):
         (rows, _), _ = filtered.max_inner_product(bands, users[0], 10, empty, threshold)
@@ -207,8 +212,6 @@ def test_a_band_that_returned_too_few_passing_items_is_widened(catalogue):
     worse passing ones: returning those would be wrong (found: user 7); the planner must see
     that band 1 may hide better ones, and widen."""
     items, _norms, _angular, bands, users = catalogue
-    from schemas.filters import Selection
-
     query, k = users[7], 5
     band1, band2 = (bands.order[b.start : b.stop].astype(np.int64) for b in bands.bands[1:3])
     band1 = band1[np.argsort(-(items[band1] @ query))]
