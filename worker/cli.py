@@ -125,6 +125,16 @@ def build_parser() -> argparse.ArgumentParser:
     be2e.add_argument("--items", type=int, default=100_000)
     be2e.add_argument("--max-p99-ms", type=float, default=1000.0)
 
+    bfilt = bsub.add_parser(
+        "filters", help="filtered recall and q/s at 50%% ... 0.01%% selectivity"
+    )
+    bfilt.add_argument("--out", type=Path, required=True)
+    bfilt.add_argument("--quick", action="store_true", help="small and fast (CI runs it)")
+    bfilt.add_argument("--items", type=int, default=1_000_000)
+    bfilt.add_argument("--users", type=int, default=100_000)
+    bfilt.add_argument("--dim", type=int, default=64)
+    bfilt.add_argument("--queries", type=int, default=200, help="per selectivity and task")
+
     demo = sub.add_parser("demo", help="stack up, build a synthetic index, serve, ask, print")
     demo.add_argument("--keep", action="store_true", help="leave the stack running afterwards")
     return parser
@@ -236,6 +246,12 @@ def _bench(args: argparse.Namespace) -> int:
 
         levels = tuple(float(x) for x in args.recalls.split(","))
         print(markdown_summary(json.loads(args.ann_json.read_text()), levels))
+    elif args.bench_kind == "filters":
+        from worker.bench.filters import bench_filters
+
+        if args.quick:
+            args.items, args.users, args.dim, args.queries = 20_000, 2_000, 16, 30
+        bench_filters(args.out, args.items, args.users, args.dim, args.queries)
     elif args.bench_kind == "e2e":
         from worker.bench.e2e import bench_e2e
 

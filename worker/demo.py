@@ -20,16 +20,24 @@ import redis
 from index_builder.announce import announce_version
 from index_builder.inputs import Factors
 from index_builder.publish import BuildOptions, publish_version
-from index_builder.synth import synth_factors
+from index_builder.synth import synth_attributes, synth_factors
 from schemas import keys
+from schemas.attributes import ItemAttributes
 from schemas.errors import AnnrecError
 from schemas.events import RecommendRequest, Reply, SimilarItemsRequest
+from schemas.filters import AllOf, AttrEquals, select
+from schemas.layout import version_dir
 from schemas.settings import CommonSettings
 from schemas.topics import ensure_topics, topic_specs
-from schemas.vectors import exact_cosine_top_k, exact_inner_product_top_k, recall_at_k
+from schemas.vectors import exact_cosine_top_k, exact_inner_product_top_k, recall_at_k, top_k
 from worker import services
 from worker.client import ReplyWaiter, new_request_id, send_requests
 from worker.stack import LocalStack
+
+# "recommended for you, in category c03, in stock": business rules in the query.
+DEMO_FILTER = AllOf(
+    all=[AttrEquals(attr="category", eq="c03"), AttrEquals(attr="in_stock", eq=True)]
+)
 
 
 def run_demo(keep: bool = False) -> int:
@@ -49,7 +57,10 @@ def run_demo(keep: bool = False) -> int:
     ensure_topics(kafka, topic_specs(settings))
 
     storage = Path(tempfile.mkdtemp(prefix="annrec-demo-"))
-    _say(f"building a synthetic index (20,000 items, 2,000 users, K=32) into {storage}")
+    _say(
+        f"building a synthetic index (20,000 items, 2,000 users, K=32, attributes category, "
+        f"brand, in_stock) into {storage}"
+    )
     factors = synth_factors(20_000, 2_000, 32, seed=7)
     manifest = publish_version(
         factors,
@@ -57,6 +68,10 @@ def run_demo(keep: bool = False) -> int:
         BuildOptions(n_trees=20),
         source="demo synth",
         announce=lambda m: announce_version(kafka, settings.topic_index_versions, m),
+        attributes=synth_attributes(20_000, seed=7),
+    )
+    attributes = ItemAttributes.load(
+        version_dir(storage, manifest.version), manifest.attributes, manifest.n_items
     )
 
     env = {
@@ -82,7 +97,7 @@ def run_demo(keep: bool = False) -> int:
         worker.wait(timeout=60)
         if started_stack and not keep:
             stack.down()
-    _show(replies, factors, manifest.version)
+    _show(replies, factors, manifest.version, attributes)
     if started_stack and keep:
         _say("stack left running: `annrec stack down` stops it")
     return 0
@@ -95,6 +110,7 @@ def _ask(
         RecommendRequest(request_id=new_request_id(), user_id="u0", k=5),
         RecommendRequest(request_id=new_request_id(), user_id="u1", k=5),
         SimilarItemsRequest(request_id=new_request_id(), item_id="i0", k=5),
+        RecommendRequest(request_id=new_request_id(), user_id="u0", k=5, filter=DEMO_FILTER),
     ]
     waiter = ReplyWaiter(kafka, settings.topic_replies)
     try:
@@ -120,7 +136,10 @@ def _ask(
 
 
 def _show(
-    replies: list[tuple[Reply, dict[str, object] | None]], factors: Factors, version: str
+    replies: list[tuple[Reply, dict[str, object] | None]],
+    factors: Factors,
+    version: str,
+    attributes: ItemAttributes,
 ) -> None:
     from worker.cli import format_reply
 
@@ -128,6 +147,9 @@ def _show(
     norms = np.linalg.norm(items, axis=1).astype(np.float32)
     print(f"\nannrec demo: index version {version}\n")
     for reply, stored in replies:
+        if reply.filtered:
+            print(f"filter {DEMO_FILTER.model_dump_json(by_alias=True)}")
+            print(f"  {reply.filter_passing:,} of {len(items):,} items pass")
         print(format_reply(reply))
         same = stored is not None and stored["items"] == reply.model_dump()["items"]
         print(
@@ -136,7 +158,12 @@ def _show(
         )
         row = int(str(reply.subject_id)[1:])  # synthetic ids: i<row>, u<row>
         k = len(reply.items)
-        if reply.kind == "recommend":
+        if reply.filtered:  # the exact top-k among the items passing the filter
+            passing = select(attributes, DEMO_FILTER, None, len(items))
+            assert passing is not None
+            scores = items[passing.rows] @ factors.user_factors[row]
+            truth = passing.rows[top_k(scores, k)]
+        elif reply.kind == "recommend":
             truth = exact_inner_product_top_k(items, factors.user_factors[row], k)
         else:
             truth = exact_cosine_top_k(items, norms, items[row], k, exclude=row)
