@@ -154,11 +154,18 @@ class Selection:
     def fraction(self) -> float:
         return self.count / self.n_items if self.n_items else 0.0
 
-    def passes(self, rows: Rows) -> BoolMask:
-        """Which of `rows` pass (cheap for a few candidates, whatever the representation)."""
-        if self._mask is not None or self._rows is None or len(rows) * 8 > len(self._rows):
+    def passes(self, rows: npt.ArrayLike) -> BoolMask:
+        """Which of `rows` pass: a lookup in the mask when there is one, else a binary search
+        in the sorted rows (never builds a mask: a request checks a few hundred candidates,
+        and a mask costs a pass over the catalogue)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if self._mask is not None or self._rows is None:
             return self.mask[rows]
-        return np.isin(rows, self._rows, assume_unique=False)
+        found = np.searchsorted(self._rows, rows)
+        inside = found < len(self._rows)
+        hit = np.zeros(len(rows), dtype=np.bool_)
+        hit[inside] = self._rows[found[inside]] == rows[inside]
+        return hit
 
 
 def select(

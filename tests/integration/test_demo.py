@@ -12,11 +12,12 @@ def test_demo_prints_recommendations_that_went_through_kafka_and_redis(services,
     result = annrec("demo", extra_env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     out = result.stdout
-    assert out.count("same items as the Kafka reply") == 3
+    assert out.count("same items as the Kafka reply") == 4
     assert "recommend for u0" in out and "similar_items for i0" in out
+    assert '{"attr":"category","eq":"c03"}' in out and "items pass" in out  # the filtered one
     recalls = [
         float(line.rsplit(" ", 1)[1])
         for line in out.splitlines()
         if "against exact brute force" in line
     ]
-    assert len(recalls) == 3 and min(recalls) >= 0.6
+    assert len(recalls) == 4 and min(recalls) >= 0.6
