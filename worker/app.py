@@ -140,6 +140,8 @@ class Worker:
         self.shadow: ShadowSampler | None = None
         self.progress = PartitionProgress(settings.stall_after_s)
         self._announced: dict[str, float] = {}
+        self._serving_since: tuple[str, float] = ("", 0.0)
+        self._observed: set[str] = set()
         self._next_progress = 0.0
         self.health = HealthState(max_poll_gap_s=settings.health_max_poll_gap_s)
         self.served = 0
@@ -317,11 +319,21 @@ class Worker:
     def _announce_serving(self, version: LoadedVersion, previous: str | None) -> None:
         self.metrics.serving(version.version, version.manifest.created_at.timestamp(), previous)
         self.health.version = version.version
-        announced = self._announced.get(version.version)
-        if announced is not None:
-            delay = max(time.time() - announced, 0.0)
-            self.metrics.announce_to_serve.observe(delay)
-            log.info("version_serving", version=version.version, since_announced_s=round(delay, 2))
+        self._serving_since = (version.version, time.time())
+        self._observe_announcement()
+
+    def _observe_announcement(self) -> None:
+        """The announcement-to-serving delay, once per version. The watcher also reads LATEST
+        on its own, so a version can be served before its announcement is read: the delay is
+        then observed (as 0) when the announcement arrives."""
+        served, since = self._serving_since
+        announced = self._announced.get(served)
+        if announced is None or served in self._observed:
+            return
+        self._observed.add(served)
+        delay = max(since - announced, 0.0)
+        self.metrics.announce_to_serve.observe(delay)
+        log.info("version_serving", version=served, since_announced_s=round(delay, 2))
 
     def _track_progress(self, consumer: Consumer, version: LoadedVersion) -> None:
         """Lag per assigned partition (cached watermarks: no broker round trip), stalls, and the
@@ -330,6 +342,7 @@ class Worker:
         if now < self._next_progress:
             return
         self._next_progress = now + 1.0
+        self._observe_announcement()
         topic = self.settings.topic_requests
         parts = [TopicPartition(topic, p) for p in sorted(self.assigned)]
         try:

@@ -35,3 +35,19 @@ def test_bench_build_and_ann_quick(services, tmp_path):
     _bench("ann", tmp_path / "ann", services, tmp_path)
     ann = json.loads((tmp_path / "ann" / "ann.json").read_text())
     assert ann["params"]["n_items"] == 3000
+
+
+def test_bench_filters_quick(services, tmp_path):
+    out = tmp_path / "filters"
+    printed = _bench("filters", out, services, tmp_path)
+    result = json.loads((out / "filters.json").read_text())
+    for task in ("recommend", "similar_items"):
+        rows = result["tasks"][task]
+        assert [r["selectivity"] for r in rows] == [0.5, 0.1, 0.01, 0.001, 0.0001]
+        for r in rows:
+            assert r["exact_subset"]["recall_at_10"] == 1.0  # it is the ground truth
+            assert r["planner"]["mean_results"] == min(10, r["passing"])  # always k
+        # post-filtering 100 candidates cannot find 10 passing items at 0.1% selectivity
+        assert rows[3]["post_filter"]["mean_results"] < 10
+    assert (out / "filters.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "| selectivity |" in printed
