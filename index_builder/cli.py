@@ -18,9 +18,9 @@ from index_builder.publish import BuildOptions, publish_version
 from index_builder.settings import BuilderSettings
 from index_builder.synth import synth_attributes, synth_factors, write_synth_interactions
 from index_builder.train import load_interactions, train_als
+from schemas.catalogue import Catalogue, local_root, read_catalogue
 from schemas.errors import AnnrecError
 from schemas.item_updates import read_item_updates
-from schemas.layout import list_versions, read_latest
 from schemas.manifest import Manifest
 from schemas.object_store import ObjectStore, is_remote
 
@@ -89,28 +89,27 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 @dataclasses.dataclass(frozen=True)
-class _Catalogue:
-    """The version operations, on a directory or on object storage."""
+class _Catalogue(Catalogue):
+    """The version operations, on a directory or on object storage: reads plus writes."""
 
-    versions: Callable[[], list[str]]
-    latest: Callable[[], str | None]
     set_latest: Callable[[str], bool]
     gc: Callable[[int, float], list[str]]
 
 
 def _catalogue(settings: BuilderSettings) -> _Catalogue:
+    read = read_catalogue(settings.storage, settings.storage_options)
     if is_remote(settings.storage):
         store = ObjectStore(settings.storage, settings.storage_options)
         return _Catalogue(
-            store.list_versions,
-            store.read_latest,
+            read.versions,
+            read.latest,
             lambda v: remote.set_remote_latest(store, v, allow_older=True),
             lambda keep, grace: remote.gc_remote_versions(store, keep, grace),
         )
-    root = Path(settings.storage)
+    root = local_root(settings.storage)
     return _Catalogue(
-        lambda: list_versions(root),
-        lambda: read_latest(root),
+        read.versions,
+        read.latest,
         lambda v: storage.set_latest(root, v, allow_older=True),
         lambda keep, grace: storage.gc_versions(root, keep, grace),
     )

@@ -130,7 +130,7 @@ def measure_quality(
                 recommend.exact_items or 0,
                 recommend.bound_factor or 1.0,
             )[0][0],
-            lambda q, keep: filtered.exact_max_inner_product(items, user_queries[q], k, keep)[0],
+            lambda q, keep: filtered.exact_max_inner_product(mips, user_queries[q], k, keep)[0],
             len(items),
             filter_queries,
             target_recall,

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from schemas.errors import AnnrecError
 from schemas.layout import LATEST, STAGING, list_versions, read_latest, version_dir
+from schemas.manifest import MANIFEST_NAME, Manifest
 
 
 def new_version_name(now: datetime | None = None) -> str:
@@ -116,3 +117,14 @@ def _fsync(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def adopt_version(storage: Path, source: Path, version: str) -> Manifest:
+    """Move a version already built (and verified) under another root `source` on the same
+    filesystem into `storage`, and point LATEST at it; its manifest, for the announcement.
+    What a publish does after building, for benchmarks and fault injection that prebuild."""
+    target = version_dir(storage, version)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    os.rename(version_dir(source, version), target)
+    set_latest(storage, version)
+    return Manifest.model_validate_json((target / MANIFEST_NAME).read_text())

@@ -120,6 +120,12 @@ class NormBands:
             return self.head[start:stop]
         return np.asarray(self.item_factors[self.order[start:stop]])
 
+    def rows_at(self, positions: IntArray) -> FloatArray:
+        """Factor rows at these norm-ordered positions (ascending)."""
+        if len(positions) and positions[-1] < len(self.head):
+            return self.head[positions]
+        return np.asarray(self.item_factors[self.order[positions]])
+
     def unload(self) -> None:
         for band in self.bands:
             band.index.unload()
@@ -208,11 +214,13 @@ Entry = tuple[float, int, bool]  # (score, norm-order position, whether the scor
 def _scan_band(
     bands: NormBands, band: Band, q: FloatArray, k: int, keep: Selection | None
 ) -> list[Entry]:
-    scores = bands.rows(band.start, band.stop) @ q
-    positions = np.arange(band.start, band.stop)
-    if keep is not None:
-        passing = keep.passes(bands.order[band.start : band.stop])
-        scores, positions = scores[passing], positions[passing]
+    if keep is None:
+        scores = bands.rows(band.start, band.stop) @ q
+        positions = np.arange(band.start, band.stop)
+    else:  # only the passing rows are read: a selective filter makes a band cheap to scan
+        inside = keep.passes(bands.order[band.start : band.stop])
+        positions = np.flatnonzero(inside) + band.start
+        scores = bands.rows_at(positions) @ q
     # Exact scores need no over-fetch: the band's own top k is all it can contribute.
     best = np.argpartition(scores, -k)[-k:] if len(scores) > k else np.arange(len(scores))
     return list(zip(scores[best].tolist(), positions[best].tolist(), repeat(True)))
@@ -234,9 +242,11 @@ def _search_band(
     # Annoy's own default (-1) is n_trees * results, not every node: spell it out.
     budget = search_k if search_k >= 0 else band.index.get_n_trees() * size
     wanted = pool_size if keep is None else _widened(pool_size, keep, widen, size)
-    ids, distances = band.index.get_nns_by_vector(
-        augmented, wanted, max(budget, budget * wanted // pool_size), include_distances=True
-    )
+    if wanted > pool_size:
+        # Annoy stops collecting at search_k candidates: to return `wanted` good ones it needs
+        # its default of wanted x n_trees at least (a tuned search_k is for pool_size).
+        budget = max(budget * wanted // pool_size, wanted * band.index.get_n_trees())
+    ids, distances = band.index.get_nns_by_vector(augmented, wanted, budget, include_distances=True)
     # Angular distance on the augmented vectors: d^2 = 2 - 2 cos, and every item of the band
     # has norm max_norm, so q.x = cos * ||q|| * max_norm.
     scale = q_norm * band.max_norm

@@ -37,17 +37,34 @@ WIDEN_ROUNDS = 3
 WIDEN_FACTOR = 4
 # Above this share of the catalogue, scoring every item and masking beats gathering the rows.
 DENSE_SCAN_FRACTION = 0.25
+# user -> items, exact: up to this many passing items are scored all at once (gathered); more
+# are scanned band by band under the norm bound (schemas/banded.py), which reads fewer rows
+# whenever the answers live in the long-norm bands. Measured at 1M x 64 (BENCHMARKS.md).
+GATHER_ROWS = 20_000
 
 
 def choose(selection: Selection, threshold: float) -> Strategy:
     return "exact" if selection.fraction < threshold else "ann"
 
 
-def exact_max_inner_product(
+def subset_max_inner_product(
     item_factors: FloatArray, query: FloatArray, k: int, keep: Selection
 ) -> Ranked:
-    """The exact top-k by inner product among the passing items."""
+    """The exact top-k by inner product among the passing items: every one of them scored."""
     return _exact(item_factors, keep, k, lambda rows: np.asarray(item_factors[rows]) @ query)
+
+
+def exact_max_inner_product(
+    bands: banded.NormBands, query: FloatArray, k: int, keep: Selection
+) -> Ranked:
+    """The exact top-k by inner product among the passing items, cheaply: a small subset is
+    scored whole; a large one band by band from the longest norms down (each band reading only
+    its passing rows), stopping when no passing item left can beat the k-th (Cauchy-Schwarz).
+    On MF factors a filter passing 10% of 1M items is then answered from the first bands."""
+    if keep.count <= GATHER_ROWS:
+        return subset_max_inner_product(bands.item_factors, query, k, keep)
+    keep.mask  # noqa: B018 - one pass over the catalogue; every band then looks rows up in it
+    return banded.max_inner_product(bands, query, k, -1, len(bands.order), 1.0, keep=keep)
 
 
 def exact_similar_items(
@@ -85,7 +102,7 @@ def max_inner_product(
             if len(rows) >= min(k, keep.count):
                 return (rows, scores), "ann"
             widen *= WIDEN_FACTOR
-    return exact_max_inner_product(bands.item_factors, query, k, keep), "exact"
+    return exact_max_inner_product(bands, query, k, keep), "exact"
 
 
 def similar_items(

@@ -156,8 +156,9 @@ class Selection:
 
     def passes(self, rows: npt.ArrayLike) -> BoolMask:
         """Which of `rows` pass: a lookup in the mask when there is one, else a binary search
-        in the sorted rows (never builds a mask: a request checks a few hundred candidates,
-        and a mask costs a pass over the catalogue)."""
+        in the sorted rows (never builds the mask: a request checks a few hundred candidates,
+        and a mask costs a pass over the catalogue; callers that will check many rows build
+        it first)."""
         rows = np.asarray(rows, dtype=np.int64)
         if self._mask is not None or self._rows is None:
             return self.mask[rows]

@@ -10,7 +10,7 @@ import numpy as np
 import numpy.typing as npt
 from annoy import AnnoyIndex
 
-from schemas.vectors import augment_query, cosine_scores, top_k
+from schemas.vectors import cosine_scores, top_k
 
 # Candidates fetched per result wanted. The exact rerank then orders them; more candidates can
 # only add true neighbours that the ANN order placed too low.
@@ -41,26 +41,6 @@ def similar_items(
     scores = cosine_scores(
         np.asarray(item_factors[candidates]), item_norms[candidates], np.asarray(item_factors[row])
     )
-    best = top_k(scores, k)
-    return candidates[best], scores[best]
-
-
-def max_inner_product(
-    index: AnnoyIndex,
-    item_factors: npt.NDArray[np.float32],
-    query: npt.NDArray[np.float32],
-    k: int,
-    search_k: int = -1,
-) -> Ranked:
-    """Items with the largest inner product with `query`, exact scores, best first.
-
-    `index` holds the Bachrach-augmented items; the query gets the matching 0 appended.
-    """
-    n = min(len(item_factors), k * OVERFETCH)
-    candidates = np.asarray(
-        index.get_nns_by_vector(augment_query(query), n, search_k), dtype=np.int64
-    )
-    scores = (np.asarray(item_factors[candidates]) @ query).astype(np.float32)
     best = top_k(scores, k)
     return candidates[best], scores[best]
 

@@ -283,8 +283,10 @@ def _recommend(
         )
     fetch = request.k + len(excluded)
     if keep is not None:
-        if exact or (v.exact_recommend and request.search_k is None):
-            rows, scores = filtered.exact_max_inner_product(v.item_factors, query, fetch, keep)
+        if exact:  # the reference: every passing item scored, independent of the bands
+            rows, scores = filtered.subset_max_inner_product(v.item_factors, query, fetch, keep)
+        elif v.exact_recommend and request.search_k is None:
+            rows, scores = filtered.exact_max_inner_product(v.mips, query, fetch, keep)
         else:
             (rows, scores), _ = filtered.max_inner_product(
                 v.mips,

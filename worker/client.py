@@ -121,3 +121,35 @@ def request_once(
             f"no reply to {request.request_id} within {timeout_s:.0f}s: is a worker running?"
         )
     return replies[request.request_id]
+
+
+def wait_for_workers(
+    kafka_conf: dict[str, str],
+    requests_topic: str,
+    replies_topic: str,
+    n_users: int,
+    workers: int,
+    timeout_s: float = 120.0,
+) -> set[str]:
+    """Send recommendations for u0, u1, ... until `workers` distinct workers have answered:
+    every one joined the group, loaded an index and got partitions (a rebalance in the middle
+    of a measurement would be measured as latency, or as a fault). Returns the worker ids."""
+    waiter = ReplyWaiter(kafka_conf, replies_topic)
+    producer = Producer({**kafka_conf, "linger.ms": 0})
+    answered: set[str] = set()
+    deadline = time.monotonic() + timeout_s
+    attempt = 0
+    try:
+        while len(answered) < workers and time.monotonic() < deadline:
+            ids = {f"warm-{attempt}-{i}" for i in range(8)}  # 8 keys reach every partition
+            for rid in ids:
+                req = RecommendRequest(request_id=rid, user_id=f"u{attempt % n_users}", k=10)
+                producer.produce(requests_topic, key=rid.encode(), value=req.model_dump_json())
+            producer.flush(10)
+            answered |= {r.worker_id for r in waiter.wait(ids, timeout_s=2.0).values()}
+            attempt += 1
+    finally:
+        waiter.close()
+    if len(answered) < workers:
+        raise AnnrecError(f"only {len(answered)} of {workers} workers answered in {timeout_s} s")
+    return answered

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 from typing import Any
 
 import redis
@@ -20,8 +19,7 @@ from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from schemas import keys
-from schemas.layout import list_versions, read_latest
-from schemas.object_store import ObjectStore, is_remote
+from schemas.catalogue import read_catalogue
 from worker.settings import WorkerSettings
 
 TIMEOUT_S = 10.0
@@ -112,15 +110,8 @@ def _workers(redis_url: str, group: str) -> list[dict[str, Any]]:
 
 
 def _versions(s: WorkerSettings) -> dict[str, Any]:
-    if is_remote(s.storage):
-        store = ObjectStore(s.storage, s.storage_options)
-        return {
-            "storage": s.storage,
-            "versions": store.list_versions(),
-            "latest": store.read_latest(),
-        }
-    root = Path(s.storage)
-    return {"storage": s.storage, "versions": list_versions(root), "latest": read_latest(root)}
+    catalogue = read_catalogue(s.storage, s.storage_options)
+    return {"storage": s.storage, "versions": catalogue.versions(), "latest": catalogue.latest()}
 
 
 def _recent_count(consumer: Consumer, topic: str, since: float) -> int:

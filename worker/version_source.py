@@ -13,6 +13,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Protocol
 
+from schemas.catalogue import local_root
 from schemas.errors import VersionMissing
 from schemas.layout import read_latest, version_dir
 from schemas.manifest import MANIFEST_NAME, Manifest
@@ -74,4 +75,4 @@ class ObjectStoreSource:
 def version_source(storage: str, cache_dir: Path, options: dict[str, Any]) -> VersionSource:
     if is_remote(storage):
         return ObjectStoreSource(ObjectStore(storage, options), cache_dir)
-    return DirectorySource(Path(storage.removeprefix("file://")))
+    return DirectorySource(local_root(storage))

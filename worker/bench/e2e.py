@@ -34,16 +34,14 @@ from tqdm import tqdm
 
 from index_builder.announce import announce_version
 from index_builder.publish import BuildOptions, publish_version
-from index_builder.storage import set_latest
+from index_builder.storage import adopt_version
 from index_builder.synth import synth_factors
 from schemas.events import RecommendRequest
-from schemas.layout import version_dir
-from schemas.manifest import MANIFEST_NAME, Manifest
 from schemas.settings import CommonSettings, prefixed_topics, topic_env
 from schemas.topics import ensure_topics, topic_specs
 from worker import services
 from worker.bench.machine import describe, machine_info
-from worker.client import ReplyWaiter
+from worker.client import ReplyWaiter, wait_for_workers
 
 
 @dataclass(frozen=True)
@@ -181,26 +179,8 @@ def _sweep(
 
 
 def _warm_up(kafka: dict[str, str], topics: CommonSettings, n_users: int, workers: int) -> None:
-    """Until every worker has answered: all joined, loaded the index and got partitions (a
-    rebalance in the middle of a measured run would be measured as latency)."""
-    waiter = ReplyWaiter(kafka, topics.topic_replies)
-    producer = Producer({**kafka, "linger.ms": 0})
-    answered_by: set[str] = set()
-    try:
-        for attempt in range(600):
-            ids = {f"warm-{attempt}-{i}" for i in range(8)}  # 8 keys reach every partition
-            for rid in ids:
-                req = RecommendRequest(request_id=rid, user_id=f"u{attempt % n_users}", k=10)
-                producer.produce(
-                    topics.topic_requests, key=rid.encode(), value=req.model_dump_json().encode()
-                )
-            producer.flush(5)
-            answered_by |= {r.worker_id for r in waiter.wait(ids, timeout_s=1.0).values()}
-            if len(answered_by) >= workers:
-                break
-        time.sleep(1.0)
-    finally:
-        waiter.close()
+    wait_for_workers(kafka, topics.topic_requests, topics.topic_replies, n_users, workers)
+    time.sleep(1.0)  # let the last assignment settle before measuring
 
 
 def _load(
@@ -274,12 +254,7 @@ def _publish_during(
     side, versions = upcoming
     for version in versions:
         time.sleep(duration_s / (len(versions) + 1))
-        target = version_dir(storage, version)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        os.rename(version_dir(side, version), target)
-        set_latest(storage, version)
-        manifest = Manifest.model_validate_json((target / MANIFEST_NAME).read_text())
-        announce_version(kafka, topic, manifest)
+        announce_version(kafka, topic, adopt_version(storage, side, version))
 
 
 def _highest(points: list[dict[str, Any]]) -> int:

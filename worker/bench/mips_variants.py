@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 from annoy import AnnoyIndex
 
 from index_builder.build import build_annoy, build_mips_bands
@@ -121,7 +122,7 @@ def _xbox(
     head = np.ascontiguousarray(items[head_rows])
 
     def overfetch(sk: int) -> Answer:
-        return lambda q: search.max_inner_product(index, items, task.vectors[q], K, sk)[0]
+        return lambda q: xbox_max_inner_product(index, items, task.vectors[q], K, sk)[0]
 
     def exactly_k(sk: int) -> Answer:
         return lambda q: np.asarray(
@@ -132,7 +133,7 @@ def _xbox(
         def answer(q: int) -> IntArray:
             query = task.vectors[q]
             rows = np.concatenate(
-                [head_rows, search.max_inner_product(index, items, query, K, sk)[0]]
+                [head_rows, xbox_max_inner_product(index, items, query, K, sk)[0]]
             )
             scores = np.concatenate([head @ query, items[rows[len(head_rows) :]] @ query])
             return _unique_top(rows, scores)
@@ -204,3 +205,24 @@ def _doubling(start: int, stop: int) -> list[int]:
     while values[-1] * 2 <= stop:
         values.append(values[-1] * 2)
     return values
+
+
+def xbox_max_inner_product(
+    index: AnnoyIndex,
+    item_factors: npt.NDArray[np.float32],
+    query: npt.NDArray[np.float32],
+    k: int,
+    search_k: int = -1,
+) -> search.Ranked:
+    """Items with the largest inner product with `query`, exact scores, best first, from one
+    Xbox-augmented index over the whole catalogue (what annrec served before the norm bands).
+
+    `index` holds the Bachrach-augmented items; the query gets the matching 0 appended.
+    """
+    n = min(len(item_factors), k * search.OVERFETCH)
+    candidates = np.asarray(
+        index.get_nns_by_vector(augment_query(query), n, search_k), dtype=np.int64
+    )
+    scores = (np.asarray(item_factors[candidates]) @ query).astype(np.float32)
+    best = top_k(scores, k)
+    return candidates[best], scores[best]

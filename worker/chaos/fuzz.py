@@ -12,6 +12,7 @@ import random
 from collections.abc import Callable
 
 from schemas.events import MAX_DIM, MAX_K, MAX_LIST, MAX_REQUEST_BYTES
+from schemas.filters import MAX_FILTER_DEPTH, MAX_FILTER_TERMS, MAX_IN_VALUES
 
 Maker = Callable[[random.Random, str], bytes]
 
@@ -61,17 +62,9 @@ def _huge_k(rng: random.Random, rid: str) -> bytes:
 def _bad_vector(rng: random.Random, rid: str) -> bytes:
     doc = {"request_id": rid, "kind": "recommend"}
     choice = rng.randrange(5)
-    if choice == 0:
-        return (
-            b'{"request_id": "' + rid.encode() + b'", "kind": "recommend", "user_vector": [NaN, 1]}'
-        )
-    if choice == 1:
-        return (
-            b'{"request_id": "'
-            + rid.encode()
-            + b'", "kind": "recommend", "user_vector": [Infinity, 1]}'
-        )
-    if choice == 2:
+    if choice in (0, 1):  # json.dumps writes them as the NaN / Infinity tokens JSON forbids
+        doc["user_vector"] = [float("nan") if choice == 0 else float("inf"), 1.0]
+    elif choice == 2:
         doc["user_vector"] = rng.choice([[1.0] * (MAX_DIM + 1), [1e39, 1.0], [-1e300, 0.0]])
     elif choice == 3:
         doc["user_vector"] = ["x", 1.0]
@@ -97,6 +90,27 @@ def _unknown_item(rng: random.Random, rid: str) -> bytes:
     return _j({"request_id": rid, "kind": "similar_items", "item_id": f"no-such-{rng.random()}"})
 
 
+def _bad_filter(rng: random.Random, rid: str) -> bytes:
+    """Filters past the language's bounds, malformed, or naming what no version has."""
+    deep: dict[str, object] = {"attr": "in_stock", "eq": True}
+    for _ in range(MAX_FILTER_DEPTH + 1):
+        deep = {"not": deep}
+    leaf = {"attr": "in_stock", "eq": True}
+    flt = rng.choice(
+        [
+            deep,
+            {"all": [leaf] * (MAX_FILTER_TERMS + 1)},
+            {"attr": "category", "in": [str(i) for i in range(MAX_IN_VALUES + 1)]},
+            {"attr": "category", "eq": {"$ne": 1}},
+            {"attr": "category", "like": "shoe%"},
+            {"all": []},
+            "in_stock = true",
+            {"attr": f"no_such_attr_{rng.randrange(1000)}", "eq": "x"},
+        ]
+    )
+    return _j(_base(rid) | {"filter": flt})
+
+
 def _deep_nesting(rng: random.Random, rid: str) -> bytes:
     depth = rng.choice([1_000, 100_000])
     return b'{"request_id": "' + rid.encode() + b'", "x": ' + b"[" * depth + b"]" * depth + b"}"
@@ -118,6 +132,7 @@ MAKERS: dict[str, Maker] = {
     "unknown_fields": _unknown_fields,
     "too_many_ids": _too_many_ids,
     "unknown_item": _unknown_item,
+    "bad_filter": _bad_filter,
     "deep_nesting": _deep_nesting,
     "oversized": _oversized,
 }

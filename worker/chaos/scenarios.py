@@ -11,7 +11,6 @@ prints them and writes them to JSON (RELIABILITY.md quotes them).
 from __future__ import annotations
 
 import json
-import os
 import re
 import tempfile
 import time
@@ -25,14 +24,14 @@ import numpy as np
 from index_builder.announce import announce_version
 from index_builder.build import build_annoy
 from index_builder.publish import BuildOptions, publish_version
-from index_builder.storage import set_latest
+from index_builder.storage import adopt_version
 from index_builder.synth import synth_factors
 from schemas.layout import version_dir
 from schemas.manifest import MANIFEST_NAME, Manifest
 from schemas.verify import file_entry
 from worker.chaos.fuzz import hostile_payloads, valid_payload
 from worker.chaos.harness import Cluster, Load, audit, recommend_payload, wait_until
-from worker.client import ReplyWaiter
+from worker.client import ReplyWaiter, wait_for_workers
 from worker.services import Endpoints
 
 Figures = dict[str, Any]
@@ -377,33 +376,11 @@ def _payload(cluster: Cluster):  # noqa: ANN202 - a closure from harness
     return recommend_payload(len(cluster.factors.user_ids))
 
 
-def _warm_up(cluster: Cluster, workers: int, timeout_s: float = 120) -> None:
-    """Until `workers` distinct workers have answered (joined, loaded, assigned)."""
-    waiter = ReplyWaiter(cluster.svc.kafka, cluster.topics.topic_replies)
-    from confluent_kafka import Producer
-
-    producer = Producer(cluster.svc.kafka)
-    answered: set[str] = set()
-    deadline = time.monotonic() + timeout_s
-    attempt = 0
-    try:
-        while len(answered) < workers and time.monotonic() < deadline:
-            ids = {f"warm-{attempt}-{i}" for i in range(8)}
-            attempt += 1
-            for rid in ids:
-                producer.produce(
-                    cluster.topics.topic_requests,
-                    key=rid.encode(),
-                    value=valid_payload(rid, len(cluster.factors.user_ids), attempt),
-                )
-            producer.flush(10)
-            answered |= {r.worker_id for r in waiter.wait(ids, timeout_s=2.0).values()}
-    finally:
-        waiter.close()
-    if len(answered) < workers:
-        raise RuntimeError(
-            f"only {len(answered)} of {workers} workers answered within {timeout_s} s"
-        )
+def _warm_up(cluster: Cluster, workers: int) -> None:
+    t = cluster.topics
+    wait_for_workers(
+        cluster.svc.kafka, t.topic_requests, t.topic_replies, len(cluster.factors.user_ids), workers
+    )
 
 
 def _ask(cluster: Cluster, n: int, prefix: str) -> dict[str, Any]:
@@ -432,12 +409,7 @@ def _latest_manifest(storage: Path) -> Manifest:
 
 def _move_in(side: Path, cluster: Cluster, version: str) -> None:
     """What a publish does, from a prebuilt version: into versions/, LATEST, announce."""
-    target = version_dir(cluster.storage, version)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    os.rename(version_dir(side, version), target)
-    set_latest(cluster.storage, version)
-    manifest_path = target / MANIFEST_NAME
-    manifest = Manifest.model_validate_json(manifest_path.read_text())
+    manifest = adopt_version(cluster.storage, side, version)
     announce_version(cluster.svc.kafka, cluster.topics.topic_index_versions, manifest)
 
 

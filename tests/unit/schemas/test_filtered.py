@@ -159,11 +159,18 @@ def test_recommend_equals_exact_filtered_top_k(tmp_path, catalogue, case, user, 
     keep = select(attributes(tmp_path, color, stock, colors), flt, _allow(allow), N_ITEMS)
     query = users[user]
     expected = brute(items @ query, reference_rows(color, stock, colors, flt, allow), k)
-    for threshold in (0.0, 1.01):  # 0: always the index path; above 1: always exact
-        (rows, scores), _ = filtered.max_inner_product(
-            bands, query, k, keep, threshold, UNLIMITED, exact_items=0
-        )
-        assert sorted(rows.tolist()) == sorted(expected.tolist()), threshold
+    # threshold 0: always the index path; above 1: always exact, by scoring the whole subset
+    # (gather) or band by band under the norm bound (gather limit 0)
+    for threshold, gather_rows in ((0.0, None), (1.01, N_ITEMS), (1.01, 0)):
+        saved = filtered.GATHER_ROWS
+        filtered.GATHER_ROWS = saved if gather_rows is None else gather_rows
+        try:
+            (rows, scores), _ = filtered.max_inner_product(
+                bands, query, k, keep, threshold, UNLIMITED, exact_items=0
+            )
+        finally:
+            filtered.GATHER_ROWS = saved
+        assert sorted(rows.tolist()) == sorted(expected.tolist()), (threshold, gather_rows)
         np.testing.assert_allclose(scores, items[rows] @ query, rtol=1e-5, atol=1e-5)
         assert (np.diff(scores) <= 1e-6).all()  # best first
 
