@@ -41,7 +41,7 @@ STOP_RECALL = 0.995  # past this, more search_k buys nothing worth measuring
 # Selectivities the filter threshold is searched over (random subsets of the catalogue), and
 # the queries per selectivity (each costs one exact-over-subset scan and one index search).
 FILTER_SELECTIVITIES = (0.5, 0.2, 0.1, 0.05, 0.02, 0.01, 0.005, 0.002, 0.001)
-FILTER_QUERIES = 30
+FILTER_QUERIES = 100
 
 
 def measure_quality(

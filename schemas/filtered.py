@@ -116,8 +116,8 @@ def similar_items(
     search_k: int = -1,
 ) -> tuple[Ranked, Strategy]:
     """item -> items under a filter: (best first, the strategy that produced them)."""
-    passing_others = keep.count - int(keep.passes(np.array([row]))[0])
     if choose(keep, threshold) == "ann":
+        passing_others = keep.count - keep.contains(row)
         n_items = len(item_norms)
         n = min(n_items, math.ceil((k + 1) * OVERFETCH / max(keep.fraction, 1e-9)))
         for _ in range(WIDEN_ROUNDS):

@@ -154,6 +154,12 @@ class Selection:
     def fraction(self) -> float:
         return self.count / self.n_items if self.n_items else 0.0
 
+    def contains(self, row: int) -> bool:
+        if self._mask is not None or self._rows is None:
+            return bool(self.mask[row])
+        i = int(np.searchsorted(self._rows, row))
+        return i < len(self._rows) and int(self._rows[i]) == row
+
     def passes(self, rows: npt.ArrayLike) -> BoolMask:
         """Which of `rows` pass: a lookup in the mask when there is one, else a binary search
         in the sorted rows (never builds the mask: a request checks a few hundred candidates,

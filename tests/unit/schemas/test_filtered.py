@@ -146,9 +146,15 @@ def test_selection_is_the_set_of_items_passing_the_filter(tmp_path, case):
     attrs = attributes(tmp_path, color, stock, colors)
     keep = select(attrs, flt, None if allow is None else np.array(allow), N_ITEMS)
     expected = reference_rows(color, stock, colors, flt, allow)
+    probe = np.arange(0, N_ITEMS, 7)
+    passing = set(expected.tolist())
+    # before and after the mask exists: the two lookups must agree with the definition
+    assert [keep.contains(int(r)) for r in probe] == [r in passing for r in probe.tolist()]
+    assert keep.passes(probe).tolist() == [r in passing for r in probe.tolist()]
     assert keep.rows.tolist() == expected.tolist()
     assert keep.count == len(expected)
     assert keep.mask.sum() == len(expected)
+    assert keep.passes(probe).tolist() == [r in passing for r in probe.tolist()]
 
 
 @PROPERTY
