@@ -94,10 +94,14 @@ def max_inner_product(
 ) -> tuple[Ranked, Strategy]:
     """user -> items under a filter: (best first, the strategy that produced them)."""
     if choose(keep, threshold) == "ann":
+        # A filter thins every band: the filtered top-k reaches deeper into the norm order than
+        # the unfiltered one, past a small exact head into bands that trees answer less well.
+        # Scanning the passing rows of the whole contiguous head costs little, so do.
+        head = max(exact_items, banded.HEAD_ROWS)
         widen = 1.0
         for _ in range(WIDEN_ROUNDS):
             rows, scores = banded.max_inner_product(
-                bands, query, k, search_k, exact_items, bound_factor, keep=keep, widen=widen
+                bands, query, k, search_k, head, bound_factor, keep=keep, widen=widen
             )
             if len(rows) >= min(k, keep.count):
                 return (rows, scores), "ann"
