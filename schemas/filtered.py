@@ -34,6 +34,7 @@ Ranked = tuple[npt.NDArray[np.int64], FloatArray]
 Strategy = Literal["ann", "exact"]
 
 WIDEN_ROUNDS = 3
+FILTERED_HEAD = banded.HEAD_ROWS  # norm-ordered items a filtered search scans exactly
 WIDEN_FACTOR = 4
 # Above this share of the catalogue, scoring every item and masking beats gathering the rows.
 DENSE_SCAN_FRACTION = 0.25
@@ -97,7 +98,7 @@ def max_inner_product(
         # A filter thins every band: the filtered top-k reaches deeper into the norm order than
         # the unfiltered one, past a small exact head into bands that trees answer less well.
         # Scanning the passing rows of the whole contiguous head costs little, so do.
-        head = max(exact_items, banded.HEAD_ROWS)
+        head = max(exact_items, FILTERED_HEAD)
         widen = 1.0
         for _ in range(WIDEN_ROUNDS):
             rows, scores = banded.max_inner_product(

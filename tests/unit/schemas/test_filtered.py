@@ -8,6 +8,7 @@ exact over the subset) must return exactly that when the index budget is unlimit
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -165,18 +166,18 @@ def test_recommend_equals_exact_filtered_top_k(tmp_path, catalogue, case, user, 
     keep = select(attributes(tmp_path, color, stock, colors), flt, _allow(allow), N_ITEMS)
     query = users[user]
     expected = brute(items @ query, reference_rows(color, stock, colors, flt, allow), k)
-    # threshold 0: always the index path; above 1: always exact, by scoring the whole subset
-    # (gather) or band by band under the norm bound (gather limit 0)
-    for threshold, gather_rows in ((0.0, None), (1.01, N_ITEMS), (1.01, 0)):
-        saved = filtered.GATHER_ROWS
-        filtered.GATHER_ROWS = saved if gather_rows is None else gather_rows
-        try:
+    # threshold 0: always the index path (its trees: no exact head); above 1: always exact, by
+    # scoring the whole subset (gather) or band by band under the norm bound (gather limit 0)
+    for threshold, limits in (
+        (0.0, {"FILTERED_HEAD": 0}),
+        (1.01, {"GATHER_ROWS": N_ITEMS}),
+        (1.01, {"GATHER_ROWS": 0}),
+    ):
+        with _limits(**limits):
             (rows, scores), _ = filtered.max_inner_product(
                 bands, query, k, keep, threshold, UNLIMITED, exact_items=0
             )
-        finally:
-            filtered.GATHER_ROWS = saved
-        assert sorted(rows.tolist()) == sorted(expected.tolist()), (threshold, gather_rows)
+        assert sorted(rows.tolist()) == sorted(expected.tolist()), (threshold, limits)
         np.testing.assert_allclose(scores, items[rows] @ query, rtol=1e-5, atol=1e-5)
         assert (np.diff(scores) <= 1e-6).all()  # best first
 
@@ -216,6 +217,19 @@ def test_an_empty_selection_returns_nothing(catalogue):
         assert len(rows) == 0
 
 
+@contextmanager
+def _limits(**values):
+    """Set schemas.filtered constants for one call (hypothesis examples share the module)."""
+    saved = {name: getattr(filtered, name) for name in values}
+    for name, value in values.items():
+        setattr(filtered, name, value)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            setattr(filtered, name, value)
+
+
 def _allow(allow):
     return None if allow is None else np.array(allow, dtype=np.int64)
 
@@ -233,6 +247,7 @@ def test_a_band_that_returned_too_few_passing_items_is_widened(catalogue):
     worse = band2[(items[band2] @ query) < (items[hidden] @ query).min()][:60]
     keep = Selection.of_rows(N_ITEMS, np.sort(np.concatenate([hidden, worse])))
     assert math.ceil(2 * k / keep.fraction) <= 62  # band 1 is asked for its best 62 or fewer
-    (rows, _), strategy = filtered.max_inner_product(bands, query, k, keep, 0.0, UNLIMITED)
+    with _limits(FILTERED_HEAD=0):  # band 1 searched by its trees, not scanned
+        (rows, _), strategy = filtered.max_inner_product(bands, query, k, keep, 0.0, UNLIMITED)
     assert strategy == "ann"
     assert set(rows.tolist()) == set(hidden.tolist())
