@@ -22,13 +22,13 @@ from confluent_kafka import (
     Consumer,
     KafkaError,
     Message,
-    Producer,
     TopicPartition,
 )
 from pydantic import ValidationError
 
 from schemas.errors import AnnrecError
 from schemas.events import ItemUpdate
+from schemas.topics import deliver
 
 log = structlog.get_logger(__name__)
 
@@ -141,16 +141,5 @@ def publish_item_updates(
     kafka_conf: Mapping[str, str], topic: str, updates: list[ItemUpdate], timeout_s: float = 30
 ) -> None:
     """Produce updates and wait until the broker has them all."""
-    errors: list[KafkaError] = []
-
-    def on_delivery(err: KafkaError | None, _msg: Message) -> None:
-        if err is not None:
-            errors.append(err)
-
-    producer = Producer({**kafka_conf, "enable.idempotence": True})
-    for u in updates:
-        producer.produce(
-            topic, key=u.key.encode(), value=u.model_dump_json().encode(), on_delivery=on_delivery
-        )
-    if producer.flush(timeout_s) > 0 or errors:
-        raise AnnrecError(f"item updates not delivered: {errors[0] if errors else 'timeout'}")
+    messages = [(u.key, u.model_dump_json()) for u in updates]
+    deliver(kafka_conf, topic, messages, f"{len(updates)} item updates", timeout_s)

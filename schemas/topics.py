@@ -7,9 +7,10 @@ and the index-versions topic is compacted so a new worker finds the latest annou
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from schemas import keys
@@ -34,6 +35,30 @@ def topic_specs(settings: CommonSettings) -> list[TopicSpec]:
         TopicSpec(settings.topic_index_versions, 1, {"cleanup.policy": "compact"}),
         TopicSpec(settings.topic_item_updates, 1, {"cleanup.policy": "compact"}),
     ]
+
+
+def deliver(
+    kafka_conf: Mapping[str, str],
+    topic: str,
+    messages: Sequence[tuple[str, str]],
+    what: str,
+    timeout_s: float = 30,
+) -> None:
+    """Produce (key, value) messages and return once the broker acknowledged every one;
+    AnnrecError names `what` was not delivered and why."""
+    errors: list[KafkaError] = []
+
+    def on_delivery(err: KafkaError | None, _msg: Message) -> None:
+        if err is not None:
+            errors.append(err)
+
+    producer = Producer({**kafka_conf, "enable.idempotence": True})
+    for key, value in messages:
+        producer.produce(topic, key=key.encode(), value=value.encode(), on_delivery=on_delivery)
+    if producer.flush(timeout_s) > 0:
+        raise AnnrecError(f"{what} not delivered in {timeout_s:.0f}s")
+    if errors:
+        raise AnnrecError(f"{what} failed: {errors[0]}")
 
 
 def ensure_topics(

@@ -25,6 +25,18 @@ def _table(factors):
     )
 
 
+def _publish(settings, factors, **kwargs):
+    """A version with `in_stock` (all true) and `color` (odd rows blue); no quality report: on
+    300 items the index then visits every node and answers exactly."""
+    return publish_version(
+        factors,
+        Path(settings.storage),
+        BuildOptions(n_trees=10, quality=False),
+        attributes=_table(factors),
+        **kwargs,
+    )
+
+
 def _ask(kafka_conf, settings, waiter, rid: str, **fields):
     request = RecommendRequest(request_id=rid, user_id="u3", k=5, **fields)
     send_requests(kafka_conf, settings.topic_requests, [request])
@@ -41,12 +53,7 @@ def _wait_until(predicate, timeout_s: float = 30) -> None:
 def test_an_availability_update_is_honoured_by_the_next_batch_and_after_a_restart(
     settings, kafka_conf, services, small_factors
 ):
-    publish_version(
-        small_factors,
-        Path(settings.storage),
-        BuildOptions(n_trees=10, quality=False),
-        attributes=_table(small_factors),
-    )
+    _publish(settings, small_factors)
     waiter = ReplyWaiter(kafka_conf, settings.topic_replies)
     with running_worker(settings, kafka_conf, services.redis_url) as worker:
         before = _ask(kafka_conf, settings, waiter, "before", filter=IN_STOCK)
@@ -97,13 +104,7 @@ def test_the_builder_folds_published_updates_into_the_next_version(
         ("in_stock", "unknown-item"): False,
     }
     storage = Path(settings.storage)
-    manifest = publish_version(
-        small_factors,
-        storage,
-        BuildOptions(n_trees=5, quality=False),
-        attributes=_table(small_factors),
-        item_updates=state,
-    )
+    manifest = _publish(settings, small_factors, item_updates=state)
     assert manifest.item_updates_applied == 2
     v = load_version(storage, manifest.version)
     try:
@@ -117,12 +118,7 @@ def test_the_builder_folds_published_updates_into_the_next_version(
 def test_a_filter_naming_an_unknown_attribute_is_dead_lettered_and_answered_with_an_error(
     settings, kafka_conf, services, small_factors
 ):
-    publish_version(
-        small_factors,
-        Path(settings.storage),
-        BuildOptions(n_trees=5, quality=False),
-        attributes=_table(small_factors),
-    )
+    _publish(settings, small_factors)
     waiter = ReplyWaiter(kafka_conf, settings.topic_replies)
     with running_worker(settings, kafka_conf, services.redis_url):
         bad = _ask(kafka_conf, settings, waiter, "bad", filter={"attr": "brand", "eq": "acme"})
