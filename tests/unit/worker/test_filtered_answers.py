@@ -183,3 +183,17 @@ def test_unfiltered_answers_ignore_attributes(attributed):
     v, _ = attributed
     plain = answer(RecommendRequest(request_id="r", user_id="u1", k=10), v, "w")
     assert plain.filter_passing is None and not plain.filtered
+
+
+def test_every_recommend_form_takes_a_filter(attributed):
+    v, factors = attributed
+    flt = {"attr": "color", "eq": "red"}
+    vector = factors.user_factors[2].tolist()
+    by_vector = _ask(v, user_id=None, user_vector=vector, k=8, filter=flt)
+    by_id = _ask(v, user_id="u2", k=8, filter=flt)
+    assert _rows(by_vector) == _rows(by_id)  # the same user, the same answer
+    seen = ["i3", "i6", "i9"]  # red ones, folded in and then excluded
+    folded = _ask(v, user_id=None, recent_items=seen, exclude_seen=True, k=8, filter=flt)
+    assert len(folded.items) == 8
+    assert all(_color(r) == "red" for r in _rows(folded))
+    assert not {i.item_id for i in folded.items} & set(seen)
