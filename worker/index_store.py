@@ -301,8 +301,8 @@ class IndexStore:
 # on a small machine it competes for the same cores. Measured at 1M items on 2 cores: p99 went
 # from 23 ms to 618 ms during swaps at 500 requests/s. A nicer loader thread should yield to the
 # serving loop; re-measured (BENCHMARKS.md, e2e re-run after issue 9) it did not help (696 ms):
-# the two threads share the GIL and memory bandwidth, which nice does not order. Kept: harmless,
-# and it still helps against other processes on the machine.
+# likely because the two threads share the GIL and memory bandwidth, which nice does not order.
+# Kept: harmless, and it does lower the loader against other processes on the machine.
 LOADER_NICE = 10
 
 
