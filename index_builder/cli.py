@@ -210,7 +210,7 @@ def run_build(
     updates = (
         read_item_updates(kafka_conf, settings.topic_item_updates)
         if kafka_conf is not None and attributes is not None
-        else {}
+        else None
     )
 
     def announce(manifest: Manifest) -> None:

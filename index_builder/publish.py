@@ -4,7 +4,7 @@ announce. Nothing becomes visible to workers unless every step succeeded."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -23,6 +23,7 @@ from index_builder.quality import measure_quality
 from index_builder.remote import set_remote_latest, upload_version
 from schemas import manifest as mf
 from schemas.errors import AnnrecError
+from schemas.item_updates import UpdatesSnapshot
 from schemas.object_store import ObjectStore
 from schemas.verify import check_files, check_indexes, file_entry, load_annoy, load_bands
 
@@ -65,7 +66,7 @@ def publish_version(
     announce: Announcer | None = None,
     remote: ObjectStore | None = None,
     attributes: AttributeTable | None = None,
-    item_updates: Mapping[tuple[str, str], bool] | None = None,
+    item_updates: UpdatesSnapshot | None = None,
 ) -> mf.Manifest:
     """Build, verify and publish one version; returns its manifest.
 
@@ -79,7 +80,14 @@ def publish_version(
     started = time.perf_counter()
     try:
         manifest = _build_version(
-            factors, staging, version, opts, source, training, attributes, item_updates or {}
+            factors,
+            staging,
+            version,
+            opts,
+            source,
+            training,
+            attributes,
+            item_updates or UpdatesSnapshot({}, {}),
         )
         storage.commit_staging(storage_root, staging, version)
     except BaseException:
@@ -113,14 +121,16 @@ def _build_version(
     source: str,
     training: mf.TrainParams | None,
     attributes: AttributeTable | None,
-    item_updates: Mapping[tuple[str, str], bool],
+    item_updates: UpdatesSnapshot,
 ) -> mf.Manifest:
     phase = _PhaseTimer()
     attribute_specs: list[mf.AttributeSpec] = []
     updates_applied = 0
     if attributes is not None:
         with phase("attributes"):
-            updates_applied = attributes.apply_updates(item_updates, factors.item_ids.tolist())
+            updates_applied = attributes.apply_updates(
+                item_updates.state, factors.item_ids.tolist()
+            )
             attribute_specs = write_attributes(attributes, staging)
     with phase("arrays"):
         np.save(staging / mf.ITEM_FACTORS_FILE, factors.item_factors)
@@ -175,6 +185,7 @@ def _build_version(
         popularity=popularity_source,
         attributes=attribute_specs,
         item_updates_applied=updates_applied,
+        item_updates_through=item_updates.through if attributes is not None else {},
     )
     # Read back what was written, as a worker will, and measure it.
     with phase("verify"):

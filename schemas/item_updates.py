@@ -15,6 +15,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import structlog
 from confluent_kafka import (
@@ -32,7 +33,51 @@ from schemas.topics import deliver
 
 log = structlog.get_logger(__name__)
 
-State = dict[tuple[str, str], bool]  # (attribute, item id) -> value
+Key = tuple[str, str]  # (attribute, item id)
+State = dict[Key, bool]
+
+
+class UpdateState:
+    """What the topic says, as read so far: the newest value per (attribute, item), and, per
+    partition, the keys in the order of their newest offset, so that what came after a given
+    offset (what a version has not folded in) is found without walking everything."""
+
+    def __init__(self) -> None:
+        self.values: State = {}
+        self._by_partition: dict[int, dict[Key, int]] = {}  # key -> offset, oldest first
+        self.next_offsets: dict[int, int] = {}
+
+    def record(self, partition: int, offset: int, update: ItemUpdate) -> None:
+        key = (update.attr, update.item_id)
+        self.values[key] = update.value
+        recent = self._by_partition.setdefault(partition, {})
+        recent.pop(key, None)  # re-inserted last: the dict stays in offset order
+        recent[key] = offset
+        self.advance(partition, offset)
+
+    def advance(self, partition: int, offset: int) -> None:
+        """Offset `offset` of `partition` was read (an update, a tombstone, or unreadable)."""
+        self.next_offsets[partition] = max(self.next_offsets.get(partition, 0), offset + 1)
+
+    def since(self, through: Mapping[int, int]) -> State:
+        """The newest value of every key updated at or after `through` (partition -> offset;
+        a partition not named: from its beginning)."""
+        out: State = {}
+        for partition, recent in self._by_partition.items():
+            start = through.get(partition, 0)
+            for key in reversed(recent):
+                if recent[key] < start:
+                    break  # older ones all are
+                out[key] = self.values[key]
+        return out
+
+
+@dataclass(frozen=True)
+class UpdatesSnapshot:
+    """The topic's state up to `through` (partition -> next offset): what a build folds in."""
+
+    state: State
+    through: dict[int, int]
 
 
 class TopicMissing(AnnrecError):
@@ -60,12 +105,11 @@ class ItemUpdateLog:
         self._consumer.assign(
             [TopicPartition(topic, p, OFFSET_BEGINNING) for p in self._partitions]
         )
-        self.state: State = {}
+        self.state = UpdateState()
         self.read = 0  # updates read (valid ones)
         self.invalid = 0
-        self.next_offsets: dict[int, int] = {}
 
-    def replay(self, timeout_s: float = 60.0) -> State:
+    def replay(self, timeout_s: float = 60.0) -> UpdatesSnapshot:
         """Read up to the end the topic had when called; the state then. Raises AnnrecError
         when the end is not reached within timeout_s (a worker must not serve stale state)."""
         ends = {}
@@ -79,14 +123,14 @@ class ItemUpdateLog:
             if time.monotonic() > deadline:
                 raise AnnrecError(f"{self._topic}: not replayed to its end in {timeout_s:.0f}s")
             self._take(self._consumer.consume(num_messages=1000, timeout=0.5))
-        log.info("item_updates_replayed", topic=self._topic, updates=len(self.state))
-        return self.state
+        log.info("item_updates_replayed", topic=self._topic, updates=len(self.state.values))
+        return UpdatesSnapshot(dict(self.state.values), dict(self.state.next_offsets))
 
     def _behind(self, ends: dict[int, int]) -> bool:
         # The consumer's position, not the last offset read: compaction leaves offset gaps.
         positions = self._consumer.position([TopicPartition(self._topic, p) for p in ends])
         return any(
-            max(tp.offset, self.next_offsets.get(tp.partition, 0)) < ends[tp.partition]
+            max(tp.offset, self.state.next_offsets.get(tp.partition, 0)) < ends[tp.partition]
             for tp in positions
         )
 
@@ -106,7 +150,7 @@ class ItemUpdateLog:
                 if m.error().code() != KafkaError._PARTITION_EOF:
                     log.warning("item_updates_error", error=str(m.error()))
                 continue
-            self.next_offsets[m.partition()] = m.offset() + 1
+            self.state.advance(m.partition(), m.offset())
             if m.value() is None:
                 continue  # a tombstone: compaction's delete marker, nothing to apply
             try:
@@ -115,7 +159,7 @@ class ItemUpdateLog:
                 self.invalid += 1
                 log.warning("item_update_invalid", offset=m.offset(), reason=str(exc)[:300])
                 continue
-            self.state[(update.attr, update.item_id)] = update.value
+            self.state.record(m.partition(), m.offset(), update)
             self.read += 1
             got.append(update)
         return got
@@ -124,13 +168,15 @@ class ItemUpdateLog:
         self._consumer.close()
 
 
-def read_item_updates(kafka_conf: Mapping[str, str], topic: str, timeout_s: float = 60) -> State:
+def read_item_updates(
+    kafka_conf: Mapping[str, str], topic: str, timeout_s: float = 60
+) -> UpdatesSnapshot:
     """The current state of the topic (the builder folds it into a version); empty when the
     topic does not exist yet."""
     try:
         reader = ItemUpdateLog(kafka_conf, topic)
     except TopicMissing:
-        return {}
+        return UpdatesSnapshot({}, {})
     try:
         return reader.replay(timeout_s)
     finally:

@@ -226,6 +226,11 @@ class Manifest(_Model):
     item_updates_applied: int = Field(
         0, ge=0, description="item-updates (availability) folded into the attributes at build"
     )
+    item_updates_through: dict[int, int] = Field(
+        default_factory=dict,
+        description="item-updates topic partition -> the offset the build read up to: workers "
+        "apply only updates from there on (none named: all of them)",
+    )
 
     @field_validator("format_version")
     @classmethod

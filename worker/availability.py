@@ -1,8 +1,8 @@
 """Real-time availability: item-updates applied to the serving version between two batches.
 
-The topic is the truth for the attributes it carries: its whole state is applied to every
-version a worker swaps in (the builder folds the same state in, so this is usually a no-op), and
-each update read later is applied before the next batch. Only the serving thread writes, and
+The topic is the truth for the attributes it carries: a version swapped in gets every update
+its build did not fold in (those at or after the offsets in its manifest), and each update read
+later is applied before the next batch. Only the serving thread writes, and
 only between batches, so no request sees an update half-applied.
 """
 
@@ -46,12 +46,16 @@ class Availability:
         self._log.replay(timeout_s)
 
     def adopt(self, version: LoadedVersion) -> None:
-        """Apply the whole state to a version about to serve."""
-        changed = apply_updates(version, self._log.state)
+        """Apply to a version about to serve what it has not folded in: every update at or
+        after the offsets its build read to (all of them for a version built without Kafka).
+        On the serving thread: walking a million updates would pause serving for a second."""
+        fresh = self._log.state.since(version.manifest.item_updates_through)
+        changed = apply_updates(version, fresh)
         log.info(
             "item_updates_adopted",
             version=version.version,
-            updates=len(self._log.state),
+            updates=len(self._log.state.values),
+            newer_than_version=len(fresh),
             changed=changed,
         )
 

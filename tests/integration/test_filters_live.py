@@ -97,15 +97,16 @@ def test_the_builder_folds_published_updates_into_the_next_version(
             ItemUpdate(item_id="unknown-item", value=False),
         ],
     )
-    state = read_item_updates(kafka_conf, settings.topic_item_updates)
-    assert state == {
+    snapshot = read_item_updates(kafka_conf, settings.topic_item_updates)
+    assert snapshot.through == {0: 4}  # one partition, read to its end
+    assert snapshot.state == {
         ("in_stock", "i4"): False,
         ("in_stock", "i9"): True,
         ("in_stock", "unknown-item"): False,
     }
     storage = Path(settings.storage)
-    manifest = _publish(settings, small_factors, item_updates=state)
-    assert manifest.item_updates_applied == 2
+    manifest = _publish(settings, small_factors, item_updates=snapshot)
+    assert manifest.item_updates_applied == 2 and manifest.item_updates_through == {0: 4}
     v = load_version(storage, manifest.version)
     try:
         assert v.attributes is not None
