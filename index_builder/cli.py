@@ -181,7 +181,7 @@ def builder_settings(args: argparse.Namespace) -> BuilderSettings:
 def run_build(
     args: argparse.Namespace, settings: BuilderSettings, kafka_conf: dict[str, str] | None
 ) -> Manifest:
-    training = None
+    training, synthetic = None, False
     if args.factors:
         factors, source = load_factors(args.factors), str(args.factors)
     elif args.interactions:
@@ -201,10 +201,11 @@ def run_build(
         source = str(args.item_factors)
     else:
         factors, source = synth_from_args(args), f"synth(seed={args.seed})"
+        synthetic = True
     attributes = None
     if args.attributes:
         attributes = read_table(args.attributes, factors.item_ids.tolist())
-    elif args.synth or not (args.factors or args.interactions or args.item_factors):
+    elif synthetic:
         attributes = synth_attributes(len(factors.item_ids), args.seed)
     # Availability changes published since the last build are folded into this version.
     updates = (

@@ -121,8 +121,9 @@ class NormBands:
         return np.asarray(self.item_factors[self.order[start:stop]])
 
     def rows_at(self, positions: IntArray) -> FloatArray:
-        """Factor rows at these norm-ordered positions (ascending)."""
-        if len(positions) and positions[-1] < len(self.head):
+        """Factor rows at these norm-ordered positions: from the head when it holds them all
+        (the usual case: compact, cache-friendly rows)."""
+        if len(positions) and positions.max() < len(self.head):
             return self.head[positions]
         return np.asarray(self.item_factors[self.order[positions]])
 
@@ -194,10 +195,7 @@ def max_inner_product(
     approximate = [i for i, entry in enumerate(pool) if not entry[2]] if searched_trees else []
     if approximate:
         positions = np.array([pool[i][1] for i in approximate], dtype=np.int64)
-        if positions.max() < len(bands.head):  # the usual case: compact, cache-friendly rows
-            exact = bands.head[positions] @ q
-        else:
-            exact = np.asarray(bands.item_factors[bands.order[positions]]) @ q
+        exact = bands.rows_at(positions) @ q
         for i, score in zip(approximate, exact.tolist(), strict=True):
             pool[i] = (score, pool[i][1], True)
         pool.sort(reverse=True)

@@ -193,7 +193,7 @@ def select(
         allowed = np.unique(np.asarray(allow_rows, dtype=np.int64))
         if selection is None:
             return Selection.of_rows(n_items, allowed)
-        return Selection.of_rows(n_items, allowed[selection.mask[allowed]])
+        return Selection.of_rows(n_items, allowed[selection.passes(allowed)])
     return selection
 
 

@@ -40,6 +40,7 @@ log = structlog.get_logger(__name__)
 _REQUEST_ID_ADAPTER: TypeAdapter[str] = TypeAdapter(RequestId)
 AnyRequest = SimilarItemsRequest | RecommendRequest
 Rows = npt.NDArray[np.int64]
+Ranked = tuple[Rows, npt.NDArray[np.float32]]
 Scorer = Callable[[Rows], npt.NDArray[np.float32]]
 
 
@@ -223,33 +224,7 @@ def _similar(
         raise BadRequest(f"unknown item_id {request.item_id!r} in index {v.version}")
     excluded = _rows(v, request.exclude_items) | {row}
     fetch = request.k + len(excluded)
-    if keep is not None:
-        if exact or (v.exact_similar and request.search_k is None):
-            rows, scores = filtered.exact_similar_items(
-                v.item_factors, v.item_norms, row, fetch, keep
-            )
-        else:
-            (rows, scores), _ = filtered.similar_items(
-                v.angular,
-                v.item_factors,
-                v.item_norms,
-                row,
-                fetch,
-                keep,
-                v.filter_threshold("similar_items"),
-                search.scaled_search_k(request.search_k or v.search_k_similar, fetch),
-            )
-    elif exact or (v.exact_similar and request.search_k is None):
-        rows, scores = search.exact_similar_items(v.item_factors, v.item_norms, row, fetch)
-    else:
-        rows, scores = search.similar_items(
-            v.angular,
-            v.item_factors,
-            v.item_norms,
-            row,
-            fetch,
-            search.scaled_search_k(request.search_k or v.search_k_similar, fetch),
-        )
+    rows, scores = similar_candidates(v, row, fetch, keep, request.search_k, exact)
     query = np.asarray(v.item_factors[row])
 
     def scorer(r: Rows) -> npt.NDArray[np.float32]:
@@ -282,43 +257,68 @@ def _recommend(
             **base,
         )
     fetch = request.k + len(excluded)
-    if keep is not None:
-        if exact:  # the reference: every passing item scored, independent of the bands
-            rows, scores = filtered.subset_max_inner_product(v.item_factors, query, fetch, keep)
-        elif v.exact_recommend and request.search_k is None:
-            rows, scores = filtered.exact_max_inner_product(v.mips, query, fetch, keep)
-        else:
-            (rows, scores), _ = filtered.max_inner_product(
-                v.mips,
-                query,
-                fetch,
-                keep,
-                v.filter_threshold("recommend"),
-                search.scaled_search_k(request.search_k or v.search_k_recommend, fetch),
-                v.exact_items_recommend,
-                v.bound_factor_recommend,
-            )
-    elif exact:  # a plain scan of every item: the reference, independent of the norm bands
-        rows, scores = search.exact_max_inner_product(v.item_factors, query, fetch)
-    elif v.exact_recommend and request.search_k is None:
-        # Every band scanned exactly, stopping at the norm bound: exact, and cheaper than a
-        # full scan whenever the answers live in the long-norm bands.
-        rows, scores = banded.max_inner_product(v.mips, query, fetch, -1, len(v.item_factors))
-    else:
-        rows, scores = banded.max_inner_product(
-            v.mips,
-            query,
-            fetch,
-            search.scaled_search_k(request.search_k or v.search_k_recommend, fetch),
-            v.exact_items_recommend,
-            v.bound_factor_recommend,
-        )
+    rows, scores = recommend_candidates(v, query, fetch, keep, request.search_k, exact)
 
     def scorer(r: Rows) -> npt.NDArray[np.float32]:
         return (np.asarray(v.item_factors[r]) @ query).astype(np.float32)
 
     items = _complete(v, rows, scores, excluded, request.k, scorer, keep)
     return Reply(status=_status(items, keep), items=items, unknown_items=unknown, **base)
+
+
+def similar_candidates(
+    v: LoadedVersion,
+    row: int,
+    fetch: int,
+    keep: Selection | None,
+    search_k: int | None = None,
+    exact: bool = False,
+) -> Ranked:
+    """Items most similar to item `row`, best first, as this version serves them: by its
+    strategy (exact scan, or the index with its tuned search_k unless `search_k` overrides),
+    under `keep` when the request filters. `exact`: by scans whatever the strategy."""
+    if exact or (v.exact_similar and search_k is None):
+        if keep is None:
+            return search.exact_similar_items(v.item_factors, v.item_norms, row, fetch)
+        return filtered.exact_similar_items(v.item_factors, v.item_norms, row, fetch, keep)
+    budget = search.scaled_search_k(search_k or v.search_k_similar, fetch)
+    if keep is None:
+        return search.similar_items(v.angular, v.item_factors, v.item_norms, row, fetch, budget)
+    threshold = v.filter_threshold("similar_items")
+    return filtered.similar_items(
+        v.angular, v.item_factors, v.item_norms, row, fetch, keep, threshold, budget
+    )[0]
+
+
+def recommend_candidates(
+    v: LoadedVersion,
+    query: npt.NDArray[np.float32],
+    fetch: int,
+    keep: Selection | None,
+    search_k: int | None = None,
+    exact: bool = False,
+) -> Ranked:
+    """Items with the largest inner product with `query`, best first, as this version serves
+    them (see similar_candidates). `exact`: a plain scan of every (passing) item, independent of
+    the norm bands: the live recall sampler's reference."""
+    if exact:
+        if keep is None:
+            return search.exact_max_inner_product(v.item_factors, query, fetch)
+        return filtered.subset_max_inner_product(v.item_factors, query, fetch, keep)
+    if v.exact_recommend and search_k is None:
+        # Every band scanned exactly, stopping at the norm bound: exact, and cheaper than a
+        # full scan whenever the answers live in the long-norm bands.
+        if keep is None:
+            return banded.max_inner_product(v.mips, query, fetch, -1, len(v.item_factors))
+        return filtered.exact_max_inner_product(v.mips, query, fetch, keep)
+    budget = search.scaled_search_k(search_k or v.search_k_recommend, fetch)
+    head, factor = v.exact_items_recommend, v.bound_factor_recommend
+    if keep is None:
+        return banded.max_inner_product(v.mips, query, fetch, budget, head, factor)
+    threshold = v.filter_threshold("recommend")
+    return filtered.max_inner_product(v.mips, query, fetch, keep, threshold, budget, head, factor)[
+        0
+    ]
 
 
 def _user_vector(

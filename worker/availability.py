@@ -8,11 +8,10 @@ only between batches, so no request sees an update half-applied.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 
 import structlog
 
-from schemas.events import ItemUpdate
 from schemas.item_updates import ItemUpdateLog
 from worker.index_store import LoadedVersion
 from worker.metrics import WorkerMetrics
@@ -61,8 +60,7 @@ class Availability:
 
     def refresh(self, version: LoadedVersion) -> int:
         """Apply what arrived since the last call; the number of updates read."""
-        fresh: Iterable[ItemUpdate] = self._log.poll()
-        batch = {(u.attr, u.item_id): u.value for u in fresh}
+        batch = {(u.attr, u.item_id): u.value for u in self._log.poll()}
         if batch:
             changed = apply_updates(version, batch)
             self._metrics.item_updates.labels("applied").inc(changed)

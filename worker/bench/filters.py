@@ -4,10 +4,10 @@ One version is built from synthetic factors with synthetic attributes; its `buck
 passes exactly 50%, 10%, 1%, 0.1% and 0.01% of the items (index_builder/synth.py). For each
 selectivity and task, every query runs three ways, side by side (interleaved, one thread):
 
-- post-filter: the unfiltered index answer asked for POST_FILTER_FETCH x k items, then the
-  passing ones kept (what a filter bolted onto an ANN library does);
-- planner: what the worker serves (schemas/filtered.py, the version's measured threshold; its
-  exact path scores large subsets band by band under the norm bound);
+- post-filter: the unfiltered answer (worker/answer.py, as served) asked for POST_FILTER_FETCH x
+  k items, then the passing ones kept (what a filter bolted onto an ANN library does);
+- planner: what the worker serves (worker/answer.py -> schemas/filtered.py, the version's
+  measured threshold; its exact path scores large subsets band by band under the norm bound);
 - exact over the subset: every passing item scored, one matrix product over the gathered rows
   (or, above 25% of the catalogue, a masked full scan); also the ground truth.
 
@@ -31,9 +31,10 @@ from tqdm import tqdm
 
 from index_builder.publish import BuildOptions, publish_version
 from index_builder.synth import BUCKET_SELECTIVITIES, synth_attributes, synth_factors
-from schemas import banded, filtered, search
+from schemas import filtered
 from schemas.filters import AttrEquals, Selection, select
 from schemas.vectors import recall_at_k
+from worker.answer import recommend_candidates, similar_candidates
 from worker.bench.machine import describe, machine_info
 from worker.index_store import LoadedVersion, load_version
 
@@ -142,32 +143,12 @@ def _task(version: LoadedVersion, runners: dict[str, Runner], n_queries: int) ->
 
 
 def _recommenders(v: LoadedVersion, users: npt.NDArray[np.float32]) -> dict[str, Runner]:
-    search_k = search.scaled_search_k(v.search_k_recommend, K)
-
     def post_filter(q: int, keep: Selection) -> Rows:
-        rows, _ = banded.max_inner_product(
-            v.mips,
-            users[q],
-            POST_FILTER_FETCH * K,
-            search.scaled_search_k(v.search_k_recommend, POST_FILTER_FETCH * K),
-            v.exact_items_recommend,
-            v.bound_factor_recommend,
-        )
+        rows, _ = recommend_candidates(v, users[q], POST_FILTER_FETCH * K, None)
         return rows[keep.passes(rows)][:K]
 
     def planner(q: int, keep: Selection) -> Rows:
-        if v.exact_recommend:  # the version serves user -> items by exact scans: so do filters
-            return filtered.exact_max_inner_product(v.mips, users[q], K, keep)[0]
-        return filtered.max_inner_product(
-            v.mips,
-            users[q],
-            K,
-            keep,
-            v.filter_threshold("recommend"),
-            search_k,
-            v.exact_items_recommend,
-            v.bound_factor_recommend,
-        )[0][0]
+        return recommend_candidates(v, users[q], K, keep)[0]
 
     def exact(q: int, keep: Selection) -> Rows:
         return filtered.subset_max_inner_product(v.item_factors, users[q], K, keep)[0]
@@ -176,34 +157,12 @@ def _recommenders(v: LoadedVersion, users: npt.NDArray[np.float32]) -> dict[str,
 
 
 def _similar_finders(v: LoadedVersion, item_rows: npt.NDArray[np.int64]) -> dict[str, Runner]:
-    search_k = search.scaled_search_k(v.search_k_similar, K)
-
     def post_filter(q: int, keep: Selection) -> Rows:
-        fetch = POST_FILTER_FETCH * K
-        rows, _ = search.similar_items(
-            v.angular,
-            v.item_factors,
-            v.item_norms,
-            int(item_rows[q]),
-            fetch,
-            search.scaled_search_k(v.search_k_similar, fetch),
-        )
+        rows, _ = similar_candidates(v, int(item_rows[q]), POST_FILTER_FETCH * K, None)
         return rows[keep.passes(rows)][:K]
 
     def planner(q: int, keep: Selection) -> Rows:
-        row = int(item_rows[q])
-        if v.exact_similar:  # the version serves item -> items by exact scans: so do filters
-            return filtered.exact_similar_items(v.item_factors, v.item_norms, row, K, keep)[0]
-        return filtered.similar_items(
-            v.angular,
-            v.item_factors,
-            v.item_norms,
-            row,
-            K,
-            keep,
-            v.filter_threshold("similar_items"),
-            search_k,
-        )[0][0]
+        return similar_candidates(v, int(item_rows[q]), K, keep)[0]
 
     def exact(q: int, keep: Selection) -> Rows:
         row = int(item_rows[q])
