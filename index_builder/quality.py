@@ -102,8 +102,8 @@ def measure_quality(
             target=target_recall,
         )
         # Filtered queries, at the strategy just chosen: where the planner switches to
-        # exact-over-subset (schemas/filtered.py).
-        filter_queries = min(n_queries, FILTER_QUERIES)
+        # exact-over-subset (schemas/filtered.py). Each kind has its own query set (a small
+        # catalogue or user table yields fewer than FILTER_QUERIES), so each is capped by it.
         similar = _with_filter_plan(
             "similar_items",
             similar,
@@ -114,7 +114,7 @@ def measure_quality(
                 0
             ],
             len(items),
-            filter_queries,
+            min(len(item_rows), FILTER_QUERIES),
             target_recall,
             rng,
         )
@@ -133,7 +133,7 @@ def measure_quality(
             )[0][0],
             lambda q, keep: filtered.exact_max_inner_product(mips, user_queries[q], k, keep)[0],
             len(items),
-            filter_queries,
+            min(len(user_queries), FILTER_QUERIES),
             target_recall,
             rng,
         )

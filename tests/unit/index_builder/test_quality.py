@@ -82,3 +82,19 @@ def test_a_build_below_the_minimum_recall_is_not_published(tmp_path, small_facto
         publish_version(small_factors, storage, BuildOptions(n_trees=2, min_recall=0.8))
     assert read_latest(storage) == first.version
     assert list_versions(storage) == [first.version]
+
+
+def test_filter_threshold_is_measured_with_fewer_users_than_filter_queries(
+    tmp_path, small_factors, monkeypatch
+):
+    """40 users < FILTER_QUERIES: the filter plan measures the queries it has. Which strategy a
+    small catalogue gets depends on timing, so the index strategy is forced here (CI once drew
+    it and the filter plan indexed past the 40 user queries)."""
+    from index_builder import quality
+
+    monkeypatch.setattr(quality, "_wins", lambda point, target, brute_qps: True)
+    manifest = publish_version(small_factors, tmp_path / "s", BuildOptions(n_trees=5))
+    recommend = manifest.quality.recommend
+    assert recommend.strategy == "ann"
+    assert recommend.filter_curve  # measured, not skipped
+    assert len(small_factors.user_factors) < quality.FILTER_QUERIES
