@@ -204,7 +204,7 @@ def _selection(request: AnyRequest, v: LoadedVersion) -> Selection | None:
     version cannot evaluate (unknown attribute or value)."""
     allow = None
     if request.allow_items is not None:
-        allow = np.fromiter(_rows(v, request.allow_items), dtype=np.int64)
+        allow = np.unique(v.item_rows.rows(request.allow_items)[0])
     try:
         return select(v.attributes, request.filter, allow, v.manifest.n_items)
     except FilterError as exc:
@@ -336,15 +336,12 @@ def _user_vector(
             )
         return np.asarray(request.user_vector, dtype=np.float32), set(), []
     assert request.recent_items is not None
-    known = [v.item_rows[i] for i in request.recent_items if i in v.item_rows]
-    unknown = [i for i in request.recent_items if i not in v.item_rows]
-    if not known:
+    known, unknown = v.item_rows.rows(request.recent_items)
+    if not len(known):
         return None, set(), unknown
     f = v.manifest.fold_in
-    query = fold_in(
-        v.gramian, np.asarray(v.item_factors[np.array(known)]), f.regularization, f.alpha
-    )
-    return query, set(known), unknown
+    query = fold_in(v.gramian, np.asarray(v.item_factors[known]), f.regularization, f.alpha)
+    return query, set(known.tolist()), unknown
 
 
 def _complete(
@@ -397,7 +394,7 @@ def _item(v: LoadedVersion, row: int, score: float | None, filled: bool = False)
 
 def _rows(v: LoadedVersion, ids: Sequence[str]) -> set[int]:
     # Ids the version does not know cannot be returned anyway: nothing to exclude.
-    return {v.item_rows[i] for i in ids if i in v.item_rows}
+    return set(v.item_rows.rows(ids)[0].tolist())
 
 
 def _sent_at(p: Parsed) -> float | None:

@@ -27,6 +27,7 @@ from schemas.errors import AnnrecError, IndexRejected, VersionMissing
 from schemas.layout import version_dir
 from schemas.vectors import item_gramian
 from schemas.verify import check_files, check_indexes, load_annoy, load_bands
+from worker.id_rows import DuplicateIds, IdRows
 from worker.version_source import VersionSource
 
 log = structlog.get_logger(__name__)
@@ -43,8 +44,8 @@ class LoadedVersion:
     item_norms: npt.NDArray[np.float32]
     user_factors: npt.NDArray[np.float32]  # mmapped
     item_ids: npt.NDArray[np.str_]
-    item_rows: dict[str, int]
-    user_rows: dict[str, int]
+    item_rows: IdRows
+    user_rows: IdRows
     popularity: npt.NDArray[np.int32]  # item rows, most popular first
     gramian: npt.NDArray[np.float64]  # Y^T Y, for folding users in from their items
     attributes: ItemAttributes | None = None  # None: published without attributes
@@ -142,6 +143,10 @@ def load_version(
         raise IndexRejected(f"{version}: {mf.POPULARITY_FILE} is not one int32 row per item")
     if item_ids.shape != (manifest.n_items,) or user_ids.shape != (manifest.n_users,):
         raise IndexRejected(f"{version}: id arrays do not match the manifest's counts")
+    try:
+        item_rows, user_rows = IdRows(item_ids), IdRows(user_ids)
+    except DuplicateIds as exc:
+        raise IndexRejected(f"{version}: {exc}") from exc
     attributes = (
         ItemAttributes.load(directory, manifest.attributes, manifest.n_items)
         if manifest.attributes
@@ -169,8 +174,8 @@ def load_version(
         popularity=popularity,
         gramian=item_gramian(item_factors),
         item_ids=item_ids,
-        item_rows={str(x): i for i, x in enumerate(item_ids.tolist())},
-        user_rows={str(x): i for i, x in enumerate(user_ids.tolist())},
+        item_rows=item_rows,
+        user_rows=user_rows,
         attributes=attributes,
     )
 

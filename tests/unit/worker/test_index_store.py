@@ -20,6 +20,18 @@ def test_load_version_maps_ids_and_factors(published, small_factors):
         v.close()
 
 
+def test_a_version_with_duplicate_item_ids_is_refused(published):
+    """Written past the builder (which refuses duplicates) and its checksums: the loader still
+    will not serve a version where one id names two rows."""
+    storage, manifest = published
+    path = version_dir(storage, manifest.version) / "item_ids.npy"
+    ids = np.load(path)
+    ids[9] = ids[4]
+    np.save(path, ids)
+    with pytest.raises(IndexRejected, match=r"duplicate id 'i4' at rows \[4, 9\]"):
+        load_version(storage, manifest.version, checksums=False)
+
+
 @pytest.mark.parametrize("damage", ["truncate", "flip", "delete", "manifest"])
 def test_damaged_versions_are_refused(published, damage):
     storage, manifest = published
