@@ -103,6 +103,15 @@ def build_parser() -> argparse.ArgumentParser:
     bann.add_argument("--timed-queries", type=int, default=200, help="timed one at a time")
     bann.add_argument("--no-peers", action="store_true", help="skip hnswlib and ScaNN")
 
+    bload = bsub.add_parser("load", help="serving latency while the next version loads beside it")
+    bload.add_argument("--out", type=Path, required=True)
+    bload.add_argument("--quick", action="store_true", help="small and fast (CI runs it)")
+    bload.add_argument("--items", type=int, default=1_000_000, help="synthetic catalogue size")
+    bload.add_argument("--loads", type=int, default=3, help="versions loaded, one after another")
+    bload.add_argument(
+        "--storage", type=Path, help="load this storage's LATEST instead of a synthetic version"
+    )
+
     chaos = sub.add_parser("chaos", help="fault injection on real Kafka and Redis (RELIABILITY.md)")
     chaos.add_argument(
         "scenarios",
@@ -259,6 +268,12 @@ def _bench(args: argparse.Namespace) -> int:
             args.rates, args.duration, args.items = "50,100", 2.0, 5_000
         rates = [int(r) for r in args.rates.split(",")]
         bench_e2e(args.out, rates, args.duration, args.items, max_p99_ms=args.max_p99_ms)
+    elif args.bench_kind == "load":
+        from worker.bench.load import bench_load
+
+        if args.quick:
+            args.items, args.loads = 20_000, 1
+        bench_load(args.out, args.items, loads=args.loads, storage=args.storage)
     return 0
 
 

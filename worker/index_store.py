@@ -292,7 +292,7 @@ class IndexStore:
                 stale.close()
 
     def _watch(self) -> None:
-        _lower_priority()
+        lower_loader_priority()
         while not self._stop.is_set():
             if self._wakeup is not None:
                 self._wakeup(self._poll_interval_s)
@@ -311,7 +311,7 @@ class IndexStore:
 LOADER_NICE = 10
 
 
-def _lower_priority() -> None:
+def lower_loader_priority() -> None:
     """Raise this thread's nice value (Linux: per thread); never fatal."""
     try:
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), LOADER_NICE)

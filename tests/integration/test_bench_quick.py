@@ -51,3 +51,15 @@ def test_bench_filters_quick(services, tmp_path):
         assert rows[3]["post_filter"]["mean_results"] < 10
     assert (out / "filters.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "| selectivity |" in printed
+
+
+def test_bench_load_quick(services, tmp_path):
+    out = tmp_path / "load"
+    printed = _bench("load", out, services, tmp_path)
+    result = json.loads((out / "load.json").read_text())
+    idle, loading = result["phases"]["idle"], result["phases"]["loading"]
+    assert idle["queries"] > 100 and loading["queries"] > 0  # served all along the load
+    assert len(result["load_seconds"]) == len(result["swap_pause_ms"]) == 1
+    assert result["p99_ratio_loading_over_idle"] == loading["p99_ms"] / idle["p99_ms"]
+    assert (out / "load_latency.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "| loading |" in printed
