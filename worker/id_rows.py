@@ -1,12 +1,11 @@
 """Id -> row lookup over a version's id array, without a Python object per id.
 
-A dict of a million str keys took 0.62 s of pure-Python work to build on this machine and holds
-the GIL all along: built by the loader thread beside serving, it starved the serving thread
-(queries took 20-34 ms instead of 0.2 ms while it ran; /tmp probe in the issue-9 follow-up,
-BENCHMARKS.md "Swaps without the id dicts"), and freeing the old one at a swap cost the serving
-thread again. It also costs ~100 MB per million ids, twice over during a swap. Here the ids stay
-one numpy array, sorted once (a stable argsort: 48 ms at 1M, in C) and searched by bisection:
-~4 us per single lookup, and lists of ids are looked up in one vectorized call.
+A dict of a million str keys took 0.6 s of pure-Python work to build and holds the GIL all
+along: built by the loader thread beside serving, it starved the serving thread (query p99 while
+a 1M version loaded: 22x idle; with this: 1.18x, `annrec bench load`, BENCHMARKS.md), and freeing
+the old one at a swap paused serving again. It also costs ~100 MB per million ids, twice over
+during a swap. Here the ids stay one numpy array, sorted once (a stable argsort in C: ~50 ms at
+1M) and searched by bisection: ~4 us per single lookup; lists of ids go in one vectorized call.
 """
 
 from __future__ import annotations

@@ -302,12 +302,12 @@ class IndexStore:
                 self.check_latest()
 
 
-# Loading a new version (sha256 of every file, mmap + prefault, verification) runs beside serving;
-# on a small machine it competes for the same cores. Measured at 1M items on 2 cores: p99 went
-# from 23 ms to 618 ms during swaps at 500 requests/s. A nicer loader thread should yield to the
-# serving loop; re-measured (BENCHMARKS.md, e2e re-run after issue 9) it did not help (696 ms):
-# likely because the two threads share the GIL and memory bandwidth, which nice does not order.
-# Kept: harmless, and it does lower the loader against other processes on the machine.
+# Loading a new version (sha256 of every file, mmap + prefault, verification) runs beside serving
+# on the same cores. What actually hurt serving was not CPU but the GIL: Python work in the
+# loader (a dict of every id, 0.6 s at 1M) made each GIL hand-off of the serving thread wait
+# (p99 during swaps 618-696 ms end to end); the loader now does its work in C and that is gone
+# (BENCHMARKS.md, "Loading a version beside serving"). The lower priority is kept for the CPU
+# part: it yields the cores to serving and to other processes on the machine.
 LOADER_NICE = 10
 
 

@@ -32,6 +32,7 @@ from schemas.verify import file_entry
 from worker.chaos.fuzz import hostile_payloads, valid_payload
 from worker.chaos.harness import Cluster, Load, audit, recommend_payload, wait_until
 from worker.client import ReplyWaiter, wait_for_workers
+from worker.id_rows import IdRows
 from worker.services import Endpoints
 
 Figures = dict[str, Any]
@@ -448,8 +449,8 @@ def _replies_not_from_their_version(storage: Path, replies: list[Any], wanted: s
         d = version_dir(storage, version)
         items = np.load(d / "item_factors.npy", mmap_mode="r")
         users = np.load(d / "user_factors.npy", mmap_mode="r")
-        item_rows = {str(x): i for i, x in enumerate(np.load(d / "item_ids.npy").tolist())}
-        user_rows = {str(x): i for i, x in enumerate(np.load(d / "user_ids.npy").tolist())}
+        item_rows = IdRows(np.load(d / "item_ids.npy"))
+        user_rows = IdRows(np.load(d / "user_ids.npy"))
         for r in group:
             user = users[user_rows[r.subject_id]]
             for item in r.items:
