@@ -81,6 +81,7 @@ class Heartbeat:
             "dead_lettered": w.dead_lettered,
             "partitions": sorted(w.assigned),
             "live_recall": recall,
+            "item_updates_read": w.availability.read,
             "metrics_port": w.http_port,
         }
         try:

@@ -5,7 +5,9 @@
 - workers alive: their heartbeat entries in Redis (TTL'd, so a crashed worker drops out), with
   version, uptime, processed and live recall;
 - index versions in storage and which one LATEST names;
-- dead letters in the last hour (offsets_for_times on the dead-letter topic).
+- dead letters in the last hour (offsets_for_times on the dead-letter topic);
+- item updates published (end offsets of the compacted topic), beside what each worker has read:
+  a worker behind the others still serves items the rest know are gone.
 """
 
 from __future__ import annotations
@@ -42,6 +44,10 @@ def collect_status(
             "dead_letters_last_hour": _recent_count(
                 consumer, settings.topic_dead_letters, now - 3600
             ),
+            "item_updates": {
+                "topic": settings.topic_item_updates,
+                "published": _published(consumer, settings.topic_item_updates),
+            },
             "at": now,
         }
     finally:
@@ -114,6 +120,14 @@ def _versions(s: WorkerSettings) -> dict[str, Any]:
     return {"storage": s.storage, "versions": catalogue.versions(), "latest": catalogue.latest()}
 
 
+def _published(consumer: Consumer, topic: str) -> int:
+    """Messages ever written (compaction leaves gaps in the offsets, not fewer offsets)."""
+    return sum(
+        consumer.get_watermark_offsets(tp, timeout=TIMEOUT_S)[1]
+        for tp in _partitions(consumer, topic)
+    )
+
+
 def _recent_count(consumer: Consumer, topic: str, since: float) -> int:
     parts = _partitions(consumer, topic)
     if not parts:
@@ -149,11 +163,19 @@ def render_status(doc: dict[str, Any]) -> str:
             f"  {w['worker_id']:<36} version {w['version']}  up {w['uptime_s']:.0f} s  "
             f"processed {w['processed']}  partitions {_list(w['partitions'])}"
             + (f"  live recall {recall}" if recall else "")
+            + (
+                f"  item updates read {w['item_updates_read']}"
+                if "item_updates_read" in w  # absent from an older worker's heartbeat
+                else ""
+            )
         )
     v = doc["versions"]
     lines.append(f"versions in {v['storage']}: {len(v['versions'])}, LATEST {v['latest']}")
     lines += [f"  {'*' if name == v['latest'] else ' '} {name}" for name in v["versions"][-5:]]
     lines.append(f"dead letters in the last hour: {doc['dead_letters_last_hour']}")
+    u = doc.get("item_updates")
+    if u is not None:
+        lines.append(f"item updates published to {u['topic']}: {u['published']}")
     return "\n".join(lines)
 
 

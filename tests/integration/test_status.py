@@ -10,7 +10,8 @@ import time
 from pathlib import Path
 
 from index_builder.publish import BuildOptions, publish_version
-from schemas.events import RecommendRequest
+from schemas.events import ItemUpdate, RecommendRequest
+from schemas.item_updates import publish_item_updates
 from schemas.settings import topic_env
 from tests.cli import annrec
 from tests.integration.helpers import produce, running_worker
@@ -23,8 +24,7 @@ def _status(settings, services):
         "ANNREC_REDIS_URL": services.redis_url,
         "ANNREC_STORAGE": settings.storage,
         "ANNREC_GROUP_ID": settings.group_id,
-        "ANNREC_TOPIC_REQUESTS": settings.topic_requests,
-        "ANNREC_TOPIC_DEAD_LETTERS": settings.topic_dead_letters,
+        **topic_env(settings),
     }
     result = annrec("status", "--json", extra_env=env)
     assert result.returncode == 0, result.stderr[-2000:]
@@ -116,3 +116,18 @@ def test_status_lists_live_workers_and_drops_a_crashed_one(
         assert doc["dead_letters_last_hour"] == 0
         produce(kafka_conf, settings.topic_requests, [b"not a request"])
         _wait_for(lambda: _status(settings, services)["dead_letters_last_hour"] == 1)
+
+        # Item updates: published on the topic, and read by every live worker (between batches,
+        # so a request nudges each one).
+        updates = [ItemUpdate(item_id=f"i{n}", value=False) for n in (1, 2)]
+        publish_item_updates(kafka_conf, settings.topic_item_updates, updates)
+
+        def updates_read():
+            more = [RecommendRequest(request_id=f"st2-{u}", user_id=f"u{u}") for u in range(8)]
+            send_requests(kafka_conf, settings.topic_requests, more)
+            doc = _status(settings, services)
+            read = [w.get("item_updates_read") for w in doc["workers"]]
+            return doc if read == [2, 2] else None
+
+        doc = _wait_for(updates_read)
+        assert doc["item_updates"] == {"topic": settings.topic_item_updates, "published": 2}

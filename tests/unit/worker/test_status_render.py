@@ -20,10 +20,12 @@ def test_render_names_every_section_and_figure():
                 "processed": 40,
                 "partitions": [0, 1],
                 "live_recall": {"recommend": {"recall": 0.97, "samples": 20}},
+                "item_updates_read": 5,
             }
         ],
         "versions": {"storage": "/s", "versions": ["v0", "v1"], "latest": "v1"},
         "dead_letters_last_hour": 3,
+        "item_updates": {"topic": "annrec.item-updates", "published": 7},
     }
     text = render_status(doc)
     assert "consumer group g: stable, 1 member(s)" in text
@@ -32,3 +34,5 @@ def test_render_names_every_section_and_figure():
     assert "live recall recommend 0.970 (20)" in text
     assert "* v1" in text and "LATEST v1" in text
     assert "dead letters in the last hour: 3" in text
+    assert "item updates read 5" in text
+    assert "item updates published to annrec.item-updates: 7" in text
