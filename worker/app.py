@@ -189,6 +189,7 @@ class Worker:
                 s.shadow_window,
                 self._policy(),
                 publish=_recall_publisher(client, s.result_ttl_s),
+                cpu_share=s.shadow_cpu_share,
             ).start()
         heartbeat = Heartbeat(client, s, self)
         blas = threadpool_limits(limits=s.blas_threads, user_api="blas")

@@ -61,6 +61,13 @@ class WorkerSettings(CommonSettings):
     shadow_fraction: float = Field(
         0.01, ge=0, le=1, description="share of answers re-checked by exact scans (live recall)"
     )
+    shadow_cpu_share: float = Field(
+        0.05,
+        gt=0,
+        le=1,
+        description="most of one core the live-recall re-checks may use; samples beyond it "
+        "are skipped (1 = no limit)",
+    )
     shadow_queue: int = Field(1000, ge=1, description="samples waiting; beyond, they are dropped")
     shadow_window: int = Field(200, ge=1, description="samples the live recall is averaged over")
     item_updates_replay_s: float = Field(

@@ -6,6 +6,13 @@ traffic may ask other things (other users, exclusions, recent items). The sample
 what we serve still as good as the manifest says? It never delays a request: `offer` only puts
 into a bounded queue (a full queue drops the sample and counts it), and a background thread does
 the exact work with its own BLAS call, which releases the GIL.
+
+Releasing the GIL is not enough: an exact scan of a 1M catalogue takes ~50 ms of a core, and at
+1% of 1,000 requests/s the checks took half a core of a 2-core machine from serving (1 worker at
+1,000/s, 1M items: p99 58-246 ms with the sampler, 19-23 ms without; BENCHMARKS.md). So the
+checks get a share of one core (`cpu_share`): after a check that took t seconds, no sample is
+taken for t * (1 / share - 1) seconds (skipped samples are counted). The sample rate then adapts
+to the catalogue: every 1% sample on a small one, about one a second at 1M with a 5% share.
 """
 
 from __future__ import annotations
@@ -58,8 +65,13 @@ class ShadowSampler:
         policy: Policy | None = None,
         publish: Publish | None = None,
         seed: int | None = None,
+        cpu_share: float = 1.0,
     ) -> None:
+        if not 0 < cpu_share <= 1:
+            raise ValueError(f"cpu_share must be in (0, 1], got {cpu_share}")
         self.fraction = fraction
+        self.cpu_share = cpu_share
+        self._resume_at = 0.0  # monotonic time before which no sample is taken (cpu_share)
         self.window = window
         self._policy = policy or Policy()
         self._publish = publish
@@ -92,6 +104,11 @@ class ShadowSampler:
             "Samples dropped: the checking queue was full",
             registry=registry,
         )
+        self.skipped = Counter(
+            "annrec_shadow_skipped",
+            "Samples not taken: the exact re-checks were using their share of a core",
+            registry=registry,
+        )
 
     def start(self) -> ShadowSampler:
         self._thread = threading.Thread(target=self._run, name="shadow-recall", daemon=True)
@@ -111,6 +128,9 @@ class ShadowSampler:
             or reply.fallback is not None
             or self._rng.random() >= self.fraction
         ):
+            return
+        if time.monotonic() < self._resume_at:
+            self.skipped.inc()
             return
         try:
             self._queue.put_nowait(Sample(request, reply, version))
@@ -136,7 +156,10 @@ class ShadowSampler:
             try:
                 if sample is None:
                     return
+                started = time.monotonic()
                 self._check(sample)
+                took = time.monotonic() - started
+                self._resume_at = time.monotonic() + took * (1 / self.cpu_share - 1)
             except Exception:  # a sample that cannot be checked must not stop the sampler
                 log.exception("shadow_check_failed")
             finally:

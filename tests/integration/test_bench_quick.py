@@ -20,7 +20,13 @@ def test_bench_e2e_quick(services, tmp_path):
     out = tmp_path / "e2e"
     printed = _bench("e2e", out, services, tmp_path)
     results = json.loads((out / "e2e.json").read_text())
-    assert set(results["runs"]) == {"echo", "1 worker", "2 workers", "1 worker + 3 swaps"}
+    assert set(results["runs"]) == {
+        "echo",
+        "1 worker",
+        "1 worker, no live recall",
+        "2 workers",
+        "1 worker + 3 swaps",
+    }
     first = results["runs"]["echo"][0]
     assert first["answered"] == first["sent"] == 100  # 50/s for 2 s, nothing lost
     assert (out / "e2e_latency.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

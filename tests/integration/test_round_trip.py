@@ -117,7 +117,8 @@ def test_live_recall_is_sampled_off_the_request_path_and_published(
     ]
     items = small_factors.item_factors
     norms = np.linalg.norm(items, axis=1).astype(np.float32)
-    live = settings.model_copy(update={"shadow_fraction": 1.0, "shadow_window": 1000})
+    every = {"shadow_fraction": 1.0, "shadow_window": 1000, "shadow_cpu_share": 1.0}
+    live = settings.model_copy(update=every)
     waiter = ReplyWaiter(kafka_conf, settings.topic_replies)
     with running_worker(live, kafka_conf, services.redis_url) as worker:
         send_requests(kafka_conf, settings.topic_requests, requests)

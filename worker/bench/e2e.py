@@ -5,7 +5,9 @@ each latency from the request's *scheduled* send time, so a stalled system canno
 (coordinated omission). Configurations, each on its own topics and consumer group:
 
 - `echo`: a worker that replies without computing: the floor of Kafka + Redis + the loop;
-- `1 worker`, `2 workers`: annrec workers answering `recommend` by user_id;
+- `1 worker`, `2 workers`: annrec workers answering `recommend` by user_id, as configured by
+  default (live recall re-checks 1% of answers within 5% of a core: worker/shadow.py);
+- `1 worker, no live recall`: the same with the sampler off, side by side: what it costs;
 - `swaps`: 1 worker at a moderate rate while three new versions are published and announced.
 
 A rate counts as sustained when every reply arrived, the backlog at the end of the sending window
@@ -49,6 +51,7 @@ class Run:
     label: str
     workers: int
     echo: bool = False
+    live_recall: bool = True
 
 
 def bench_e2e(
@@ -68,7 +71,12 @@ def bench_e2e(
     factors = synth_factors(n_items, max(1000, n_items // 10), dim, seed=1)
     publish_version(factors, storage, BuildOptions())
     n_users = len(factors.user_ids)
-    runs = [Run("echo", 1, echo=True), Run("1 worker", 1), Run("2 workers", 2)]
+    runs = [
+        Run("echo", 1, echo=True),
+        Run("1 worker", 1),
+        Run("1 worker, no live recall", 1, live_recall=False),
+        Run("2 workers", 2),
+    ]
     results: dict[str, Any] = {"runs": {}}
     try:
         for run in runs:
@@ -140,6 +148,7 @@ def _sweep(
         "ANNREC_GROUP_ID": f"bench{tag}",
         "ANNREC_METRICS_PORT": "-1",
         "ANNREC_ECHO": "true" if run.echo else "false",
+        **({} if run.live_recall else {"ANNREC_SHADOW_FRACTION": "0"}),
     }
     ensure_topics(kafka, topic_specs(topics))
     log = (storage / f"workers-{tag}.log").open("ab")
@@ -265,14 +274,14 @@ def _print(results: dict[str, Any]) -> None:
     print("annrec bench e2e: recommend by user_id, k=10, open loop, latency from scheduled send")
     print(f"machine: {describe(results['machine'])}")
     print(
-        f"{'configuration':<20} {'rate/s':>7} {'p50':>8} {'p95':>8} {'p99':>8} {'max':>8}  "
+        f"{'configuration':<24} {'rate/s':>7} {'p50':>8} {'p95':>8} {'p99':>8} {'max':>8}  "
         f"{'answered':>9} sustained"
     )
     for label, points in results["runs"].items():
         for p in points:
             lat = p["latency_ms"]
             print(
-                f"{label:<20} {p['rate']:>7} {lat.get('p50', '-'):>8} {lat.get('p95', '-'):>8} "
+                f"{label:<24} {p['rate']:>7} {lat.get('p50', '-'):>8} {lat.get('p95', '-'):>8} "
                 f"{lat.get('p99', '-'):>8} {lat.get('max', '-'):>8}  "
                 f"{p['answered']:>4}/{p['sent']:<4} {'yes' if p['sustained'] else 'no'}"
             )

@@ -79,3 +79,25 @@ def test_a_window_below_the_target_raises_the_metric(version):
         registry.get_sample_value("annrec_live_recall_below_target", {"kind": "similar_items"}) == 1
     )
     sampler.stop()
+
+
+def test_the_checks_keep_to_their_share_of_a_core(version):
+    """Each check buys a pause of t * (1 / share - 1) (here 99 t): the samples offered right
+    after one check are skipped, and counted."""
+    registry = CollectorRegistry()
+    sampler = ShadowSampler(registry, fraction=1.0, seed=1, cpu_share=0.01).start()
+    request = RecommendRequest(request_id="r", user_id="u1", k=10)
+    reply = answer(request, version, "w")
+    sampler.offer(request, reply, version)
+    assert sampler.wait_idle()
+    for _ in range(50):
+        sampler.offer(request, reply, version)
+    assert sampler.wait_idle()
+    assert registry.get_sample_value("annrec_shadow_samples_total", {"kind": "recommend"}) == 1
+    assert registry.get_sample_value("annrec_shadow_skipped_total") == 50
+    sampler.stop()
+
+
+def test_the_share_must_be_a_fraction_of_a_core():
+    with pytest.raises(ValueError, match="cpu_share"):
+        ShadowSampler(CollectorRegistry(), cpu_share=0)
