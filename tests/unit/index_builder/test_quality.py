@@ -98,3 +98,48 @@ def test_filter_threshold_is_measured_with_fewer_users_than_filter_queries(
     assert recommend.strategy == "ann"
     assert recommend.filter_curve  # measured, not skipped
     assert len(small_factors.user_factors) < quality.FILTER_QUERIES
+
+
+def _plan(quality_module, served, ann, exact):
+    return quality_module._with_filter_plan(
+        "any", served, ann, exact, 4000, 100, 0.9, np.random.default_rng(0)
+    )
+
+
+def test_a_filter_plan_clearly_slower_on_the_pilot_stops_there(tuned):
+    """The index path 5x slower than the exact one on the pilot: no more queries are spent on
+    it, and the threshold is 1.0 (always exact)."""
+    import time
+
+    from index_builder import quality
+
+    served = tuned[2].quality.similar_items.model_copy(update={"strategy": "ann"})
+    calls = {"ann": 0, "exact": 0}
+
+    def timed(name, seconds):
+        def run(q, keep):
+            calls[name] += 1
+            time.sleep(seconds)
+            return np.arange(10)
+
+        return run
+
+    result = _plan(quality, served, timed("ann", 0.005), timed("exact", 0.001))
+    assert calls == {"ann": quality.FILTER_PILOT, "exact": quality.FILTER_PILOT}
+    assert result.filter_threshold == 1.0 and len(result.filter_curve) == 1
+    assert result.filter_curve[0].ann_recall_at_k == 1.0  # same answers as the exact path
+
+
+def test_a_filter_plan_that_wins_the_pilot_measures_every_query(tuned):
+    from index_builder import quality
+
+    served = tuned[2].quality.recommend.model_copy(update={"strategy": "ann"})
+    calls = {"ann": 0}
+
+    def ann(q, keep):
+        calls["ann"] += 1
+        return np.arange(10)
+
+    result = _plan(quality, served, ann, lambda q, keep: np.arange(10))
+    assert len(result.filter_curve) >= 1
+    assert calls["ann"] == 100 * len(result.filter_curve)
