@@ -9,7 +9,7 @@ the exact work with its own BLAS call, which releases the GIL.
 
 Releasing the GIL is not enough: an exact scan of a 1M catalogue takes ~50 ms of a core, and at
 1% of 1,000 requests/s the checks took half a core of a 2-core machine from serving (1 worker at
-1,000/s, 1M items: p99 58-246 ms with the sampler, 19-23 ms without; BENCHMARKS.md). So the
+1,000/s, 1M items: p99 2.4x that of the same worker without the sampler; BENCHMARKS.md). So the
 checks get a share of one core (`cpu_share`): after a check that took t seconds, no sample is
 taken for t * (1 / share - 1) seconds (skipped samples are counted). The sample rate then adapts
 to the catalogue: every 1% sample on a small one, about one a second at 1M with a 5% share.
