@@ -4,8 +4,11 @@ RUN apt-get update && apt-get install -y --no-install-recommends g++ && rm -rf /
 WORKDIR /src
 COPY pyproject.toml README.md constraints.txt ./
 COPY schemas schemas
+COPY query_engine query_engine
+COPY adapters adapters
 COPY index_builder index_builder
 COPY worker worker
+COPY tools tools
 RUN pip wheel --no-cache-dir -c constraints.txt --wheel-dir /wheels .
 
 FROM python:3.11-slim

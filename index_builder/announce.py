@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+from adapters.topics import deliver
 from schemas import keys
 from schemas.events import IndexAnnounced
 from schemas.manifest import Manifest
-from schemas.topics import deliver
 
 
 def announce_version(

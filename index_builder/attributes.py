@@ -19,8 +19,8 @@ import numpy as np
 import numpy.typing as npt
 
 from schemas import manifest as mf
-from schemas.attributes import FALSE, TRUE, UNKNOWN
 from schemas.errors import InvalidInput
+from schemas.manifest import FALSE, TRUE, UNKNOWN
 
 ID_COLUMNS = ("item_id", "id")
 _NAME_RE = re.compile(mf.ATTRIBUTE_NAME_PATTERN)

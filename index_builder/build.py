@@ -11,9 +11,9 @@ import numpy.typing as npt
 from annoy import AnnoyIndex
 from tqdm import tqdm
 
+from query_engine.banded import BAND_GROWTH, FIRST_BAND, band_bounds, norm_order
+from query_engine.vectors import augment_with
 from schemas import manifest as mf
-from schemas.banded import BAND_GROWTH, FIRST_BAND, band_bounds, norm_order
-from schemas.vectors import augment_with
 
 Metric = Literal["angular", "euclidean"]
 
@@ -61,7 +61,7 @@ def build_mips_bands(
     first_band: int = FIRST_BAND,
     band_growth: int = BAND_GROWTH,
 ) -> mf.MipsSpec:
-    """The user -> items indexes (schemas/banded.py): the norm order, then one augmented Annoy
+    """The user -> items indexes (query_engine/banded.py): the norm order, then one augmented Annoy
     index per norm band, each with its own M. Returns their manifest entry."""
     order, norms = norm_order(item_factors)
     np.save(directory / mf.MIPS_ORDER_FILE, order)

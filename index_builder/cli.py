@@ -1,4 +1,4 @@
-"""`annrec synth` and `annrec build`: registered on the root parser by worker/cli.py."""
+"""`annrec synth` and `annrec build`: registered on the root parser by tools/cli.py."""
 
 from __future__ import annotations
 
@@ -10,6 +10,9 @@ from pathlib import Path
 
 import structlog
 
+from adapters.catalogue import Catalogue, local_root, read_catalogue
+from adapters.item_updates import read_item_updates
+from adapters.object_store import ObjectStore, is_remote
 from index_builder import remote, storage
 from index_builder.announce import announce_version
 from index_builder.attributes import read_table
@@ -18,11 +21,8 @@ from index_builder.publish import BuildOptions, publish_version
 from index_builder.settings import BuilderSettings
 from index_builder.synth import synth_attributes, synth_factors, write_synth_interactions
 from index_builder.train import load_interactions, train_als
-from schemas.catalogue import Catalogue, local_root, read_catalogue
 from schemas.errors import AnnrecError
-from schemas.item_updates import read_item_updates
 from schemas.manifest import Manifest
-from schemas.object_store import ObjectStore, is_remote
 
 log = structlog.get_logger(__name__)
 

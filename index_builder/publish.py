@@ -15,6 +15,9 @@ import numpy as np
 import numpy.typing as npt
 import structlog
 
+from adapters.index_files import check_files, check_indexes, file_entry, load_annoy, load_bands
+from adapters.item_updates import UpdatesSnapshot
+from adapters.object_store import ObjectStore
 from index_builder import storage
 from index_builder.attributes import AttributeTable, write_attributes
 from index_builder.build import build_annoy, build_mips_bands
@@ -23,9 +26,6 @@ from index_builder.quality import measure_quality
 from index_builder.remote import set_remote_latest, upload_version
 from schemas import manifest as mf
 from schemas.errors import AnnrecError
-from schemas.item_updates import UpdatesSnapshot
-from schemas.object_store import ObjectStore
-from schemas.verify import check_files, check_indexes, file_entry, load_annoy, load_bands
 
 log = structlog.get_logger(__name__)
 

@@ -4,7 +4,7 @@ Queries are sampled from the version itself (items for item -> items, users for 
 and split in two: the curve and the choice of search_k use the tuning half; the recall and
 queries/s reported for the chosen search_k come from the held-out half, so the figure a worker
 trusts was not fitted to the queries that measured it. Timings are one query at a time on one
-thread (BLAS pinned to one thread), through schemas.search, the same code the worker runs.
+thread (BLAS pinned to one thread), through query_engine.search, the same code the worker runs.
 
 The strategy: the fastest point (search_k; for user -> items also the exact head of the norm
 bands) that reaches the target recall while answering faster than the exact scan measured in the
@@ -26,10 +26,10 @@ from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
 from index_builder.inputs import Factors
-from schemas import banded, filtered, search
-from schemas.filters import Selection
+from query_engine import banded, filtered, search
+from query_engine.selection import Selection
+from query_engine.vectors import recall_at_k, top_k
 from schemas.manifest import FilterPoint, IndexQuality, QualityReport, SearchKPoint
-from schemas.vectors import recall_at_k, top_k
 
 FloatArray = npt.NDArray[np.float32]
 # One group of the curve: search_k doubles within it. For user -> items, (exact head, bound
@@ -106,7 +106,7 @@ def measure_quality(
             target=target_recall,
         )
         # Filtered queries, at the strategy just chosen: where the planner switches to
-        # exact-over-subset (schemas/filtered.py). Each kind has its own query set (a small
+        # exact-over-subset (query_engine/filtered.py). Each kind has its own query set (a small
         # catalogue or user table yields fewer than FILTER_QUERIES), so each is capped by it.
         similar = _with_filter_plan(
             "similar_items",

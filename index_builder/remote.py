@@ -1,6 +1,6 @@
 """Publishing to object storage: upload a locally built, verified version, then move LATEST.
 
-Order is the atomicity here (see schemas/object_store.py): files, then manifest.json, then LATEST.
+Order is the atomicity here (see adapters/object_store.py): files, then manifest.json, then LATEST.
 Retention mirrors storage.gc_versions: the manifest goes first, so a version being deleted stops
 being a version before any of its files disappear.
 """
@@ -13,10 +13,10 @@ from pathlib import Path
 
 import structlog
 
+from adapters.object_store import ObjectStore
 from schemas.errors import AnnrecError
 from schemas.layout import LATEST, version_dir
 from schemas.manifest import MANIFEST_NAME, Manifest
-from schemas.object_store import ObjectStore
 
 log = structlog.get_logger(__name__)
 

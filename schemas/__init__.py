@@ -1,6 +1,3 @@
-"""The contract shared by index_builder and worker.
-
-Events, manifest, storage layout, topics, Redis keys, settings and the vector math.
-
-Nothing in here imports either side.
-"""
+"""The contract index_builder, worker and their clients share: events, the index manifest, the
+storage layout, topic names, Redis keys and settings. Data only: nothing in here imports any other
+package of the project."""

@@ -73,6 +73,10 @@ ATTRIBUTE_NAME_PATTERN = r"^[a-z][a-z0-9_]{0,63}$"  # also a plain file-name com
 MAX_CATEGORY_VALUES = 100_000
 
 
+# A boolean attribute's file holds one of these int8 codes per item.
+UNKNOWN, FALSE, TRUE = -1, 0, 1
+
+
 class AttributeSpec(_Model):
     """One item attribute published with a version (filters in requests refer to it by name).
 

@@ -17,7 +17,7 @@ def annrec(
     """`env` replaces the environment; `extra_env` is added to this process's."""
     environment = env if env is not None else {**os.environ, **(extra_env or {})}
     return subprocess.run(
-        [sys.executable, "-m", "worker.cli", *args],
+        [sys.executable, "-m", "tools.cli", *args],
         env=environment,
         cwd=cwd,
         capture_output=True,

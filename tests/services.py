@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from schemas import keys
-from worker.stack import KAFKA_VERSION, LocalStack
+from tools.stack import KAFKA_VERSION, LocalStack
 
 
 @dataclass(frozen=True)

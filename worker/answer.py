@@ -19,7 +19,9 @@ import numpy.typing as npt
 import structlog
 from pydantic import TypeAdapter, ValidationError
 
-from schemas import banded, filtered, search
+from query_engine import banded, filtered, search
+from query_engine.selection import FilterError, Selection, select
+from query_engine.vectors import cosine_scores, fold_in
 from schemas.events import (
     DEAD_LETTER_PAYLOAD_BYTES,
     MAX_REQUEST_BYTES,
@@ -31,8 +33,6 @@ from schemas.events import (
     SimilarItemsRequest,
     parse_request,
 )
-from schemas.filters import FilterError, Selection, select
-from schemas.vectors import cosine_scores, fold_in
 from worker.index_store import LoadedVersion
 
 log = structlog.get_logger(__name__)

@@ -22,10 +22,10 @@ import structlog
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from threadpoolctl import threadpool_limits
 
+from adapters.item_updates import ItemUpdateLog
+from adapters.topics import ensure_topics, topic_specs
 from schemas import keys
 from schemas.events import Reply
-from schemas.item_updates import ItemUpdateLog
-from schemas.topics import ensure_topics, topic_specs
 from worker.announcements import AnnouncementFollower
 from worker.answer import (
     Outcome,

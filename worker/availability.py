@@ -12,7 +12,7 @@ from collections.abc import Mapping
 
 import structlog
 
-from schemas.item_updates import ItemUpdateLog
+from adapters.item_updates import ItemUpdateLog
 from worker.index_store import LoadedVersion
 from worker.metrics import WorkerMetrics
 

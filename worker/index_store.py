@@ -20,13 +20,13 @@ import structlog
 from annoy import AnnoyIndex
 from pydantic import ValidationError
 
+from adapters.index_files import check_files, check_indexes, load_annoy, load_attributes, load_bands
+from query_engine.attributes import ItemAttributes
+from query_engine.banded import EXACT_HEADS, NormBands
+from query_engine.vectors import item_gramian
 from schemas import manifest as mf
-from schemas.attributes import ItemAttributes
-from schemas.banded import EXACT_HEADS, NormBands
 from schemas.errors import AnnrecError, IndexRejected, VersionMissing
 from schemas.layout import version_dir
-from schemas.vectors import item_gramian
-from schemas.verify import check_files, check_indexes, load_annoy, load_bands
 from worker.id_rows import DuplicateIds, IdRows
 from worker.version_source import VersionSource
 
@@ -148,7 +148,7 @@ def load_version(
     except DuplicateIds as exc:
         raise IndexRejected(f"{version}: {exc}") from exc
     attributes = (
-        ItemAttributes.load(directory, manifest.attributes, manifest.n_items)
+        load_attributes(directory, manifest.attributes, manifest.n_items)
         if manifest.attributes
         else None
     )

@@ -13,12 +13,12 @@ import tempfile
 from pathlib import Path
 from typing import Any, Protocol
 
-from schemas.catalogue import local_root
+from adapters.catalogue import local_root
+from adapters.index_files import check_files
+from adapters.object_store import ObjectStore, is_remote
 from schemas.errors import VersionMissing
 from schemas.layout import read_latest, version_dir
 from schemas.manifest import MANIFEST_NAME, Manifest
-from schemas.object_store import ObjectStore, is_remote
-from schemas.verify import check_files
 
 
 class VersionSource(Protocol):

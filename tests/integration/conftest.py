@@ -6,8 +6,8 @@ import uuid
 
 import pytest
 
+from adapters.topics import ensure_topics, topic_specs
 from schemas.settings import prefixed_topics
-from schemas.topics import ensure_topics, topic_specs
 from worker.settings import WorkerSettings
 
 

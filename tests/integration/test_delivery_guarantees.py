@@ -11,7 +11,7 @@ from index_builder.publish import BuildOptions, publish_version
 from schemas import keys
 from schemas.events import RecommendRequest
 from tests.integration.helpers import committed_offsets, produce, running_worker
-from worker.client import ReplyWaiter, send_requests
+from tools.client import ReplyWaiter, send_requests
 
 
 def test_no_offset_is_committed_while_redis_is_down_and_nothing_is_lost(
@@ -67,7 +67,7 @@ def test_cli_worker_serves_and_exits_cleanly_on_sigterm(
         "ANNREC_METRICS_PORT": "0",
     }
     proc = subprocess.Popen(
-        [sys.executable, "-m", "worker.cli", "worker"], env=env, stderr=subprocess.PIPE, text=True
+        [sys.executable, "-m", "tools.cli", "worker"], env=env, stderr=subprocess.PIPE, text=True
     )
     waiter = ReplyWaiter(kafka_conf, settings.topic_replies)
     try:

@@ -6,13 +6,13 @@ from pathlib import Path
 
 import redis
 
+from adapters.item_updates import publish_item_updates, read_item_updates
 from index_builder.attributes import table_from_columns
 from index_builder.publish import BuildOptions, publish_version
 from schemas import keys
 from schemas.events import DeadLetter, ItemUpdate, RecommendRequest
-from schemas.item_updates import publish_item_updates, read_item_updates
 from tests.integration.helpers import consume_all, running_worker
-from worker.client import ReplyWaiter, send_requests
+from tools.client import ReplyWaiter, send_requests
 from worker.index_store import load_version
 
 IN_STOCK = {"attr": "in_stock", "eq": True}

@@ -10,7 +10,7 @@ from index_builder.publish import BuildOptions, publish_version
 from index_builder.synth import synth_factors
 from schemas.events import RecommendRequest
 from tests.integration.helpers import running_worker
-from worker.client import ReplyWaiter, send_requests
+from tools.client import ReplyWaiter, send_requests
 
 
 def _until(check, timeout_s=30):

@@ -6,12 +6,12 @@ import boto3
 import pytest
 from moto.server import ThreadedMotoServer
 
+from adapters.object_store import ObjectStore
 from index_builder import remote
 from index_builder.publish import BuildOptions, publish_version
 from index_builder.synth import synth_factors
 from schemas.errors import AnnrecError
 from schemas.layout import version_dir
-from schemas.object_store import ObjectStore
 from tests.cli import annrec
 from worker.index_store import IndexStore, load_version
 from worker.version_source import ObjectStoreSource, version_source

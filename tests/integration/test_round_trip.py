@@ -9,9 +9,9 @@ import redis
 
 from index_builder.announce import announce_version
 from index_builder.publish import BuildOptions, publish_version
+from query_engine.vectors import exact_cosine_top_k, exact_inner_product_top_k
 from schemas import keys
 from schemas.events import DeadLetter, IndexAnnounced, RecommendRequest, Reply, SimilarItemsRequest
-from schemas.vectors import exact_cosine_top_k, exact_inner_product_top_k
 from tests.integration.helpers import (
     committed_offsets,
     consume_all,
@@ -19,7 +19,7 @@ from tests.integration.helpers import (
     produce,
     running_worker,
 )
-from worker.client import ReplyWaiter, send_requests
+from tools.client import ReplyWaiter, send_requests
 
 
 def test_requests_are_answered_through_kafka_and_redis_with_exact_top_k(

@@ -11,10 +11,10 @@ import numpy as np
 from index_builder.announce import announce_version
 from index_builder.publish import BuildOptions, publish_version
 from index_builder.synth import synth_factors
+from query_engine.vectors import exact_inner_product_top_k
 from schemas.events import RecommendRequest, Reply
-from schemas.vectors import exact_inner_product_top_k
 from tests.integration.helpers import consume_all, running_worker
-from worker.client import ReplyWaiter, send_requests
+from tools.client import ReplyWaiter, send_requests
 
 
 def _requests(prefix: str, n: int, n_users: int = 40) -> list[RecommendRequest]:

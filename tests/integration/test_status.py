@@ -9,13 +9,13 @@ import sys
 import time
 from pathlib import Path
 
+from adapters.item_updates import publish_item_updates
 from index_builder.publish import BuildOptions, publish_version
 from schemas.events import ItemUpdate, RecommendRequest
-from schemas.item_updates import publish_item_updates
 from schemas.settings import topic_env
 from tests.cli import annrec
 from tests.integration.helpers import produce, running_worker
-from worker.client import ReplyWaiter, send_requests
+from tools.client import ReplyWaiter, send_requests
 
 
 def _status(settings, services):
@@ -68,7 +68,7 @@ def test_status_lists_live_workers_and_drops_a_crashed_one(
         running_worker(w2, kafka_conf, services.redis_url),
     ):
         crashing = subprocess.Popen(
-            [sys.executable, "-m", "worker.cli", "worker"],
+            [sys.executable, "-m", "tools.cli", "worker"],
             env=env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

@@ -10,11 +10,11 @@ import pytest
 import redis
 
 from schemas.settings import CommonSettings
-from worker import services
-from worker.stack import _free_ports, redis_server_binary
+from tools import services
+from tools.stack import _free_ports, redis_server_binary
 
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGES = ("schemas", "index_builder", "worker")
+PACKAGES = ("schemas", "query_engine", "adapters", "index_builder", "worker", "tools")
 
 
 def _sources():

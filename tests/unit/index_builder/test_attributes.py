@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
+from adapters.index_files import load_attributes
 from index_builder.attributes import read_table, write_attributes
 from index_builder.synth import BUCKET_SELECTIVITIES, synth_attributes
-from schemas.attributes import ItemAttributes
 from schemas.errors import IndexRejected, InvalidInput
 
 IDS = [f"i{i}" for i in range(6)]
@@ -18,7 +18,7 @@ def _csv(tmp_path, text: str):
 def _load(tmp_path, table):
     out = tmp_path / "version"
     out.mkdir()
-    return ItemAttributes.load(out, write_attributes(table, out), table.n_items)
+    return load_attributes(out, write_attributes(table, out), table.n_items)
 
 
 def test_csv_columns_become_categories_and_flags(tmp_path):
@@ -94,7 +94,7 @@ def test_a_tampered_offsets_file_is_refused(tmp_path):
     specs = write_attributes(table, out)
     np.save(out / specs[0].offsets_file, np.array([0, 1, 5], dtype=np.int64))
     with pytest.raises(IndexRejected, match="color"):
-        ItemAttributes.load(out, specs, len(IDS))
+        load_attributes(out, specs, len(IDS))
 
 
 def test_synthetic_buckets_have_their_exact_selectivity(tmp_path):

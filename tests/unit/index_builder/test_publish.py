@@ -3,12 +3,12 @@ import json
 import numpy as np
 import pytest
 
+from adapters.index_files import load_bands
 from index_builder import publish
 from index_builder.publish import BuildOptions, publish_version
-from schemas.banded import max_inner_product
+from query_engine.banded import max_inner_product
+from query_engine.vectors import exact_inner_product_top_k
 from schemas.layout import list_versions, read_latest, version_dir
-from schemas.vectors import exact_inner_product_top_k
-from schemas.verify import load_bands
 
 
 def test_published_version_is_complete_and_latest_names_it(published, small_factors):

@@ -4,9 +4,9 @@ import pytest
 from index_builder import publish
 from index_builder.publish import BuildOptions, QualityTooLow, publish_version
 from index_builder.synth import synth_factors
-from schemas import banded
+from query_engine import banded
+from query_engine.vectors import exact_inner_product_top_k, recall_at_k
 from schemas.layout import list_versions, read_latest
-from schemas.vectors import exact_inner_product_top_k, recall_at_k
 from worker.index_store import load_version
 
 

@@ -1,9 +1,9 @@
 import pytest
 
+from adapters.index_files import check_files
 from schemas.errors import AnnrecError, IndexRejected
 from schemas.layout import read_latest, version_dir
 from schemas.manifest import MANIFEST_NAME, Manifest
-from schemas.verify import check_files
 
 
 @pytest.mark.parametrize("name", ["../etc", "..", "a/b", "", "20261125T205201.985044Z-f5ef7e/.."])

@@ -3,8 +3,8 @@ import json
 import numpy as np
 import pytest
 
+from query_engine.vectors import exact_cosine_top_k, exact_inner_product_top_k
 from schemas.events import RecommendRequest, SimilarItemsRequest
-from schemas.vectors import exact_cosine_top_k, exact_inner_product_top_k
 from worker.answer import Policy, RawEvent, answer, answer_batch, parse_batch
 from worker.index_store import load_version
 
@@ -154,7 +154,7 @@ def test_recent_items_fold_in_like_implicit_recalculate_user():
 
     from index_builder.synth import synth_interactions
     from index_builder.train import make_interactions, train_als
-    from schemas.vectors import fold_in, item_gramian
+    from query_engine.vectors import fold_in, item_gramian
 
     users, items, weights = synth_interactions(200, 300, dim=8, interactions_per_user=15, seed=2)
     inter = make_interactions(users, items, weights)

@@ -3,8 +3,8 @@
 from collections import Counter
 
 from schemas.events import DEAD_LETTER_PAYLOAD_BYTES, DeadLetter
+from tools.chaos.fuzz import MAKERS, hostile_payloads, valid_payload
 from worker.answer import RawEvent, answer_batch, parse_batch
-from worker.chaos.fuzz import MAKERS, hostile_payloads, valid_payload
 
 
 def test_every_hostile_event_is_dead_lettered_and_valid_ones_answered(version):

@@ -78,8 +78,8 @@ def test_a_file_of_the_wrong_dimension_is_refused_even_with_matching_checksums(
     """Annoy files do not record their dimension; only the sampled vectors reveal it."""
     import json
 
+    from adapters.index_files import file_entry
     from index_builder.build import build_annoy
-    from schemas.verify import file_entry
 
     storage, manifest = published
     directory = version_dir(storage, manifest.version)
@@ -100,8 +100,8 @@ def test_an_index_file_of_another_catalogue_is_refused(published, small_factors)
     """Same size, same dimension, same checksums in the manifest: only the vectors differ."""
     import json
 
+    from adapters.index_files import file_entry
     from index_builder.build import build_annoy
-    from schemas.verify import file_entry
 
     storage, manifest = published
     directory = version_dir(storage, manifest.version)

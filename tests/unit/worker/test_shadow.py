@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
+from query_engine.vectors import exact_cosine_top_k, recall_at_k
 from schemas.events import RecommendRequest, SimilarItemsRequest
 from schemas.manifest import IndexQuality, QualityReport
-from schemas.vectors import exact_cosine_top_k, recall_at_k
 from worker.answer import answer
 from worker.shadow import ShadowSampler
 

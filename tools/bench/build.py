@@ -1,0 +1,119 @@
+"""`annrec bench build`: wall time per phase and peak memory of `annrec build` on synthetic factors.
+
+The build runs as a child process (exactly the command a user runs), so its peak resident memory
+is the child's own (getrusage of children), not that of this process, which generated the data.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from index_builder.inputs import save_factors
+from index_builder.synth import synth_factors
+from schemas.errors import AnnrecError
+from schemas.layout import read_latest, version_dir
+from schemas.manifest import Manifest
+from tools.bench.machine import describe, machine_info
+
+
+def bench_build(
+    out: Path,
+    n_items: int,
+    n_users: int,
+    dim: int,
+    n_trees: int,
+    mips_trees: int,
+    seed: int = 0,
+) -> dict[str, Any]:
+    out.mkdir(parents=True, exist_ok=True)
+    factors_path = out / f"factors-{n_items}x{dim}.npz"
+    if not factors_path.exists():
+        print(f"generating {n_items} x {dim} synthetic factors", file=sys.stderr)
+        save_factors(factors_path, synth_factors(n_items, n_users, dim, seed=seed))
+    storage = out / "storage"
+    cmd = [
+        sys.executable,
+        "-m",
+        "tools.cli",
+        "build",
+        "--factors",
+        str(factors_path),
+        "--storage",
+        str(storage),
+        "--trees",
+        str(n_trees),
+        "--mips-trees",
+        str(mips_trees),
+        "--no-announce",
+    ]
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, check=False)
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise AnnrecError(f"annrec build failed with exit code {proc.returncode}")
+    peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    version = read_latest(storage)
+    assert version is not None
+    directory = version_dir(storage, version)
+    manifest = Manifest.model_validate_json((directory / "manifest.json").read_text())
+    result = {
+        "command": " ".join(["annrec", *cmd[3:]]),
+        "params": {
+            "n_items": n_items,
+            "n_users": n_users,
+            "dim": dim,
+            "n_trees": n_trees,
+            "mips_trees": mips_trees,
+            "seed": seed,
+        },
+        "wall_s": round(wall, 1),
+        "peak_rss_mib": round(peak_kib / 1024),
+        "phases_s": manifest.build.timings_s,
+        "version_bytes": sum(f.stat().st_size for f in directory.iterdir()),
+        "quality": manifest.quality.model_dump() if manifest.quality else None,
+        "machine": machine_info(),
+    }
+    (out / "build.json").write_text(json.dumps(result, indent=2))
+    _print(result)
+    return result
+
+
+def _print(r: dict[str, Any]) -> None:
+    p = r["params"]
+    print(
+        f"annrec bench build: {p['n_items']:,} items x {p['dim']}, angular {p['n_trees']} trees, "
+        f"MIPS bands {p['mips_trees']} trees each, quality report"
+    )
+    print(f"machine: {describe(r['machine'])}")
+    print(
+        f"wall {r['wall_s']} s (process start to exit), peak RSS {r['peak_rss_mib']} MiB, "
+        f"version {r['version_bytes'] / 2**20:.0f} MiB on disk"
+    )
+    for name, seconds in r["phases_s"].items():
+        print(f"  {name:<14} {seconds:8.1f} s")
+    if r["quality"]:
+        for kind in ("similar_items", "recommend"):
+            q = r["quality"][kind]
+            best = max(q["curve"], key=lambda p: p["recall_at_k"])
+            head = (
+                f", exact head {q['exact_items']}, bound factor {q['bound_factor']}"
+                if q.get("exact_items")
+                else ""
+            )
+            served = (
+                f"index, search_k {q['search_k']}{head}"
+                if q["strategy"] == "ann"
+                else "exact scan (no search_k beat it at the target)"
+            )
+            print(
+                f"  {kind:<14} serves by {served}: recall@10 {q['recall_at_k']:.3f}, "
+                f"{q['queries_per_s']:.0f} q/s; brute force {q['brute_force_queries_per_s']:.0f}"
+                f" q/s; index best on the curve {best['recall_at_k']:.3f} at search_k "
+                f"{best['search_k']} ({best['queries_per_s']:.0f} q/s)"
+            )

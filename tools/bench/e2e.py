@@ -1,0 +1,313 @@
+"""`annrec bench e2e`: request -> reply latency through real Kafka, open loop, at fixed rates.
+
+The load generator sends on a fixed schedule whatever the replies do (open loop), and measures
+each latency from the request's *scheduled* send time, so a stalled system cannot hide its queue
+(coordinated omission). Configurations, each on its own topics and consumer group:
+
+- `echo`: a worker that replies without computing: the floor of Kafka + Redis + the loop;
+- `1 worker`, `2 workers`: annrec workers answering `recommend` by user_id, as configured by
+  default (live recall re-checks 1% of answers within 5% of a core: worker/shadow.py);
+- `1 worker, no live recall`: the same with the sampler off, side by side: what it costs;
+- `swaps`: 1 worker at a moderate rate while three new versions are published and announced.
+
+A rate counts as sustained when every reply arrived, the backlog at the end of the sending window
+was under one second's worth of requests, and p99 stayed under `--max-p99-ms`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from confluent_kafka import Producer
+from tqdm import tqdm
+
+from adapters.topics import ensure_topics, topic_specs
+from index_builder.announce import announce_version
+from index_builder.publish import BuildOptions, publish_version
+from index_builder.storage import adopt_version
+from index_builder.synth import synth_factors
+from schemas.events import RecommendRequest
+from schemas.settings import CommonSettings, prefixed_topics, topic_env
+from tools import services
+from tools.bench.machine import describe, machine_info
+from tools.client import ReplyWaiter, wait_for_workers
+
+
+@dataclass(frozen=True)
+class Run:
+    label: str
+    workers: int
+    echo: bool = False
+    live_recall: bool = True
+
+
+def bench_e2e(
+    out: Path,
+    rates: list[int],
+    duration_s: float,
+    n_items: int,
+    dim: int = 64,
+    max_p99_ms: float = 1000.0,
+    swap_rate: int | None = None,
+) -> dict[str, Any]:
+    out.mkdir(parents=True, exist_ok=True)
+    endpoints = ExitStack()
+    svc = endpoints.enter_context(services.configured_or_local())
+    kafka, redis_url = svc.kafka, svc.redis_url
+    storage = Path(tempfile.mkdtemp(prefix="annrec-e2e-"))
+    factors = synth_factors(n_items, max(1000, n_items // 10), dim, seed=1)
+    publish_version(factors, storage, BuildOptions())
+    n_users = len(factors.user_ids)
+    runs = [
+        Run("echo", 1, echo=True),
+        Run("1 worker", 1),
+        Run("1 worker, no live recall", 1, live_recall=False),
+        Run("2 workers", 2),
+    ]
+    results: dict[str, Any] = {"runs": {}}
+    try:
+        for run in runs:
+            results["runs"][run.label] = _sweep(
+                run, rates, duration_s, kafka, redis_url, storage, n_users, max_p99_ms
+            )
+        rate = swap_rate or _highest(results["runs"]["1 worker"]) // 2 or rates[0]
+        # The next versions are built before the run: what is measured is the workers' cost of
+        # loading, verifying, warming and swapping, not a build competing for the same 2 cores.
+        side = Path(tempfile.mkdtemp(prefix="annrec-e2e-next-"))
+        upcoming = [
+            publish_version(synth_factors(n_items, n_users, dim, seed=100 + i), side).version
+            for i in range(3)
+        ]
+        swap = Run("1 worker + 3 swaps", 1)
+        results["runs"][swap.label] = _sweep(
+            swap,
+            [rate],
+            max(duration_s, 15),
+            kafka,
+            redis_url,
+            storage,
+            n_users,
+            max_p99_ms,
+            (side, upcoming),
+        )
+    finally:
+        endpoints.close()
+    results.update(
+        {
+            "params": {
+                "rates": rates,
+                "duration_s": duration_s,
+                "n_items": n_items,
+                "dim": dim,
+                "n_users": n_users,
+                "max_p99_ms": max_p99_ms,
+                "request": "recommend user_id k=10",
+            },
+            "command": "annrec " + " ".join(sys.argv[1:]),
+            "machine": machine_info(),
+        }
+    )
+    (out / "e2e.json").write_text(json.dumps(results, indent=2))
+    _plot(results, out / "e2e_latency.png")
+    _print(results)
+    return results
+
+
+def _sweep(
+    run: Run,
+    rates: list[int],
+    duration_s: float,
+    kafka: dict[str, str],
+    redis_url: str,
+    storage: Path,
+    n_users: int,
+    max_p99_ms: float,
+    upcoming: tuple[Path, list[str]] | None = None,
+) -> list[dict[str, Any]]:
+    tag = uuid.uuid4().hex[:8]
+    topics = CommonSettings(**prefixed_topics(f"bench{tag}"))
+    env = {
+        **os.environ,
+        "ANNREC_KAFKA_BOOTSTRAP": kafka["bootstrap.servers"],
+        "ANNREC_REDIS_URL": redis_url,
+        "ANNREC_STORAGE": str(storage),
+        **topic_env(topics),
+        "ANNREC_GROUP_ID": f"bench{tag}",
+        "ANNREC_METRICS_PORT": "-1",
+        "ANNREC_ECHO": "true" if run.echo else "false",
+        **({} if run.live_recall else {"ANNREC_SHADOW_FRACTION": "0"}),
+    }
+    ensure_topics(kafka, topic_specs(topics))
+    log = (storage / f"workers-{tag}.log").open("ab")
+    workers = [
+        subprocess.Popen(
+            [sys.executable, "-m", "tools.cli", "--log-level", "WARNING", "worker"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        for _ in range(run.workers)
+    ]
+    try:
+        _warm_up(kafka, topics, n_users, run.workers)
+        points = []
+        for rate in tqdm(rates, desc=run.label, unit="rate", file=sys.stderr):
+            swapper = None
+            if upcoming is not None:
+                swapper = threading.Thread(
+                    target=_publish_during,
+                    args=(upcoming, duration_s, storage, kafka, topics.topic_index_versions),
+                )
+                swapper.start()
+            point = _load(kafka, topics, rate, duration_s, n_users, max_p99_ms)
+            if swapper is not None:
+                swapper.join()
+            points.append(point)
+            if not point["sustained"] and rate != rates[-1]:
+                break  # higher rates only pile up more backlog
+        return points
+    finally:
+        for w in workers:
+            w.send_signal(signal.SIGTERM)
+        for w in workers:
+            w.wait(timeout=60)
+        log.close()
+
+
+def _warm_up(kafka: dict[str, str], topics: CommonSettings, n_users: int, workers: int) -> None:
+    wait_for_workers(kafka, topics.topic_requests, topics.topic_replies, n_users, workers)
+    time.sleep(1.0)  # let the last assignment settle before measuring
+
+
+def _load(
+    kafka: dict[str, str],
+    topics: CommonSettings,
+    rate: int,
+    duration_s: float,
+    n_users: int,
+    max_p99_ms: float,
+) -> dict[str, Any]:
+    n = int(rate * duration_s)
+    run_id = uuid.uuid4().hex[:6]
+    waiter = ReplyWaiter(kafka, topics.topic_replies)
+    received: dict[str, float] = {}
+    done = threading.Event()
+
+    def collect() -> None:
+        while not done.is_set() or len(received) < n:
+            for rid in waiter.drain(0.2):
+                received.setdefault(rid, time.perf_counter())
+            if done.is_set() and time.perf_counter() > deadline:
+                return
+
+    producer = Producer({**kafka, "linger.ms": 1, "enable.idempotence": True})
+    scheduled: dict[str, float] = {}
+    deadline = float("inf")
+    collector = threading.Thread(target=collect)
+    collector.start()
+    start = time.perf_counter() + 0.2
+    for i in range(n):
+        at = start + i / rate
+        while (wait := at - time.perf_counter()) > 0:
+            time.sleep(min(wait, 0.005))
+        rid = f"{run_id}-{i}"
+        req = RecommendRequest(request_id=rid, user_id=f"u{(i * 7919) % n_users}", k=10)
+        scheduled[rid] = at
+        producer.produce(
+            topics.topic_requests, key=rid.encode(), value=req.model_dump_json().encode()
+        )
+        producer.poll(0)
+    producer.flush(30)
+    sending_ended = time.perf_counter()
+    backlog = n - len(received)
+    deadline = sending_ended + 30.0
+    done.set()
+    collector.join()
+    waiter.close()
+    lat = np.array([(received[r] - scheduled[r]) * 1000 for r in scheduled if r in received])
+    pct = (
+        {f"p{q}": round(float(np.percentile(lat, q)), 1) for q in (50, 95, 99)} if len(lat) else {}
+    )
+    ok = len(lat) == n and backlog <= rate and pct.get("p99", float("inf")) <= max_p99_ms
+    return {
+        "rate": rate,
+        "sent": n,
+        "answered": len(lat),
+        "backlog_at_end": backlog,
+        "latency_ms": {**pct, "max": round(float(lat.max()), 1) if len(lat) else None},
+        "sustained": bool(ok),
+    }
+
+
+def _publish_during(
+    upcoming: tuple[Path, list[str]],
+    duration_s: float,
+    storage: Path,
+    kafka: dict[str, str],
+    topic: str,
+) -> None:
+    """Move prebuilt versions into the served storage, move LATEST, announce: evenly spaced."""
+    side, versions = upcoming
+    for version in versions:
+        time.sleep(duration_s / (len(versions) + 1))
+        announce_version(kafka, topic, adopt_version(storage, side, version))
+
+
+def _highest(points: list[dict[str, Any]]) -> int:
+    return max((p["rate"] for p in points if p["sustained"]), default=0)
+
+
+def _print(results: dict[str, Any]) -> None:
+    print("annrec bench e2e: recommend by user_id, k=10, open loop, latency from scheduled send")
+    print(f"machine: {describe(results['machine'])}")
+    print(
+        f"{'configuration':<24} {'rate/s':>7} {'p50':>8} {'p95':>8} {'p99':>8} {'max':>8}  "
+        f"{'answered':>9} sustained"
+    )
+    for label, points in results["runs"].items():
+        for p in points:
+            lat = p["latency_ms"]
+            print(
+                f"{label:<24} {p['rate']:>7} {lat.get('p50', '-'):>8} {lat.get('p95', '-'):>8} "
+                f"{lat.get('p99', '-'):>8} {lat.get('max', '-'):>8}  "
+                f"{p['answered']:>4}/{p['sent']:<4} {'yes' if p['sustained'] else 'no'}"
+            )
+    for label, points in results["runs"].items():
+        print(f"highest sustained rate, {label}: {_highest(points)}/s")
+
+
+def _plot(results: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.5), sharey=True)
+    for ax, q in zip(axes, ("p50", "p95", "p99"), strict=True):
+        for label, points in results["runs"].items():
+            xs = [p["rate"] for p in points if q in p["latency_ms"]]
+            ys = [p["latency_ms"][q] for p in points if q in p["latency_ms"]]
+            ax.plot(xs, ys, marker="o", label=label)
+        ax.set_title(f"{q} request -> reply latency")
+        ax.set_xlabel("offered rate (requests/s)")
+        ax.set_yscale("log")
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0].set_ylabel("ms")
+    axes[0].legend()
+    fig.suptitle(describe(results["machine"]), fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

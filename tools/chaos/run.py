@@ -1,0 +1,54 @@
+"""`annrec chaos <scenario>`: run scenarios, print their figures, write them to JSON."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from tools.bench.machine import describe, machine_info
+from tools.chaos.harness import stop_leftover_workers
+from tools.chaos.report import markdown_report
+from tools.chaos.scenarios import SCENARIOS
+from tools.services import configured_or_local
+
+# --quick: seconds instead of minutes, so CI runs every scenario and none of them rots.
+QUICK: dict[str, dict[str, Any]] = {
+    "crash": {"rate": 200, "duration_s": 24, "kill_every_s": 8, "n_items": 3000},
+    "swaps": {"rate": 100, "duration_s": 15, "n_versions": 3, "n_items": 2000},
+    "bad-index": {"n_items": 1000},
+    # Longer than the worker's 5 s Redis timeout, so the outage makes writes fail.
+    "outage": {"rate": 100, "redis_down_s": 8, "n_items": 2000},
+    "fuzz": {"n_hostile": 1000, "n_items": 1000},
+}
+
+
+def run_chaos(names: list[str], quick: bool, out: Path | None) -> bool:
+    results: dict[str, Any] = {"machine": machine_info(), "quick": quick, "scenarios": {}}
+    print(f"machine: {describe(results['machine'])}")
+    with configured_or_local() as svc:
+        for name in names:
+            started = time.monotonic()
+            try:
+                figures = SCENARIOS[name](svc, **(QUICK[name] if quick else {}))
+            except Exception as exc:
+                figures = {
+                    "scenario": name,
+                    "passed": False,
+                    "error": f"{type(exc).__name__}: {exc}",
+                }
+            finally:
+                stop_leftover_workers()  # a scenario that failed half-way leaves none behind
+            figures["wall_s"] = round(time.monotonic() - started, 1)
+            results["scenarios"][name] = figures
+            verdict = "PASSED" if figures["passed"] else "FAILED"
+            print(f"== chaos {name}: {verdict} ({figures['wall_s']} s)")
+            print(json.dumps({k: v for k, v in figures.items() if k != "scenario"}, indent=2))
+            sys.stdout.flush()
+    print(markdown_report(results))
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(results, indent=2))
+    return all(f["passed"] for f in results["scenarios"].values())

@@ -1,0 +1,177 @@
+"""`annrec demo`: the whole path on a local stack, printed.
+
+Starts Kafka and Redis (unless ANNREC_KAFKA_BOOTSTRAP / ANNREC_REDIS_URL point elsewhere), builds
+and publishes a synthetic version, starts a real `annrec worker` process, sends requests through
+Kafka, prints the replies and reads the same results back from Redis.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import redis
+
+from adapters.index_files import load_attributes
+from adapters.topics import ensure_topics, topic_specs
+from index_builder.announce import announce_version
+from index_builder.inputs import Factors
+from index_builder.publish import BuildOptions, publish_version
+from index_builder.synth import synth_attributes, synth_factors
+from query_engine.attributes import ItemAttributes
+from query_engine.selection import select
+from query_engine.vectors import exact_cosine_top_k, exact_inner_product_top_k, recall_at_k, top_k
+from schemas import keys
+from schemas.errors import AnnrecError
+from schemas.events import RecommendRequest, Reply, SimilarItemsRequest
+from schemas.filters import AllOf, AttrEquals
+from schemas.layout import version_dir
+from schemas.settings import CommonSettings
+from tools import services
+from tools.client import ReplyWaiter, new_request_id, send_requests
+from tools.stack import LocalStack
+
+# "recommended for you, in category c03, in stock": business rules in the query.
+DEMO_FILTER = AllOf(
+    all=[AttrEquals(attr="category", eq="c03"), AttrEquals(attr="in_stock", eq=True)]
+)
+
+
+def run_demo(keep: bool = False) -> int:
+    settings = CommonSettings()
+    stack = LocalStack(settings.stack_dir)
+    started_stack = False
+    if settings.kafka_bootstrap is None or settings.redis_url is None:
+        started_stack = stack.running() is None
+        _say(
+            f"starting local Kafka + Redis in {stack.state_dir}"
+            if started_stack
+            else "using the running local stack"
+        )
+        stack.up()
+    kafka = services.kafka_conf(settings)
+    redis_url = services.redis_url(settings)
+    ensure_topics(kafka, topic_specs(settings))
+
+    storage = Path(tempfile.mkdtemp(prefix="annrec-demo-"))
+    _say(
+        f"building a synthetic index (20,000 items, 2,000 users, K=32, attributes category, "
+        f"brand, in_stock) into {storage}"
+    )
+    factors = synth_factors(20_000, 2_000, 32, seed=7)
+    manifest = publish_version(
+        factors,
+        storage,
+        BuildOptions(n_trees=20),
+        source="demo synth",
+        announce=lambda m: announce_version(kafka, settings.topic_index_versions, m),
+        attributes=synth_attributes(20_000, seed=7),
+    )
+    attributes = load_attributes(
+        version_dir(storage, manifest.version), manifest.attributes, manifest.n_items
+    )
+
+    env = {
+        **os.environ,
+        "ANNREC_STORAGE": str(storage),
+        "ANNREC_KAFKA_BOOTSTRAP": kafka["bootstrap.servers"],
+        "ANNREC_REDIS_URL": redis_url,
+        "ANNREC_METRICS_PORT": "0",  # any free port: never collide with a running worker
+    }
+    log_path = storage / "worker.log"
+    _say(f"starting a worker (log: {log_path})")
+    with log_path.open("wb") as log:
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "tools.cli", "worker"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        replies = _ask(kafka, settings, worker)
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        worker.wait(timeout=60)
+        if started_stack and not keep:
+            stack.down()
+    _show(replies, factors, manifest.version, attributes)
+    if started_stack and keep:
+        _say("stack left running: `annrec stack down` stops it")
+    return 0
+
+
+def _ask(
+    kafka: dict[str, str], settings: CommonSettings, worker: subprocess.Popen[bytes]
+) -> list[tuple[Reply, dict[str, object] | None]]:
+    requests: list[SimilarItemsRequest | RecommendRequest] = [
+        RecommendRequest(request_id=new_request_id(), user_id="u0", k=5),
+        RecommendRequest(request_id=new_request_id(), user_id="u1", k=5),
+        SimilarItemsRequest(request_id=new_request_id(), item_id="i0", k=5),
+        RecommendRequest(request_id=new_request_id(), user_id="u0", k=5, filter=DEMO_FILTER),
+    ]
+    waiter = ReplyWaiter(kafka, settings.topic_replies)
+    try:
+        send_requests(kafka, settings.topic_requests, requests)
+        _say(f"sent {len(requests)} requests to {settings.topic_requests}; waiting for replies")
+        got = waiter.wait({r.request_id for r in requests}, timeout_s=90)
+    finally:
+        waiter.close()
+    if len(got) < len(requests):
+        state = "exited" if worker.poll() is not None else "running"
+        raise AnnrecError(f"only {len(got)}/{len(requests)} replies within 90 s (worker {state})")
+    r = redis.Redis.from_url(services.redis_url(settings))
+    out = []
+    for req in requests:
+        stored = r.get(keys.reply_key(req.request_id))
+        out.append(
+            (
+                got[req.request_id],
+                Reply.model_validate_json(stored).model_dump() if stored else None,
+            )
+        )
+    return out
+
+
+def _show(
+    replies: list[tuple[Reply, dict[str, object] | None]],
+    factors: Factors,
+    version: str,
+    attributes: ItemAttributes,
+) -> None:
+    from tools.cli import format_reply
+
+    items = factors.item_factors
+    norms = np.linalg.norm(items, axis=1).astype(np.float32)
+    print(f"\nannrec demo: index version {version}\n")
+    for reply, stored in replies:
+        if reply.filtered:
+            print(f"filter {DEMO_FILTER.model_dump_json(by_alias=True)}")
+            print(f"  {reply.filter_passing:,} of {len(items):,} items pass")
+        print(format_reply(reply))
+        same = stored is not None and stored["items"] == reply.model_dump()["items"]
+        print(
+            f"  redis {keys.reply_key(reply.request_id)}: "
+            f"{'same items as the Kafka reply' if same else 'MISSING'}"
+        )
+        row = int(str(reply.subject_id)[1:])  # synthetic ids: i<row>, u<row>
+        k = len(reply.items)
+        if reply.filtered:  # the exact top-k among the items passing the filter
+            passing = select(attributes, DEMO_FILTER, None, len(items))
+            assert passing is not None
+            scores = items[passing.rows] @ factors.user_factors[row]
+            truth = passing.rows[top_k(scores, k)]
+        elif reply.kind == "recommend":
+            truth = exact_inner_product_top_k(items, factors.user_factors[row], k)
+        else:
+            truth = exact_cosine_top_k(items, norms, items[row], k, exclude=row)
+        found = [int(i.item_id[1:]) for i in reply.items]
+        print(f"  recall@{k} against exact brute force: {recall_at_k(found, truth):.2f}\n")
+
+
+def _say(message: str) -> None:
+    print(f"annrec demo: {message}", file=sys.stderr, flush=True)

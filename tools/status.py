@@ -1,0 +1,183 @@
+"""`annrec status`: the state of a deployment from Kafka and Redis alone (no extra service).
+
+- the consumer group: state, members and the request partitions each holds (AdminClient);
+- lag per partition: high watermark minus the group's committed offset;
+- workers alive: their heartbeat entries in Redis (TTL'd, so a crashed worker drops out), with
+  version, uptime, processed and live recall;
+- index versions in storage and which one LATEST names;
+- dead letters in the last hour (offsets_for_times on the dead-letter topic);
+- item updates published (end offsets of the compacted topic), beside what each worker has read:
+  a worker behind the others still serves items the rest know are gone.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import redis
+from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka.admin import AdminClient
+
+from adapters.catalogue import read_catalogue
+from schemas import keys
+from worker.settings import WorkerSettings
+
+TIMEOUT_S = 10.0
+NO_OFFSET = -1001  # librdkafka's OFFSET_INVALID: nothing committed yet
+
+
+def collect_status(
+    settings: WorkerSettings, kafka: dict[str, str], redis_url: str, now: float | None = None
+) -> dict[str, Any]:
+    now = time.time() if now is None else now
+    consumer = Consumer(
+        {**kafka, "group.id": settings.group_id, "enable.auto.commit": False}
+    )  # never subscribes: it only reads offsets, it does not join the group
+    try:
+        return {
+            "group": _group(kafka, settings),
+            "lag": _lag(consumer, settings.topic_requests),
+            "workers": _workers(redis_url, settings.group_id),
+            "versions": _versions(settings),
+            "dead_letters_last_hour": _recent_count(
+                consumer, settings.topic_dead_letters, now - 3600
+            ),
+            "item_updates": {
+                "topic": settings.topic_item_updates,
+                "published": _published(consumer, settings.topic_item_updates),
+            },
+            "at": now,
+        }
+    finally:
+        consumer.close()
+
+
+def _group(kafka: dict[str, str], s: WorkerSettings) -> dict[str, Any]:
+    admin = AdminClient(kafka)
+    description = admin.describe_consumer_groups([s.group_id])[s.group_id].result(TIMEOUT_S)
+    members = [
+        {
+            "client_id": m.client_id,
+            "host": m.host,
+            "partitions": sorted(
+                tp.partition
+                for tp in (m.assignment.topic_partitions if m.assignment else [])
+                if tp.topic == s.topic_requests
+            ),
+        }
+        for m in description.members
+    ]
+    return {
+        "id": s.group_id,
+        "state": str(description.state).split(".")[-1].lower(),
+        "members": sorted(members, key=lambda m: m["client_id"]),
+    }
+
+
+def _partitions(consumer: Consumer, topic: str) -> list[TopicPartition]:
+    meta = consumer.list_topics(topic, timeout=TIMEOUT_S).topics.get(topic)
+    if meta is None or meta.error is not None:
+        return []
+    return [TopicPartition(topic, p) for p in sorted(meta.partitions)]
+
+
+def _lag(consumer: Consumer, topic: str) -> list[dict[str, int | None]]:
+    parts = _partitions(consumer, topic)
+    committed = consumer.committed(parts, timeout=TIMEOUT_S) if parts else []
+    rows = []
+    for tp in committed:
+        low, high = consumer.get_watermark_offsets(tp, timeout=TIMEOUT_S)
+        done = tp.offset if tp.offset != NO_OFFSET else low
+        rows.append(
+            {
+                "partition": tp.partition,
+                "committed": tp.offset if tp.offset != NO_OFFSET else None,
+                "end": high,
+                "lag": max(high - done, 0),
+            }
+        )
+    return rows
+
+
+def _workers(redis_url: str, group: str) -> list[dict[str, Any]]:
+    client = redis.Redis.from_url(redis_url)
+    found = []
+    for key in client.scan_iter(match=keys.WORKER_KEY_PATTERN, count=1000):
+        raw = client.get(key)
+        if raw is None:  # expired between the scan and the read
+            continue
+        doc = json.loads(raw)
+        if doc.get("group") == group:
+            doc["expires_in_s"] = client.ttl(key)
+            found.append(doc)
+    return sorted(found, key=lambda d: d["worker_id"])
+
+
+def _versions(s: WorkerSettings) -> dict[str, Any]:
+    catalogue = read_catalogue(s.storage, s.storage_options)
+    return {"storage": s.storage, "versions": catalogue.versions(), "latest": catalogue.latest()}
+
+
+def _published(consumer: Consumer, topic: str) -> int:
+    """Messages ever written (compaction leaves gaps in the offsets, not fewer offsets)."""
+    return sum(
+        consumer.get_watermark_offsets(tp, timeout=TIMEOUT_S)[1]
+        for tp in _partitions(consumer, topic)
+    )
+
+
+def _recent_count(consumer: Consumer, topic: str, since: float) -> int:
+    parts = _partitions(consumer, topic)
+    if not parts:
+        return 0
+    at = [TopicPartition(tp.topic, tp.partition, int(since * 1000)) for tp in parts]
+    total = 0
+    for tp in consumer.offsets_for_times(at, timeout=TIMEOUT_S):
+        _, high = consumer.get_watermark_offsets(tp, timeout=TIMEOUT_S)
+        if tp.offset >= 0:  # -1: no message at or after `since`
+            total += high - tp.offset
+    return total
+
+
+def render_status(doc: dict[str, Any]) -> str:
+    g = doc["group"]
+    lines = [f"consumer group {g['id']}: {g['state']}, {len(g['members'])} member(s)"]
+    lines += [
+        f"  {m['client_id']:<36} {m['host']:<18} partitions {_list(m['partitions'])}"
+        for m in g["members"]
+    ]
+    total = sum(r["lag"] for r in doc["lag"])
+    lines.append(f"lag: {total} request(s) waiting")
+    lines += [
+        f"  partition {r['partition']}: end {r['end']}, committed {r['committed']}, lag {r['lag']}"
+        for r in doc["lag"]
+    ]
+    lines.append(f"workers alive (heartbeat in Redis): {len(doc['workers'])}")
+    for w in doc["workers"]:
+        recall = ", ".join(
+            f"{kind} {v['recall']:.3f} ({v['samples']})" for kind, v in w["live_recall"].items()
+        )
+        lines.append(
+            f"  {w['worker_id']:<36} version {w['version']}  up {w['uptime_s']:.0f} s  "
+            f"processed {w['processed']}  partitions {_list(w['partitions'])}"
+            + (f"  live recall {recall}" if recall else "")
+            + (
+                f"  item updates read {w['item_updates_read']}"
+                if "item_updates_read" in w  # absent from an older worker's heartbeat
+                else ""
+            )
+        )
+    v = doc["versions"]
+    lines.append(f"versions in {v['storage']}: {len(v['versions'])}, LATEST {v['latest']}")
+    lines += [f"  {'*' if name == v['latest'] else ' '} {name}" for name in v["versions"][-5:]]
+    lines.append(f"dead letters in the last hour: {doc['dead_letters_last_hour']}")
+    u = doc.get("item_updates")
+    if u is not None:
+        lines.append(f"item updates published to {u['topic']}: {u['published']}")
+    return "\n".join(lines)
+
+
+def _list(values: list[int]) -> str:
+    return ",".join(map(str, values)) or "-"
