@@ -7,8 +7,9 @@ and the index-versions topic is compacted so a new worker finds the latest annou
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
@@ -37,6 +38,47 @@ def topic_specs(settings: CommonSettings) -> list[TopicSpec]:
     ]
 
 
+class Outgoing(NamedTuple):
+    topic: str
+    key: str | None
+    value: str
+    headers: dict[str, str] | None = None
+
+
+class NotDelivered(AnnrecError):
+    """Messages the broker did not acknowledge (timed out, or refused)."""
+
+
+def produce_all(producer: Producer, messages: Iterable[Outgoing], timeout_s: float) -> None:
+    """Produce every message and return once the broker acknowledged each one; NotDelivered
+    says how many were not, or the first refusal."""
+    errors: list[KafkaError] = []
+
+    def on_delivery(err: KafkaError | None, _msg: Message) -> None:
+        if err is not None:
+            errors.append(err)
+
+    for m in messages:
+        key = None if m.key is None else m.key.encode()
+        while True:
+            try:
+                producer.produce(
+                    m.topic,
+                    key=key,
+                    value=m.value.encode(),
+                    headers=m.headers,
+                    on_delivery=on_delivery,
+                )
+                break
+            except BufferError:  # local queue full: let deliveries drain, then retry
+                producer.poll(0.1)
+    remaining = producer.flush(timeout_s)
+    if remaining:
+        raise NotDelivered(f"{remaining} messages not delivered within {timeout_s:.0f}s")
+    if errors:
+        raise NotDelivered(f"delivery failed: {errors[0]}")
+
+
 def deliver(
     kafka_conf: Mapping[str, str],
     topic: str,
@@ -44,21 +86,13 @@ def deliver(
     what: str,
     timeout_s: float = 30,
 ) -> None:
-    """Produce (key, value) messages and return once the broker acknowledged every one;
-    AnnrecError names `what` was not delivered and why."""
-    errors: list[KafkaError] = []
-
-    def on_delivery(err: KafkaError | None, _msg: Message) -> None:
-        if err is not None:
-            errors.append(err)
-
+    """Produce (key, value) messages with a producer of their own and return once the broker
+    acknowledged every one; AnnrecError names `what` was not delivered and why."""
     producer = Producer({**kafka_conf, "enable.idempotence": True})
-    for key, value in messages:
-        producer.produce(topic, key=key.encode(), value=value.encode(), on_delivery=on_delivery)
-    if producer.flush(timeout_s) > 0:
-        raise AnnrecError(f"{what} not delivered in {timeout_s:.0f}s")
-    if errors:
-        raise AnnrecError(f"{what} failed: {errors[0]}")
+    try:
+        produce_all(producer, (Outgoing(topic, k, v) for k, v in messages), timeout_s)
+    except NotDelivered as exc:
+        raise AnnrecError(f"{what}: {exc}") from exc
 
 
 def ensure_topics(

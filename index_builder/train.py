@@ -21,7 +21,7 @@ import structlog
 from pydantic import ValidationError
 
 from index_builder.inputs import Factors, make_factors
-from schemas.errors import AnnrecError, InvalidInput
+from schemas.errors import AnnrecError, InvalidInput, describe
 from schemas.manifest import TrainParams
 
 if TYPE_CHECKING:
@@ -139,9 +139,7 @@ def train_als(
             implicit_version=str(implicit.__version__),
         )
     except ValidationError as exc:
-        err = exc.errors()[0]
-        where = ".".join(str(p) for p in err["loc"])
-        raise InvalidInput(f"ALS parameter {where}: {err['msg']}") from exc
+        raise InvalidInput(f"ALS parameter {describe(exc)}") from exc
     if interactions.n_interactions == 0:
         raise InvalidInput("no interactions with a positive weight to train on")
 

@@ -43,22 +43,3 @@ def similar_items(
     )
     best = top_k(scores, k)
     return candidates[best], scores[best]
-
-
-def exact_similar_items(
-    item_factors: npt.NDArray[np.float32], item_norms: npt.NDArray[np.float32], row: int, k: int
-) -> Ranked:
-    """Cosine over every item (the `exact` strategy): exact, and faster than an index that
-    must examine most of the catalogue to reach its recall."""
-    scores = cosine_scores(np.asarray(item_factors), item_norms, np.asarray(item_factors[row]))
-    scores[row] = -np.inf
-    best = top_k(scores, min(k, len(scores) - 1))
-    return best, scores[best]
-
-
-def exact_max_inner_product(
-    item_factors: npt.NDArray[np.float32], query: npt.NDArray[np.float32], k: int
-) -> Ranked:
-    scores = (np.asarray(item_factors) @ query).astype(np.float32)
-    best = top_k(scores, k)
-    return best, scores[best]

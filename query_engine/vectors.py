@@ -64,20 +64,55 @@ def cosine_scores(items: FloatArray, item_norms: FloatArray, query: FloatArray) 
     return np.where(denom > 0, dots / safe, np.float32(0.0)).astype(np.float32)
 
 
-def exact_inner_product_top_k(items: FloatArray, query: FloatArray, k: int) -> IntArray:
-    """Brute force maximum inner-product search: the ground truth for user -> items."""
-    return top_k(items @ query, k)
+Ranked = tuple[IntArray, FloatArray]
 
 
-def exact_cosine_top_k(
-    items: FloatArray, item_norms: FloatArray, query: FloatArray, k: int, exclude: int | None = None
-) -> IntArray:
-    """Brute force cosine neighbours: the ground truth for item -> items."""
-    scores = cosine_scores(items, item_norms, query)
+def unit_rows(x: npt.ArrayLike) -> FloatArray:
+    """Each row scaled to length 1 (a zero row stays zero): cosine becomes inner product."""
+    a = np.asarray(x, dtype=np.float32)
+    norms = np.linalg.norm(a, axis=1, keepdims=True)
+    return (a / np.where(norms > 0, norms, np.float32(1.0))).astype(np.float32)
+
+
+def exact_max_inner_product(items: npt.ArrayLike, query: FloatArray, k: int) -> Ranked:
+    """Brute force maximum inner-product search, best first with scores: the ground truth for
+    user -> items, and what a plan without an index scans."""
+    scores = (np.asarray(items) @ query).astype(np.float32)
+    best = top_k(scores, k)
+    return best, scores[best]
+
+
+def exact_inner_product_top_k(items: npt.ArrayLike, query: FloatArray, k: int) -> IntArray:
+    """The rows of exact_max_inner_product."""
+    return exact_max_inner_product(items, query, k)[0]
+
+
+def exact_cosine(
+    items: npt.ArrayLike,
+    item_norms: FloatArray,
+    query: FloatArray,
+    k: int,
+    exclude: int | None = None,
+) -> Ranked:
+    """Brute force cosine neighbours, best first with scores (`exclude`: the query item's own
+    row): the ground truth for item -> items, and what a plan without an index scans."""
+    scores = cosine_scores(np.asarray(items), item_norms, query)
     if exclude is not None:
         scores[exclude] = -np.inf
         k = min(k, len(scores) - 1)
-    return top_k(scores, k)
+    best = top_k(scores, k)
+    return best, scores[best]
+
+
+def exact_cosine_top_k(
+    items: npt.ArrayLike,
+    item_norms: FloatArray,
+    query: FloatArray,
+    k: int,
+    exclude: int | None = None,
+) -> IntArray:
+    """The rows of exact_cosine."""
+    return exact_cosine(items, item_norms, query, k, exclude)[0]
 
 
 def recall_at_k(found: npt.ArrayLike, truth: npt.ArrayLike) -> float:

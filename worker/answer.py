@@ -8,7 +8,6 @@ remove is filled from the version's popularity list, each filled item marked `fi
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -17,9 +16,7 @@ from typing import Literal
 import numpy as np
 import numpy.typing as npt
 import structlog
-from pydantic import TypeAdapter, ValidationError
 
-from query_engine import banded, filtered, search
 from query_engine.selection import FilterError, Selection, select
 from query_engine.vectors import cosine_scores, fold_in
 from schemas.events import (
@@ -28,19 +25,15 @@ from schemas.events import (
     DeadLetter,
     RecommendRequest,
     Reply,
-    RequestId,
     ScoredItem,
     SimilarItemsRequest,
-    parse_request,
 )
 from worker.index_store import LoadedVersion
+from worker.parse import AnyRequest, Parsed, RawEvent, readable_request_id
 
 log = structlog.get_logger(__name__)
 
-_REQUEST_ID_ADAPTER: TypeAdapter[str] = TypeAdapter(RequestId)
-AnyRequest = SimilarItemsRequest | RecommendRequest
 Rows = npt.NDArray[np.int64]
-Ranked = tuple[Rows, npt.NDArray[np.float32]]
 Scorer = Callable[[Rows], npt.NDArray[np.float32]]
 
 
@@ -53,18 +46,6 @@ class Policy:
     """The worker settings that change answers."""
 
     cold_start: Literal["popular", "error"] = "popular"
-
-
-@dataclass(frozen=True)
-class RawEvent:
-    """One consumed message, decoupled from confluent_kafka.Message so this module stays pure."""
-
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
-    timestamp_ms: int | None = None  # the Kafka message timestamp (producer's create time)
 
 
 @dataclass(frozen=True)
@@ -83,29 +64,11 @@ class Outcome:
     dead_letters: list[DeadLetter] = field(default_factory=list)
     served: list[Served] = field(default_factory=list)
 
-
-@dataclass(frozen=True)
-class Parsed:
-    event: RawEvent
-    request: AnyRequest | None
-    reason: str | None  # why it could not be parsed
-
-
-def parse_batch(events: Sequence[RawEvent]) -> list[Parsed]:
-    out = []
-    for event in events:
-        size = len(event.value or b"")
-        if size > MAX_REQUEST_BYTES:
-            reason = f"payload of {size} bytes exceeds the {MAX_REQUEST_BYTES}-byte limit"
-            out.append(Parsed(event, None, reason))
-            continue
-        try:
-            out.append(Parsed(event, parse_request(event.value or b""), None))
-        except (ValidationError, UnicodeDecodeError) as exc:
-            out.append(Parsed(event, None, _reason(exc)))
-        except (RecursionError, MemoryError, ValueError) as exc:  # hostile JSON the parser rejects
-            out.append(Parsed(event, None, f"unparseable payload: {type(exc).__name__}"))
-    return out
+    def extend(self, other: Outcome) -> Outcome:
+        self.replies += other.replies
+        self.dead_letters += other.dead_letters
+        self.served += other.served
+        return self
 
 
 def answer_batch(
@@ -113,26 +76,22 @@ def answer_batch(
     version: LoadedVersion,
     worker_id: str,
     policy: Policy = Policy(),
-    cached: dict[str, Reply] | None = None,
     now: float | None = None,
 ) -> Outcome:
     """Answer every event; a bad one becomes a dead letter (plus an error reply when it has a
-    readable request_id, so a caller waiting for the reply is not left to time out).
-    `cached` holds replies already computed for this version, by request_id."""
+    readable request_id, so a caller waiting for the reply is not left to time out)."""
     outcome = Outcome()
     now = time.time() if now is None else now
     for p in parsed:
         started = time.perf_counter()
-        queue_s = now - p.event.timestamp_ms / 1000 if p.event.timestamp_ms else None
+        queue_s = _queue_s(p, now)
         kind = p.request.kind if p.request else "unparsed"
         if p.request is None:
             _refuse(outcome, p.event, p.reason or "invalid request", worker_id, version)
             result = "dead_letter"
         else:
             try:
-                reply = (cached or {}).get(p.request.request_id) or answer(
-                    p.request, version, worker_id, policy, _sent_at(p), now
-                )
+                reply = answer(p.request, version, worker_id, policy, _sent_at(p), now)
                 outcome.replies.append(reply)
                 result = reply.status
             except BadRequest as exc:
@@ -224,11 +183,11 @@ def _similar(
         raise BadRequest(f"unknown item_id {request.item_id!r} in index {v.version}")
     excluded = _rows(v, request.exclude_items) | {row}
     fetch = request.k + len(excluded)
-    rows, scores = similar_candidates(v, row, fetch, keep, request.search_k, exact)
+    rows, scores = v.search.similar_items(row, fetch, keep, request.search_k, exact)
     query = np.asarray(v.item_factors[row])
 
     def scorer(r: Rows) -> npt.NDArray[np.float32]:
-        return cosine_scores(np.asarray(v.item_factors[r]), v.item_norms[r], query)
+        return cosine_scores(np.asarray(v.item_factors[r]), v.search.item_norms[r], query)
 
     return _complete(v, rows, scores, excluded, request.k, scorer, keep)
 
@@ -257,68 +216,13 @@ def _recommend(
             **base,
         )
     fetch = request.k + len(excluded)
-    rows, scores = recommend_candidates(v, query, fetch, keep, request.search_k, exact)
+    rows, scores = v.search.recommend(query, fetch, keep, request.search_k, exact)
 
     def scorer(r: Rows) -> npt.NDArray[np.float32]:
         return (np.asarray(v.item_factors[r]) @ query).astype(np.float32)
 
     items = _complete(v, rows, scores, excluded, request.k, scorer, keep)
     return Reply(status=_status(items, keep), items=items, unknown_items=unknown, **base)
-
-
-def similar_candidates(
-    v: LoadedVersion,
-    row: int,
-    fetch: int,
-    keep: Selection | None,
-    search_k: int | None = None,
-    exact: bool = False,
-) -> Ranked:
-    """Items most similar to item `row`, best first, as this version serves them: by its
-    strategy (exact scan, or the index with its tuned search_k unless `search_k` overrides),
-    under `keep` when the request filters. `exact`: by scans whatever the strategy."""
-    if exact or (v.exact_similar and search_k is None):
-        if keep is None:
-            return search.exact_similar_items(v.item_factors, v.item_norms, row, fetch)
-        return filtered.exact_similar_items(v.item_factors, v.item_norms, row, fetch, keep)
-    budget = search.scaled_search_k(search_k or v.search_k_similar, fetch)
-    if keep is None:
-        return search.similar_items(v.angular, v.item_factors, v.item_norms, row, fetch, budget)
-    threshold = v.filter_threshold("similar_items")
-    return filtered.similar_items(
-        v.angular, v.item_factors, v.item_norms, row, fetch, keep, threshold, budget
-    )[0]
-
-
-def recommend_candidates(
-    v: LoadedVersion,
-    query: npt.NDArray[np.float32],
-    fetch: int,
-    keep: Selection | None,
-    search_k: int | None = None,
-    exact: bool = False,
-) -> Ranked:
-    """Items with the largest inner product with `query`, best first, as this version serves
-    them (see similar_candidates). `exact`: a plain scan of every (passing) item, independent of
-    the norm bands: the live recall sampler's reference."""
-    if exact:
-        if keep is None:
-            return search.exact_max_inner_product(v.item_factors, query, fetch)
-        return filtered.subset_max_inner_product(v.item_factors, query, fetch, keep)
-    if v.exact_recommend and search_k is None:
-        # Every band scanned exactly, stopping at the norm bound: exact, and cheaper than a
-        # full scan whenever the answers live in the long-norm bands.
-        if keep is None:
-            return banded.max_inner_product(v.mips, query, fetch, -1, len(v.item_factors))
-        return filtered.exact_max_inner_product(v.mips, query, fetch, keep)
-    budget = search.scaled_search_k(search_k or v.search_k_recommend, fetch)
-    head, factor = v.exact_items_recommend, v.bound_factor_recommend
-    if keep is None:
-        return banded.max_inner_product(v.mips, query, fetch, budget, head, factor)
-    threshold = v.filter_threshold("recommend")
-    return filtered.max_inner_product(v.mips, query, fetch, keep, threshold, budget, head, factor)[
-        0
-    ]
 
 
 def _user_vector(
@@ -397,6 +301,20 @@ def _rows(v: LoadedVersion, ids: Sequence[str]) -> set[int]:
     return set(v.item_rows.rows(ids)[0].tolist())
 
 
+def cached_outcome(hits: Sequence[tuple[Parsed, Reply]], now: float | None = None) -> Outcome:
+    """The outcome of requests answered from the reply cache: their replies as they were."""
+    outcome = Outcome()
+    now = time.time() if now is None else now
+    for p, reply in hits:
+        outcome.replies.append(reply)
+        outcome.served.append(Served(reply.kind or "unparsed", reply.status, _queue_s(p, now), 0.0))
+    return outcome
+
+
+def _queue_s(p: Parsed, now: float) -> float | None:
+    return now - p.event.timestamp_ms / 1000 if p.event.timestamp_ms else None
+
+
 def _sent_at(p: Parsed) -> float | None:
     if p.request is not None and p.request.sent_at is not None:
         return p.request.sent_at.timestamp()
@@ -407,7 +325,7 @@ def _refuse(
     outcome: Outcome, event: RawEvent, reason: str, worker_id: str, version: LoadedVersion
 ) -> None:
     payload = event.value or b""
-    request_id = _readable_request_id(payload) if len(payload) <= MAX_REQUEST_BYTES else None
+    request_id = readable_request_id(payload) if len(payload) <= MAX_REQUEST_BYTES else None
     outcome.dead_letters.append(
         DeadLetter(
             reason=reason,
@@ -431,21 +349,3 @@ def _refuse(
                 worker_id=worker_id,
             )
         )
-
-
-def _readable_request_id(raw: bytes | None) -> str | None:
-    try:
-        doc = json.loads(raw or b"")
-        return _REQUEST_ID_ADAPTER.validate_python(doc["request_id"], strict=True)
-    except (ValueError, TypeError, KeyError, ValidationError, RecursionError):
-        return None
-
-
-def _reason(exc: Exception) -> str:
-    if isinstance(exc, ValidationError):
-        parts = []
-        for err in exc.errors(include_url=False)[:5]:
-            where = ".".join(str(p) for p in err["loc"]) or "event"
-            parts.append(f"{where}: {err['msg']}")
-        return "invalid request: " + "; ".join(parts)
-    return f"invalid request: {exc}"

@@ -1,99 +1,53 @@
 """The serving loop: consume a batch, answer it, write Redis and Kafka, then store the offsets.
 
-At-least-once: a message's offset is stored only after both sinks acknowledged its result, and
-only stored offsets are committed (automatically every second, on every partition revocation and
-at shutdown). When a write fails, the consumer seeks back to the batch's first offsets and serves
-the batch again after a backoff, so nothing is lost; a reply may then be written twice (same
-request_id, harmless). A stop request (SIGTERM/SIGINT) only sets an event: the current batch
-finishes, its offsets are committed, and the consumer leaves the group.
+At-least-once (worker/consumer.py): a message's offset is stored only after both sinks
+acknowledged its result. When a write fails, the consumer seeks back to the batch's first offsets
+and serves the batch again after a backoff, so nothing is lost; a reply may then be written twice
+(same request_id, harmless). A stop request (SIGTERM/SIGINT) only sets an event: the current
+batch finishes, its offsets are committed, and the consumer leaves the group.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import redis
 import structlog
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from threadpoolctl import threadpool_limits
 
 from adapters.item_updates import ItemUpdateLog
 from adapters.topics import ensure_topics, topic_specs
 from schemas import keys
-from schemas.events import Reply
 from worker.announcements import AnnouncementFollower
-from worker.answer import (
-    Outcome,
-    Parsed,
-    Policy,
-    RawEvent,
-    answer_batch,
-    echo_batch,
-    parse_batch,
-)
+from worker.answer import Outcome, Policy, answer_batch, cached_outcome, echo_batch
 from worker.availability import Availability
+from worker.cache import CacheEntry, ReplyCache
+from worker.consumer import (
+    commit_stored,
+    consumer_config,
+    next_batch,
+    producer_config,
+    raw_events,
+    rewind,
+    store_offsets,
+)
+from worker.heartbeat import Heartbeat
 from worker.index_store import IndexStore, LoadedVersion
 from worker.metrics import HealthState, WorkerMetrics, serve_http
+from worker.parse import Parsed, RawEvent, parse_batch
 from worker.progress import PartitionProgress
 from worker.settings import WorkerSettings
 from worker.shadow import Publish, ShadowSampler
-from worker.sinks import KafkaSink, RedisSink, ReplyCache, SinkError
+from worker.sinks import KafkaSink, RedisSink, SinkError
 from worker.version_source import version_source
 
 log = structlog.get_logger(__name__)
-
-
-class Heartbeat:
-    """The worker's entry in Redis for `annrec status`: refreshed every TTL/3 seconds, deleted at
-    shutdown; a crashed worker's entry expires. A Redis error here is logged, never fatal."""
-
-    def __init__(self, client: redis.Redis, settings: WorkerSettings, worker: Worker) -> None:
-        self._client, self._settings, self._worker = client, settings, worker
-        self._key = keys.worker_key(settings.worker_id)
-        self._started = time.time()
-        self._next = 0.0
-
-    def beat(self, version: LoadedVersion) -> None:
-        now = time.monotonic()
-        if now < self._next:
-            return
-        self._next = now + self._settings.heartbeat_ttl_s / 3
-        w, s = self._worker, self._settings
-        recall = {}
-        if w.shadow is not None:
-            for kind in ("similar_items", "recommend"):
-                found = w.shadow.recall(kind, version.version)
-                if found is not None:
-                    recall[kind] = {"recall": round(found[0], 4), "samples": found[1]}
-        doc = {
-            "worker_id": s.worker_id,
-            "group": s.group_id,
-            "version": version.version,
-            "version_created_at": version.manifest.created_at.isoformat(),
-            "started_at": self._started,
-            "uptime_s": round(time.time() - self._started, 1),
-            "processed": w.served,
-            "dead_lettered": w.dead_lettered,
-            "partitions": sorted(w.assigned),
-            "live_recall": recall,
-            "item_updates_read": w.availability.read,
-            "metrics_port": w.http_port,
-        }
-        try:
-            self._client.set(self._key, json.dumps(doc), ex=s.heartbeat_ttl_s)
-        except redis.RedisError as exc:
-            log.warning("heartbeat_failed", error=str(exc))
-
-    def gone(self) -> None:
-        try:
-            self._client.delete(self._key)
-        except redis.RedisError as exc:
-            log.warning("heartbeat_failed", error=str(exc))
 
 
 def _recall_publisher(client: redis.Redis, ttl_s: int) -> Publish:
@@ -107,27 +61,16 @@ def _recall_publisher(client: redis.Redis, ttl_s: int) -> Publish:
     return publish
 
 
-def consumer_config(settings: WorkerSettings, kafka_conf: dict[str, str]) -> dict[str, object]:
-    return {
-        **kafka_conf,
-        "group.id": settings.group_id,
-        "client.id": settings.worker_id,
-        # Offsets are stored by us, after the results are written, and only stored offsets are
-        # committed (every second, and synchronously on revoke and at shutdown).
-        "enable.auto.offset.store": False,
-        "enable.auto.commit": True,
-        "auto.commit.interval.ms": 1000,
-        "auto.offset.reset": "earliest",  # a new group must not skip requests already waiting
-        "partition.assignment.strategy": "cooperative-sticky",
-        "max.poll.interval.ms": 300_000,
-        "session.timeout.ms": settings.session_timeout_ms,
-        **({"group.instance.id": settings.instance_id} if settings.instance_id else {}),
-        **settings.consumer_config,
-    }
+@dataclass
+class _Clients:
+    """What one run holds open; closed by the run's ExitStack."""
 
-
-def producer_config(settings: WorkerSettings, kafka_conf: dict[str, str]) -> dict[str, object]:
-    return {**kafka_conf, "enable.idempotence": True, "linger.ms": 5, **settings.producer_config}
+    store: IndexStore
+    consumer: Consumer
+    redis_sink: RedisSink
+    kafka_sink: KafkaSink
+    cache: ReplyCache | None
+    heartbeat: Heartbeat
 
 
 class Worker:
@@ -154,50 +97,13 @@ class Worker:
 
     def run(self, stop: threading.Event) -> None:
         s = self.settings
-        ensure_topics(self._kafka_conf, topic_specs(s))
-        self.availability = Availability(
-            ItemUpdateLog(self._kafka_conf, s.topic_item_updates), self.metrics
-        )
-        self.availability.replay(s.item_updates_replay_s)
-        follower = AnnouncementFollower(self._kafka_conf, s.topic_index_versions)
-        self._announced = follower.announced
-        store = IndexStore(
-            version_source(s.storage, s.cache_dir, s.storage_options),
-            poll_interval_s=s.index_poll_interval_s,
-            checksums=s.verify_checksums,
-            wakeup=follower.wait,
-            on_refused=lambda _v, _r: self.metrics.refusals.inc(),
-        )
-        http = (
-            serve_http(s.metrics_port, self.metrics, self.health) if s.metrics_port >= 0 else None
-        )
-        self.http_port = http.server_address[1] if http else None
-        store.start()
-        consumer = Consumer(consumer_config(s, self._kafka_conf))
-        producer = Producer(producer_config(s, self._kafka_conf))
-        client = redis.Redis.from_url(self._redis_url, socket_timeout=s.redis_timeout_s)
-        redis_sink = RedisSink(client, s.reply_ttl_s, s.result_ttl_s)
-        cache = ReplyCache(client, s.result_ttl_s) if s.serve_from_cache else None
-        kafka_sink = KafkaSink(producer, s.topic_replies, s.topic_dead_letters)
-        # One BLAS thread: a worker answers one request at a time and scales out by processes;
-        # OpenBLAS threads spinning beside Kafka, Redis and other workers only add latency.
-        if s.shadow_fraction > 0 and not s.echo:
-            self.shadow = ShadowSampler(
-                self.metrics.registry,
-                s.shadow_fraction,
-                s.shadow_queue,
-                s.shadow_window,
-                self._policy(),
-                publish=_recall_publisher(client, s.result_ttl_s),
-                cpu_share=s.shadow_cpu_share,
-            ).start()
-        heartbeat = Heartbeat(client, s, self)
-        blas = threadpool_limits(limits=s.blas_threads, user_api="blas")
-        try:
-            version = self._wait_for_index(store, stop)
+        with contextlib.ExitStack() as resources:
+            resources.callback(self._log_stopped)
+            clients = self._open(resources)
+            version = self._wait_for_index(clients.store, stop)
             if version is None:
                 return
-            consumer.subscribe(
+            clients.consumer.subscribe(
                 [s.topic_requests],
                 on_assign=self._on_assign,
                 on_revoke=self._on_revoke,
@@ -212,69 +118,131 @@ class Worker:
                 metrics_port=self.http_port,
             )
             while not stop.is_set():
-                messages = next_batch(consumer, s.batch_size, s.poll_timeout_s)
-                self.health.polled()
-                heartbeat.beat(version)
-                self._track_progress(consumer, version)
-                self.metrics.last_poll.set_to_current_time()
-                events = _events(messages)
-                version = self._current(store, version)
-                # Availability changes land between batches: the next batch sees them all.
-                self.availability.refresh(version)
-                if not events:
-                    continue
-                self._serve(consumer, events, version, redis_sink, kafka_sink, cache, stop)
-        finally:
-            _commit_stored(consumer, "shutdown")
-            consumer.close()  # leaves the group now, so partitions move without a session timeout
-            producer.flush(10)
-            heartbeat.gone()
-            store.stop()  # before the follower closes: its watcher thread polls the follower
-            if self.shadow is not None:
-                self.shadow.stop()
-            follower.close()
-            self.availability.close()
-            if http is not None:
-                http.shutdown()
-            blas.restore_original_limits()
-            log.info(
-                "worker_stopped",
-                worker_id=s.worker_id,
-                served=self.served,
-                dead_lettered=self.dead_lettered,
-            )
+                version = self._step(clients, version, stop)
+
+    def _open(self, resources: contextlib.ExitStack) -> _Clients:
+        """Open everything a run needs, each registered to close in the reverse order: the
+        consumer commits and leaves the group first, the metrics endpoint goes last."""
+        s = self.settings
+        ensure_topics(self._kafka_conf, topic_specs(s))
+        # One BLAS thread: a worker answers one request at a time and scales out by processes;
+        # OpenBLAS threads spinning beside Kafka, Redis and other workers only add latency.
+        blas = threadpool_limits(limits=s.blas_threads, user_api="blas")
+        resources.callback(blas.restore_original_limits)
+        if s.metrics_port >= 0:
+            http = serve_http(s.metrics_port, self.metrics, self.health)
+            resources.callback(http.shutdown)
+            self.http_port = http.server_address[1]
+        updates = ItemUpdateLog(self._kafka_conf, s.topic_item_updates)
+        self.availability = Availability(updates, self.metrics)
+        resources.callback(self.availability.close)
+        self.availability.replay(s.item_updates_replay_s)
+        follower = AnnouncementFollower(self._kafka_conf, s.topic_index_versions)
+        resources.callback(follower.close)
+        self._announced = follower.announced
+        client = redis.Redis.from_url(self._redis_url, socket_timeout=s.redis_timeout_s)
+        resources.callback(client.close)
+        self.shadow = self._start_shadow(client)
+        if self.shadow is not None:
+            resources.callback(self.shadow.stop)
+        store = self._start_store(follower)
+        resources.callback(store.stop)  # before the follower closes: its watcher polls it
+        heartbeat = Heartbeat(client, s.worker_id, s.heartbeat_ttl_s)
+        resources.callback(heartbeat.gone)
+        producer = Producer(producer_config(s, self._kafka_conf))
+        resources.callback(producer.flush, 10)
+        consumer = Consumer(consumer_config(s, self._kafka_conf))
+        resources.callback(consumer.close)  # leaves the group now: no session timeout to wait
+        resources.callback(commit_stored, consumer, "shutdown")
+        return _Clients(
+            store=store,
+            consumer=consumer,
+            redis_sink=RedisSink(client, s.reply_ttl_s, s.result_ttl_s),
+            kafka_sink=KafkaSink(producer, s.topic_replies, s.topic_dead_letters),
+            cache=ReplyCache(client, s.result_ttl_s) if s.serve_from_cache else None,
+            heartbeat=heartbeat,
+        )
+
+    def _start_store(self, follower: AnnouncementFollower) -> IndexStore:
+        s = self.settings
+        store = IndexStore(
+            version_source(s.storage, s.cache_dir, s.storage_options),
+            poll_interval_s=s.index_poll_interval_s,
+            checksums=s.verify_checksums,
+            wakeup=follower.wait,
+            on_refused=lambda _v, _r: self.metrics.refusals.inc(),
+        )
+        store.start()
+        return store
+
+    def _start_shadow(self, client: redis.Redis) -> ShadowSampler | None:
+        s = self.settings
+        if s.shadow_fraction <= 0 or s.echo:
+            return None
+        return ShadowSampler(
+            self.metrics.registry,
+            s.shadow_fraction,
+            s.shadow_queue,
+            s.shadow_window,
+            self._policy(),
+            publish=_recall_publisher(client, s.result_ttl_s),
+            cpu_share=s.shadow_cpu_share,
+        ).start()
+
+    def _step(self, c: _Clients, version: LoadedVersion, stop: threading.Event) -> LoadedVersion:
+        """One turn of the loop: poll a batch, keep the books, swap versions, serve the batch."""
+        messages = next_batch(c.consumer, self.settings.batch_size, self.settings.poll_timeout_s)
+        self.health.polled()
+        c.heartbeat.beat(lambda: self._status(version, c.heartbeat.started))
+        self._track_progress(c.consumer, version)
+        self.metrics.last_poll.set_to_current_time()
+        events = raw_events(messages)
+        version = self._current(c.store, version)
+        # Availability changes land between batches: the next batch sees them all.
+        self.availability.refresh(version)
+        if events:
+            self._serve(c, events, version, stop)
+        return version
 
     def _serve(
-        self,
-        consumer: Consumer,
-        events: list[RawEvent],
-        version: LoadedVersion,
-        redis_sink: RedisSink,
-        kafka_sink: KafkaSink,
-        cache: ReplyCache | None,
-        stop: threading.Event,
+        self, c: _Clients, events: list[RawEvent], version: LoadedVersion, stop: threading.Event
     ) -> None:
         parsed = parse_batch(events)
-        cached = _cached(cache, parsed, version)
+        hits, misses = c.cache.split(parsed, version.version) if c.cache else ([], parsed)
         if self.settings.echo:
-            outcome = echo_batch(parsed, version, self.settings.worker_id)
+            outcome = echo_batch(misses, version, self.settings.worker_id)
         else:
-            outcome = answer_batch(parsed, version, self.settings.worker_id, self._policy(), cached)
+            outcome = answer_batch(misses, version, self.settings.worker_id, self._policy())
+        entries = c.cache.entries(misses, outcome.replies, version.version) if c.cache else []
+        outcome.extend(cached_outcome(hits))
         started = time.perf_counter()
+        if not self._write_then_store_offsets(c, events, outcome, entries, stop):
+            return
+        self._sample(misses, outcome, version)
+        self._count(events, outcome, time.perf_counter() - started, len(hits))
+
+    def _write_then_store_offsets(
+        self,
+        c: _Clients,
+        events: list[RawEvent],
+        outcome: Outcome,
+        cache_entries: list[CacheEntry],
+        stop: threading.Event,
+    ) -> bool:
+        """The one commit procedure: Redis (replies and cache entries, one pipeline), then Kafka
+        (replies and dead letters, flushed), then the offsets. A failed write stores nothing:
+        the batch is rewound and served again after a backoff. True when written."""
         try:
-            redis_sink.write(outcome.replies)
-            if cache is not None:
-                cache.store(parsed, outcome, version.version)
-            kafka_sink.write(outcome.replies, outcome.dead_letters)
+            c.redis_sink.write(outcome.replies, cache_entries)
+            c.kafka_sink.write(outcome.replies, outcome.dead_letters)
         except SinkError as exc:
             self.metrics.write_failures.inc()
             log.error("batch_not_written", reason=str(exc), size=len(events))
-            _rewind(consumer, events)
+            rewind(c.consumer, events)
             stop.wait(self.settings.retry_backoff_s)
-            return
-        _store_offsets(consumer, events)
-        self._sample(parsed, outcome, version, cached)
-        self._count(events, outcome, time.perf_counter() - started, len(cached))
+            return False
+        store_offsets(c.consumer, events)
+        return True
 
     def _count(self, events: list[RawEvent], outcome: Outcome, write_s: float, hits: int) -> None:
         self.metrics.record_batch(len(events), outcome, write_s)
@@ -291,21 +259,47 @@ class Worker:
                 offset=dead.source_offset,
             )
 
-    def _sample(
-        self,
-        parsed: list[Parsed],
-        outcome: Outcome,
-        version: LoadedVersion,
-        cached: dict[str, Reply],
-    ) -> None:
-        """Offer answered requests to the live recall sampler (after the write: never delays)."""
+    def _sample(self, answered: list[Parsed], outcome: Outcome, version: LoadedVersion) -> None:
+        """Offer computed answers to the live recall sampler (after the write: never delays);
+        answers from the cache were sampled when they were computed."""
         if self.shadow is None:
             return
-        requests = {p.request.request_id: p.request for p in parsed if p.request is not None}
+        requests = {p.request.request_id: p.request for p in answered if p.request is not None}
         for reply in outcome.replies:
             request = requests.get(reply.request_id)
-            if request is not None and reply.request_id not in cached:
+            if request is not None and not reply.from_cache:
                 self.shadow.offer(request, reply, version)
+
+    def _status(self, version: LoadedVersion, started: float) -> dict[str, Any]:
+        """This worker as `annrec status` shows it (the heartbeat's document)."""
+        s = self.settings
+        recall = {}
+        if self.shadow is not None:
+            for kind in ("similar_items", "recommend"):
+                found = self.shadow.recall(kind, version.version)
+                if found is not None:
+                    recall[kind] = {"recall": round(found[0], 4), "samples": found[1]}
+        return {
+            "worker_id": s.worker_id,
+            "group": s.group_id,
+            "version": version.version,
+            "version_created_at": version.manifest.created_at.isoformat(),
+            "started_at": started,
+            "processed": self.served,
+            "dead_lettered": self.dead_lettered,
+            "partitions": sorted(self.assigned),
+            "live_recall": recall,
+            "item_updates_read": self.availability.read,
+            "metrics_port": self.http_port,
+        }
+
+    def _log_stopped(self) -> None:
+        log.info(
+            "worker_stopped",
+            worker_id=self.settings.worker_id,
+            served=self.served,
+            dead_lettered=self.dead_lettered,
+        )
 
     def _policy(self) -> Policy:
         return Policy(cold_start=self.settings.cold_start)
@@ -384,7 +378,7 @@ class Worker:
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         # What this worker wrote is committed before the partitions move, so the next owner
         # does not serve it again.
-        _commit_stored(consumer, "revoke")
+        commit_stored(consumer, "revoke")
         self._forget(partitions)
         log.info("partitions_revoked", partitions=sorted(p.partition for p in partitions))
 
@@ -400,79 +394,3 @@ class Worker:
         # Lost (session timed out): another worker owns them already; committing would fail.
         self._forget(partitions)
         log.warning("partitions_lost", partitions=sorted(p.partition for p in partitions))
-
-
-def next_batch(consumer: Consumer, max_messages: int, timeout_s: float) -> list[Message]:
-    """Wait for one message, then take whatever else is already fetched, up to max_messages.
-
-    consume(n, timeout) waits for n messages or the whole timeout, so a lone request would wait
-    up to poll_timeout_s for company; and its batching changed between releases (2.13.0 returned
-    after the first 200 ms slice, confluent-kafka-python #2205). Polling for the first message
-    and draining the local queue with timeout 0 answers a lone request at once and still takes
-    big batches from a backlog, whatever the release does with a non-zero timeout.
-    """
-    first = consumer.poll(timeout_s)
-    if first is None:
-        return []
-    if max_messages == 1:
-        return [first]
-    return [first, *consumer.consume(num_messages=max_messages - 1, timeout=0)]
-
-
-def _cached(
-    cache: ReplyCache | None, parsed: list[Parsed], version: LoadedVersion
-) -> dict[str, Reply]:
-    return cache.lookup(parsed, version.version) if cache is not None else {}
-
-
-def _events(messages: Sequence[Message]) -> list[RawEvent]:
-    events = []
-    for m in messages:
-        if m.error() is not None:
-            log.warning("consume_error", error=str(m.error()))
-            continue
-        _ts_type, ts = m.timestamp()
-        events.append(
-            RawEvent(
-                m.topic(), m.partition(), m.offset(), m.key(), m.value(), ts if ts > 0 else None
-            )
-        )
-    return events
-
-
-def _next_offsets(events: Sequence[RawEvent], *, first: bool) -> list[TopicPartition]:
-    pick: dict[tuple[str, int], int] = {}
-    for e in events:
-        tp = (e.topic, e.partition)
-        offset = e.offset if first else e.offset + 1
-        pick[tp] = min(pick.get(tp, offset), offset) if first else max(pick.get(tp, 0), offset)
-    return [TopicPartition(t, p, o) for (t, p), o in pick.items()]
-
-
-def _store_offsets(consumer: Consumer, events: Sequence[RawEvent]) -> None:
-    try:
-        consumer.store_offsets(offsets=_next_offsets(events, first=False))
-    except KafkaException as exc:
-        # The partition was revoked meanwhile: its next owner re-serves from the last commit
-        # (at-least-once), so this is logged, not fatal.
-        log.warning("store_offsets_failed", error=str(exc.args[0]))
-
-
-def _commit_stored(consumer: Consumer, why: str) -> None:
-    try:
-        consumer.commit(asynchronous=False)
-    except KafkaException as exc:
-        err = exc.args[0]
-        if isinstance(err, KafkaError) and err.code() == KafkaError._NO_OFFSET:
-            return  # nothing stored since the last commit
-        log.warning("commit_failed", when=why, error=str(err))
-    except RuntimeError:
-        return  # consumer already closed
-
-
-def _rewind(consumer: Consumer, events: Sequence[RawEvent]) -> None:
-    for tp in _next_offsets(events, first=True):
-        try:
-            consumer.seek(tp)
-        except KafkaException as exc:  # partition revoked meanwhile: its next owner re-serves it
-            log.warning("rewind_failed", partition=tp.partition, error=str(exc.args[0]))

@@ -17,15 +17,14 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 import structlog
-from annoy import AnnoyIndex
 from pydantic import ValidationError
 
 from adapters.index_files import check_files, check_indexes, load_annoy, load_attributes, load_bands
 from query_engine.attributes import ItemAttributes
-from query_engine.banded import EXACT_HEADS, NormBands
+from query_engine.plan import ServingPlan, VersionSearch
 from query_engine.vectors import item_gramian
 from schemas import manifest as mf
-from schemas.errors import AnnrecError, IndexRejected, VersionMissing
+from schemas.errors import AnnrecError, IndexRejected, VersionMissing, describe
 from schemas.layout import version_dir
 from worker.id_rows import DuplicateIds, IdRows
 from worker.version_source import VersionSource
@@ -38,10 +37,7 @@ class LoadedVersion:
     """Everything one version needs to answer requests; read-only once built."""
 
     manifest: mf.Manifest
-    angular: AnnoyIndex
-    mips: NormBands
-    item_factors: npt.NDArray[np.float32]  # mmapped
-    item_norms: npt.NDArray[np.float32]
+    search: VersionSearch  # the indexes and the serving plan, read once from the manifest
     user_factors: npt.NDArray[np.float32]  # mmapped
     item_ids: npt.NDArray[np.str_]
     item_rows: IdRows
@@ -55,64 +51,19 @@ class LoadedVersion:
         return self.manifest.version
 
     @property
-    def search_k_similar(self) -> int:
-        q = self.manifest.quality
-        return q.similar_items.search_k if q else -1  # -1: Annoy's default, n * n_trees
+    def item_factors(self) -> npt.NDArray[np.float32]:
+        return self.search.item_factors
 
-    @property
-    def exact_similar(self) -> bool:
-        q = self.manifest.quality
-        return q is not None and q.similar_items.strategy == "exact"
-
-    @property
-    def exact_recommend(self) -> bool:
-        q = self.manifest.quality
-        return q is not None and q.recommend.strategy == "exact"
-
-    @property
-    def search_k_recommend(self) -> int:
-        q = self.manifest.quality
-        return q.recommend.search_k if q else -1
-
-    @property
-    def exact_items_recommend(self) -> int:
-        """Items of the first norm bands scanned exactly (unmeasured: the largest head tried)."""
-        q = self.manifest.quality
-        if q is None or q.recommend.exact_items is None:
-            return EXACT_HEADS[-1]
-        return q.recommend.exact_items
-
-    @property
-    def bound_factor_recommend(self) -> float:
-        q = self.manifest.quality
-        if q is None or q.recommend.bound_factor is None:
-            return 1.0
-        return q.recommend.bound_factor
-
-    def filter_threshold(self, kind: str) -> float:
-        """Selectivity below which a filtered request is scored exactly over the subset."""
-        q = self.manifest.quality
-        if q is None:
-            return mf.DEFAULT_FILTER_THRESHOLD
-        return (q.similar_items if kind == "similar_items" else q.recommend).filter_threshold
-
-    def serving_plan(self) -> dict[str, object]:
-        """How each kind is answered, for the log line of a swap."""
+    def log_fields(self) -> dict[str, object]:
+        """How each kind is answered, for the log line of a load."""
         return {
-            "similar_strategy": "exact" if self.exact_similar else "ann",
-            "similar_search_k": self.search_k_similar,
-            "recommend_strategy": "exact" if self.exact_recommend else "ann",
-            "recommend_search_k": self.search_k_recommend,
-            "recommend_exact_items": self.exact_items_recommend,
-            "recommend_bound_factor": self.bound_factor_recommend,
-            "similar_filter_threshold": self.filter_threshold("similar_items"),
-            "recommend_filter_threshold": self.filter_threshold("recommend"),
+            **self.search.plan.log_fields(),
             "attributes": ",".join(self.attributes.names()) if self.attributes else "",
         }
 
     def close(self) -> None:
-        self.angular.unload()
-        self.mips.unload()
+        self.search.angular.unload()
+        self.search.mips.unload()
 
 
 def load_version(
@@ -125,10 +76,8 @@ def load_version(
     except FileNotFoundError as exc:
         raise VersionMissing(f"{version}: no {mf.MANIFEST_NAME} in {directory.parent}") from exc
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(part) for part in first["loc"])
         raise IndexRejected(
-            f"{version}: invalid manifest ({exc.error_count()} errors; {where}: {first['msg']})"
+            f"{version}: invalid manifest ({exc.error_count()} errors; {describe(exc)})"
         ) from exc
     if manifest.version != version:
         raise IndexRejected(f"{version}: manifest names version {manifest.version}")
@@ -164,12 +113,16 @@ def load_version(
     except IndexRejected:
         angular.unload()
         raise
-    return LoadedVersion(
-        manifest=manifest,
+    search = VersionSearch(
         angular=angular,
         mips=mips,
         item_factors=item_factors,
         item_norms=np.linalg.norm(item_factors, axis=1).astype(np.float32),
+        plan=ServingPlan.from_quality(manifest.quality),
+    )
+    return LoadedVersion(
+        manifest=manifest,
+        search=search,
         user_factors=user_factors,
         popularity=popularity,
         gramian=item_gramian(item_factors),
@@ -284,7 +237,7 @@ class IndexStore:
                 version=latest,
                 n_items=loaded.manifest.n_items,
                 mips_bands=len(loaded.manifest.mips_index.bands),
-                **loaded.serving_plan(),
+                **loaded.log_fields(),
             )
             with self._lock:
                 stale, self._pending = self._pending, loaded

@@ -10,12 +10,13 @@ from collections.abc import Sequence
 
 import redis
 import structlog
-from confluent_kafka import KafkaError, Message, Producer
+from confluent_kafka import Producer
 
+from adapters.topics import NotDelivered, Outgoing, produce_all
 from schemas import keys
 from schemas.errors import AnnrecError
-from schemas.events import DeadLetter, Reply, utc_now
-from worker.answer import Outcome, Parsed
+from schemas.events import DeadLetter, Reply
+from worker.cache import CacheEntry
 
 log = structlog.get_logger(__name__)
 
@@ -35,10 +36,13 @@ class RedisSink:
         self._reply_ttl_s = reply_ttl_s
         self._result_ttl_s = result_ttl_s
 
-    def write(self, replies: Sequence[Reply]) -> None:
-        if not replies:
+    def write(self, replies: Sequence[Reply], cache: Sequence[CacheEntry] = ()) -> None:
+        """Replies (and the cache entries computed with them) in one pipeline."""
+        if not replies and not cache:
             return
         pipe = self._client.pipeline(transaction=False)
+        for entry in cache:
+            pipe.set(entry.key, entry.value, ex=entry.ttl_s)
         for reply in replies:
             doc = reply.model_dump_json()
             pipe.set(keys.reply_key(reply.request_id), doc, ex=self._reply_ttl_s)
@@ -65,92 +69,19 @@ class KafkaSink:
         self._flush_timeout_s = flush_timeout_s
 
     def write(self, replies: Sequence[Reply], dead_letters: Sequence[DeadLetter]) -> None:
-        errors: list[KafkaError] = []
-
-        def on_delivery(err: KafkaError | None, _msg: Message) -> None:
-            if err is not None:
-                errors.append(err)
-
-        for reply in replies:
-            self._produce(
-                self._replies_topic, reply.request_id, reply.model_dump_json(), on_delivery
-            )
-        for dead in dead_letters:
-            self._produce(
-                self._dead_letter_topic,
-                dead.request_id,
-                dead.model_dump_json(),
-                on_delivery,
-                headers={"annrec.reason": dead.reason[:1000]},
-            )
-        remaining = self._producer.flush(self._flush_timeout_s)
-        if remaining:
-            raise SinkError(f"{remaining} messages not delivered within {self._flush_timeout_s}s")
-        if errors:
-            raise SinkError(f"kafka delivery failed: {errors[0]}")
-
-    def _produce(
-        self,
-        topic: str,
-        key: str | None,
-        value: str,
-        on_delivery: object,
-        headers: dict[str, str] | None = None,
-    ) -> None:
-        while True:
-            try:
-                self._producer.produce(
-                    topic, key=key, value=value.encode(), headers=headers, on_delivery=on_delivery
+        messages = [
+            *(Outgoing(self._replies_topic, r.request_id, r.model_dump_json()) for r in replies),
+            *(
+                Outgoing(
+                    self._dead_letter_topic,
+                    d.request_id,
+                    d.model_dump_json(),
+                    {"annrec.reason": d.reason[:1000]},
                 )
-                return
-            except BufferError:  # local queue full: let deliveries drain, then retry
-                self._producer.poll(0.1)
-
-
-class ReplyCache:
-    """Replies already computed for a version, by what was asked (not by who asked), so a
-    repeated request is answered from Redis without touching the index. Best effort: a Redis
-    failure here means computing, never failing the batch."""
-
-    def __init__(self, client: redis.Redis, ttl_s: int) -> None:
-        self._client = client
-        self._ttl_s = ttl_s
-
-    def lookup(self, parsed: Sequence[Parsed], version: str) -> dict[str, Reply]:
-        wanted = [(p.request, keys.cache_key(version, p.request)) for p in parsed if _cacheable(p)]
-        if not wanted:
-            return {}
+                for d in dead_letters
+            ),
+        ]
         try:
-            values = self._client.mget([k for _, k in wanted])
-        except redis.RedisError as exc:
-            log.warning("cache_lookup_failed", error=str(exc))
-            return {}
-        hits = {}
-        for (request, _), raw in zip(wanted, values, strict=True):
-            if raw is not None:
-                hits[request.request_id] = Reply.model_validate_json(raw).model_copy(
-                    update={
-                        "request_id": request.request_id,
-                        "served_at": utc_now(),
-                        "from_cache": True,
-                    }
-                )
-        return hits
-
-    def store(self, parsed: Sequence[Parsed], outcome: Outcome, version: str) -> None:
-        by_id = {r.request_id: r for r in outcome.replies if r.status == "ok" and not r.from_cache}
-        pipe = self._client.pipeline(transaction=False)
-        for p in parsed:
-            if _cacheable(p) and p.request.request_id in by_id:  # type: ignore[union-attr]
-                doc = by_id[p.request.request_id].model_dump_json()
-                pipe.set(keys.cache_key(version, p.request), doc, ex=self._ttl_s)
-        try:
-            pipe.execute()
-        except redis.RedisError as exc:
-            log.warning("cache_store_failed", error=str(exc))
-
-
-def _cacheable(p: Parsed) -> bool:
-    # A filter's answer changes with availability updates within a version, and the cache is
-    # keyed by version only: filtered requests are always computed.
-    return p.request is not None and p.request.filter is None
+            produce_all(self._producer, messages, self._flush_timeout_s)
+        except NotDelivered as exc:
+            raise SinkError(f"kafka: {exc}") from exc

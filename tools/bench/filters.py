@@ -4,9 +4,9 @@ One version is built from synthetic factors with synthetic attributes; its `buck
 passes exactly 50%, 10%, 1%, 0.1% and 0.01% of the items (index_builder/synth.py). For each
 selectivity and task, every query runs three ways, side by side (interleaved, one thread):
 
-- post-filter: the unfiltered answer (worker/answer.py, as served) asked for POST_FILTER_FETCH x
+- post-filter: the unfiltered answer (query_engine/plan.py, as served) asked for POST_FILTER_FETCH x
   k items, then the passing ones kept (what a filter bolted onto an ANN library does);
-- planner: what the worker serves (worker/answer.py -> query_engine/filtered.py, the version's
+- planner: what the worker serves (query_engine/plan.py -> query_engine/filtered.py, the version's
   measured threshold; its exact path scores large subsets band by band under the norm bound);
 - exact over the subset: every passing item scored, one matrix product over the gathered rows
   (or, above 25% of the catalogue, a masked full scan); also the ground truth.
@@ -36,7 +36,6 @@ from query_engine.selection import Selection, select
 from query_engine.vectors import recall_at_k
 from schemas.filters import AttrEquals
 from tools.bench.machine import describe, machine_info
-from worker.answer import recommend_candidates, similar_candidates
 from worker.index_store import LoadedVersion, load_version
 
 K = 10
@@ -145,11 +144,11 @@ def _task(version: LoadedVersion, runners: dict[str, Runner], n_queries: int) ->
 
 def _recommenders(v: LoadedVersion, users: npt.NDArray[np.float32]) -> dict[str, Runner]:
     def post_filter(q: int, keep: Selection) -> Rows:
-        rows, _ = recommend_candidates(v, users[q], POST_FILTER_FETCH * K, None)
+        rows, _ = v.search.recommend(users[q], POST_FILTER_FETCH * K)
         return rows[keep.passes(rows)][:K]
 
     def planner(q: int, keep: Selection) -> Rows:
-        return recommend_candidates(v, users[q], K, keep)[0]
+        return v.search.recommend(users[q], K, keep)[0]
 
     def exact(q: int, keep: Selection) -> Rows:
         return filtered.subset_max_inner_product(v.item_factors, users[q], K, keep)[0]
@@ -159,15 +158,15 @@ def _recommenders(v: LoadedVersion, users: npt.NDArray[np.float32]) -> dict[str,
 
 def _similar_finders(v: LoadedVersion, item_rows: npt.NDArray[np.int64]) -> dict[str, Runner]:
     def post_filter(q: int, keep: Selection) -> Rows:
-        rows, _ = similar_candidates(v, int(item_rows[q]), POST_FILTER_FETCH * K, None)
+        rows, _ = v.search.similar_items(int(item_rows[q]), POST_FILTER_FETCH * K)
         return rows[keep.passes(rows)][:K]
 
     def planner(q: int, keep: Selection) -> Rows:
-        return similar_candidates(v, int(item_rows[q]), K, keep)[0]
+        return v.search.similar_items(int(item_rows[q]), K, keep)[0]
 
     def exact(q: int, keep: Selection) -> Rows:
         row = int(item_rows[q])
-        return filtered.exact_similar_items(v.item_factors, v.item_norms, row, K, keep)[0]
+        return filtered.exact_similar_items(v.item_factors, v.search.item_norms, row, K, keep)[0]
 
     return {"post_filter": post_filter, "planner": planner, "exact_subset": exact}
 

@@ -4,7 +4,7 @@ A worker loads a new version (sha256 of every file, mmap + prefault, checks, id 
 Gramian) on a background thread while its serving thread keeps answering (worker/index_store.py).
 Both share one interpreter: whatever the loader does in Python, holding the GIL, the serving
 thread waits for. This benchmark serves `recommend` queries in one thread, as the worker does
-(worker/answer.py, the version's own plan), one every PACE_S plus its service time, and records
+(query_engine/plan.py, the version's own plan), one every PACE_S plus its service time, and records
 each query's latency:
 
 - `idle`: nothing else running;
@@ -34,7 +34,6 @@ from index_builder.publish import BuildOptions, publish_version
 from index_builder.synth import synth_factors
 from schemas.layout import read_latest
 from tools.bench.machine import describe, machine_info
-from worker.answer import recommend_candidates
 from worker.index_store import LoadedVersion, load_version, lower_loader_priority
 
 K = 10
@@ -83,7 +82,7 @@ def _measure(storage: Path, version: str, loads: int) -> dict[str, Any]:
         nonlocal asked
         while busy():
             t0 = time.perf_counter()
-            recommend_candidates(serving, users[asked % len(users)], K, None)
+            serving.search.recommend(users[asked % len(users)], K)
             samples.append((t0 - start, time.perf_counter() - t0, phase))
             asked += 1
             time.sleep(PACE_S)

@@ -57,7 +57,7 @@ def test_curve_recall_is_what_the_query_path_achieves_on_fresh_queries(tuned):
     recalls = [
         recall_at_k(
             banded.max_inner_product(
-                version.mips, q, 10, point.search_k, point.exact_items, point.bound_factor
+                version.search.mips, q, 10, point.search_k, point.exact_items, point.bound_factor
             )[0],
             exact_inner_product_top_k(factors.item_factors, q, 10),
         )
@@ -106,46 +106,55 @@ def _plan(quality_module, served, ann, exact):
     )
 
 
-def test_a_filter_plan_clearly_slower_on_the_pilot_stops_there(tuned):
-    """The index path 10x slower than the exact one on the pilot: no more queries are spent on
-    it, and the threshold is 1.0 (always exact)."""
-    import time
+@pytest.fixture
+def clock(monkeypatch):
+    """The quality module's perf_counter, moved only by the searches below: each takes exactly
+    the time it says, so the pilot's verdict does not depend on the machine's load."""
+    import types
 
     from index_builder import quality
 
-    served = tuned[2].quality.similar_items.model_copy(update={"strategy": "ann"})
-    calls = {"ann": 0, "exact": 0}
+    now = [100.0]
+    monkeypatch.setattr(quality, "time", types.SimpleNamespace(perf_counter=lambda: now[0]))
 
-    def timed(name, seconds):
+    def searching(calls, name, seconds):
         def run(q, keep):
             calls[name] += 1
-            time.sleep(seconds)
+            now[0] += seconds
             return np.arange(10)
 
         return run
 
-    result = _plan(quality, served, timed("ann", 0.01), timed("exact", 0.001))
+    return searching
+
+
+def test_a_filter_plan_clearly_slower_on_the_pilot_stops_there(tuned, clock):
+    """The index path 10x slower than the exact one on the pilot: no more queries are spent on
+    it, and the threshold is 1.0 (always exact)."""
+    from index_builder import quality
+
+    served = tuned[2].quality.similar_items.model_copy(update={"strategy": "ann"})
+    calls = {"ann": 0, "exact": 0}
+    ann, exact = clock(calls, "ann", 0.01), clock(calls, "exact", 0.001)
+    result = _plan(quality, served, ann, exact)
     assert calls == {"ann": quality.FILTER_PILOT, "exact": quality.FILTER_PILOT}
     assert result.filter_threshold == 1.0 and len(result.filter_curve) == 1
-    assert result.filter_curve[0].ann_recall_at_k == 1.0  # same answers as the exact path
+    point = result.filter_curve[0]
+    assert point.ann_queries_per_s == pytest.approx(100)
+    assert point.exact_queries_per_s == pytest.approx(1000)
+    assert point.ann_recall_at_k == 1.0  # same answers as the exact path
 
 
-def test_a_filter_plan_that_wins_the_pilot_measures_every_query(tuned):
-    import time
-
+def test_a_filter_plan_that_wins_the_pilot_measures_every_query(tuned, clock):
     from index_builder import quality
 
     served = tuned[2].quality.recommend.model_copy(update={"strategy": "ann"})
-    calls = {"ann": 0}
-
-    def ann(q, keep):
-        calls["ann"] += 1
-        return np.arange(10)
-
-    def exact(q, keep):  # far slower than the index path, so timing noise cannot flip them
-        time.sleep(0.0005)
-        return np.arange(10)
-
+    calls = {"ann": 0, "exact": 0}
+    ann, exact = clock(calls, "ann", 0.0001), clock(calls, "exact", 0.0005)
     result = _plan(quality, served, ann, exact)
     assert len(result.filter_curve) >= 1
-    assert calls["ann"] == 100 * len(result.filter_curve)
+    assert calls["ann"] == calls["exact"] == 100 * len(result.filter_curve)
+    for point in result.filter_curve:
+        assert point.ann_queries_per_s == pytest.approx(10_000)
+        assert point.exact_queries_per_s == pytest.approx(2_000)
+    assert result.filter_threshold == result.filter_curve[-1].selectivity

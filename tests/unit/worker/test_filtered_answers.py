@@ -8,7 +8,8 @@ import pytest
 from index_builder.attributes import table_from_columns
 from index_builder.publish import BuildOptions, publish_version
 from schemas.events import RecommendRequest, SimilarItemsRequest, parse_request
-from worker.answer import RawEvent, answer, answer_batch, parse_batch
+from worker.answer import answer, answer_batch
+from worker.parse import RawEvent, parse_batch
 from worker.availability import apply_updates
 from worker.index_store import load_version
 

@@ -4,7 +4,8 @@ from collections import Counter
 
 from schemas.events import DEAD_LETTER_PAYLOAD_BYTES, DeadLetter
 from tools.chaos.fuzz import MAKERS, hostile_payloads, valid_payload
-from worker.answer import RawEvent, answer_batch, parse_batch
+from worker.answer import answer_batch
+from worker.parse import RawEvent, parse_batch
 
 
 def test_every_hostile_event_is_dead_lettered_and_valid_ones_answered(version):

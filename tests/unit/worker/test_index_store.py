@@ -15,7 +15,7 @@ def test_load_version_maps_ids_and_factors(published, small_factors):
     try:
         assert v.item_rows["i7"] == 7 and v.user_rows["u3"] == 3
         np.testing.assert_array_equal(v.item_factors[5], small_factors.item_factors[5])
-        assert v.angular.get_n_items() == len(v.mips.order) == 300
+        assert v.search.angular.get_n_items() == len(v.search.mips.order) == 300
     finally:
         v.close()
 

@@ -1,0 +1,174 @@
+"""How one version answers each query kind, and the search that follows it.
+
+`ServingPlan` is read once from a manifest's quality report (or its defaults when the version
+has none); `VersionSearch` pairs it with the version's indexes. The worker answers requests
+through `VersionSearch`, the builder's quality report measures each candidate plan through the
+same methods, and the benchmarks time them: one code path, so a manifest's figures are those of
+the code that serves.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Literal
+
+import numpy as np
+import numpy.typing as npt
+from annoy import AnnoyIndex
+
+from query_engine import banded, filtered, search
+from query_engine.selection import Selection
+from query_engine.vectors import exact_cosine, exact_max_inner_product
+from schemas.manifest import DEFAULT_FILTER_THRESHOLD, IndexQuality, QualityReport
+
+FloatArray = npt.NDArray[np.float32]
+Ranked = tuple[npt.NDArray[np.int64], FloatArray]
+Strategy = Literal["ann", "exact"]
+# search_k -1: Annoy's default for the angular index (n * n_trees nodes); for the norm bands,
+# every node of each band searched (exact).
+DEFAULT_SEARCH_K = -1
+
+
+@dataclass(frozen=True)
+class SimilarPlan:
+    """item -> items: the angular index with `search_k`, or an exact scan."""
+
+    strategy: Strategy = "ann"
+    search_k: int = DEFAULT_SEARCH_K
+    filter_threshold: float = DEFAULT_FILTER_THRESHOLD
+
+
+@dataclass(frozen=True)
+class RecommendPlan:
+    """user -> items: the norm bands, the first `exact_items` scanned exactly, the others
+    searched with `search_k` while `bound_factor` x the Cauchy-Schwarz bound can beat the k-th
+    score; or every band scanned exactly down to the bound."""
+
+    strategy: Strategy = "ann"
+    search_k: int = DEFAULT_SEARCH_K
+    # Unmeasured versions scan the largest head the quality report tries.
+    exact_items: int = banded.EXACT_HEADS[-1]
+    bound_factor: float = 1.0
+    filter_threshold: float = DEFAULT_FILTER_THRESHOLD
+
+
+@dataclass(frozen=True)
+class ServingPlan:
+    similar: SimilarPlan = SimilarPlan()
+    recommend: RecommendPlan = RecommendPlan()
+
+    @classmethod
+    def from_quality(cls, quality: QualityReport | None) -> ServingPlan:
+        """The plan a manifest's quality report chose; the defaults when it has none."""
+        if quality is None:
+            return cls()
+        return cls(similar_plan(quality.similar_items), recommend_plan(quality.recommend))
+
+    def log_fields(self) -> dict[str, object]:
+        """Flat key=value fields for the log line of a load or swap."""
+        s, r = self.similar, self.recommend
+        return {
+            "similar_strategy": s.strategy,
+            "similar_search_k": s.search_k,
+            "similar_filter_threshold": s.filter_threshold,
+            "recommend_strategy": r.strategy,
+            "recommend_search_k": r.search_k,
+            "recommend_exact_items": r.exact_items,
+            "recommend_bound_factor": r.bound_factor,
+            "recommend_filter_threshold": r.filter_threshold,
+        }
+
+
+def similar_plan(q: IndexQuality) -> SimilarPlan:
+    return SimilarPlan(q.strategy, q.search_k, q.filter_threshold)
+
+
+def recommend_plan(q: IndexQuality) -> RecommendPlan:
+    defaults = RecommendPlan()
+    return RecommendPlan(
+        q.strategy,
+        q.search_k,
+        defaults.exact_items if q.exact_items is None else q.exact_items,
+        defaults.bound_factor if q.bound_factor is None else q.bound_factor,
+        q.filter_threshold,
+    )
+
+
+@dataclass(frozen=True)
+class VersionSearch:
+    """A version's indexes and the plan it serves them by; read-only, safe across threads."""
+
+    angular: AnnoyIndex
+    mips: banded.NormBands
+    item_factors: FloatArray  # by row (mmapped in a worker)
+    item_norms: FloatArray
+    plan: ServingPlan = ServingPlan()
+
+    def with_plan(self, plan: ServingPlan) -> VersionSearch:
+        return replace(self, plan=plan)
+
+    def similar_items(
+        self,
+        row: int,
+        fetch: int,
+        keep: Selection | None = None,
+        search_k: int | None = None,
+        exact: bool = False,
+    ) -> Ranked:
+        """Items most similar to item `row` (itself excluded), best first, exact cosine scores:
+        by the plan (exact scan, or the index with its search_k unless `search_k` overrides it),
+        among `keep` when the request filters. `exact`: by a scan whatever the plan (the live
+        recall sampler's reference)."""
+        plan = self.plan.similar
+        if exact or (plan.strategy == "exact" and search_k is None):
+            if keep is None:
+                query = np.asarray(self.item_factors[row])
+                return exact_cosine(self.item_factors, self.item_norms, query, fetch, exclude=row)
+            return filtered.exact_similar_items(
+                self.item_factors, self.item_norms, row, fetch, keep
+            )
+        budget = search.scaled_search_k(search_k or plan.search_k, fetch)
+        if keep is None:
+            return search.similar_items(
+                self.angular, self.item_factors, self.item_norms, row, fetch, budget
+            )
+        return filtered.similar_items(
+            self.angular,
+            self.item_factors,
+            self.item_norms,
+            row,
+            fetch,
+            keep,
+            plan.filter_threshold,
+            budget,
+        )[0]
+
+    def recommend(
+        self,
+        query: FloatArray,
+        fetch: int,
+        keep: Selection | None = None,
+        search_k: int | None = None,
+        exact: bool = False,
+    ) -> Ranked:
+        """Items with the largest inner product with `query`, best first, exact scores, as the
+        plan serves them (see similar_items). `exact`: a plain scan of every (passing) item,
+        independent of the norm bands: the live recall sampler's reference."""
+        plan = self.plan.recommend
+        if exact:
+            if keep is None:
+                return exact_max_inner_product(self.item_factors, query, fetch)
+            return filtered.subset_max_inner_product(self.item_factors, query, fetch, keep)
+        if plan.strategy == "exact" and search_k is None:
+            # Every band scanned exactly, stopping at the norm bound: exact, and cheaper than a
+            # full scan whenever the answers live in the long-norm bands.
+            if keep is None:
+                return banded.max_inner_product(self.mips, query, fetch, -1, len(self.item_norms))
+            return filtered.exact_max_inner_product(self.mips, query, fetch, keep)
+        budget = search.scaled_search_k(search_k or plan.search_k, fetch)
+        head, factor = plan.exact_items, plan.bound_factor
+        if keep is None:
+            return banded.max_inner_product(self.mips, query, fetch, budget, head, factor)
+        return filtered.max_inner_product(
+            self.mips, query, fetch, keep, plan.filter_threshold, budget, head, factor
+        )[0]
