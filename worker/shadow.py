@@ -66,12 +66,16 @@ class ShadowSampler:
         publish: Publish | None = None,
         seed: int | None = None,
         cpu_share: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """`clock` (seconds) times the checks and the pauses after them; tests pass one they
+        control, so a pause does not depend on how long a check happens to take."""
         if not 0 < cpu_share <= 1:
             raise ValueError(f"cpu_share must be in (0, 1], got {cpu_share}")
         self.fraction = fraction
         self.cpu_share = cpu_share
-        self._resume_at = 0.0  # monotonic time before which no sample is taken (cpu_share)
+        self._clock = clock
+        self._resume_at = 0.0  # clock time before which no sample is taken (cpu_share)
         self.window = window
         self._policy = policy or Policy()
         self._publish = publish
@@ -129,7 +133,7 @@ class ShadowSampler:
             or self._rng.random() >= self.fraction
         ):
             return
-        if time.monotonic() < self._resume_at:
+        if self._clock() < self._resume_at:
             self.skipped.inc()
             return
         try:
@@ -156,10 +160,10 @@ class ShadowSampler:
             try:
                 if sample is None:
                     return
-                started = time.monotonic()
+                started = self._clock()
                 self._check(sample)
-                took = time.monotonic() - started
-                self._resume_at = time.monotonic() + took * (1 / self.cpu_share - 1)
+                finished = self._clock()
+                self._resume_at = finished + (finished - started) * (1 / self.cpu_share - 1)
             except Exception:  # a sample that cannot be checked must not stop the sampler
                 log.exception("shadow_check_failed")
             finally:

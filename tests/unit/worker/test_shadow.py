@@ -81,20 +81,52 @@ def test_a_window_below_the_target_raises_the_metric(version):
     sampler.stop()
 
 
+class _Clock:
+    """A clock that moves only when told: the sampler's pauses are then exact."""
+
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self):
+        return self.now
+
+    def advance(self, seconds):
+        self.now += seconds
+
+
 def test_the_checks_keep_to_their_share_of_a_core(version):
-    """Each check buys a pause of t * (1 / share - 1) (here 99 t): the samples offered right
-    after one check are skipped, and counted."""
+    """Each check buys a pause of t * (1 / share - 1) (here 99 t): the samples offered during
+    it are skipped, and counted; once it is over, samples are taken again."""
     registry = CollectorRegistry()
-    sampler = ShadowSampler(registry, fraction=1.0, seed=1, cpu_share=0.01).start()
+    clock = _Clock()
+
+    def a_check_takes_a_second(*_):  # `publish` runs inside the check: t = 1 s
+        clock.advance(1.0)
+
+    sampler = ShadowSampler(
+        registry,
+        fraction=1.0,
+        seed=1,
+        cpu_share=0.01,
+        publish=a_check_takes_a_second,
+        clock=clock,
+    ).start()
     request = RecommendRequest(request_id="r", user_id="u1", k=10)
     reply = answer(request, version, "w")
     sampler.offer(request, reply, version)
-    assert sampler.wait_idle()
+    assert sampler.wait_idle()  # the check ended at 1001: no sample before 1001 + 99
     for _ in range(50):
         sampler.offer(request, reply, version)
+    clock.advance(98.0)  # 1099: still paused
+    sampler.offer(request, reply, version)
     assert sampler.wait_idle()
     assert registry.get_sample_value("annrec_shadow_samples_total", {"kind": "recommend"}) == 1
-    assert registry.get_sample_value("annrec_shadow_skipped_total") == 50
+    assert registry.get_sample_value("annrec_shadow_skipped_total") == 51
+    clock.advance(1.0)  # 1100: the pause is over
+    sampler.offer(request, reply, version)
+    assert sampler.wait_idle()
+    assert registry.get_sample_value("annrec_shadow_samples_total", {"kind": "recommend"}) == 2
+    assert registry.get_sample_value("annrec_shadow_skipped_total") == 51
     sampler.stop()
 
 
