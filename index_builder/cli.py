@@ -1,4 +1,8 @@
-"""`annrec synth` and `annrec build`: registered on the root parser by tools/cli.py."""
+"""The arguments and work of `annrec synth`, `annrec build` and `annrec versions`.
+
+tools/commands/builder.py registers them as sub-commands (with the Kafka and local-stack wiring a
+build's announcement needs); nothing here is imported unless one of them runs.
+"""
 
 from __future__ import annotations
 
@@ -27,8 +31,7 @@ from schemas.manifest import Manifest
 log = structlog.get_logger(__name__)
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    synth = sub.add_parser("synth", help="write synthetic MF factors (.npz)")
+def add_synth_arguments(synth: argparse.ArgumentParser) -> None:
     _synth_flags(synth)
     synth.add_argument(
         "--out",
@@ -40,7 +43,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "--per-user", type=int, default=30, help="interactions per user (interactions output only)"
     )
 
-    build = sub.add_parser("build", help="build, verify, publish and announce an index version")
+
+def add_build_arguments(build: argparse.ArgumentParser) -> None:
     src = build.add_mutually_exclusive_group()
     src.add_argument("--factors", type=Path, help=".npz with item_factors, user_factors, ids")
     src.add_argument("--item-factors", type=Path, help=".npy item factors (with --user-factors..)")
@@ -70,7 +74,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     build.add_argument("--min-recall", type=float, help="refuse to publish below this recall@10")
     build.add_argument("--no-quality", action="store_true", help="skip the quality report")
 
-    versions = sub.add_parser("versions", help="list, garbage-collect or roll back versions")
+
+def add_versions_arguments(versions: argparse.ArgumentParser) -> None:
     vsub = versions.add_subparsers(dest="versions_action", required=True)
     vlist = vsub.add_parser("list", help="versions in storage, newest last")
     vlist.add_argument("--json", action="store_true")

@@ -1,4 +1,4 @@
-"""Send one request through Kafka and wait for its reply (what `annrec request` does).
+"""Send one request through Kafka and wait for its reply (what `annrec request` does), and print it.
 
 The reply consumer is positioned at the end of every reply partition *before* the request is
 produced, so the reply cannot be missed, and it uses no consumer group (nothing to commit).
@@ -153,3 +153,21 @@ def wait_for_workers(
     if len(answered) < workers:
         raise AnnrecError(f"only {len(answered)} of {workers} workers answered in {timeout_s} s")
     return answered
+
+
+def format_reply(reply: Reply) -> str:
+    """A reply as a person reads it: a head line, then rank, item and score."""
+    if reply.status == "no_match":
+        return f"{reply.request_id}: no_match: no item passes the filter"
+    if reply.status != "ok":
+        return f"{reply.request_id}: {reply.status}: {reply.error}"
+    head = (
+        f"{reply.kind} for {reply.subject_id}  (index {reply.index_version}, "
+        f"worker {reply.worker_id})"
+    )
+    rows = [
+        f"{i:>4}  {item.item_id:<16} "
+        + ("filled".rjust(10) if item.score is None else f"{item.score:>10.4f}")
+        for i, item in enumerate(reply.items, 1)
+    ]
+    return "\n".join([head, f"{'rank':>4}  {'item_id':<16} {'score':>10}", *rows])

@@ -7,6 +7,7 @@ Kafka, prints the replies and reads the same results back from Redis.
 
 from __future__ import annotations
 
+import argparse
 import os
 import signal
 import subprocess
@@ -33,13 +34,18 @@ from schemas.filters import AllOf, AttrEquals
 from schemas.layout import version_dir
 from schemas.settings import CommonSettings
 from tools import services
-from tools.client import ReplyWaiter, new_request_id, send_requests
+from tools.client import ReplyWaiter, format_reply, new_request_id, send_requests
 from tools.stack import LocalStack
 
 # "recommended for you, in category c03, in stock": business rules in the query.
 DEMO_FILTER = AllOf(
     all=[AttrEquals(attr="category", eq="c03"), AttrEquals(attr="in_stock", eq=True)]
 )
+
+
+def register(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--keep", action="store_true", help="leave the stack running afterwards")
+    parser.set_defaults(handler=lambda args: run_demo(keep=args.keep))
 
 
 def run_demo(keep: bool = False) -> int:
@@ -143,8 +149,6 @@ def _show(
     version: str,
     attributes: ItemAttributes,
 ) -> None:
-    from tools.cli import format_reply
-
     items = factors.item_factors
     norms = np.linalg.norm(items, axis=1).astype(np.float32)
     print(f"\nannrec demo: index version {version}\n")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 import time
@@ -23,6 +24,26 @@ QUICK: dict[str, dict[str, Any]] = {
     "outage": {"rate": 100, "redis_down_s": 8, "n_items": 2000},
     "fuzz": {"n_hostile": 1000, "n_items": 1000},
 }
+
+
+def register(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "scenarios",
+        nargs="*",
+        default=["crash", "swaps", "bad-index", "outage", "fuzz"],
+        help="crash, swaps, bad-index, outage, fuzz (default: all)",
+    )
+    parser.add_argument("--quick", action="store_true", help="seconds, not minutes (CI runs it)")
+    parser.add_argument("--out", type=Path, help="write the figures to this JSON file")
+    parser.set_defaults(handler=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    unknown = set(args.scenarios) - set(SCENARIOS)
+    if unknown:
+        print(f"annrec: error: unknown scenario(s) {sorted(unknown)}", file=sys.stderr)
+        return 2
+    return 0 if run_chaos(args.scenarios, args.quick, args.out) else 1
 
 
 def run_chaos(names: list[str], quick: bool, out: Path | None) -> bool:

@@ -1,9 +1,52 @@
 """The CLI as a user meets it: exit codes and one-line errors (no services needed)."""
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
 from tests.cli import annrec
+from tools.cli import COMMANDS, build_parser
+
+HEAVY = ("worker.app", "index_builder", "index_builder.publish", "numpy", "annoy", "matplotlib")
+
+
+def _loaded_after(code: str) -> set[str]:
+    """Modules of HEAVY loaded by `code` in a fresh interpreter (other tests' imports aside)."""
+    probe = f"{code}\nimport sys\nprint(' '.join(m for m in {HEAVY!r} if m in sys.modules))"
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
+    )
+    return set(done.stdout.split())
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["--help"], ["stack", "up"], ["--log-level", "DEBUG", "stack", "status"], ["bench", "--help"]],
+)
+def test_parsing_a_light_command_loads_no_builder_worker_or_numpy(argv):
+    code = f"import tools.cli\ntools.cli.build_parser({argv!r})"
+    if "--help" not in argv:
+        code += f".parse_args({argv!r})"
+    assert _loaded_after(code) == set()
+
+
+def test_the_chosen_command_alone_is_loaded():
+    assert _loaded_after("import tools.cli\ntools.cli.build_parser(['worker'])") >= {"worker.app"}
+    args = build_parser(["--log-level", "worker", "stack", "up"]).parse_args(
+        ["--log-level", "worker", "stack", "up"]
+    )  # an option's value that names a command is not the command
+    assert args.command == "stack" and args.log_level == "worker"
+
+
+def test_without_argv_every_command_is_registered_with_a_handler():
+    parser = build_parser()
+    for name in COMMANDS:
+        sub = parser._subparsers._group_actions[0].choices[name]
+        assert sub.get_default("handler") is not None or sub._subparsers is not None, name
+    args = parser.parse_args(["request", "recommend", "--user-id", "u1"])
+    assert args.k == 10 and callable(args.handler)
 
 
 @pytest.mark.parametrize(

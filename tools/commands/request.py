@@ -1,0 +1,82 @@
+"""`annrec request` and `annrec item-update`: events a person sends through Kafka."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from pydantic import ValidationError
+
+from adapters.item_updates import publish_item_updates
+from adapters.topics import ensure_topics, topic_specs
+from schemas.errors import AnnrecError
+from schemas.events import ItemUpdate, RecommendRequest, SimilarItemsRequest
+from schemas.filters import FILTER_ADAPTER, Filter, check_shape
+from schemas.settings import CommonSettings
+from tools import services
+from tools.client import format_reply, new_request_id, request_once
+
+
+def register_request(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("kind", choices=["similar-items", "recommend"])
+    parser.add_argument("--item-id")
+    parser.add_argument("--user-id")
+    parser.add_argument("-k", type=int, default=10)
+    parser.add_argument("--timeout", type=float, default=30.0)
+    parser.add_argument("--json", action="store_true", help="print the reply event as JSON")
+    parser.add_argument("--filter", help='JSON filter, e.g. \'{"attr": "in_stock", "eq": true}\'')
+    parser.set_defaults(handler=run_request)
+
+
+def register_item_update(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("item_ids", nargs="+", metavar="ITEM_ID")
+    parser.add_argument("--value", choices=["true", "false"], required=True)
+    parser.add_argument("--attr", default="in_stock", help="a boolean attribute (in_stock)")
+    parser.set_defaults(handler=run_item_update)
+
+
+def run_request(args: argparse.Namespace) -> int:
+    settings = CommonSettings()
+    request: SimilarItemsRequest | RecommendRequest
+    common: dict[str, Any] = {"request_id": new_request_id(), "k": args.k}
+    if args.filter:
+        common["filter"] = _parse_filter(args.filter)
+    if args.kind == "similar-items":
+        if not args.item_id:
+            raise AnnrecError("similar-items needs --item-id")
+        request = SimilarItemsRequest(item_id=args.item_id, **common)
+    else:
+        if not args.user_id:
+            raise AnnrecError("recommend needs --user-id")
+        request = RecommendRequest(user_id=args.user_id, **common)
+    reply = request_once(
+        services.kafka_conf(settings),
+        settings.topic_requests,
+        settings.topic_replies,
+        request,
+        args.timeout,
+    )
+    print(reply.model_dump_json(indent=2) if args.json else format_reply(reply))
+    return 0 if reply.status in ("ok", "no_match") else 1
+
+
+def run_item_update(args: argparse.Namespace) -> int:
+    settings = CommonSettings()
+    conf = services.kafka_conf(settings)
+    ensure_topics(conf, topic_specs(settings))
+    try:
+        updates = [
+            ItemUpdate(item_id=i, attr=args.attr, value=args.value == "true") for i in args.item_ids
+        ]
+    except ValidationError as exc:
+        raise AnnrecError(f"item update: {exc.errors()[0]['msg']}") from exc
+    publish_item_updates(conf, settings.topic_item_updates, updates)
+    print(f"{len(updates)} updates published to {settings.topic_item_updates}")
+    return 0
+
+
+def _parse_filter(text: str) -> Filter:
+    try:
+        return check_shape(FILTER_ADAPTER.validate_json(text))
+    except (ValidationError, ValueError) as exc:
+        raise AnnrecError(f"--filter: {str(exc).splitlines()[0]}") from exc
