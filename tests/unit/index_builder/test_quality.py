@@ -57,7 +57,7 @@ def test_curve_recall_is_what_the_query_path_achieves_on_fresh_queries(tuned):
     recalls = [
         recall_at_k(
             banded.max_inner_product(
-                version.mips, q, 10, point.search_k, point.exact_items, point.bound_factor
+                version.search.mips, q, 10, point.search_k, point.exact_items, point.bound_factor
             )[0],
             exact_inner_product_top_k(factors.item_factors, q, 10),
         )

@@ -5,7 +5,8 @@ import pytest
 
 from query_engine.vectors import exact_cosine_top_k, exact_inner_product_top_k
 from schemas.events import RecommendRequest, SimilarItemsRequest
-from worker.answer import Policy, RawEvent, answer, answer_batch, parse_batch
+from worker.answer import Policy, answer, answer_batch
+from worker.parse import RawEvent, parse_batch
 from worker.index_store import load_version
 
 
@@ -228,7 +229,7 @@ def test_a_version_measured_slower_than_the_scan_is_served_exactly(tmp_path, sma
     assert manifest.quality.recommend.strategy == "exact"
     v = load_version(tmp_path / "s", manifest.version)
     try:
-        assert v.exact_recommend
+        assert v.search.plan.recommend.strategy == "exact"
         for u in range(20):
             reply = answer(RecommendRequest(request_id="r", user_id=f"u{u}", k=10), v, "w")
             truth = exact_inner_product_top_k(
