@@ -4,7 +4,7 @@ Queries are sampled from the version itself (items for item -> items, users for 
 and split in two: the curve and the choice of search_k use the tuning half; the recall and
 queries/s reported for the chosen search_k come from the held-out half, so the figure a worker
 trusts was not fitted to the queries that measured it. Timings are one query at a time on one
-thread (BLAS pinned to one thread), through query_engine.search, the same code the worker runs.
+thread (BLAS pinned to one thread), through query_engine.plan, the same code the worker runs.
 
 The strategy: the fastest point (search_k; for user -> items also the exact head of the norm
 bands) that reaches the target recall while answering faster than the exact scan measured in the
@@ -17,7 +17,8 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from typing import Literal
+from dataclasses import dataclass, replace
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -26,17 +27,32 @@ from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
 from index_builder.inputs import Factors
-from query_engine import banded, filtered, search
+from query_engine import banded, search
+from query_engine.plan import (
+    RecommendPlan,
+    ServingPlan,
+    SimilarPlan,
+    VersionSearch,
+    recommend_plan,
+    similar_plan,
+)
 from query_engine.selection import Selection
-from query_engine.vectors import recall_at_k, top_k
+from query_engine.vectors import exact_inner_product_top_k, recall_at_k, top_k, unit_rows
 from schemas.manifest import FilterPoint, IndexQuality, QualityReport, SearchKPoint
 
 FloatArray = npt.NDArray[np.float32]
 # One group of the curve: search_k doubles within it. For user -> items, (exact head, bound
 # factor); (None, None) for item -> items.
 Group = tuple[int | None, float | None]
-# (query number, search_k, group) -> found item rows
-Searcher = Callable[[int, int, Group], npt.NDArray[np.int64]]
+Rows = npt.NDArray[np.int64]
+# The version under the plan of one point of the curve: (search_k, group) -> version
+PlanAt = Callable[[int, Group], VersionSearch]
+# One query asked of a version (query number) -> found item rows; with a filter's selection
+Ask = Callable[[VersionSearch, int], Rows]
+# (query number, a filter's selection) -> found item rows, under a fixed plan
+FilteredAsk = Callable[[int, Selection], Rows]
+# The filter curve measures the index path at every selectivity.
+_ANN_ONLY: dict[str, Any] = {"strategy": "ann", "filter_threshold": 0.0}
 
 STOP_RECALL = 0.995  # past this, more search_k buys nothing worth measuring
 # Selectivities the filter threshold is searched over (random subsets of the catalogue), and
@@ -47,6 +63,22 @@ FILTER_QUERIES = 100
 # PILOT_MARGIN x the exact path on them (then it cannot win: the exact path serves).
 FILTER_PILOT = 20
 PILOT_MARGIN = 0.5
+
+
+@dataclass(frozen=True)
+class _Queries:
+    """The sampled queries: item rows for item -> items, user vectors for user -> items."""
+
+    item_rows: npt.NDArray[np.int64]
+    users: FloatArray
+
+    @classmethod
+    def sample(cls, rng: np.random.Generator, factors: Factors, n_queries: int) -> _Queries:
+        items = factors.item_factors
+        item_rows = _sample(rng, len(items), 2 * n_queries)
+        # Without users in the version, item vectors stand in as user queries.
+        users = factors.user_factors if len(factors.user_factors) >= 2 else items
+        return cls(item_rows, users[_sample(rng, len(users), 2 * n_queries)])
 
 
 def measure_quality(
@@ -63,81 +95,29 @@ def measure_quality(
     rng = np.random.default_rng(seed)
     items = factors.item_factors
     norms = np.linalg.norm(items, axis=1).astype(np.float32)
-    unit = items / np.where(norms > 0, norms, 1)[:, None]
-
-    item_rows = _sample(rng, len(items), 2 * n_queries)
-    # Without users in the version, item vectors stand in as user queries.
-    users = factors.user_factors if len(factors.user_factors) >= 2 else items
-    user_queries = users[_sample(rng, len(users), 2 * n_queries)]
-
+    version = VersionSearch(angular, mips, items, norms)
+    queries = _Queries.sample(rng, factors, n_queries)
     with threadpool_limits(1, user_api="blas"):
-        sim_truth = _exact(unit, unit[item_rows], k, exclude=item_rows)
-        rec_truth = _exact(items, user_queries, k)
-        similar = _index_quality(
-            "similar_items",
-            lambda q, sk, _g: search.similar_items(angular, items, norms, int(item_rows[q]), k, sk)[
-                0
-            ],
-            lambda q: _brute(unit, unit[item_rows[q]], k),
-            None,
-            sim_truth,
-            search_k_limit=len(items) * n_trees,
-            first_search_k=(k + 1) * search.OVERFETCH,
-            groups=[(None, None)],
-            target=target_recall,
-        )
-        recommend = _index_quality(
-            "recommend",
-            lambda q, sk, g: banded.max_inner_product(
-                mips, user_queries[q], k, sk, g[0] or 0, g[1] or 1.0
-            )[0],
-            lambda q: _brute(items, user_queries[q], k),
-            # Exact strategy: every band scanned exactly, stopping at the norm bound.
-            lambda q: banded.max_inner_product(mips, user_queries[q], k, -1, len(items)),
-            rec_truth,
-            search_k_limit=max(b.stop - b.start for b in mips.bands) * n_trees,
-            first_search_k=k,
-            # An exact head past the catalogue is the exact scan: nothing to measure.
-            groups=[
-                (head, factor)
-                for head in [h for h in banded.EXACT_HEADS if h < len(items)] or [len(items)]
-                for factor in banded.BOUND_FACTORS
-            ],
-            target=target_recall,
-        )
+        similar = _similar_quality(version, queries, k, n_trees, target_recall)
+        recommend = _recommend_quality(version, queries, k, n_trees, target_recall)
         # Filtered queries, at the strategy just chosen: where the planner switches to
         # exact-over-subset (query_engine/filtered.py). Each kind has its own query set (a small
         # catalogue or user table yields fewer than FILTER_QUERIES), so each is capped by it.
         similar = _with_filter_plan(
             "similar_items",
             similar,
-            lambda q, keep: filtered.similar_items(
-                angular, items, norms, int(item_rows[q]), k, keep, 0.0, similar.search_k
-            )[0][0],
-            lambda q, keep: filtered.exact_similar_items(items, norms, int(item_rows[q]), k, keep)[
-                0
-            ],
+            *_filtered_similar(version, similar, queries.item_rows, k),
             len(items),
-            min(len(item_rows), FILTER_QUERIES),
+            min(len(queries.item_rows), FILTER_QUERIES),
             target_recall,
             rng,
         )
         recommend = _with_filter_plan(
             "recommend",
             recommend,
-            lambda q, keep: filtered.max_inner_product(
-                mips,
-                user_queries[q],
-                k,
-                keep,
-                0.0,
-                recommend.search_k,
-                recommend.exact_items or 0,
-                recommend.bound_factor or 1.0,
-            )[0][0],
-            lambda q, keep: filtered.exact_max_inner_product(mips, user_queries[q], k, keep)[0],
+            *_filtered_recommend(version, recommend, queries.users, k),
             len(items),
-            min(len(user_queries), FILTER_QUERIES),
+            min(len(queries.users), FILTER_QUERIES),
             target_recall,
             rng,
         )
@@ -146,11 +126,84 @@ def measure_quality(
     )
 
 
+def _similar_quality(
+    version: VersionSearch, queries: _Queries, k: int, n_trees: int, target: float
+) -> IndexQuality:
+    """item -> items: the angular index at doubling search_k, against a scan of unit vectors."""
+    unit = unit_rows(version.item_factors)
+    rows = queries.item_rows
+    return _index_quality(
+        "similar_items",
+        lambda search_k, _group: version.with_plan(
+            ServingPlan(similar=SimilarPlan("ann", search_k))
+        ),
+        lambda s, q: s.similar_items(int(rows[q]), k)[0],
+        lambda q: exact_inner_product_top_k(unit, unit[rows[q]], k),
+        version.with_plan(ServingPlan(similar=SimilarPlan("exact"))),
+        _exact(unit, unit[rows], k, exclude=rows),
+        search_k_limit=len(unit) * n_trees,
+        first_search_k=(k + 1) * search.OVERFETCH,
+        groups=[(None, None)],
+        target=target,
+    )
+
+
+def _recommend_quality(
+    version: VersionSearch, queries: _Queries, k: int, n_trees: int, target: float
+) -> IndexQuality:
+    """user -> items: the norm bands at doubling search_k per (exact head, bound factor)."""
+    items, users = version.item_factors, queries.users
+    return _index_quality(
+        "recommend",
+        lambda search_k, group: version.with_plan(
+            ServingPlan(recommend=RecommendPlan("ann", search_k, group[0] or 0, group[1] or 1.0))
+        ),
+        lambda s, q: s.recommend(users[q], k)[0],
+        lambda q: exact_inner_product_top_k(items, users[q], k),
+        # Exact strategy: every band scanned exactly, stopping at the norm bound.
+        version.with_plan(ServingPlan(recommend=RecommendPlan("exact"))),
+        _exact(items, users, k),
+        search_k_limit=max(b.stop - b.start for b in version.mips.bands) * n_trees,
+        first_search_k=k,
+        # An exact head past the catalogue is the exact scan: nothing to measure.
+        groups=[
+            (head, factor)
+            for head in [h for h in banded.EXACT_HEADS if h < len(items)] or [len(items)]
+            for factor in banded.BOUND_FACTORS
+        ],
+        target=target,
+    )
+
+
+def _filtered_similar(
+    version: VersionSearch, served: IndexQuality, rows: Rows, k: int
+) -> tuple[FilteredAsk, FilteredAsk]:
+    """item -> items filtered: (the index path of the served plan, the exact path)."""
+    ann = version.with_plan(ServingPlan(similar=replace(similar_plan(served), **_ANN_ONLY)))
+    exact = version.with_plan(ServingPlan(similar=SimilarPlan("exact")))
+    return (
+        lambda q, keep: ann.similar_items(int(rows[q]), k, keep)[0],
+        lambda q, keep: exact.similar_items(int(rows[q]), k, keep)[0],
+    )
+
+
+def _filtered_recommend(
+    version: VersionSearch, served: IndexQuality, users: FloatArray, k: int
+) -> tuple[FilteredAsk, FilteredAsk]:
+    """user -> items filtered: (the index path of the served plan, the exact path)."""
+    ann = version.with_plan(ServingPlan(recommend=replace(recommend_plan(served), **_ANN_ONLY)))
+    exact = version.with_plan(ServingPlan(recommend=RecommendPlan("exact")))
+    return (
+        lambda q, keep: ann.recommend(users[q], k, keep)[0],
+        lambda q, keep: exact.recommend(users[q], k, keep)[0],
+    )
+
+
 def _with_filter_plan(
     label: str,
     quality: IndexQuality,
-    ann: Callable[[int, Selection], npt.NDArray[np.int64]],
-    exact: Callable[[int, Selection], npt.NDArray[np.int64]],
+    ann: FilteredAsk,
+    exact: FilteredAsk,
     n_items: int,
     n_queries: int,
     target: float,
@@ -204,9 +257,10 @@ def _with_filter_plan(
 
 def _index_quality(
     label: str,
-    searcher: Searcher,
+    plan_at: PlanAt,
+    ask: Ask,
     brute: Callable[[int], object],
-    exact: Callable[[int], object] | None,
+    exact: VersionSearch,
     truth: npt.NDArray[np.int64],
     *,
     search_k_limit: int,
@@ -214,8 +268,8 @@ def _index_quality(
     groups: list[Group],
     target: float,
 ) -> IndexQuality:
-    """`brute` is the plain scan every point is compared with; `exact`, when given, is what the
-    `exact` strategy serves instead of it."""
+    """Each point is `ask` through the plan `plan_at(search_k, group)`, compared with `brute`, the
+    plain scan; `exact` is the version under the `exact` strategy, served when no point wins."""
     half = len(truth) // 2
     tuning, heldout = np.arange(half), np.arange(half, len(truth))
     brute_qps = _queries_per_s(brute, tuning[: min(50, half)])
@@ -224,7 +278,7 @@ def _index_quality(
         for group in groups:
             search_k = first_search_k
             while True:
-                point = _point(searcher, truth, tuning, search_k, group)
+                point = _point(plan_at(search_k, group), ask, truth, tuning, search_k, group)
                 curve.append(point)
                 bar.update(1)
                 bar.set_postfix(search_k=search_k, group=group, recall=f"{point.recall_at_k:.3f}")
@@ -236,16 +290,15 @@ def _index_quality(
     winning = [p for p in curve if _wins(p, target, brute_qps)]
     if winning:
         best = max(winning, key=lambda p: p.queries_per_s)
-        final = _point(
-            searcher, truth, heldout, best.search_k, (best.exact_items, best.bound_factor)
-        )
+        group = (best.exact_items, best.bound_factor)
+        final = _point(plan_at(best.search_k, group), ask, truth, heldout, best.search_k, group)
         strategy: Literal["ann", "exact"] = "ann"
         served_recall, served_qps = final.recall_at_k, final.queries_per_s
     else:
         # The index cannot reach the target faster than scanning everything: scan (exact).
         best = max(curve, key=lambda p: p.recall_at_k)
         strategy, served_recall = "exact", 1.0
-        served_qps = _queries_per_s(exact or brute, heldout[: min(50, len(heldout))])
+        served_qps = _queries_per_s(lambda q: ask(exact, q), heldout[: min(50, len(heldout))])
     return IndexQuality(
         strategy=strategy,
         tuning_queries=len(tuning),
@@ -262,7 +315,7 @@ def _index_quality(
 
 
 def _timed_answers(
-    fn: Callable[[int, Selection], npt.NDArray[np.int64]],
+    ask: FilteredAsk,
     n_items: int,
     rows: npt.NDArray[np.int64],
     queries: npt.NDArray[np.int64],
@@ -271,7 +324,7 @@ def _timed_answers(
 
     def run(q: int) -> None:
         # A fresh selection per query, as per request: nothing it caches (a mask) carries over.
-        found[q] = fn(q, Selection.of_rows(n_items, rows))
+        found[q] = ask(q, Selection.of_rows(n_items, rows))
 
     return found, _queries_per_s(run, queries)
 
@@ -287,7 +340,8 @@ def _wins(point: SearchKPoint, target: float, brute_qps: float) -> bool:
 
 
 def _point(
-    searcher: Searcher,
+    version: VersionSearch,
+    ask: Ask,
     truth: npt.NDArray[np.int64],
     queries: npt.NDArray[np.int64],
     search_k: int,
@@ -296,7 +350,7 @@ def _point(
     found: dict[int, npt.NDArray[np.int64]] = {}
 
     def run(q: int) -> None:
-        found[q] = searcher(q, search_k, group)
+        found[q] = ask(version, q)
 
     qps = _queries_per_s(run, queries)
     recall = float(np.mean([recall_at_k(found[q], truth[q]) for q in queries.tolist()]))
@@ -314,10 +368,6 @@ def _queries_per_s(fn: Callable[[int], object], queries: npt.NDArray[np.int64]) 
     for q in queries.tolist():
         fn(q)
     return len(queries) / max(time.perf_counter() - start, 1e-9)
-
-
-def _brute(items: FloatArray, query: FloatArray, k: int) -> npt.NDArray[np.int64]:
-    return top_k(items @ query, k)
 
 
 def _exact(
