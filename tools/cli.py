@@ -13,7 +13,7 @@ from pydantic import ValidationError
 
 from schemas.errors import AnnrecError
 from tools.logs import configure_logging
-from tools.subcommands import Command, Table, add_subcommands
+from tools.subcommands import Command, Group, Table, add_subcommands
 
 # Each command's arguments and handler live with its code; its module is imported only when the
 # command runs (tools/subcommands.py).
@@ -41,8 +41,8 @@ COMMANDS: Table = {
         "publish availability changes (item-updates topic; workers apply)",
         "tools.commands.request:register_item_update",
     ),
-    "bench": Command(
-        "benchmarks: print figures, write JSON (and plots)", "tools.bench.cli:register"
+    "bench": Group(
+        "benchmarks: print figures, write JSON (and plots)", "bench_kind", "tools.bench.cli:KINDS"
     ),
     "schemas": Command("write the events' JSON Schemas", "tools.commands.schemas:register"),
     "chaos": Command(

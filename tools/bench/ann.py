@@ -12,6 +12,7 @@ variants, user -> items also measures the alternatives of tools/bench/mips_varia
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shlex
@@ -37,6 +38,7 @@ from query_engine.vectors import top_k
 from schemas.errors import InvalidInput
 from tools.bench import peers as peer_libs
 from tools.bench.ann_table import print_tables
+from tools.bench.cli import add_quick, apply_quick
 from tools.bench.machine import machine_info
 from tools.bench.mips_variants import measure_bands, measure_variants
 from tools.bench.peers import Metric
@@ -70,6 +72,42 @@ ALS_USERS_PER_ITEM = 10  # n_users = n_items // 10
 ALS_INTERACTIONS_PER_USER = 30
 ALS_TASTE_DIM = 16  # synth_interactions' latent taste model
 ALS_ITERATIONS = 10
+
+QUICK = {"items": 3_000, "datasets": "synth", "queries": 100, "timed_queries": 30}
+
+
+def register(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", type=Path, required=True)
+    add_quick(parser, QUICK)
+    parser.add_argument("--items", type=int, default=100_000, help="catalogue size (100k, 1M)")
+    parser.add_argument("--datasets", default="synth,als", help="comma list of synth, als")
+    parser.add_argument("--trees", type=int, default=20, help="angular (and xbox) index trees")
+    parser.add_argument("--mips-trees", type=int, default=10, help="trees per MIPS norm band")
+    parser.add_argument("--tasks", default="item->items,user->items", help="comma list")
+    parser.add_argument(
+        "--no-variants", action="store_true", help="skip the user -> items alternatives"
+    )
+    parser.add_argument("--queries", type=int, default=1000, help="recall is measured on these")
+    parser.add_argument("--timed-queries", type=int, default=200, help="timed one at a time")
+    parser.add_argument("--no-peers", action="store_true", help="skip hnswlib and ScaNN")
+    parser.set_defaults(handler=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    a = apply_quick(args)
+    bench_ann(
+        a.out,
+        a.items,
+        a.datasets.split(","),
+        a.trees,
+        a.queries,
+        a.timed_queries,
+        peers=not a.no_peers,
+        mips_trees=a.mips_trees,
+        tasks=tuple(a.tasks.split(",")),
+        variants=not a.no_variants,
+    )
+    return 0
 
 
 def bench_ann(

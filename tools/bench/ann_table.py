@@ -3,6 +3,9 @@ dict so a saved result prints the same way."""
 
 from __future__ import annotations
 
+import argparse
+import json
+from pathlib import Path
 from typing import Any
 
 from tools.bench.machine import describe
@@ -11,6 +14,19 @@ from tools.bench.sweep import K, pareto
 # Short names for the parameter column; ann.json keeps the libraries' own names.
 SHORT = {"leaves_to_search": "leaves"}
 ROW = "  {:<24}{:>8}{:>8}  {:<24}{:>7}{:>10}{:>9}{:>9}"
+
+
+def register(parser: argparse.ArgumentParser) -> None:
+    """`annrec bench summary`: the Markdown table of a saved result."""
+    parser.add_argument("ann_json", type=Path, help="ann.json written by `annrec bench ann`")
+    parser.add_argument("--recalls", default="0.95,0.99", help="recall levels, comma list")
+    parser.set_defaults(handler=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    levels = tuple(float(x) for x in args.recalls.split(","))
+    print(markdown_summary(json.loads(args.ann_json.read_text()), levels))
+    return 0
 
 
 def print_tables(r: dict[str, Any]) -> None:

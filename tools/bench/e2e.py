@@ -16,6 +16,7 @@ was under one second's worth of requests, and p99 stayed under `--max-p99-ms`.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import signal
@@ -42,8 +43,28 @@ from index_builder.synth import synth_factors
 from schemas.events import RecommendRequest
 from schemas.settings import CommonSettings, prefixed_topics, topic_env
 from tools import services
+from tools.bench.cli import add_quick, apply_quick
 from tools.bench.machine import describe, machine_info
 from tools.client import ReplyWaiter, wait_for_workers
+
+QUICK = {"rates": "50,100", "duration": 2.0, "items": 5_000}
+
+
+def register(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", type=Path, required=True)
+    add_quick(parser, QUICK)
+    parser.add_argument("--rates", default="100,200,400,800,1600", help="requests/s, comma list")
+    parser.add_argument("--duration", type=float, default=15.0, help="seconds per rate")
+    parser.add_argument("--items", type=int, default=100_000)
+    parser.add_argument("--max-p99-ms", type=float, default=1000.0)
+    parser.set_defaults(handler=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    a = apply_quick(args)
+    rates = [int(r) for r in a.rates.split(",")]
+    bench_e2e(a.out, rates, a.duration, a.items, max_p99_ms=a.max_p99_ms)
+    return 0
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ request's does. Figures: JSON, a Markdown table on stdout, and a PNG.
 
 from __future__ import annotations
 
+import argparse
 import json
 import tempfile
 import time
@@ -35,6 +36,7 @@ from query_engine import filtered
 from query_engine.selection import Selection, select
 from query_engine.vectors import recall_at_k
 from schemas.filters import AttrEquals
+from tools.bench.cli import add_quick, apply_quick
 from tools.bench.machine import describe, machine_info
 from worker.index_store import LoadedVersion, load_version
 
@@ -44,6 +46,24 @@ STRATEGIES = ("post_filter", "planner", "exact_subset")
 TASKS = ("recommend", "similar_items")
 Rows = npt.NDArray[np.int64]
 Runner = Callable[[int, Selection], Rows]
+
+QUICK = {"items": 20_000, "users": 2_000, "dim": 16, "queries": 30}
+
+
+def register(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", type=Path, required=True)
+    add_quick(parser, QUICK)
+    parser.add_argument("--items", type=int, default=1_000_000)
+    parser.add_argument("--users", type=int, default=100_000)
+    parser.add_argument("--dim", type=int, default=64)
+    parser.add_argument("--queries", type=int, default=200, help="per selectivity and task")
+    parser.set_defaults(handler=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    a = apply_quick(args)
+    bench_filters(a.out, a.items, a.users, a.dim, a.queries)
+    return 0
 
 
 def bench_filters(

@@ -18,6 +18,7 @@ timeline. It needs no Kafka or Redis: the end-to-end view of the same cost is `b
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 import tempfile
@@ -33,12 +34,32 @@ from threadpoolctl import threadpool_limits
 from index_builder.publish import BuildOptions, publish_version
 from index_builder.synth import synth_factors
 from schemas.layout import read_latest
+from tools.bench.cli import add_quick, apply_quick
 from tools.bench.machine import describe, machine_info
 from worker.index_store import LoadedVersion, load_version, lower_loader_priority
 
 K = 10
 PACE_S = 0.001  # between two queries: a worker busy about half of the time at 1M
 IDLE_S = 3.0  # measured before the first load and between loads
+
+QUICK = {"items": 20_000, "loads": 1}
+
+
+def register(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", type=Path, required=True)
+    add_quick(parser, QUICK)
+    parser.add_argument("--items", type=int, default=1_000_000, help="synthetic catalogue size")
+    parser.add_argument("--loads", type=int, default=3, help="versions loaded, one after another")
+    parser.add_argument(
+        "--storage", type=Path, help="load this storage's LATEST instead of a synthetic version"
+    )
+    parser.set_defaults(handler=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    a = apply_quick(args)
+    bench_load(a.out, a.items, loads=a.loads, storage=a.storage)
+    return 0
 
 
 def bench_load(

@@ -141,3 +141,27 @@ def test_a_missing_input_file_is_a_one_line_error(tmp_path):
     assert result.stderr.strip().splitlines() == [
         f"annrec: error: No such file or directory: {tmp_path / 'nope.json'}"
     ]
+
+
+# The --quick values CI has always run (they were inline in tools/cli.py before each benchmark
+# registered its own): a change here changes what CI measures.
+QUICK = {
+    "build": {"items": 5_000, "users": 500, "dim": 16, "trees": 5, "mips_trees": 5},
+    "ann": {"items": 3_000, "datasets": "synth", "queries": 100, "timed_queries": 30},
+    "filters": {"items": 20_000, "users": 2_000, "dim": 16, "queries": 30},
+    "e2e": {"rates": "50,100", "duration": 2.0, "items": 5_000},
+    "load": {"items": 20_000, "loads": 1},
+}
+
+
+@pytest.mark.parametrize("kind", sorted(QUICK))
+def test_each_benchmark_applies_its_own_quick_profile_over_the_flags(kind):
+    from tools.bench.cli import apply_quick
+
+    argv = ["bench", kind, "--out", "x", "--items", "7"]
+    plain = build_parser(argv).parse_args(argv)
+    assert plain.items == 7 and apply_quick(plain).items == 7  # no --quick: flags as given
+    quick = apply_quick(build_parser([*argv, "--quick"]).parse_args([*argv, "--quick"]))
+    for name, value in QUICK[kind].items():
+        assert getattr(quick, name) == value, name
+    assert quick.quick_profile == QUICK[kind]
