@@ -14,6 +14,7 @@ import numpy.typing as npt
 
 from index_builder.attributes import AttributeTable, Column
 from index_builder.inputs import Factors, make_factors
+from query_engine.vectors import unit_rows
 from schemas.errors import AnnrecError, InvalidInput
 
 
@@ -25,7 +26,7 @@ def synth_factors(
     seed: int = 0,
 ) -> Factors:
     rng = np.random.default_rng(seed)
-    centers = _unit(rng.standard_normal((n_clusters, dim)))
+    centers = unit_rows(rng.standard_normal((n_clusters, dim)))
     # Zipf-like cluster sizes: some genres are much bigger than others.
     cluster_weights = 1.0 / np.arange(1, n_clusters + 1) ** 0.8
     cluster_weights /= cluster_weights.sum()
@@ -33,7 +34,7 @@ def synth_factors(
     def vectors(n: int, spread: float, norm_sigma: float) -> np.ndarray:
         assign = rng.choice(n_clusters, size=n, p=cluster_weights)
         noise = rng.standard_normal((n, dim)) * (spread / np.sqrt(dim))
-        directions = _unit(centers[assign] + noise)
+        directions = unit_rows(centers[assign] + noise)
         norms = rng.lognormal(mean=0.0, sigma=norm_sigma, size=n)
         return (directions * norms[:, None]).astype(np.float32)
 
@@ -70,12 +71,14 @@ def synth_interactions(
     if min(n_users, n_items, dim, interactions_per_user, n_clusters) < 1 or temperature <= 0:
         raise ValueError("sizes must be >= 1 and temperature > 0")
     rng = np.random.default_rng(seed)
-    centers = _unit(rng.standard_normal((n_clusters, dim)))
+    centers = unit_rows(rng.standard_normal((n_clusters, dim)))
     cluster_weights = 1.0 / np.arange(1, n_clusters + 1) ** 0.8
     cluster_weights /= cluster_weights.sum()
 
     item_cluster = rng.choice(n_clusters, size=n_items, p=cluster_weights)
-    item_vectors = _unit(centers[item_cluster] + rng.standard_normal((n_items, dim)) / np.sqrt(dim))
+    item_vectors = unit_rows(
+        centers[item_cluster] + rng.standard_normal((n_items, dim)) / np.sqrt(dim)
+    )
     log_popularity = rng.normal(0.0, 1.0, size=n_items)
     logits = centers @ item_vectors.T / temperature + log_popularity  # clusters x items
     probs = np.exp(logits - logits.max(axis=1, keepdims=True))
@@ -139,10 +142,6 @@ def write_synth_interactions(
     else:
         pq.write_table(table, path)
     return table.num_rows
-
-
-def _unit(x: np.ndarray) -> np.ndarray:
-    return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
 # Selectivities of the synthetic `bucket` attribute: `bucket == "p1"` passes exactly 1% of the

@@ -112,4 +112,3 @@ class ItemAttributes:
             return False
         state[row] = new
         return True
-

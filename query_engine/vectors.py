@@ -6,6 +6,8 @@ both sides compute "the exact answer" the same way.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import numpy.typing as npt
 
@@ -67,11 +69,14 @@ def cosine_scores(items: FloatArray, item_norms: FloatArray, query: FloatArray) 
 Ranked = tuple[IntArray, FloatArray]
 
 
-def unit_rows(x: npt.ArrayLike) -> FloatArray:
-    """Each row scaled to length 1 (a zero row stays zero): cosine becomes inner product."""
-    a = np.asarray(x, dtype=np.float32)
+def unit_rows(x: npt.ArrayLike) -> npt.NDArray[np.floating[Any]]:
+    """Each row scaled to length 1 (a zero row stays zero), contiguous, in the input's float
+    type (float32 for anything else): cosine becomes an inner product."""
+    a = np.asarray(x)
+    if not np.issubdtype(a.dtype, np.floating):
+        a = a.astype(np.float32)
     norms = np.linalg.norm(a, axis=1, keepdims=True)
-    return (a / np.where(norms > 0, norms, np.float32(1.0))).astype(np.float32)
+    return np.ascontiguousarray(a / np.where(norms > 0, norms, 1).astype(a.dtype))
 
 
 def exact_max_inner_product(items: npt.ArrayLike, query: FloatArray, k: int) -> Ranked:

@@ -6,8 +6,8 @@ import pytest
 from query_engine.vectors import exact_cosine_top_k, exact_inner_product_top_k
 from schemas.events import RecommendRequest, SimilarItemsRequest
 from worker.answer import Policy, answer, answer_batch
-from worker.parse import RawEvent, parse_batch
 from worker.index_store import load_version
+from worker.parse import RawEvent, parse_batch
 
 
 def _event(value: bytes | None, offset: int = 0) -> RawEvent:

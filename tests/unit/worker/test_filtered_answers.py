@@ -9,9 +9,9 @@ from index_builder.attributes import table_from_columns
 from index_builder.publish import BuildOptions, publish_version
 from schemas.events import RecommendRequest, SimilarItemsRequest, parse_request
 from worker.answer import answer, answer_batch
-from worker.parse import RawEvent, parse_batch
 from worker.availability import apply_updates
 from worker.index_store import load_version
+from worker.parse import RawEvent, parse_batch
 
 N = 300
 COLORS = ["red", "green", "blue"]
