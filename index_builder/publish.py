@@ -40,9 +40,9 @@ class QualityTooLow(AnnrecError):
 
 @dataclass(frozen=True)
 class BuildOptions:
-    # Trees of the angular index, and of each MIPS norm band. Fewer than the 50 of earlier
-    # versions: the whole 1M x 64 version must build in 2 minutes on 2 cores, and the measured
-    # recall/speed curves (BENCHMARKS.md, trees vs search_k) showed the bands need few trees.
+    # Trees of the angular index, and of each MIPS norm band: the whole 1M x 64 version must
+    # build in about 2 minutes on 2 cores, and the measured recall/speed curves (BENCHMARKS.md)
+    # show the bands need few trees.
     n_trees: int = 20
     mips_trees: int = 10
     seed: int = 42
@@ -124,44 +124,11 @@ def _build_version(
     item_updates: UpdatesSnapshot,
 ) -> mf.Manifest:
     phase = _PhaseTimer()
-    attribute_specs: list[mf.AttributeSpec] = []
-    updates_applied = 0
-    if attributes is not None:
-        with phase("attributes"):
-            updates_applied = attributes.apply_updates(
-                item_updates.state, factors.item_ids.tolist()
-            )
-            attribute_specs = write_attributes(attributes, staging)
-    with phase("arrays"):
-        np.save(staging / mf.ITEM_FACTORS_FILE, factors.item_factors)
-        np.save(staging / mf.USER_FACTORS_FILE, factors.user_factors)
-        np.save(staging / mf.ITEM_IDS_FILE, factors.item_ids)
-        np.save(staging / mf.USER_IDS_FILE, factors.user_ids)
-        popularity, popularity_source = popularity_ranking(factors, training is not None)
-        np.save(staging / mf.POPULARITY_FILE, popularity)
-
-    angular = mf.AnnoySpec(
-        file=mf.ANGULAR_FILE, metric="angular", dim=factors.dim, n_trees=opts.n_trees
+    attribute_specs, updates_applied = _write_attributes(
+        attributes, item_updates, factors, staging, phase
     )
-    with phase("angular_index"):
-        build_annoy(
-            factors.item_factors,
-            staging / angular.file,
-            metric=angular.metric,
-            n_trees=opts.n_trees,
-            seed=opts.seed,
-            n_jobs=opts.n_jobs,
-            label="angular",
-        )
-    with phase("mips_index"):
-        mips = build_mips_bands(
-            factors.item_factors,
-            staging,
-            n_trees=opts.mips_trees,
-            seed=opts.seed,
-            n_jobs=opts.n_jobs,
-        )
-
+    popularity_source = _write_arrays(factors, staging, training is not None, phase)
+    angular, mips = _build_indexes(factors, staging, opts, phase)
     manifest = mf.Manifest(
         version=version,
         created_at=datetime.now(UTC),
@@ -187,36 +154,100 @@ def _build_version(
         item_updates_applied=updates_applied,
         item_updates_through=item_updates.through if attributes is not None else {},
     )
-    # Read back what was written, as a worker will, and measure it.
-    with phase("verify"):
-        check_files(staging, manifest)
-        angular_index = load_annoy(staging, angular)
-    try:
-        check_indexes(manifest, angular_index, factors.item_factors)
-        mips_bands = load_bands(staging, mips, factors.item_factors)
-        try:
-            if opts.quality:
-                with phase("quality"):
-                    report = measure_quality(
-                        angular_index,
-                        mips_bands,
-                        factors,
-                        n_trees=opts.n_trees,
-                        target_recall=opts.target_recall,
-                        n_queries=opts.quality_queries,
-                        seed=opts.seed,
-                    )
-                _refuse_if_poor(report, opts.min_recall)
-                manifest = manifest.model_copy(update={"quality": report})
-        finally:
-            mips_bands.unload()
-    finally:
-        angular_index.unload()
+    manifest = _verify_and_measure(manifest, staging, factors, opts, phase)
     manifest = manifest.model_copy(
         update={"build": manifest.build.model_copy(update={"timings_s": phase.seconds})}
     )
     (staging / mf.MANIFEST_NAME).write_text(manifest.model_dump_json(indent=2))
     return manifest
+
+
+def _write_attributes(
+    attributes: AttributeTable | None,
+    item_updates: UpdatesSnapshot,
+    factors: Factors,
+    staging: Path,
+    phase: _PhaseTimer,
+) -> tuple[list[mf.AttributeSpec], int]:
+    """The attribute files, with the item updates published so far folded in: (specs, updates
+    applied)."""
+    if attributes is None:
+        return [], 0
+    with phase("attributes"):
+        applied = attributes.apply_updates(item_updates.state, factors.item_ids.tolist())
+        return write_attributes(attributes, staging), applied
+
+
+def _write_arrays(
+    factors: Factors, staging: Path, trained: bool, phase: _PhaseTimer
+) -> PopularitySource:
+    with phase("arrays"):
+        np.save(staging / mf.ITEM_FACTORS_FILE, factors.item_factors)
+        np.save(staging / mf.USER_FACTORS_FILE, factors.user_factors)
+        np.save(staging / mf.ITEM_IDS_FILE, factors.item_ids)
+        np.save(staging / mf.USER_IDS_FILE, factors.user_ids)
+        popularity, popularity_source = popularity_ranking(factors, trained)
+        np.save(staging / mf.POPULARITY_FILE, popularity)
+    return popularity_source
+
+
+def _build_indexes(
+    factors: Factors, staging: Path, opts: BuildOptions, phase: _PhaseTimer
+) -> tuple[mf.AnnoySpec, mf.MipsSpec]:
+    angular = mf.AnnoySpec(
+        file=mf.ANGULAR_FILE, metric="angular", dim=factors.dim, n_trees=opts.n_trees
+    )
+    with phase("angular_index"):
+        build_annoy(
+            factors.item_factors,
+            staging / angular.file,
+            metric=angular.metric,
+            n_trees=opts.n_trees,
+            seed=opts.seed,
+            n_jobs=opts.n_jobs,
+            label="angular",
+        )
+    with phase("mips_index"):
+        mips = build_mips_bands(
+            factors.item_factors,
+            staging,
+            n_trees=opts.mips_trees,
+            seed=opts.seed,
+            n_jobs=opts.n_jobs,
+        )
+    return angular, mips
+
+
+def _verify_and_measure(
+    manifest: mf.Manifest, staging: Path, factors: Factors, opts: BuildOptions, phase: _PhaseTimer
+) -> mf.Manifest:
+    """Read back what was written, as a worker will, and measure it (the quality report);
+    QualityTooLow when the served recall is below the minimum."""
+    with phase("verify"):
+        check_files(staging, manifest)
+        angular_index = load_annoy(staging, manifest.angular_index)
+    try:
+        check_indexes(manifest, angular_index, factors.item_factors)
+        mips_bands = load_bands(staging, manifest.mips_index, factors.item_factors)
+        try:
+            if not opts.quality:
+                return manifest
+            with phase("quality"):
+                report = measure_quality(
+                    angular_index,
+                    mips_bands,
+                    factors,
+                    n_trees=opts.n_trees,
+                    target_recall=opts.target_recall,
+                    n_queries=opts.quality_queries,
+                    seed=opts.seed,
+                )
+            _refuse_if_poor(report, opts.min_recall)
+            return manifest.model_copy(update={"quality": report})
+        finally:
+            mips_bands.unload()
+    finally:
+        angular_index.unload()
 
 
 def popularity_ranking(
