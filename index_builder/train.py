@@ -121,56 +121,10 @@ def train_als(
     threaded OpenBLAS underneath oversubscribes the cores (implicit warns, and it is many times
     slower). implicit's own thread count is left at its default, all cores.
     """
-    try:
-        implicit = import_module("implicit")
-        cpu_als = import_module("implicit.cpu.als")
-        recommender_base = import_module("implicit.recommender_base")
-    except ImportError as exc:
-        raise AnnrecError(TRAIN_EXTRA_HINT) from exc
-    threadpoolctl = _require("threadpoolctl")
-    try:
-        params = TrainParams(
-            factors=factors,
-            regularization=regularization,
-            alpha=alpha,
-            iterations=iterations,
-            seed=seed,
-            n_interactions=interactions.n_interactions,
-            implicit_version=str(implicit.__version__),
-        )
-    except ValidationError as exc:
-        raise InvalidInput(f"ALS parameter {describe(exc)}") from exc
-    if interactions.n_interactions == 0:
-        raise InvalidInput("no interactions with a positive weight to train on")
-
+    params = _train_params(interactions, factors, regularization, alpha, iterations, seed)
     started = time.perf_counter()
-    # The constructor is inside the limit too: that is where implicit checks (and warns about) BLAS.
-    with threadpoolctl.threadpool_limits(1, "blas"):
-        # The cpu class directly: the generic factory would pick the GPU whenever CUDA is found.
-        model = cpu_als.AlternatingLeastSquares(
-            factors=factors,
-            regularization=regularization,
-            alpha=alpha,
-            dtype=np.float32,
-            iterations=iterations,
-            random_state=seed,
-        )
-        try:
-            model.fit(interactions.user_items, show_progress=show_progress)
-        except recommender_base.ModelFitError as exc:
-            raise AnnrecError(
-                f"ALS diverged ({exc}); try a larger regularization or a smaller alpha"
-            ) from exc
-
+    item_factors, user_factors = _fit(interactions, params, show_progress)
     n_users, n_items = interactions.user_items.shape
-    item_factors = np.asarray(model.item_factors, dtype=np.float32)
-    user_factors = np.asarray(model.user_factors, dtype=np.float32)
-    if item_factors.shape != (n_items, factors) or user_factors.shape != (n_users, factors):
-        raise AnnrecError(
-            f"implicit {params.implicit_version} returned factors of shape "
-            f"{item_factors.shape} (items) and {user_factors.shape} (users); expected "
-            f"({n_items}, {factors}) and ({n_users}, {factors})"
-        )
     log.info(
         "als_trained",
         users=n_users,
@@ -187,6 +141,76 @@ def train_als(
         item_factors, user_factors, interactions.item_ids, interactions.user_ids, popularity
     )
     return trained, params
+
+
+def _train_params(
+    interactions: Interactions,
+    factors: int,
+    regularization: float,
+    alpha: float,
+    iterations: int,
+    seed: int,
+) -> TrainParams:
+    """The parameters as the manifest records them; InvalidInput names a bad one."""
+    try:
+        implicit = import_module("implicit")
+    except ImportError as exc:
+        raise AnnrecError(TRAIN_EXTRA_HINT) from exc
+    try:
+        params = TrainParams(
+            factors=factors,
+            regularization=regularization,
+            alpha=alpha,
+            iterations=iterations,
+            seed=seed,
+            n_interactions=interactions.n_interactions,
+            implicit_version=str(implicit.__version__),
+        )
+    except ValidationError as exc:
+        raise InvalidInput(f"ALS parameter {describe(exc)}") from exc
+    if interactions.n_interactions == 0:
+        raise InvalidInput("no interactions with a positive weight to train on")
+    return params
+
+
+def _fit(
+    interactions: Interactions, params: TrainParams, show_progress: bool
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+    """(item factors, user factors) of implicit's CPU ALS, checked for shape."""
+    try:
+        cpu_als = import_module("implicit.cpu.als")
+        recommender_base = import_module("implicit.recommender_base")
+    except ImportError as exc:
+        raise AnnrecError(TRAIN_EXTRA_HINT) from exc
+    threadpoolctl = _require("threadpoolctl")
+    # The constructor is inside the limit too: that is where implicit checks (and warns about) BLAS.
+    with threadpoolctl.threadpool_limits(1, "blas"):
+        # The cpu class directly: the generic factory would pick the GPU whenever CUDA is found.
+        model = cpu_als.AlternatingLeastSquares(
+            factors=params.factors,
+            regularization=params.regularization,
+            alpha=params.alpha,
+            dtype=np.float32,
+            iterations=params.iterations,
+            random_state=params.seed,
+        )
+        try:
+            model.fit(interactions.user_items, show_progress=show_progress)
+        except recommender_base.ModelFitError as exc:
+            raise AnnrecError(
+                f"ALS diverged ({exc}); try a larger regularization or a smaller alpha"
+            ) from exc
+    n_users, n_items = interactions.user_items.shape
+    item_factors = np.asarray(model.item_factors, dtype=np.float32)
+    user_factors = np.asarray(model.user_factors, dtype=np.float32)
+    expected_items, expected_users = (n_items, params.factors), (n_users, params.factors)
+    if item_factors.shape != expected_items or user_factors.shape != expected_users:
+        raise AnnrecError(
+            f"implicit {params.implicit_version} returned factors of shape "
+            f"{item_factors.shape} (items) and {user_factors.shape} (users); expected "
+            f"{expected_items} and {expected_users}"
+        )
+    return item_factors, user_factors
 
 
 def _require(module: str) -> ModuleType:
