@@ -18,7 +18,7 @@ class BuilderSettings(CommonSettings):
         0.95, gt=0, le=1, description="recall@10 that search_k is tuned for"
     )
     # "Far below target": catches broken builds (Annoy's buggy `dot` metric scored 0.003-0.175,
-    # annoy #619) without refusing honest-but-weak ones (Annoy MIPS on skewed norms, issue 6).
+    # annoy #619) without refusing honest-but-weak ones (one augmented index over skewed norms).
     min_recall: float = Field(0.3, ge=0, le=1, description="below this a build is not published")
     fold_in_regularization: float = Field(
         0.01, ge=0, description="ALS regularization for recent_items fold-in (untrained factors)"

@@ -34,10 +34,10 @@ FloatArray = npt.NDArray[np.float32]
 IntArray = npt.NDArray[np.int64]
 Ranked = tuple[IntArray, FloatArray]
 
-# Items in the first (longest-norm) band, and the growth of each next band. Measured at 1M x 64
-# (BENCHMARKS.md): the first ~2,500 norms are too spread for trees (recall 0.45 with trees over
-# the first 2,048, 0.99 scanning them), so the first bands are scanned exactly; a small first
-# band lets the bound stop after 512 items when the answers are all there (ALS factors).
+# Items in the first (longest-norm) band, and the growth of each next band. The longest norms are
+# too spread for trees to separate, so the first bands are scanned exactly (EXACT_HEADS); a small
+# first band lets the bound stop after 512 items when the answers are all there, as they are on
+# ALS factors (BENCHMARKS.md, "user -> items", compares heads and bands at 1M x 64).
 FIRST_BAND = 512
 BAND_GROWTH = 4
 # Exact heads the quality report tries: the first one, two or three bands scanned exactly. A

@@ -38,8 +38,9 @@ Strategy = Literal["ann", "exact"]
 WIDEN_ROUNDS = 3
 WIDEN_FACTOR = 4
 # Norm-ordered items a filtered user -> items search scans exactly (their passing rows only):
-# the whole contiguous head. Measured at 1M: recall at 10% selectivity 0.967 -> 0.98 over the
-# tuned head of 2,560 (BENCHMARKS.md, filters).
+# the whole contiguous head, whatever head the unfiltered plan tuned: the passing items among the
+# longest norms are the likeliest answers and the ones trees separate worst (BENCHMARKS.md,
+# filters: recall >= 0.98 at every selectivity at 1M).
 FILTERED_HEAD = banded.HEAD_ROWS
 # Above this share of the catalogue, scoring every item and masking beats gathering the rows.
 DENSE_SCAN_FRACTION = 0.25

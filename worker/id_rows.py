@@ -1,9 +1,9 @@
 """Id -> row lookup over a version's id array, without a Python object per id.
 
-A dict of a million str keys took 0.6 s of pure-Python work to build and holds the GIL all
-along: built by the loader thread beside serving, it starved the serving thread (query p99 while
-a 1M version loaded: 22x idle; with this: 1.18x, `annrec bench load`, BENCHMARKS.md), and freeing
-the old one at a swap paused serving again. It also costs ~100 MB per million ids, twice over
+A dict of a million str keys takes 0.6 s of pure-Python work to build and holds the GIL all
+along: built by the loader thread beside serving, it starves the serving thread (`annrec bench
+load` measures query latency while a version loads beside serving, BENCHMARKS.md), and freeing
+the old one at a swap pauses serving again. It also costs ~100 MB per million ids, twice over
 during a swap. Here the ids stay one numpy array, sorted once (a stable argsort in C: ~50 ms at
 1M) and searched by bisection: ~4 us per single lookup; lists of ids go in one vectorized call.
 """

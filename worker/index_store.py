@@ -256,11 +256,10 @@ class IndexStore:
 
 
 # Loading a new version (sha256 of every file, mmap + prefault, verification) runs beside serving
-# on the same cores. What actually hurt serving was not CPU but the GIL: Python work in the
-# loader (a dict of every id, 0.6 s at 1M) made each GIL hand-off of the serving thread wait
-# (p99 during swaps 618-696 ms end to end); the loader now does its work in C and that is gone
-# (BENCHMARKS.md, "Loading a version beside serving"). The lower priority is kept for the CPU
-# part: it yields the cores to serving and to other processes on the machine.
+# on the same cores. Its work stays in C (hashlib, numpy, Annoy): Python work in the loader holds
+# the GIL and makes every hand-off of the serving thread wait (a dict of a million ids, 0.6 s,
+# is enough to be seen in `annrec bench load`). The lower priority yields the cores to serving
+# and to other processes on the machine.
 LOADER_NICE = 10
 
 
