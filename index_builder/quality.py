@@ -103,23 +103,23 @@ def measure_quality(
         # Filtered queries, at the strategy just chosen: where the planner switches to
         # exact-over-subset (query_engine/filtered.py). Each kind has its own query set (a small
         # catalogue or user table yields fewer than FILTER_QUERIES), so each is capped by it.
-        similar = _with_filter_plan(
-            "similar_items",
-            similar,
-            *_filtered_similar(version, similar, queries.item_rows, k),
-            len(items),
-            min(len(queries.item_rows), FILTER_QUERIES),
-            target_recall,
-            rng,
-        )
-        recommend = _with_filter_plan(
-            "recommend",
-            recommend,
-            *_filtered_recommend(version, recommend, queries.users, k),
-            len(items),
-            min(len(queries.users), FILTER_QUERIES),
-            target_recall,
-            rng,
+        filtered_paths = [
+            ("similar_items", similar, _filtered_similar(version, similar, queries.item_rows, k)),
+            ("recommend", recommend, _filtered_recommend(version, recommend, queries.users, k)),
+        ]
+        n_queries_of = {"similar_items": len(queries.item_rows), "recommend": len(queries.users)}
+        similar, recommend = (
+            _with_filter_plan(
+                label,
+                served,
+                ann,
+                exact,
+                len(items),
+                min(n_queries_of[label], FILTER_QUERIES),
+                target_recall,
+                rng,
+            )
+            for label, served, (ann, exact) in filtered_paths
         )
     return QualityReport(
         k=k, target_recall=target_recall, similar_items=similar, recommend=recommend
