@@ -26,7 +26,7 @@ from index_builder.settings import BuilderSettings
 from index_builder.synth import synth_attributes, synth_factors, write_synth_interactions
 from index_builder.train import load_interactions, train_als
 from schemas.errors import AnnrecError
-from schemas.manifest import Manifest
+from schemas.manifest import Manifest, TrainParams
 
 log = structlog.get_logger(__name__)
 
@@ -186,27 +186,7 @@ def builder_settings(args: argparse.Namespace) -> BuilderSettings:
 def run_build(
     args: argparse.Namespace, settings: BuilderSettings, kafka_conf: dict[str, str] | None
 ) -> Manifest:
-    training, synthetic = None, False
-    if args.factors:
-        factors, source = load_factors(args.factors), str(args.factors)
-    elif args.interactions:
-        factors, training = train_als(
-            load_interactions(args.interactions),
-            factors=args.als_factors,
-            regularization=args.als_regularization,
-            alpha=args.als_alpha,
-            iterations=args.als_iterations,
-            seed=args.seed,
-        )
-        source = str(args.interactions)
-    elif args.item_factors:
-        factors = load_factor_arrays(
-            args.item_factors, args.user_factors, args.item_ids, args.user_ids
-        )
-        source = str(args.item_factors)
-    else:
-        factors, source = synth_from_args(args), f"synth(seed={args.seed})"
-        synthetic = True
+    factors, source, training, synthetic = _factors(args)
     attributes = None
     if args.attributes:
         attributes = read_table(args.attributes, factors.item_ids.tolist())
@@ -224,17 +204,6 @@ def run_build(
         announce_version(kafka_conf, settings.topic_index_versions, manifest)
         log.info("version_announced", version=manifest.version, topic=settings.topic_index_versions)
 
-    options = BuildOptions(
-        n_trees=settings.n_trees,
-        mips_trees=settings.mips_trees,
-        seed=settings.seed,
-        n_jobs=settings.build_jobs,
-        quality=not args.no_quality,
-        target_recall=settings.target_recall,
-        min_recall=settings.min_recall,
-        fold_in_regularization=settings.fold_in_regularization,
-        fold_in_alpha=settings.fold_in_alpha,
-    )
     remote_store = None
     local_root = Path(settings.storage)
     if is_remote(settings.storage):
@@ -243,11 +212,48 @@ def run_build(
     return publish_version(
         factors,
         local_root,
-        options,
+        _build_options(settings, quality=not args.no_quality),
         remote=remote_store,
         source=source,
         training=training,
         announce=announce if kafka_conf is not None else None,
         attributes=attributes,
         item_updates=updates,
+    )
+
+
+def _factors(args: argparse.Namespace) -> tuple[Factors, str, TrainParams | None, bool]:
+    """The factors the flags name, where they come from, the ALS training that made them (if
+    any), and whether they are synthetic."""
+    if args.factors:
+        return load_factors(args.factors), str(args.factors), None, False
+    if args.interactions:
+        factors, training = train_als(
+            load_interactions(args.interactions),
+            factors=args.als_factors,
+            regularization=args.als_regularization,
+            alpha=args.als_alpha,
+            iterations=args.als_iterations,
+            seed=args.seed,
+        )
+        return factors, str(args.interactions), training, False
+    if args.item_factors:
+        factors = load_factor_arrays(
+            args.item_factors, args.user_factors, args.item_ids, args.user_ids
+        )
+        return factors, str(args.item_factors), None, False
+    return synth_from_args(args), f"synth(seed={args.seed})", None, True
+
+
+def _build_options(settings: BuilderSettings, quality: bool) -> BuildOptions:
+    return BuildOptions(
+        n_trees=settings.n_trees,
+        mips_trees=settings.mips_trees,
+        seed=settings.seed,
+        n_jobs=settings.build_jobs,
+        quality=quality,
+        target_recall=settings.target_recall,
+        min_recall=settings.min_recall,
+        fold_in_regularization=settings.fold_in_regularization,
+        fold_in_alpha=settings.fold_in_alpha,
     )

@@ -32,6 +32,7 @@ from schemas.errors import AnnrecError
 from schemas.events import RecommendRequest, Reply, SimilarItemsRequest
 from schemas.filters import AllOf, AttrEquals
 from schemas.layout import version_dir
+from schemas.manifest import Manifest
 from schemas.settings import CommonSettings
 from tools import services
 from tools.client import ReplyWaiter, format_reply, new_request_id, send_requests
@@ -51,20 +52,48 @@ def register(parser: argparse.ArgumentParser) -> None:
 def run_demo(keep: bool = False) -> int:
     settings = CommonSettings()
     stack = LocalStack(settings.stack_dir)
-    started_stack = False
-    if settings.kafka_bootstrap is None or settings.redis_url is None:
-        started_stack = stack.running() is None
-        _say(
-            f"starting local Kafka + Redis in {stack.state_dir}"
-            if started_stack
-            else "using the running local stack"
-        )
-        stack.up()
+    started_stack = _stack_up(settings, stack)
     kafka = services.kafka_conf(settings)
     redis_url = services.redis_url(settings)
     ensure_topics(kafka, topic_specs(settings))
 
     storage = Path(tempfile.mkdtemp(prefix="annrec-demo-"))
+    factors, manifest = _publish(storage, kafka, settings)
+    attributes = load_attributes(
+        version_dir(storage, manifest.version), manifest.attributes, manifest.n_items
+    )
+    worker = _start_worker(storage, kafka, redis_url)
+    try:
+        replies = _ask(kafka, settings, worker)
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        worker.wait(timeout=60)
+        if started_stack and not keep:
+            stack.down()
+    _show(replies, factors, manifest.version, attributes)
+    if started_stack and keep:
+        _say("stack left running: `annrec stack down` stops it")
+    return 0
+
+
+def _stack_up(settings: CommonSettings, stack: LocalStack) -> bool:
+    """The local stack up unless the environment names Kafka and Redis; True if this started
+    it (then the demo stops it at the end, unless --keep)."""
+    if settings.kafka_bootstrap is not None and settings.redis_url is not None:
+        return False
+    started = stack.running() is None
+    _say(
+        f"starting local Kafka + Redis in {stack.state_dir}"
+        if started
+        else "using the running local stack"
+    )
+    stack.up()
+    return started
+
+
+def _publish(
+    storage: Path, kafka: dict[str, str], settings: CommonSettings
+) -> tuple[Factors, Manifest]:
     _say(
         f"building a synthetic index (20,000 items, 2,000 users, K=32, attributes category, "
         f"brand, in_stock) into {storage}"
@@ -78,10 +107,11 @@ def run_demo(keep: bool = False) -> int:
         announce=lambda m: announce_version(kafka, settings.topic_index_versions, m),
         attributes=synth_attributes(20_000, seed=7),
     )
-    attributes = load_attributes(
-        version_dir(storage, manifest.version), manifest.attributes, manifest.n_items
-    )
+    return factors, manifest
 
+
+def _start_worker(storage: Path, kafka: dict[str, str], redis_url: str) -> subprocess.Popen[bytes]:
+    """A real `annrec worker` process serving `storage`, its log beside the version."""
     env = {
         **os.environ,
         "ANNREC_STORAGE": str(storage),
@@ -92,23 +122,12 @@ def run_demo(keep: bool = False) -> int:
     log_path = storage / "worker.log"
     _say(f"starting a worker (log: {log_path})")
     with log_path.open("wb") as log:
-        worker = subprocess.Popen(
+        return subprocess.Popen(
             [sys.executable, "-m", "tools.cli", "worker"],
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
         )
-    try:
-        replies = _ask(kafka, settings, worker)
-    finally:
-        worker.send_signal(signal.SIGTERM)
-        worker.wait(timeout=60)
-        if started_stack and not keep:
-            stack.down()
-    _show(replies, factors, manifest.version, attributes)
-    if started_stack and keep:
-        _say("stack left running: `annrec stack down` stops it")
-    return 0
 
 
 def _ask(

@@ -19,6 +19,7 @@ import shlex
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -127,29 +128,85 @@ def bench_ann(
 ) -> dict[str, Any]:
     """Measure every method on every dataset and task; write ann.json and ann-<dataset>.png into
     `out`; print the tables on stdout (progress and notes go to stderr); return ann.json's dict."""
-    if not datasets or set(datasets) - set(DATASETS):
-        raise InvalidInput(f"datasets must be among {', '.join(DATASETS)} (got {datasets})")
-    if not tasks or set(tasks) - set(TASKS):
-        raise InvalidInput(f"tasks must be among {', '.join(TASKS)} (got {tasks})")
+    run = _Run(
+        n_items=n_items,
+        datasets=list(datasets),
+        n_trees=n_trees,
+        queries=queries,
+        timed_queries=timed_queries,
+        seed=seed,
+        peers=peers,
+        mips_trees=mips_trees,
+        tasks=tuple(tasks),
+        variants=variants,
+        band_trees=tuple(band_trees),
+    )
+    run.check()
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     blas_default = [i.get("num_threads") for i in threadpool_info() if i["user_api"] == "blas"]
     usable = _usable_peers(peers)
-    result: dict[str, Any] = {
+    result = _header(run, usable)
+    with (
+        threadpool_limits(1, user_api="blas"),
+        tempfile.TemporaryDirectory(dir=out, prefix=".ann-tmp-") as tmp,
+    ):
+        result["machine"] = machine_info() | {"blas_threads_default": blas_default}
+        result["machine"]["packages"] |= {p: _version(p) for p in EXTRA_PACKAGES}
+        for name in run.datasets:
+            info = _measure_dataset(run, name, usable, Path(tmp))
+            result["datasets"][name] = info
+            result["plots"].append(_plot(out, name, info, n_trees, mips_trees))
+            # Written after every dataset: an interrupted long run keeps what it measured.
+            (out / "ann.json").write_text(json.dumps(result, indent=2))
+    result["wall_s"] = round(time.perf_counter() - started, 1)
+    (out / "ann.json").write_text(json.dumps(result, indent=2))
+    print_tables(result)
+    return result
+
+
+@dataclass(frozen=True)
+class _Run:
+    """What one `bench ann` run measures (bench_ann's arguments)."""
+
+    n_items: int
+    datasets: list[str]
+    n_trees: int
+    queries: int
+    timed_queries: int
+    seed: int
+    peers: bool
+    mips_trees: int
+    tasks: tuple[str, ...]
+    variants: bool
+    band_trees: tuple[int, ...]
+
+    def check(self) -> None:
+        if not self.datasets or set(self.datasets) - set(DATASETS):
+            raise InvalidInput(
+                f"datasets must be among {', '.join(DATASETS)} (got {self.datasets})"
+            )
+        if not self.tasks or set(self.tasks) - set(TASKS):
+            raise InvalidInput(f"tasks must be among {', '.join(TASKS)} (got {self.tasks})")
+
+
+def _header(run: _Run, usable: dict[peer_libs.Peer, dict[str, Any]]) -> dict[str, Any]:
+    """ann.json before any measurement: the command, its parameters and the peers' status."""
+    return {
         "benchmark": "ann",
         "command": shlex.join(sys.argv),
         "params": {
-            "n_items": n_items,
-            "datasets": list(datasets),
-            "n_trees": n_trees,
-            "mips_trees": mips_trees,
-            "tasks": list(tasks),
-            "variants": variants,
-            "band_trees": list(band_trees) if variants else [],
-            "queries": queries,
-            "timed_queries": timed_queries,
-            "seed": seed,
-            "peers": peers,
+            "n_items": run.n_items,
+            "datasets": list(run.datasets),
+            "n_trees": run.n_trees,
+            "mips_trees": run.mips_trees,
+            "tasks": list(run.tasks),
+            "variants": run.variants,
+            "band_trees": list(run.band_trees) if run.variants else [],
+            "queries": run.queries,
+            "timed_queries": run.timed_queries,
+            "seed": run.seed,
+            "peers": run.peers,
             "k": K,
             "dim": DIM,
             "batch": BATCH,
@@ -168,50 +225,54 @@ def bench_ann(
         "datasets": {},
         "plots": [],
     }
-    with (
-        threadpool_limits(1, user_api="blas"),
-        tempfile.TemporaryDirectory(dir=out, prefix=".ann-tmp-") as tmp,
-    ):
-        result["machine"] = machine_info() | {"blas_threads_default": blas_default}
-        result["machine"]["packages"] |= {p: _version(p) for p in EXTRA_PACKAGES}
-        for name in datasets:
-            factors, info = _dataset(name, n_items, seed)
-            info["tasks"] = {}
-            for task in _tasks(factors, np.random.default_rng(seed), queries, timed_queries):
-                if task.name not in tasks:
-                    continue
-                methods = _brute_force(task, factors)
-                floor = methods[0]["points"][0]["queries_per_s"]
-                if task.metric == "cosine":
-                    methods.append(_annrec_similar(task, factors, Path(tmp), n_trees))
-                else:
-                    items = factors.item_factors
-                    methods.append(
-                        measure_bands(task, items, Path(tmp), mips_trees, "annrec", floor)
-                    )
-                    if variants:
-                        methods += measure_variants(
-                            task, factors, Path(tmp), n_trees, list(band_trees), floor
-                        )
-                for peer, status in usable.items():
-                    if status["available"]:
-                        methods.append(_peer(peer, task, factors, seed))
-                add_speedups(methods, *(m["points"][0]["queries_per_s"] for m in methods[:2]))
-                info["tasks"][task.name] = {
-                    "metric": task.metric,
-                    "queries": len(task.truth),
-                    "timed_queries": task.timed,
-                    "ground_truth_s": round(task.truth_s, 2),
-                    "methods": methods,
-                }
-            result["datasets"][name] = info
-            result["plots"].append(_plot(out, name, info, n_trees, mips_trees))
-            # Written after every dataset: an interrupted long run keeps what it measured.
-            (out / "ann.json").write_text(json.dumps(result, indent=2))
-    result["wall_s"] = round(time.perf_counter() - started, 1)
-    (out / "ann.json").write_text(json.dumps(result, indent=2))
-    print_tables(result)
-    return result
+
+
+def _measure_dataset(
+    run: _Run, name: str, usable: dict[peer_libs.Peer, dict[str, Any]], tmp: Path
+) -> dict[str, Any]:
+    """One dataset: its description and, per task asked for, every method's points."""
+    factors, info = _dataset(name, run.n_items, run.seed)
+    info["tasks"] = {}
+    rng = np.random.default_rng(run.seed)
+    for task in _tasks(factors, rng, run.queries, run.timed_queries):
+        if task.name not in run.tasks:
+            continue
+        methods = _methods(run, task, factors, usable, tmp)
+        add_speedups(methods, *(m["points"][0]["queries_per_s"] for m in methods[:2]))
+        info["tasks"][task.name] = {
+            "metric": task.metric,
+            "queries": len(task.truth),
+            "timed_queries": task.timed,
+            "ground_truth_s": round(task.truth_s, 2),
+            "methods": methods,
+        }
+    return info
+
+
+def _methods(
+    run: _Run,
+    task: Task,
+    factors: Factors,
+    usable: dict[peer_libs.Peer, dict[str, Any]],
+    tmp: Path,
+) -> list[dict[str, Any]]:
+    """Brute force (single, batched) first, then annrec's method (and its variants), then the
+    peers available."""
+    methods = _brute_force(task, factors)
+    floor = methods[0]["points"][0]["queries_per_s"]
+    if task.metric == "cosine":
+        methods.append(_annrec_similar(task, factors, tmp, run.n_trees))
+    else:
+        items = factors.item_factors
+        methods.append(measure_bands(task, items, tmp, run.mips_trees, "annrec", floor))
+        if run.variants:
+            methods += measure_variants(
+                task, factors, tmp, run.n_trees, list(run.band_trees), floor
+            )
+    for peer, status in usable.items():
+        if status["available"]:
+            methods.append(_peer(peer, task, factors, run.seed))
+    return methods
 
 
 def _usable_peers(enabled: bool) -> dict[peer_libs.Peer, dict[str, Any]]:

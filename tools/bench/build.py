@@ -58,10 +58,7 @@ def bench_build(
         print(f"generating {n_items} x {dim} synthetic factors", file=sys.stderr)
         save_factors(factors_path, synth_factors(n_items, n_users, dim, seed=seed))
     storage = out / "storage"
-    cmd = [
-        sys.executable,
-        "-m",
-        "tools.cli",
+    build_args = [
         "build",
         "--factors",
         str(factors_path),
@@ -73,18 +70,13 @@ def bench_build(
         str(mips_trees),
         "--no-announce",
     ]
-    start = time.perf_counter()
-    proc = subprocess.run(cmd, check=False)
-    wall = time.perf_counter() - start
-    if proc.returncode != 0:
-        raise AnnrecError(f"annrec build failed with exit code {proc.returncode}")
-    peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    wall, peak_kib = _run_build(build_args)
     version = read_latest(storage)
     assert version is not None
     directory = version_dir(storage, version)
     manifest = Manifest.model_validate_json((directory / "manifest.json").read_text())
     result = {
-        "command": " ".join(["annrec", *cmd[3:]]),
+        "command": " ".join(["annrec", *build_args]),
         "params": {
             "n_items": n_items,
             "n_users": n_users,
@@ -103,6 +95,16 @@ def bench_build(
     (out / "build.json").write_text(json.dumps(result, indent=2))
     _print(result)
     return result
+
+
+def _run_build(build_args: list[str]) -> tuple[float, int]:
+    """`annrec <build_args>` in a child process: its wall time (s) and peak RSS (KiB)."""
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "tools.cli", *build_args], check=False)
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise AnnrecError(f"annrec build failed with exit code {proc.returncode}")
+    return wall, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
 
 
 def _print(r: dict[str, Any]) -> None:

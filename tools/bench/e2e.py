@@ -26,7 +26,6 @@ import tempfile
 import threading
 import time
 import uuid
-from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -75,6 +74,26 @@ class Run:
     live_recall: bool = True
 
 
+RUNS = (
+    Run("echo", 1, echo=True),
+    Run("1 worker", 1),
+    Run("1 worker, no live recall", 1, live_recall=False),
+    Run("2 workers", 2),
+)
+SWAP_RUN = Run("1 worker + 3 swaps", 1)
+
+
+@dataclass(frozen=True)
+class _Served:
+    """What every run's workers serve: the services, the storage, its users, the p99 bound."""
+
+    kafka: dict[str, str]
+    redis_url: str
+    storage: Path
+    n_users: int
+    max_p99_ms: float
+
+
 def bench_e2e(
     out: Path,
     rates: list[int],
@@ -85,47 +104,16 @@ def bench_e2e(
     swap_rate: int | None = None,
 ) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
-    endpoints = ExitStack()
-    svc = endpoints.enter_context(services.configured_or_local())
-    kafka, redis_url = svc.kafka, svc.redis_url
-    storage = Path(tempfile.mkdtemp(prefix="annrec-e2e-"))
-    factors = synth_factors(n_items, max(1000, n_items // 10), dim, seed=1)
-    publish_version(factors, storage, BuildOptions())
-    n_users = len(factors.user_ids)
-    runs = [
-        Run("echo", 1, echo=True),
-        Run("1 worker", 1),
-        Run("1 worker, no live recall", 1, live_recall=False),
-        Run("2 workers", 2),
-    ]
-    results: dict[str, Any] = {"runs": {}}
-    try:
-        for run in runs:
-            results["runs"][run.label] = _sweep(
-                run, rates, duration_s, kafka, redis_url, storage, n_users, max_p99_ms
-            )
+    with services.configured_or_local() as svc:
+        storage = Path(tempfile.mkdtemp(prefix="annrec-e2e-"))
+        factors = synth_factors(n_items, max(1000, n_items // 10), dim, seed=1)
+        publish_version(factors, storage, BuildOptions())
+        served = _Served(svc.kafka, svc.redis_url, storage, len(factors.user_ids), max_p99_ms)
+        results: dict[str, Any] = {"runs": {}}
+        for run in RUNS:
+            results["runs"][run.label] = _sweep(served, run, rates, duration_s)
         rate = swap_rate or _highest(results["runs"]["1 worker"]) // 2 or rates[0]
-        # The next versions are built before the run: what is measured is the workers' cost of
-        # loading, verifying, warming and swapping, not a build competing for the same 2 cores.
-        side = Path(tempfile.mkdtemp(prefix="annrec-e2e-next-"))
-        upcoming = [
-            publish_version(synth_factors(n_items, n_users, dim, seed=100 + i), side).version
-            for i in range(3)
-        ]
-        swap = Run("1 worker + 3 swaps", 1)
-        results["runs"][swap.label] = _sweep(
-            swap,
-            [rate],
-            max(duration_s, 15),
-            kafka,
-            redis_url,
-            storage,
-            n_users,
-            max_p99_ms,
-            (side, upcoming),
-        )
-    finally:
-        endpoints.close()
+        results["runs"][SWAP_RUN.label] = _swap_run(served, rate, max(duration_s, 15), n_items, dim)
     results.update(
         {
             "params": {
@@ -133,7 +121,7 @@ def bench_e2e(
                 "duration_s": duration_s,
                 "n_items": n_items,
                 "dim": dim,
-                "n_users": n_users,
+                "n_users": served.n_users,
                 "max_p99_ms": max_p99_ms,
                 "request": "recommend user_id k=10",
             },
@@ -147,53 +135,59 @@ def bench_e2e(
     return results
 
 
+def _swap_run(
+    served: _Served, rate: int, duration_s: float, n_items: int, dim: int
+) -> list[dict[str, Any]]:
+    """One worker at `rate` while three new versions are moved in and announced. They are built
+    before the run: what is measured is the workers' cost of loading, verifying, warming and
+    swapping, not a build competing for the same 2 cores."""
+    side = Path(tempfile.mkdtemp(prefix="annrec-e2e-next-"))
+    upcoming = [
+        publish_version(synth_factors(n_items, served.n_users, dim, seed=100 + i), side).version
+        for i in range(3)
+    ]
+    return _sweep(served, SWAP_RUN, [rate], duration_s, (side, upcoming))
+
+
 def _sweep(
+    served: _Served,
     run: Run,
     rates: list[int],
     duration_s: float,
-    kafka: dict[str, str],
-    redis_url: str,
-    storage: Path,
-    n_users: int,
-    max_p99_ms: float,
     upcoming: tuple[Path, list[str]] | None = None,
 ) -> list[dict[str, Any]]:
+    """The run's workers on fresh topics, then each rate in turn until one is not sustained."""
     tag = uuid.uuid4().hex[:8]
     topics = CommonSettings(**prefixed_topics(f"bench{tag}"))
-    env = {
-        **os.environ,
-        "ANNREC_KAFKA_BOOTSTRAP": kafka["bootstrap.servers"],
-        "ANNREC_REDIS_URL": redis_url,
-        "ANNREC_STORAGE": str(storage),
-        **topic_env(topics),
-        "ANNREC_GROUP_ID": f"bench{tag}",
-        "ANNREC_METRICS_PORT": "-1",
-        "ANNREC_ECHO": "true" if run.echo else "false",
-        **({} if run.live_recall else {"ANNREC_SHADOW_FRACTION": "0"}),
-    }
-    ensure_topics(kafka, topic_specs(topics))
-    log = (storage / f"workers-{tag}.log").open("ab")
+    ensure_topics(served.kafka, topic_specs(topics))
+    log = (served.storage / f"workers-{tag}.log").open("ab")
     workers = [
         subprocess.Popen(
             [sys.executable, "-m", "tools.cli", "--log-level", "WARNING", "worker"],
-            env=env,
+            env=_worker_env(served, run, topics, tag),
             stdout=log,
             stderr=subprocess.STDOUT,
         )
         for _ in range(run.workers)
     ]
     try:
-        _warm_up(kafka, topics, n_users, run.workers)
+        _warm_up(served.kafka, topics, served.n_users, run.workers)
         points = []
         for rate in tqdm(rates, desc=run.label, unit="rate", file=sys.stderr):
             swapper = None
             if upcoming is not None:
                 swapper = threading.Thread(
                     target=_publish_during,
-                    args=(upcoming, duration_s, storage, kafka, topics.topic_index_versions),
+                    args=(
+                        upcoming,
+                        duration_s,
+                        served.storage,
+                        served.kafka,
+                        topics.topic_index_versions,
+                    ),
                 )
                 swapper.start()
-            point = _load(kafka, topics, rate, duration_s, n_users, max_p99_ms)
+            point = _load(served.kafka, topics, rate, duration_s, served.n_users, served.max_p99_ms)
             if swapper is not None:
                 swapper.join()
             points.append(point)
@@ -206,6 +200,20 @@ def _sweep(
         for w in workers:
             w.wait(timeout=60)
         log.close()
+
+
+def _worker_env(served: _Served, run: Run, topics: CommonSettings, tag: str) -> dict[str, str]:
+    return {
+        **os.environ,
+        "ANNREC_KAFKA_BOOTSTRAP": served.kafka["bootstrap.servers"],
+        "ANNREC_REDIS_URL": served.redis_url,
+        "ANNREC_STORAGE": str(served.storage),
+        **topic_env(topics),
+        "ANNREC_GROUP_ID": f"bench{tag}",
+        "ANNREC_METRICS_PORT": "-1",
+        "ANNREC_ECHO": "true" if run.echo else "false",
+        **({} if run.live_recall else {"ANNREC_SHADOW_FRACTION": "0"}),
+    }
 
 
 def _warm_up(kafka: dict[str, str], topics: CommonSettings, n_users: int, workers: int) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 
@@ -22,8 +23,11 @@ def markdown_report(results: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
-def _rows(name: str, f: dict[str, Any]) -> list[tuple[str, Any]]:
-    rows: list[tuple[str, Any]] = [(f"param {k}", v) for k, v in f.get("params", {}).items()]
+Rows = list[tuple[str, Any]]
+
+
+def _rows(name: str, f: dict[str, Any]) -> Rows:
+    rows: Rows = [(f"param {k}", v) for k, v in f.get("params", {}).items()]
     a = f.get("audit")
     if a:
         rows += [
@@ -34,52 +38,66 @@ def _rows(name: str, f: dict[str, Any]) -> list[tuple[str, Any]]:
             ("duplicate replies", a["duplicates"]),
             ("reply statuses", a["statuses"]),
         ]
-    if name == "crash":
-        rows += [
-            ("workers killed with SIGKILL (and restarted)", f["kills"]),
-            ("duplicates identical to the first reply", f["duplicates_identical"]),
-        ]
-    elif name == "swaps":
-        rows += [
-            ("versions that served replies", f["versions_served"]),
-            ("replies naming an unpublished version", f["replies_naming_unpublished_versions"]),
-            (
-                "replies whose scores are not their version's",
-                f["replies_not_matching_their_version"],
-            ),
-            ("failed requests", f["failed"]),
-        ]
-    elif name == "bad-index":
-        for c in f["cases"]:
-            rows.append(
-                (
-                    f"{c['damage']} version",
-                    f"refused: {c['refused']}, logged: {c['refusal_logged']}, "
-                    f"{c['answered']}/20 answered by the previous version: "
-                    f"{c['served_by_previous']}",
-                )
-            )
-        rows += [
-            ("annrec_index_refusals_total", f["refusals_metric"]),
-            ("next good version served", f["next_good_version_served"]),
-        ]
-    elif name == "outage":
-        rows += [
-            ("broker restart took (s)", f["broker_restart_s"]),
-            ("batches not written (logged, rewound, retried)", f["write_failures_logged"]),
-            ("workers crashed", f["worker_crashed"] or "none"),
-        ]
-    elif name == "fuzz":
-        rows += [
-            ("hostile events accepted by Kafka", f["hostile_produced"]),
-            ("dead letters (one per hostile event)", f["dead_letters"]),
-            ("dead letters without a reason", f["dead_letters_without_reason"]),
-            (
-                "valid events interleaved / answered",
-                f"{f['params']['valid']} / {f['valid_answered']}",
-            ),
-            ("valid events lost", f["valid_lost"]),
-            ("workers crashed", f["worker_crashed"] or "none"),
-            ("top reasons", "; ".join(f"{k} ({v})" for k, v in f["reasons"].items())),
-        ]
-    return rows
+    scenario_rows = _SCENARIO_ROWS.get(name)
+    return rows + scenario_rows(f) if scenario_rows else rows
+
+
+def _crash_rows(f: dict[str, Any]) -> Rows:
+    return [
+        ("workers killed with SIGKILL (and restarted)", f["kills"]),
+        ("duplicates identical to the first reply", f["duplicates_identical"]),
+    ]
+
+
+def _swaps_rows(f: dict[str, Any]) -> Rows:
+    return [
+        ("versions that served replies", f["versions_served"]),
+        ("replies naming an unpublished version", f["replies_naming_unpublished_versions"]),
+        ("replies whose scores are not their version's", f["replies_not_matching_their_version"]),
+        ("failed requests", f["failed"]),
+    ]
+
+
+def _bad_index_rows(f: dict[str, Any]) -> Rows:
+    cases = [
+        (
+            f"{c['damage']} version",
+            f"refused: {c['refused']}, logged: {c['refusal_logged']}, "
+            f"{c['answered']}/20 answered by the previous version: {c['served_by_previous']}",
+        )
+        for c in f["cases"]
+    ]
+    return [
+        *cases,
+        ("annrec_index_refusals_total", f["refusals_metric"]),
+        ("next good version served", f["next_good_version_served"]),
+    ]
+
+
+def _outage_rows(f: dict[str, Any]) -> Rows:
+    return [
+        ("broker restart took (s)", f["broker_restart_s"]),
+        ("batches not written (logged, rewound, retried)", f["write_failures_logged"]),
+        ("workers crashed", f["worker_crashed"] or "none"),
+    ]
+
+
+def _fuzz_rows(f: dict[str, Any]) -> Rows:
+    return [
+        ("hostile events accepted by Kafka", f["hostile_produced"]),
+        ("dead letters (one per hostile event)", f["dead_letters"]),
+        ("dead letters without a reason", f["dead_letters_without_reason"]),
+        ("valid events interleaved / answered", f"{f['params']['valid']} / {f['valid_answered']}"),
+        ("valid events lost", f["valid_lost"]),
+        ("workers crashed", f["worker_crashed"] or "none"),
+        ("top reasons", "; ".join(f"{k} ({v})" for k, v in f["reasons"].items())),
+    ]
+
+
+_SCENARIO_ROWS: dict[str, Callable[[dict[str, Any]], Rows]] = {
+    "crash": _crash_rows,
+    "swaps": _swaps_rows,
+    "bad-index": _bad_index_rows,
+    "outage": _outage_rows,
+    "fuzz": _fuzz_rows,
+}

@@ -27,6 +27,7 @@ from index_builder.build import build_annoy
 from index_builder.publish import BuildOptions, publish_version
 from index_builder.storage import adopt_version
 from index_builder.synth import synth_factors
+from schemas.events import DeadLetter
 from schemas.layout import version_dir
 from schemas.manifest import MANIFEST_NAME, Manifest
 from tools.chaos.fuzz import hostile_payloads, valid_payload
@@ -242,48 +243,14 @@ def fuzz(svc: Endpoints, n_hostile: int = 10_000, seed: int = 0, n_items: int = 
     cluster = Cluster.create(svc, n_items)
     cluster.start("w1")
     _warm_up(cluster, 1)
-    hostile = hostile_payloads(seed, n_hostile)
-    n_users = len(cluster.factors.user_ids)
     _allow_large_messages(svc.kafka, cluster.topics.topic_requests)
-    from confluent_kafka import Producer
-
-    # Oversized payloads go through only if the topic and producer allow them (Kafka's default
-    # limit is 1 MiB); the worker's own limit is tested with them either way.
-    producer = Producer({**svc.kafka, "linger.ms": 5, "message.max.bytes": 4 << 20})
-    valid_ids: list[str] = []
-    delivered: list[str] = []  # hostile events the broker took; the others it refused itself
-    refused_by_kafka: list[str] = []
-
-    def on_delivery(err: object, msg: Any) -> None:
-        (refused_by_kafka if err is not None else delivered).append(msg.key().decode())
-
-    for i, (_, rid, payload) in enumerate(hostile):
-        try:
-            producer.produce(
-                cluster.topics.topic_requests,
-                key=rid.encode(),
-                value=payload,
-                on_delivery=on_delivery,
-            )
-        except Exception:
-            refused_by_kafka.append(rid)
-        vid = f"valid-{i}"
-        producer.produce(
-            cluster.topics.topic_requests, key=vid.encode(), value=valid_payload(vid, n_users, i)
-        )
-        valid_ids.append(vid)
-        producer.poll(0)
-    producer.flush(60)
+    valid_ids, delivered, refused_by_kafka = _produce_interleaved(
+        cluster, hostile_payloads(seed, n_hostile)
+    )
     result, _replies, dead = audit(svc.kafka, svc.redis_url, cluster.topics, valid_ids, wait_s=180)
     crashed = cluster.crashed()
     cluster.stop_all()
     dead_ids = {(d.source_partition, d.source_offset) for d in dead}
-    reasons: dict[str, int] = defaultdict(int)
-    for d in dead:
-        # "invalid request: k: ..." -> "invalid request: k"; ids and values quoted in a reason
-        # are elided so that reasons group by kind.
-        kind = re.sub(r"'[^']*'", "'...'", d.reason)
-        reasons[":".join(kind.split(":")[:2]).strip()] += 1
     return {
         "scenario": "fuzz",
         "params": {"hostile": n_hostile, "valid": len(valid_ids), "seed": seed},
@@ -291,7 +258,7 @@ def fuzz(svc: Endpoints, n_hostile: int = 10_000, seed: int = 0, n_items: int = 
         "hostile_refused_by_kafka": len(refused_by_kafka),
         "dead_letters": len(dead),
         "dead_letters_without_reason": sum(1 for d in dead if not d.reason),
-        "reasons": dict(sorted(reasons.items(), key=lambda kv: -kv[1])[:10]),
+        "reasons": _top_reasons(dead),
         "valid_answered": result.replied,
         "valid_lost": result.lost,
         "worker_crashed": crashed,
@@ -300,6 +267,48 @@ def fuzz(svc: Endpoints, n_hostile: int = 10_000, seed: int = 0, n_items: int = 
         and len(dead) == len(delivered)
         and len(dead_ids) == len(dead),
     }
+
+
+def _produce_interleaved(
+    cluster: Cluster, hostile: list[tuple[str, str, bytes]]
+) -> tuple[list[str], list[str], list[str]]:
+    """Each hostile event followed by a valid one; returns the valid ids, the hostile events the
+    broker took and those it refused itself."""
+    from confluent_kafka import Producer
+
+    # Oversized payloads go through only if the topic and producer allow them (Kafka's default
+    # limit is 1 MiB); the worker's own limit is tested with them either way.
+    producer = Producer({**cluster.svc.kafka, "linger.ms": 5, "message.max.bytes": 4 << 20})
+    topic, n_users = cluster.topics.topic_requests, len(cluster.factors.user_ids)
+    valid_ids: list[str] = []
+    delivered: list[str] = []
+    refused_by_kafka: list[str] = []
+
+    def on_delivery(err: object, msg: Any) -> None:
+        (refused_by_kafka if err is not None else delivered).append(msg.key().decode())
+
+    for i, (_, rid, payload) in enumerate(hostile):
+        try:
+            producer.produce(topic, key=rid.encode(), value=payload, on_delivery=on_delivery)
+        except Exception:
+            refused_by_kafka.append(rid)
+        vid = f"valid-{i}"
+        producer.produce(topic, key=vid.encode(), value=valid_payload(vid, n_users, i))
+        valid_ids.append(vid)
+        producer.poll(0)
+    producer.flush(60)
+    return valid_ids, delivered, refused_by_kafka
+
+
+def _top_reasons(dead: list[DeadLetter]) -> dict[str, int]:
+    """The ten commonest kinds of dead-letter reason, with their counts."""
+    reasons: dict[str, int] = defaultdict(int)
+    for d in dead:
+        # "invalid request: k: ..." -> "invalid request: k"; ids and values quoted in a reason
+        # are elided so that reasons group by kind.
+        kind = re.sub(r"'[^']*'", "'...'", d.reason)
+        reasons[":".join(kind.split(":")[:2]).strip()] += 1
+    return dict(sorted(reasons.items(), key=lambda kv: -kv[1])[:10])
 
 
 def _allow_large_messages(kafka: dict[str, str], topic: str, limit: int = 4 << 20) -> None:
