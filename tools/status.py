@@ -20,7 +20,7 @@ import redis
 from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from adapters.catalogue import read_catalogue
+from adapters.version_storage import open_storage
 from schemas import keys
 from worker.settings import WorkerSettings
 
@@ -116,7 +116,7 @@ def _workers(redis_url: str, group: str) -> list[dict[str, Any]]:
 
 
 def _versions(s: WorkerSettings) -> dict[str, Any]:
-    catalogue = read_catalogue(s.storage, s.storage_options)
+    catalogue = open_storage(s.storage, s.storage_options)
     return {"storage": s.storage, "versions": catalogue.versions(), "latest": catalogue.latest()}
 
 

@@ -23,6 +23,7 @@ from threadpoolctl import threadpool_limits
 
 from adapters.item_updates import ItemUpdateLog
 from adapters.topics import ensure_topics, topic_specs
+from adapters.version_storage import open_storage
 from schemas import keys
 from worker.announcements import AnnouncementFollower
 from worker.answer import Outcome, Policy, answer_batch, cached_outcome, echo_batch
@@ -45,7 +46,6 @@ from worker.progress import PartitionProgress
 from worker.settings import WorkerSettings
 from worker.shadow import Publish, ShadowSampler
 from worker.sinks import KafkaSink, RedisSink, SinkError
-from worker.version_source import version_source
 
 log = structlog.get_logger(__name__)
 
@@ -166,7 +166,7 @@ class Worker:
     def _start_store(self, follower: AnnouncementFollower) -> IndexStore:
         s = self.settings
         store = IndexStore(
-            version_source(s.storage, s.cache_dir, s.storage_options),
+            open_storage(s.storage, s.storage_options, s.cache_dir),
             poll_interval_s=s.index_poll_interval_s,
             checksums=s.verify_checksums,
             wakeup=follower.wait,

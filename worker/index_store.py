@@ -20,6 +20,7 @@ import structlog
 from pydantic import ValidationError
 
 from adapters.index_files import check_files, check_indexes, load_annoy, load_attributes, load_bands
+from adapters.version_storage import VersionStorage
 from query_engine.attributes import ItemAttributes
 from query_engine.plan import ServingPlan, VersionSearch
 from query_engine.vectors import item_gramian
@@ -27,7 +28,6 @@ from schemas import manifest as mf
 from schemas.errors import AnnrecError, IndexRejected, VersionMissing, describe
 from schemas.layout import version_dir
 from worker.id_rows import DuplicateIds, IdRows
-from worker.version_source import VersionSource
 
 log = structlog.get_logger(__name__)
 
@@ -161,7 +161,7 @@ class IndexStore:
 
     def __init__(
         self,
-        source: VersionSource,
+        source: VersionStorage,
         *,
         poll_interval_s: float = 2.0,
         checksums: bool = True,

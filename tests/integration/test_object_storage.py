@@ -7,6 +7,7 @@ import pytest
 from moto.server import ThreadedMotoServer
 
 from adapters.object_store import ObjectStore
+from adapters.version_storage import ObjectStorage, open_storage
 from index_builder import remote
 from index_builder.publish import BuildOptions, publish_version
 from index_builder.synth import synth_factors
@@ -14,7 +15,6 @@ from schemas.errors import AnnrecError
 from schemas.layout import version_dir
 from tests.cli import annrec
 from worker.index_store import IndexStore, load_version
-from worker.version_source import ObjectStoreSource, version_source
 
 CREDS = {"key": "testing", "secret": "testing", "client_kwargs": {"region_name": "us-east-1"}}
 
@@ -54,7 +54,7 @@ def test_published_version_round_trips_through_object_storage(store, tmp_path, s
     assert store.read_latest() == manifest.version
     assert store.list_versions() == [manifest.version]
 
-    source = ObjectStoreSource(store, tmp_path / "cache")
+    source = ObjectStorage(store, tmp_path / "cache")
     assert source.latest() == manifest.version
     root = source.materialize(manifest.version)
     version = load_version(root, manifest.version)
@@ -68,7 +68,7 @@ def test_published_version_round_trips_through_object_storage(store, tmp_path, s
 
 def test_a_corrupted_remote_version_is_refused_and_never_cached(store, tmp_path, small_factors):
     good = _publish(store, tmp_path, small_factors)
-    worker_store = IndexStore(ObjectStoreSource(store, tmp_path / "cache"), poll_interval_s=3600)
+    worker_store = IndexStore(ObjectStorage(store, tmp_path / "cache"), poll_interval_s=3600)
     worker_store.start()
     try:
         assert worker_store.current().version == good.version
@@ -100,9 +100,9 @@ def test_names_cannot_escape_the_prefix(store):
 
 
 def test_storage_setting_chooses_the_source(tmp_path, s3_endpoint):
-    assert version_source(str(tmp_path), tmp_path / "c", {}).latest() is None
-    src = version_source("s3://bucket/p", tmp_path / "c", {**CREDS, "endpoint_url": s3_endpoint})
-    assert isinstance(src, ObjectStoreSource)
+    assert open_storage(str(tmp_path), {}, tmp_path / "c").latest() is None
+    src = open_storage("s3://bucket/p", {**CREDS, "endpoint_url": s3_endpoint}, tmp_path / "c")
+    assert isinstance(src, ObjectStorage)
 
 
 def test_cli_builds_lists_and_rolls_back_on_object_storage(store, tmp_path, s3_endpoint):

@@ -1,12 +1,12 @@
 import numpy as np
 import pytest
 
+from adapters.version_storage import DirectoryStorage
 from index_builder.publish import BuildOptions, publish_version
 from index_builder.synth import synth_factors
 from schemas.errors import IndexRejected
 from schemas.layout import version_dir
 from worker.index_store import IndexStore, load_version
-from worker.version_source import DirectorySource
 
 
 def test_load_version_maps_ids_and_factors(published, small_factors):
@@ -53,7 +53,7 @@ def test_damaged_versions_are_refused(published, damage):
 
 def test_store_swaps_to_a_new_version_and_keeps_serving_when_one_is_bad(published, small_factors):
     storage, first = published
-    store = IndexStore(DirectorySource(storage), poll_interval_s=3600)
+    store = IndexStore(DirectoryStorage(storage), poll_interval_s=3600)
     store.start()
     try:
         assert store.current().version == first.version
