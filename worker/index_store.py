@@ -69,20 +69,12 @@ class LoadedVersion:
 def load_version(
     storage: Path, version: str, *, checksums: bool = True, warm: bool = False
 ) -> LoadedVersion:
-    """Load a version and check it against its manifest; IndexRejected says what is wrong."""
+    """Load a version and check it against its manifest; IndexRejected says what is wrong.
+    `warm`: fault every page in first (a cold mmap costs seconds on the first queries, annoy
+    #376, which must not land on requests)."""
     directory = version_dir(storage, version)
-    try:
-        manifest = mf.Manifest.model_validate_json((directory / mf.MANIFEST_NAME).read_bytes())
-    except FileNotFoundError as exc:
-        raise VersionMissing(f"{version}: no {mf.MANIFEST_NAME} in {directory.parent}") from exc
-    except ValidationError as exc:
-        raise IndexRejected(
-            f"{version}: invalid manifest ({exc.error_count()} errors; {describe(exc)})"
-        ) from exc
-    if manifest.version != version:
-        raise IndexRejected(f"{version}: manifest names version {manifest.version}")
+    manifest = _read_manifest(directory, version)
     check_files(directory, manifest, checksums=checksums)
-
     item_factors = _load_matrix(directory / mf.ITEM_FACTORS_FILE, manifest.n_items, manifest.dim)
     user_factors = _load_matrix(directory / mf.USER_FACTORS_FILE, manifest.n_users, manifest.dim)
     item_ids = np.load(directory / mf.ITEM_IDS_FILE, allow_pickle=False)
@@ -101,28 +93,12 @@ def load_version(
         if manifest.attributes
         else None
     )
-    # warm: fault every page in before the swap; a cold mmap costs seconds on the first
-    # queries (annoy #376), which must not land on requests.
-    angular = load_annoy(directory, manifest.angular_index, prefault=warm)
     if warm:
         for arr in (item_factors, user_factors):
             _touch_pages(arr)
-    try:
-        check_indexes(manifest, angular, item_factors)
-        mips = load_bands(directory, manifest.mips_index, item_factors, prefault=warm)
-    except IndexRejected:
-        angular.unload()
-        raise
-    search = VersionSearch(
-        angular=angular,
-        mips=mips,
-        item_factors=item_factors,
-        item_norms=np.linalg.norm(item_factors, axis=1).astype(np.float32),
-        plan=ServingPlan.from_quality(manifest.quality),
-    )
     return LoadedVersion(
         manifest=manifest,
-        search=search,
+        search=_load_search(directory, manifest, item_factors, warm),
         user_factors=user_factors,
         popularity=popularity,
         gramian=item_gramian(item_factors),
@@ -130,6 +106,40 @@ def load_version(
         item_rows=item_rows,
         user_rows=user_rows,
         attributes=attributes,
+    )
+
+
+def _read_manifest(directory: Path, version: str) -> mf.Manifest:
+    try:
+        manifest = mf.Manifest.model_validate_json((directory / mf.MANIFEST_NAME).read_bytes())
+    except FileNotFoundError as exc:
+        raise VersionMissing(f"{version}: no {mf.MANIFEST_NAME} in {directory.parent}") from exc
+    except ValidationError as exc:
+        raise IndexRejected(
+            f"{version}: invalid manifest ({exc.error_count()} errors; {describe(exc)})"
+        ) from exc
+    if manifest.version != version:
+        raise IndexRejected(f"{version}: manifest names version {manifest.version}")
+    return manifest
+
+
+def _load_search(
+    directory: Path, manifest: mf.Manifest, item_factors: npt.NDArray[np.float32], warm: bool
+) -> VersionSearch:
+    """The version's Annoy indexes, checked, with the plan its quality report chose."""
+    angular = load_annoy(directory, manifest.angular_index, prefault=warm)
+    try:
+        check_indexes(manifest, angular, item_factors)
+        mips = load_bands(directory, manifest.mips_index, item_factors, prefault=warm)
+    except IndexRejected:
+        angular.unload()
+        raise
+    return VersionSearch(
+        angular=angular,
+        mips=mips,
+        item_factors=item_factors,
+        item_norms=np.linalg.norm(item_factors, axis=1).astype(np.float32),
+        plan=ServingPlan.from_quality(manifest.quality),
     )
 
 
