@@ -1,11 +1,32 @@
 from __future__ import annotations
 
+import os
 import sys
+import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from tests.services import Services, real_services
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _temporary_folders_in_basetemp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """What the code under test, or a process it starts, makes with `tempfile` lands in pytest's
+    base temporary folder (pytest keeps the last three runs' and removes older ones), never
+    directly in /tmp, where nothing would remove it."""
+    folder = tmp_path_factory.mktemp("tmp")  # pytest's base folder is fixed before TMPDIR moves
+    saved_env, saved_dir = os.environ.get("TMPDIR"), tempfile.tempdir
+    os.environ["TMPDIR"] = tempfile.tempdir = str(folder)
+    try:
+        yield folder
+    finally:
+        tempfile.tempdir = saved_dir
+        if saved_env is None:
+            os.environ.pop("TMPDIR", None)
+        else:
+            os.environ["TMPDIR"] = saved_env
 
 
 @pytest.fixture(scope="session")

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -48,9 +49,22 @@ def real_services(state_dir: Path) -> Iterator[Services]:
         else:
             local = LocalStack(state_dir)
             info = local.up()
-            stack.callback(local.down)
+            stack.callback(_down, local)
             k, r, source = info.kafka_bootstrap, info.redis_url, f"local stack in {state_dir}"
         yield Services(kafka or k, redis_url or r, source)
+
+
+def _down(local: LocalStack) -> None:
+    """Stop the local stack, then drop its data (Kafka's log segments, Redis' folder): only its
+    logs stay, for a failed run to be read."""
+    local.down()
+    for path in local.state_dir.iterdir():
+        if path.name == "logs":
+            continue
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
 
 
 @contextmanager

@@ -14,6 +14,8 @@ def test_chaos_quick(tmp_path):
         if k not in ("ANNREC_KAFKA_BOOTSTRAP", "ANNREC_REDIS_URL")
     }
     env["ANNREC_STACK_DIR"] = str(tmp_path / "stack")
+    env["TMPDIR"] = str(tmp_path / "tmp")  # the scenarios' storage folders: none in /tmp
+    (tmp_path / "tmp").mkdir()
     out = tmp_path / "chaos.json"
     result = annrec("chaos", "--quick", "--out", str(out), env=env, timeout=1200)
     assert out.exists(), result.stderr[-3000:]
