@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -34,7 +34,7 @@ from schemas.filters import AllOf, AttrEquals
 from schemas.layout import version_dir
 from schemas.manifest import Manifest
 from schemas.settings import CommonSettings
-from tools import services
+from tools import processes, services
 from tools.client import ReplyWaiter, format_reply, new_request_id, send_requests
 from tools.stack import LocalStack
 
@@ -57,7 +57,32 @@ def run_demo(keep: bool = False) -> int:
     redis_url = services.redis_url(settings)
     ensure_topics(kafka, topic_specs(settings))
 
+    # The data folder (the version, the worker's log) goes when the demo has run, --keep or not:
+    # --keep keeps the stack (Kafka, Redis), which needs nothing in it once the demo's worker has
+    # stopped. A demo that did not finish keeps it for the worker's log, and says where it is.
     storage = Path(tempfile.mkdtemp(prefix="annrec-demo-"))
+    try:
+        _serve_and_ask(
+            storage, settings, kafka, redis_url, stack if started_stack and not keep else None
+        )
+    except BaseException:
+        _say(f"the version and the worker's log stay in {storage}")
+        raise
+    shutil.rmtree(storage, ignore_errors=True)
+    if started_stack and keep:
+        _say("stack left running: `annrec stack down` stops it")
+    return 0
+
+
+def _serve_and_ask(
+    storage: Path,
+    settings: CommonSettings,
+    kafka: dict[str, str],
+    redis_url: str,
+    stack_to_stop: LocalStack | None,
+) -> None:
+    """Publish a version into `storage`, serve it with a worker, ask, print; the worker is
+    stopped (and `stack_to_stop` with it) before this returns."""
     factors, manifest = _publish(storage, kafka, settings)
     attributes = load_attributes(
         version_dir(storage, manifest.version), manifest.attributes, manifest.n_items
@@ -66,14 +91,10 @@ def run_demo(keep: bool = False) -> int:
     try:
         replies = _ask(kafka, settings, worker)
     finally:
-        worker.send_signal(signal.SIGTERM)
-        worker.wait(timeout=60)
-        if started_stack and not keep:
-            stack.down()
+        processes.stop([worker])
+        if stack_to_stop is not None:
+            stack_to_stop.down()
     _show(replies, factors, manifest.version, attributes)
-    if started_stack and keep:
-        _say("stack left running: `annrec stack down` stops it")
-    return 0
 
 
 def _stack_up(settings: CommonSettings, stack: LocalStack) -> bool:

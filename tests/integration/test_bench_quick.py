@@ -6,13 +6,19 @@ from tests.cli import annrec
 
 
 def _bench(kind, out, services, tmp_path):
+    temp = tmp_path / "tmp"  # the benchmark's temporary folders: none may be left behind
+    temp.mkdir(exist_ok=True)
     env = {
         "ANNREC_KAFKA_BOOTSTRAP": services.kafka_bootstrap,
         "ANNREC_REDIS_URL": services.redis_url,
         "ANNREC_STACK_DIR": str(tmp_path / "stack"),
+        "TMPDIR": str(temp),
     }
     result = annrec("bench", kind, "--quick", "--out", str(out), extra_env=env)
     assert result.returncode == 0, result.stderr[-3000:]
+    assert list(temp.iterdir()) == []
+    # Only results in --out (and `bench build`'s storage, which it measures and keeps).
+    assert [p.name for p in out.iterdir() if p.is_dir()] in ([], ["storage"])
     return result.stdout
 
 

@@ -4,13 +4,18 @@ from tests.cli import annrec
 
 
 def test_demo_prints_recommendations_that_went_through_kafka_and_redis(services, tmp_path):
+    temp = tmp_path / "tmp"  # where the demo's data folder goes: removed once it has run
+    temp.mkdir()
     env = {
         "ANNREC_KAFKA_BOOTSTRAP": services.kafka_bootstrap,
         "ANNREC_REDIS_URL": services.redis_url,
         "ANNREC_STACK_DIR": str(tmp_path / "stack"),
+        "TMPDIR": str(temp),
     }
     result = annrec("demo", extra_env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
+    assert f"into {temp}/annrec-demo-" in result.stderr
+    assert list(temp.iterdir()) == []
     out = result.stdout
     assert out.count("same items as the Kafka reply") == 4
     assert "recommend for u0" in out and "similar_items for i0" in out

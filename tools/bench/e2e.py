@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -41,7 +40,7 @@ from index_builder.storage import adopt_version
 from index_builder.synth import synth_factors
 from schemas.events import RecommendRequest
 from schemas.settings import CommonSettings, prefixed_topics, topic_env
-from tools import services
+from tools import processes, services
 from tools.bench.cli import add_quick, apply_quick
 from tools.bench.machine import describe, machine_info
 from tools.client import ReplyWaiter, wait_for_workers
@@ -104,8 +103,12 @@ def bench_e2e(
     swap_rate: int | None = None,
 ) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
-    with services.configured_or_local() as svc:
-        storage = Path(tempfile.mkdtemp(prefix="annrec-e2e-"))
+    # The storage goes after the runs, each of which stops its workers first (_sweep).
+    with (
+        services.configured_or_local() as svc,
+        tempfile.TemporaryDirectory(prefix="annrec-e2e-") as tmp,
+    ):
+        storage = Path(tmp)
         factors = synth_factors(n_items, max(1000, n_items // 10), dim, seed=1)
         publish_version(factors, storage, BuildOptions())
         served = _Served(svc.kafka, svc.redis_url, storage, len(factors.user_ids), max_p99_ms)
@@ -141,12 +144,13 @@ def _swap_run(
     """One worker at `rate` while three new versions are moved in and announced. They are built
     before the run: what is measured is the workers' cost of loading, verifying, warming and
     swapping, not a build competing for the same 2 cores."""
-    side = Path(tempfile.mkdtemp(prefix="annrec-e2e-next-"))
-    upcoming = [
-        publish_version(synth_factors(n_items, served.n_users, dim, seed=100 + i), side).version
-        for i in range(3)
-    ]
-    return _sweep(served, SWAP_RUN, [rate], duration_s, (side, upcoming))
+    with tempfile.TemporaryDirectory(prefix="annrec-e2e-next-") as tmp:
+        side = Path(tmp)
+        upcoming = [
+            publish_version(synth_factors(n_items, served.n_users, dim, seed=100 + i), side).version
+            for i in range(3)
+        ]
+        return _sweep(served, SWAP_RUN, [rate], duration_s, (side, upcoming))
 
 
 def _sweep(
@@ -195,10 +199,7 @@ def _sweep(
                 break  # higher rates only pile up more backlog
         return points
     finally:
-        for w in workers:
-            w.send_signal(signal.SIGTERM)
-        for w in workers:
-            w.wait(timeout=60)
+        processes.stop(workers)
         log.close()
 
 

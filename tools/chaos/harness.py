@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -41,9 +42,11 @@ from tools.services import Endpoints
 SESSION_TIMEOUT_MS = 6000
 
 
-# Every worker process any scenario started: a scenario that fails half-way must not leave
-# workers behind (they would spin against a stopped broker).
+# Every worker process and temporary folder any scenario started: a scenario that fails
+# half-way must not leave workers behind (they would spin against a stopped broker), and none
+# leaves its folders in /tmp.
 _STARTED: list[subprocess.Popen[bytes]] = []
+_FOLDERS: list[Path] = []
 
 
 def stop_leftover_workers() -> int:
@@ -54,6 +57,21 @@ def stop_leftover_workers() -> int:
         proc.wait(timeout=30)
     _STARTED.clear()
     return len(alive)
+
+
+def temp_folder(prefix: str) -> Path:
+    """A new folder under the system's temporary directory, removed by clean_up()."""
+    folder = Path(tempfile.mkdtemp(prefix=prefix))
+    _FOLDERS.append(folder)
+    return folder
+
+
+def clean_up() -> None:
+    """After a scenario: its workers stopped, then its folders removed."""
+    stop_leftover_workers()
+    for folder in _FOLDERS:
+        shutil.rmtree(folder, ignore_errors=True)
+    _FOLDERS.clear()
 
 
 @dataclass
@@ -69,7 +87,7 @@ class Cluster:
 
     @classmethod
     def create(cls, svc: Endpoints, n_items: int, seed: int = 1) -> Cluster:
-        storage = Path(tempfile.mkdtemp(prefix="annrec-chaos-"))
+        storage = temp_folder("annrec-chaos-")
         factors = synth_factors(n_items, max(100, n_items // 10), 32, seed=seed)
         publish_version(factors, storage, BuildOptions(n_trees=10, quality_queries=100))
         cluster = cls(svc, storage, factors)

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from tools.bench.machine import describe, machine_info
-from tools.chaos.harness import stop_leftover_workers
+from tools.chaos.harness import clean_up
 from tools.chaos.report import markdown_report
 from tools.chaos.scenarios import SCENARIOS
 from tools.services import configured_or_local
@@ -61,7 +61,7 @@ def run_chaos(names: list[str], quick: bool, out: Path | None) -> bool:
                     "error": f"{type(exc).__name__}: {exc}",
                 }
             finally:
-                stop_leftover_workers()  # a scenario that failed half-way leaves none behind
+                clean_up()  # no workers or folders left behind, even by a scenario that failed
             figures["wall_s"] = round(time.monotonic() - started, 1)
             results["scenarios"][name] = figures
             verdict = "PASSED" if figures["passed"] else "FAILED"

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import re
-import tempfile
 import time
 import urllib.request
 from collections import defaultdict
@@ -31,7 +30,14 @@ from schemas.events import DeadLetter
 from schemas.layout import version_dir
 from schemas.manifest import MANIFEST_NAME, Manifest
 from tools.chaos.fuzz import hostile_payloads, valid_payload
-from tools.chaos.harness import Cluster, Load, audit, recommend_payload, wait_until
+from tools.chaos.harness import (
+    Cluster,
+    Load,
+    audit,
+    recommend_payload,
+    temp_folder,
+    wait_until,
+)
 from tools.client import ReplyWaiter, wait_for_workers
 from tools.services import Endpoints
 from worker.id_rows import IdRows
@@ -95,7 +101,7 @@ def swaps(
     n_items: int = 5000,
 ) -> Figures:
     cluster = Cluster.create(svc, n_items)
-    side = Path(tempfile.mkdtemp(prefix="annrec-chaos-next-"))
+    side = temp_folder("annrec-chaos-next-")
     # Built before the load (not measured: the build would compete for the same cores).
     upcoming = [
         publish_version(
@@ -146,7 +152,7 @@ def bad_index(svc: Endpoints, n_items: int = 3000) -> Figures:
     _warm_up(cluster, 1)
     good = _latest_manifest(cluster.storage).version
     port = _metrics_port(cluster, "w1")
-    side = Path(tempfile.mkdtemp(prefix="annrec-chaos-bad-"))
+    side = temp_folder("annrec-chaos-bad-")
     cases: list[dict[str, Any]] = []
     for i, (name, damage) in enumerate(DAMAGES.items()):
         factors = synth_factors(n_items, len(cluster.factors.user_ids), 32, seed=200 + i)
