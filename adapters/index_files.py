@@ -143,7 +143,7 @@ def load_attributes(
 
 def _attribute_array(directory: Path, name: str, dtype: type) -> npt.NDArray[Any]:
     try:
-        arr = np.load(directory / name, allow_pickle=False)
+        arr: npt.NDArray[Any] = np.load(directory / name, allow_pickle=False)
     except (OSError, ValueError) as exc:
         raise IndexRejected(f"attribute file {name!r}: {exc}") from exc
     if arr.dtype != dtype or arr.ndim != 1:

@@ -146,20 +146,23 @@ class ItemUpdateLog:
     def _take(self, messages: list[Message]) -> list[ItemUpdate]:
         got = []
         for m in messages:
-            if m.error() is not None:
-                if m.error().code() != KafkaError._PARTITION_EOF:
-                    log.warning("item_updates_error", error=str(m.error()))
+            error = m.error()
+            if error is not None:
+                if error.code() != KafkaError._PARTITION_EOF:
+                    log.warning("item_updates_error", error=str(error))
                 continue
-            self.state.advance(m.partition(), m.offset())
-            if m.value() is None:
+            partition, offset, value = m.partition(), m.offset(), m.value()
+            assert partition is not None and offset is not None  # a consumed message has both
+            self.state.advance(partition, offset)
+            if value is None:
                 continue  # a tombstone: compaction's delete marker, nothing to apply
             try:
-                update = ItemUpdate.model_validate_json(m.value())
+                update = ItemUpdate.model_validate_json(value)
             except (ValidationError, ValueError) as exc:
                 self.invalid += 1
-                log.warning("item_update_invalid", offset=m.offset(), reason=str(exc)[:300])
+                log.warning("item_update_invalid", offset=offset, reason=str(exc)[:300])
                 continue
-            self.state.record(m.partition(), m.offset(), update)
+            self.state.record(partition, offset, update)
             self.read += 1
             got.append(update)
         return got

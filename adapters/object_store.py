@@ -50,7 +50,7 @@ class ObjectStore:
 
     def read_latest(self) -> str | None:
         try:
-            name = self.fs.cat_file(self.key(LATEST)).decode().strip()
+            name: str = self.fs.cat_file(self.key(LATEST)).decode().strip()
         except FileNotFoundError:
             return None
         if not is_version_name(name):

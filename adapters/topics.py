@@ -42,7 +42,7 @@ class Outgoing(NamedTuple):
     topic: str
     key: str | None
     value: str
-    headers: dict[str, str] | None = None
+    headers: dict[str, str | bytes | None] | None = None  # as librdkafka takes them
 
 
 class NotDelivered(AnnrecError):
@@ -99,7 +99,7 @@ def ensure_topics(
     kafka_conf: dict[str, str], specs: list[TopicSpec], timeout_s: float = 30
 ) -> None:
     """Create the topics that do not exist yet; existing ones are left as they are."""
-    admin = AdminClient(kafka_conf)
+    admin = AdminClient({**kafka_conf})
     existing = admin.list_topics(timeout=timeout_s).topics
     missing = [
         NewTopic(s.name, num_partitions=s.partitions, config=s.config)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -115,7 +116,10 @@ def load_factor_arrays(
 
 
 def save_factors(path: Path, factors: Factors) -> None:
-    extra = {} if factors.item_popularity is None else {"item_popularity": factors.item_popularity}
+    # Any: numpy's stub would match a dict of arrays against savez's `allow_pickle: bool` too
+    extra: dict[str, Any] = (
+        {} if factors.item_popularity is None else {"item_popularity": factors.item_popularity}
+    )
     np.savez(
         path,
         item_factors=factors.item_factors,

@@ -97,9 +97,8 @@ class ItemAttributes:
     def bool_mask(self, name: str, values: Iterable[bool]) -> npt.NDArray[np.bool_]:
         state = self._flags[name].state
         wanted = sorted({TRUE if v else FALSE for v in values})
-        if len(wanted) == 1:
-            return state == wanted[0]
-        return state != UNKNOWN
+        mask: npt.NDArray[np.bool_] = state == wanted[0] if len(wanted) == 1 else state != UNKNOWN
+        return mask
 
     def is_flag(self, name: str) -> bool:
         return name in self._flags

@@ -61,7 +61,7 @@ class Selection:
     def count(self) -> int:
         if self._count is None:
             self._count = (
-                len(self._rows) if self._rows is not None else int(np.count_nonzero(self._mask))
+                len(self._rows) if self._rows is not None else int(np.count_nonzero(self.mask))
             )
         return self._count
 
@@ -82,7 +82,8 @@ class Selection:
         it first)."""
         rows = np.asarray(rows, dtype=np.int64)
         if self._mask is not None or self._rows is None:
-            return self.mask[rows]
+            looked_up: BoolMask = self.mask[rows]
+            return looked_up
         found = np.searchsorted(self._rows, rows)
         inside = found < len(self._rows)
         hit = np.zeros(len(rows), dtype=np.bool_)
@@ -137,7 +138,7 @@ def _leaf(attrs: ItemAttributes, name: str, values: Sequence[str | bool | int]) 
     if spec.type == "bool":
         if any(not isinstance(v, bool) for v in values):
             raise FilterError(f"attribute {name!r} is boolean: compare it with true or false")
-        return Selection.of_mask(attrs.bool_mask(name, set(values)))
+        return Selection.of_mask(attrs.bool_mask(name, {bool(v) for v in values}))
     if any(isinstance(v, bool) for v in values):
         raise FilterError(f"attribute {name!r} is categorical: compare it with strings")
     wanted = [str(v) for v in values]

@@ -38,7 +38,8 @@ def augment_with(items: npt.ArrayLike, max_norm: float) -> FloatArray:
 
 
 def _sq_norms(x: FloatArray) -> npt.NDArray[np.float64]:
-    return np.einsum("ij,ij->i", x, x, dtype=np.float64)
+    norms: npt.NDArray[np.float64] = np.einsum("ij,ij->i", x, x, dtype=np.float64)
+    return norms
 
 
 def augment_query(query: npt.ArrayLike) -> FloatArray:

@@ -123,7 +123,8 @@ def _hoist(schema: dict[str, Any], into: dict[str, Any]) -> dict[str, Any]:
     discriminator AsyncAPI's kind: a property name, not OpenAPI's object."""
     for name, sub in schema.pop("$defs", {}).items():
         into[name] = _hoist(sub, into)
-    return _asyncapi_keywords(schema)
+    hoisted: dict[str, Any] = _asyncapi_keywords(schema)
+    return hoisted
 
 
 def _asyncapi_keywords(node: Any) -> Any:

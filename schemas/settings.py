@@ -7,7 +7,7 @@ override them. `kafka_config` passes librdkafka properties through verbatim (SAS
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict, cast
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -41,19 +41,24 @@ class CommonSettings(BaseSettings):
     topic_item_updates: str = keys.TOPIC_ITEM_UPDATES
 
 
-TOPIC_FIELDS = (
-    "topic_requests",
-    "topic_replies",
-    "topic_dead_letters",
-    "topic_index_versions",
-    "topic_item_updates",
-)
+class TopicNames(TypedDict):
+    """Every topic field, as keyword arguments of the settings: `CommonSettings(**names)`."""
+
+    topic_requests: str
+    topic_replies: str
+    topic_dead_letters: str
+    topic_index_versions: str
+    topic_item_updates: str
 
 
-def prefixed_topics(prefix: str) -> dict[str, str]:
+TOPIC_FIELDS = tuple(TopicNames.__annotations__)
+
+
+def prefixed_topics(prefix: str) -> TopicNames:
     """Topic names of their own (`<prefix>.requests`, ...), for tests, benchmarks and chaos runs
     that must not see each other's events."""
-    return {f: f"{prefix}.{f.removeprefix('topic_').replace('_', '-')}" for f in TOPIC_FIELDS}
+    names = {f: f"{prefix}.{f.removeprefix('topic_').replace('_', '-')}" for f in TOPIC_FIELDS}
+    return cast(TopicNames, names)
 
 
 def topic_env(settings: CommonSettings) -> dict[str, str]:

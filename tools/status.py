@@ -55,7 +55,7 @@ def collect_status(
 
 
 def _group(kafka: dict[str, str], s: WorkerSettings) -> dict[str, Any]:
-    admin = AdminClient(kafka)
+    admin = AdminClient({**kafka})
     description = admin.describe_consumer_groups([s.group_id])[s.group_id].result(TIMEOUT_S)
     members = [
         {

@@ -138,7 +138,7 @@ def answer(
 ) -> Reply:
     """The reply to one request. `exact`: by exact scans whatever the version's strategy (the
     live recall sampler's reference answer)."""
-    base = {
+    base: dict[str, object] = {
         "request_id": request.request_id,
         "kind": request.kind,
         "subject_id": request.subject_id,

@@ -67,7 +67,7 @@ class ReplyCache:
         return out
 
 
-def _addressed(raw: bytes, p: Parsed) -> Reply:
+def _addressed(raw: bytes | str, p: Parsed) -> Reply:
     assert p.request is not None
     return Reply.model_validate_json(raw).model_copy(
         update={"request_id": p.request.request_id, "served_at": utc_now(), "from_cache": True}

@@ -65,10 +65,10 @@ def raw_events(messages: Sequence[Message]) -> list[RawEvent]:
             log.warning("consume_error", error=str(m.error()))
             continue
         _ts_type, ts = m.timestamp()
+        topic, partition, offset = m.topic(), m.partition(), m.offset()
+        assert topic is not None and partition is not None and offset is not None  # consumed
         events.append(
-            RawEvent(
-                m.topic(), m.partition(), m.offset(), m.key(), m.value(), ts if ts > 0 else None
-            )
+            RawEvent(topic, partition, offset, m.key(), m.value(), ts if ts > 0 else None)
         )
     return events
 

@@ -146,6 +146,7 @@ def _task(version: LoadedVersion, runners: dict[str, Runner], n_queries: int) ->
                 found[name].append(runners[name](q, keep))
                 seconds[name].append(time.perf_counter() - start)
         truth = found["exact_subset"]
+        assert keep is not None
         row: dict[str, Any] = {"value": value, "selectivity": selectivity, "passing": keep.count}
         for name in STRATEGIES:
             lat = np.array(seconds[name]) * 1000

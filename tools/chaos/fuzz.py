@@ -60,7 +60,7 @@ def _huge_k(rng: random.Random, rid: str) -> bytes:
 
 
 def _bad_vector(rng: random.Random, rid: str) -> bytes:
-    doc = {"request_id": rid, "kind": "recommend"}
+    doc: dict[str, object] = {"request_id": rid, "kind": "recommend"}
     choice = rng.randrange(5)
     if choice in (0, 1):  # json.dumps writes them as the NaN / Infinity tokens JSON forbids
         doc["user_vector"] = [float("nan") if choice == 0 else float("inf"), 1.0]

@@ -211,8 +211,8 @@ def read_topic(kafka: dict[str, str], topic: str, idle_s: float = 3.0) -> list[b
     last = time.monotonic()
     while time.monotonic() - last < idle_s:
         for msg in consumer.consume(1000, timeout=0.5):
-            if msg.error() is None and msg.value() is not None:
-                values.append(msg.value())
+            if msg.error() is None and (value := msg.value()) is not None:
+                values.append(value)
                 last = time.monotonic()
     consumer.close()
     return values
@@ -226,7 +226,7 @@ class Audit:
     lost_ids: list[str]
     duplicates: int  # extra replies beyond the first, per request id
     statuses: dict[str, int]
-    versions: dict[str, int]  # replies per index version
+    versions: dict[str | None, int]  # replies per index version
     dead_letters: int
     missing_in_redis: int
 

@@ -15,6 +15,7 @@ import re
 import time
 import urllib.request
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -160,7 +161,8 @@ def bad_index(svc: Endpoints, n_items: int = 3000) -> Figures:
         damage(version_dir(side, version))
         before = _refusals(port)
         _move_in(side, cluster, version)
-        refused = wait_until(lambda b=before: _refusals(port) > b, timeout_s=30)
+        # mypy infers no type for a lambda with a default (the default binds this iteration's value)
+        refused = wait_until(lambda b=before: _refusals(port) > b, timeout_s=30)  # type: ignore[misc]
         replies = _ask(cluster, 20, f"bad-{name}")
         cases.append(
             {
@@ -332,12 +334,18 @@ def _allow_large_messages(kafka: dict[str, str], topic: str, limit: int = 4 << 2
         "max.message.bytes", str(limit), incremental_operation=AlterConfigOpType.SET
     )
     resource = ConfigResource(ResourceType.TOPIC, topic, incremental_configs=[entry])
-    admin = AdminClient(kafka)  # kept alive until the futures resolve
+    admin = AdminClient({**kafka})  # kept alive until the futures resolve
     for future in admin.incremental_alter_configs([resource]).values():
         future.result(timeout=30)
 
 
-SCENARIOS = {"crash": crash, "swaps": swaps, "bad-index": bad_index, "outage": outage, "fuzz": fuzz}
+SCENARIOS: dict[str, Callable[..., Figures]] = {
+    "crash": crash,
+    "swaps": swaps,
+    "bad-index": bad_index,
+    "outage": outage,
+    "fuzz": fuzz,
+}
 
 
 # --- damaged versions (bad-index) -------------------------------------------------------------

@@ -26,9 +26,9 @@ def run(args: argparse.Namespace) -> int:
     elif args.action == "down":
         print("stopped" if stack.down() else "not running")
     else:
-        info = stack.running()
-        if info is None:
+        running = stack.running()
+        if running is None:
             print("not running")
             return 3
-        print(info.exports(), end="")
+        print(running.exports(), end="")
     return 0
