@@ -7,23 +7,19 @@ build's announcement needs); nothing here is imported unless one of them runs.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
-from collections.abc import Callable
 from pathlib import Path
 
 import structlog
 
-from adapters.catalogue import Catalogue, local_root, read_catalogue
 from adapters.item_updates import read_item_updates
-from adapters.object_store import ObjectStore, is_remote
-from index_builder import remote, storage
 from index_builder.announce import announce_version
 from index_builder.attributes import read_table
 from index_builder.inputs import Factors, load_factor_arrays, load_factors, save_factors
 from index_builder.publish import BuildOptions, publish_version
 from index_builder.settings import BuilderSettings
 from index_builder.synth import synth_attributes, synth_factors, write_synth_interactions
+from index_builder.targets import DirectoryTarget, ObjectStoreTarget, publish_target
 from index_builder.train import load_interactions, train_als
 from schemas.errors import AnnrecError
 from schemas.manifest import Manifest, TrainParams
@@ -93,47 +89,24 @@ def add_versions_arguments(versions: argparse.ArgumentParser) -> None:
         p.add_argument("--storage", help="directory or s3://bucket/prefix (ANNREC_STORAGE)")
 
 
-@dataclasses.dataclass(frozen=True)
-class _Catalogue(Catalogue):
-    """The version operations, on a directory or on object storage: reads plus writes."""
-
-    set_latest: Callable[[str], bool]
-    gc: Callable[[int, float], list[str]]
-
-
-def _catalogue(settings: BuilderSettings) -> _Catalogue:
-    read = read_catalogue(settings.storage, settings.storage_options)
-    if is_remote(settings.storage):
-        store = ObjectStore(settings.storage, settings.storage_options)
-        return _Catalogue(
-            read.versions,
-            read.latest,
-            lambda v: remote.set_remote_latest(store, v, allow_older=True),
-            lambda keep, grace: remote.gc_remote_versions(store, keep, grace),
-        )
-    root = local_root(settings.storage)
-    return _Catalogue(
-        read.versions,
-        read.latest,
-        lambda v: storage.set_latest(root, v, allow_older=True),
-        lambda keep, grace: storage.gc_versions(root, keep, grace),
-    )
+def _target(settings: BuilderSettings) -> DirectoryTarget | ObjectStoreTarget:
+    return publish_target(settings.storage, settings.storage_options, settings.build_dir)
 
 
 def run_versions(args: argparse.Namespace, settings: BuilderSettings) -> int:
-    cat = _catalogue(settings)
+    cat = _target(settings)
     if args.versions_action == "gc":
         removed = cat.gc(args.keep, args.grace_s)
         log.info("versions_removed", count=len(removed), versions=removed)
         return 0
     if args.versions_action == "rollback":
-        if args.version not in cat.versions():
+        if args.version not in cat.storage.versions():
             raise AnnrecError(f"no version {args.version} in {settings.storage}")
-        cat.set_latest(args.version)
+        cat.set_latest(args.version, allow_older=True)
         print(args.version)
         return 0
-    latest = cat.latest()
-    rows = [{"name": v, "latest": v == latest} for v in cat.versions()]
+    latest = cat.storage.latest()
+    rows = [{"name": v, "latest": v == latest} for v in cat.storage.versions()]
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
@@ -204,16 +177,12 @@ def run_build(
         announce_version(kafka_conf, settings.topic_index_versions, manifest)
         log.info("version_announced", version=manifest.version, topic=settings.topic_index_versions)
 
-    remote_store = None
-    local_root = Path(settings.storage)
-    if is_remote(settings.storage):
-        remote_store = ObjectStore(settings.storage, settings.storage_options)
-        local_root = settings.build_dir  # built and verified here, then uploaded
+    target = _target(settings)
     return publish_version(
         factors,
-        local_root,
+        target.build_root,
         _build_options(settings, quality=not args.no_quality),
-        remote=remote_store,
+        remote=target.remote,
         source=source,
         training=training,
         announce=announce if kafka_conf is not None else None,
