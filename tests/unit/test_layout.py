@@ -6,7 +6,9 @@
 - nothing outside tools/ imports tools/;
 - no import circle between modules (relative and function-local imports included).
 
-A package may always import itself. Every failure names the file and line of the import.
+A package may always import itself. Imports under `if TYPE_CHECKING:` count, and so does
+`import_module("literal.name")` (a name computed at run time cannot be checked). Every failure
+names the file and line of the import.
 """
 
 from __future__ import annotations
@@ -96,10 +98,25 @@ def collect_imports(root: Path, packages: tuple[str, ...] = PACKAGES) -> list[Im
                 else:
                     name = node.module or ""
                 targets = [_resolve(name, alias.name, modules) for alias in node.names]
+            elif literal := _import_module_literal(node):
+                targets = [_resolve(literal, None, modules)]
             for target in dict.fromkeys(targets):
                 if target is not None and target != module:
                     found.append(Import(module, target, f"{where}:{node.lineno}"))
     return found
+
+
+def _import_module_literal(node: ast.AST) -> str | None:
+    """The module named by `import_module("a.b")`, `importlib.import_module(...)` or
+    `__import__(...)` when it is a literal string."""
+    if not isinstance(node, ast.Call) or not node.args:
+        return None
+    func = node.func
+    called = func.id if isinstance(func, ast.Name) else getattr(func, "attr", None)
+    first = node.args[0]
+    if called in ("import_module", "__import__") and isinstance(first, ast.Constant):
+        return first.value if isinstance(first.value, str) else None
+    return None
 
 
 def layer_violations(imports: list[Import]) -> list[str]:
@@ -218,6 +235,18 @@ def _tree(root: Path, files: dict[str, str]) -> Path:
         ("worker/app.py", "from index_builder import build\n", 1, "index_builder.build"),
         ("index_builder/build.py", "import worker.answer as a\n", 1, "worker.answer"),
         ("worker/app.py", "from tools.cli import main\n", 1, "tools.cli"),
+        (
+            "worker/app.py",
+            "import importlib\nimportlib.import_module('tools.cli')\n",
+            2,
+            "tools.cli",
+        ),
+        (
+            "worker/app.py",
+            "import typing\nif typing.TYPE_CHECKING:\n    from index_builder import build\n",
+            3,
+            "index_builder.build",
+        ),
     ],
 )
 def test_the_checker_reports_a_forbidden_import_with_its_line(tmp_path, name, text, line, wanted):
