@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 from pydantic import ValidationError
 
-from schemas.errors import AnnrecError
+from schemas.errors import AnnrecError, describe
 from tools.logs import configure_logging
 from tools.subcommands import Command, Group, Table, add_subcommands
 
@@ -72,8 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"annrec: error: {exc}", file=sys.stderr)
         return 1
     except ValidationError as exc:  # a bad ANNREC_* variable or flag value
-        first = exc.errors()[0]
-        print(f"annrec: error: setting {first['loc'][0]}: {first['msg']}", file=sys.stderr)
+        print(f"annrec: error: setting {describe(exc)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

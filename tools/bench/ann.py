@@ -35,7 +35,7 @@ from index_builder.inputs import Factors
 from index_builder.publish import BuildOptions
 from index_builder.synth import synth_factors, synth_interactions
 from query_engine import search
-from query_engine.vectors import top_k
+from query_engine.vectors import top_k, unit_rows
 from schemas.errors import InvalidInput
 from tools.bench import peers as peer_libs
 from tools.bench.ann_table import print_tables
@@ -331,7 +331,7 @@ def _tasks(factors: Factors, rng: np.random.Generator, n_queries: int, timed: in
     """Sampled queries and their exact answers: items by cosine (themselves excluded), users by
     inner product."""
     items, users = factors.item_factors, factors.user_factors
-    unit = _unit(items)
+    unit = unit_rows(items)
     rows = rng.choice(len(items), size=min(n_queries, len(items)), replace=False).astype(np.int64)
     picked = rng.choice(len(users), size=min(n_queries, len(users)), replace=False)
     return [
@@ -359,7 +359,7 @@ def _brute_force(task: Task, factors: Factors) -> list[dict[str, Any]]:
     """Single-query brute force (one GEMV + top_k) and batched (BATCH queries per GEMM), on the
     matrix the exact answer comes from (unit vectors for cosine: normalizing is their build)."""
     start = time.perf_counter()
-    matrix = _unit(factors.item_factors) if task.metric == "cosine" else factors.item_factors
+    matrix = unit_rows(factors.item_factors) if task.metric == "cosine" else factors.item_factors
     prepare_s = time.perf_counter() - start
 
     def answer(q: int) -> IntArray:
@@ -452,11 +452,6 @@ def _plot(out: Path, name: str, info: dict[str, Any], n_trees: int, mips_trees: 
         print(f"note: no plots ({exc}); pip install 'annrec[bench]'", file=sys.stderr)
         return None
     return path.name
-
-
-def _unit(x: FloatArray) -> FloatArray:
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return np.ascontiguousarray(x / np.where(norms > 0, norms, 1), dtype=np.float32)
 
 
 def _version(package: str) -> str | None:

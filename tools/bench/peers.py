@@ -22,6 +22,8 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
+from query_engine.vectors import unit_rows
+
 FloatArray = npt.NDArray[np.float32]
 IntArray = npt.NDArray[np.int64]
 Metric = Literal["cosine", "inner_product"]
@@ -109,7 +111,7 @@ def _build_scann(items: FloatArray, metric: Metric, seed: int) -> Built:
     scann = import_module("scann")
     n = len(items)
     # Cosine = dot product on unit vectors (the README's recipe for angular data).
-    data = _unit(items) if metric == "cosine" else np.ascontiguousarray(items, dtype=np.float32)
+    data = unit_rows(items) if metric == "cosine" else np.ascontiguousarray(items, dtype=np.float32)
     num_leaves = max(1, round(math.sqrt(n)))
     leaves = sorted({max(1, round(num_leaves * f)) for f in SCANN_LEAF_FRACTIONS})
     reorder = max(SCANN_REORDER)
@@ -133,7 +135,7 @@ def _build_scann(items: FloatArray, metric: Metric, seed: int) -> Built:
         size = sum(p.stat().st_size for p in Path(tmp).iterdir() if p.is_file())
 
     def search(param: Param, query: FloatArray, n_results: int) -> IntArray:
-        q = _unit(query[None, :])[0] if metric == "cosine" else query
+        q = unit_rows(query[None, :])[0] if metric == "cosine" else query
         rows, _ = searcher.search(
             q,
             final_num_neighbors=n_results,
@@ -158,11 +160,6 @@ def _build_scann(items: FloatArray, metric: Metric, seed: int) -> Built:
             "seed": "n/a (ScaNN's builder takes none)",
         },
     )
-
-
-def _unit(x: FloatArray) -> FloatArray:
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return np.ascontiguousarray(x / np.where(norms > 0, norms, 1), dtype=np.float32)
 
 
 PEERS = (

@@ -9,7 +9,7 @@ from pydantic import ValidationError
 
 from adapters.item_updates import publish_item_updates
 from adapters.topics import ensure_topics, topic_specs
-from schemas.errors import AnnrecError
+from schemas.errors import AnnrecError, describe
 from schemas.events import ItemUpdate, RecommendRequest, SimilarItemsRequest
 from schemas.filters import FILTER_ADAPTER, Filter, check_shape
 from schemas.settings import CommonSettings
@@ -69,7 +69,7 @@ def run_item_update(args: argparse.Namespace) -> int:
             ItemUpdate(item_id=i, attr=args.attr, value=args.value == "true") for i in args.item_ids
         ]
     except ValidationError as exc:
-        raise AnnrecError(f"item update: {exc.errors()[0]['msg']}") from exc
+        raise AnnrecError(f"item update: {describe(exc)}") from exc
     publish_item_updates(conf, settings.topic_item_updates, updates)
     print(f"{len(updates)} updates published to {settings.topic_item_updates}")
     return 0
