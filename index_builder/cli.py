@@ -18,7 +18,12 @@ from index_builder.attributes import read_table
 from index_builder.inputs import Factors, load_factor_arrays, load_factors, save_factors
 from index_builder.publish import BuildOptions, publish_version
 from index_builder.settings import BuilderSettings
-from index_builder.synth import synth_attributes, synth_factors, write_synth_interactions
+from index_builder.synth import (
+    synth_attributes,
+    synth_factors,
+    synth_interactions,
+    write_interactions,
+)
 from index_builder.targets import DirectoryTarget, ObjectStoreTarget, publish_target
 from index_builder.train import load_interactions, train_als
 from schemas.errors import AnnrecError
@@ -129,15 +134,10 @@ def synth_from_args(args: argparse.Namespace) -> Factors:
 
 def run_synth(args: argparse.Namespace) -> None:
     if args.out.suffix in (".csv", ".parquet"):
-        rows = write_synth_interactions(
-            args.out,
-            args.users,
-            args.items,
-            args.dim,
-            args.per_user,
-            args.seed,
-            n_clusters=args.clusters,
+        interactions = synth_interactions(
+            args.users, args.items, args.dim, args.per_user, args.seed, n_clusters=args.clusters
         )
+        rows = write_interactions(args.out, interactions)
         log.info("interactions_written", path=str(args.out), rows=rows)
     else:
         save_factors(args.out, synth_from_args(args))

@@ -104,20 +104,13 @@ def synth_interactions(
     return user_names[user], item_names[item], weights
 
 
-def write_synth_interactions(
+def write_interactions(
     path: Path,
-    n_users: int = 2_000,
-    n_items: int = 5_000,
-    dim: int = 16,
-    interactions_per_user: int = 30,
-    seed: int = 0,
-    *,
-    n_clusters: int = 32,
-    temperature: float = 0.1,
+    interactions: tuple[npt.NDArray[np.str_], npt.NDArray[np.str_], npt.NDArray[np.float32]],
 ) -> int:
-    """Write synth_interactions as `user,item,weight` (.csv with a header, or .parquet); returns
-    the number of rows. Needs the train extra (pyarrow), imported here so `annrec synth` of factors
-    does not."""
+    """Write (users, items, weights), e.g. synth_interactions(...), as `user,item,weight` (.csv
+    with a header, or .parquet); returns the number of rows. Needs the train extra (pyarrow),
+    imported here so `annrec synth` of factors does not."""
     if path.suffix.lower() not in (".csv", ".parquet"):
         raise InvalidInput(f"{path}: interactions must be written as .csv or .parquet")
     try:
@@ -126,15 +119,7 @@ def write_synth_interactions(
         import pyarrow.parquet as pq
     except ImportError as exc:
         raise AnnrecError("writing interactions needs: pip install 'annrec[train]'") from exc
-    users, items, weights = synth_interactions(
-        n_users,
-        n_items,
-        dim,
-        interactions_per_user,
-        seed,
-        n_clusters=n_clusters,
-        temperature=temperature,
-    )
+    users, items, weights = interactions
     table = pa.table({"user": users, "item": items, "weight": weights})
     if path.suffix.lower() == ".csv":
         # Synthetic ids never hold a comma or a quote, so the file is plain `u1,i7,1`.

@@ -7,7 +7,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from index_builder.synth import synth_interactions, write_synth_interactions
+from index_builder.synth import synth_interactions, write_interactions
 from index_builder.train import (
     Interactions,
     load_interactions,
@@ -62,8 +62,9 @@ def test_parquet_round_trip_with_integer_ids(tmp_path):
 
 
 def test_csv_and_parquet_of_the_same_log_load_identically(tmp_path):
-    csv_rows = write_synth_interactions(tmp_path / "s.csv", 50, 80, interactions_per_user=10)
-    pq_rows = write_synth_interactions(tmp_path / "s.parquet", 50, 80, interactions_per_user=10)
+    log = synth_interactions(50, 80, interactions_per_user=10)
+    csv_rows = write_interactions(tmp_path / "s.csv", log)
+    pq_rows = write_interactions(tmp_path / "s.parquet", log)
     assert csv_rows == pq_rows == 500
     a = load_interactions(tmp_path / "s.csv")
     b = load_interactions(tmp_path / "s.parquet")
@@ -178,7 +179,7 @@ def test_synth_interactions_are_popularity_skewed():
 def held_out(tmp_path_factory):
     """(training interactions, held-out item column per user): one pair per user removed."""
     path = tmp_path_factory.mktemp("train") / "log.parquet"
-    write_synth_interactions(path, 300, 400, 16, 30, seed=5, n_clusters=16)
+    write_interactions(path, synth_interactions(300, 400, 16, 30, seed=5, n_clusters=16))
     full = load_interactions(path)
     matrix = full.user_items.copy()
     rng = np.random.default_rng(0)
