@@ -78,7 +78,6 @@ QUICK = {"items": 3_000, "datasets": "synth", "queries": 100, "timed_queries": 3
 
 
 def register(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", type=Path, required=True)
     add_quick(parser, QUICK)
     parser.add_argument("--items", type=int, default=100_000, help="catalogue size (100k, 1M)")
     parser.add_argument("--datasets", default="synth,als", help="comma list of synth, als")

@@ -20,18 +20,15 @@ from index_builder.synth import synth_factors
 from schemas.errors import AnnrecError
 from schemas.layout import read_latest, version_dir
 from schemas.manifest import Manifest
-from tools.bench.cli import add_quick, apply_quick
+from tools.bench.cli import add_catalogue, add_quick, apply_quick
 from tools.bench.machine import describe, machine_info
 
 QUICK = {"items": 5_000, "users": 500, "dim": 16, "trees": 5, "mips_trees": 5}
 
 
 def register(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", type=Path, required=True)
     add_quick(parser, QUICK)
-    parser.add_argument("--items", type=int, default=1_000_000)
-    parser.add_argument("--users", type=int, default=100_000)
-    parser.add_argument("--dim", type=int, default=64)
+    add_catalogue(parser)
     parser.add_argument("--trees", type=int, default=20, help="angular index trees")
     parser.add_argument("--mips-trees", type=int, default=10, help="trees per MIPS band")
     parser.set_defaults(handler=_run)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from tools.subcommands import Command, Table
@@ -32,9 +33,18 @@ KINDS: Table = {
 
 
 def add_quick(parser: argparse.ArgumentParser, profile: Mapping[str, Any]) -> None:
-    """The --quick flag; `profile` maps argument names (dests) to the values it sets."""
+    """--out (where the figures go) and --quick; `profile` maps argument names (dests) to the
+    values --quick sets."""
+    parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--quick", action="store_true", help="small and fast (CI runs it)")
     parser.set_defaults(quick_profile=dict(profile))
+
+
+def add_catalogue(parser: argparse.ArgumentParser) -> None:
+    """The synthetic catalogue of the 1M benchmarks: --items, --users, --dim."""
+    parser.add_argument("--items", type=int, default=1_000_000)
+    parser.add_argument("--users", type=int, default=100_000)
+    parser.add_argument("--dim", type=int, default=64)
 
 
 def apply_quick(args: argparse.Namespace) -> argparse.Namespace:

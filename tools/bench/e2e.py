@@ -49,7 +49,6 @@ QUICK = {"rates": "50,100", "duration": 2.0, "items": 5_000}
 
 
 def register(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", type=Path, required=True)
     add_quick(parser, QUICK)
     parser.add_argument("--rates", default="100,200,400,800,1600", help="requests/s, comma list")
     parser.add_argument("--duration", type=float, default=15.0, help="seconds per rate")

@@ -36,7 +36,7 @@ from query_engine import filtered
 from query_engine.selection import Selection, select
 from query_engine.vectors import recall_at_k
 from schemas.filters import AttrEquals
-from tools.bench.cli import add_quick, apply_quick
+from tools.bench.cli import add_catalogue, add_quick, apply_quick
 from tools.bench.machine import describe, machine_info
 from worker.index_store import LoadedVersion, load_version
 
@@ -51,11 +51,8 @@ QUICK = {"items": 20_000, "users": 2_000, "dim": 16, "queries": 30}
 
 
 def register(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", type=Path, required=True)
     add_quick(parser, QUICK)
-    parser.add_argument("--items", type=int, default=1_000_000)
-    parser.add_argument("--users", type=int, default=100_000)
-    parser.add_argument("--dim", type=int, default=64)
+    add_catalogue(parser)
     parser.add_argument("--queries", type=int, default=200, help="per selectivity and task")
     parser.set_defaults(handler=_run)
 

@@ -46,7 +46,6 @@ QUICK = {"items": 20_000, "loads": 1}
 
 
 def register(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", type=Path, required=True)
     add_quick(parser, QUICK)
     parser.add_argument("--items", type=int, default=1_000_000, help="synthetic catalogue size")
     parser.add_argument("--loads", type=int, default=3, help="versions loaded, one after another")
