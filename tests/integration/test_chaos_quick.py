@@ -45,3 +45,4 @@ def test_chaos_quick(tmp_path):
     fuzz = runs["fuzz"]
     assert fuzz["valid_lost"] == 0 and fuzz["dead_letters"] == fuzz["hostile_produced"]
     assert not os.path.exists(tmp_path / "stack" / "stack.json")  # the stack was stopped
+    assert list((tmp_path / "tmp").iterdir()) == []  # every scenario removed its folders
