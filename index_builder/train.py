@@ -233,7 +233,7 @@ def _one_line(exc: BaseException) -> str:
 
 
 def _read_csv(path: Path, present: list[str]) -> dict[str, pa.Array]:
-    pa = _require("pyarrow")
+    arrow = _require("pyarrow")
     pa_csv = _require("pyarrow.csv")
     bad_rows: list[Any] = []
 
@@ -250,21 +250,21 @@ def _read_csv(path: Path, present: list[str]) -> dict[str, pa.Array]:
             # is reported by us with its row instead of by the CSV reader without one.
             convert_options=pa_csv.ConvertOptions(
                 include_columns=present,
-                column_types={c: pa.string() for c in present},
+                column_types={c: arrow.string() for c in present},
                 strings_can_be_null=False,
             ),
         )
 
     try:
         table = read(use_threads=True)
-    except pa.ArrowInvalid:
+    except arrow.ArrowInvalid:
         if not bad_rows:
             raise
         # The threaded reader does not know row numbers; read again serially to name the row.
         bad_rows.clear()
         try:
             read(use_threads=False)
-        except pa.ArrowInvalid:
+        except arrow.ArrowInvalid:
             if not bad_rows or bad_rows[0].number is None:
                 raise
         bad = bad_rows[0]
@@ -286,43 +286,43 @@ def _csv_header(path: Path) -> list[str]:
 
 
 def _read_parquet(path: Path, present: list[str]) -> dict[str, pa.Array]:
-    pa = _require("pyarrow")
+    arrow = _require("pyarrow")
     pq = _require("pyarrow.parquet")
     table = pq.read_table(path, columns=present)
     columns: dict[str, pa.Array] = {}
     for name in present:
         col = table.column(name).combine_chunks()
-        if pa.types.is_dictionary(col.type):
+        if arrow.types.is_dictionary(col.type):
             col = col.dictionary_decode()
-        is_text = pa.types.is_string(col.type) or pa.types.is_large_string(col.type)
+        is_text = arrow.types.is_string(col.type) or arrow.types.is_large_string(col.type)
         if name == "weight" and is_text:
             col = _parse_weights(col, lambda i: f"{path}: {_parquet_row(i)}")
-        elif name != "weight" and not pa.types.is_string(col.type):
-            col = col.cast(pa.string())  # integer ids, large_string
+        elif name != "weight" and not arrow.types.is_string(col.type):
+            col = col.cast(arrow.string())  # integer ids, large_string
         columns[name] = col
     return columns
 
 
 def _parse_weights(text: pa.Array, where: Callable[[int], str]) -> pa.Array:
     """Strings -> float64, naming the first row that is not a number."""
-    pa = _require("pyarrow")
+    arrow = _require("pyarrow")
     pc = _require("pyarrow.compute")
     text = pc.utf8_trim_whitespace(text.fill_null(""))
     empty = np.flatnonzero(pc.equal(pc.utf8_length(text), 0).to_numpy(zero_copy_only=False))
     if len(empty):
         raise InvalidInput(f"{where(int(empty[0]))}: empty weight")
     try:
-        return pc.cast(text, pa.float64())
-    except pa.ArrowInvalid:
+        return pc.cast(text, arrow.float64())
+    except arrow.ArrowInvalid:
         pass
     # Bisect for the first value arrow cannot parse: O(n) work even when it is near the end.
     lo, hi = 0, len(text)
     while hi - lo > 1:
         mid = (lo + hi) // 2
         try:
-            pc.cast(text.slice(lo, mid - lo), pa.float64())
+            pc.cast(text.slice(lo, mid - lo), arrow.float64())
             lo = mid
-        except pa.ArrowInvalid:
+        except arrow.ArrowInvalid:
             hi = mid
     raise InvalidInput(f"{where(lo)}: weight {text[lo].as_py()!r} is not a number")
 

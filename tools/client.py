@@ -73,7 +73,7 @@ class ReplyWaiter:
             msg = self._consumer.poll(0.2)
             if msg is None or msg.error() is not None:
                 continue
-            reply = Reply.model_validate_json(msg.value())
+            reply = Reply.model_validate_json(msg.value() or b"")
             self._seen.setdefault(reply.request_id, reply)
         return {rid: self._seen[rid] for rid in request_ids if rid in self._seen}
 
@@ -85,7 +85,7 @@ class ReplyWaiter:
         if first is None:
             return []
         messages = [first, *self._consumer.consume(num_messages=1000, timeout=0)]
-        return [m.key().decode() for m in messages if m.error() is None and m.key()]
+        return [k.decode() for m in messages if m.error() is None and (k := m.key())]
 
     def close(self) -> None:
         self._consumer.close()

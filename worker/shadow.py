@@ -30,8 +30,9 @@ import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from schemas.events import Reply
-from worker.answer import AnyRequest, Policy, answer
+from worker.answer import Policy, answer
 from worker.index_store import LoadedVersion
+from worker.parse import AnyRequest
 
 log = structlog.get_logger(__name__)
 
