@@ -43,4 +43,4 @@ lock: $(STAMP)
 	$(BIN)/pip freeze --exclude-editable | grep -v '^annrec' > constraints.txt
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache *.egg-info

@@ -295,6 +295,7 @@ class LocalStack:
             "-Xmx1g",
             "-XX:+UseSerialGC",
             "-XX:+ExitOnOutOfMemoryError",
+            "-XX:-UsePerfData",  # no /tmp/hsperfdata_<user> left behind (nothing here reads it)
             f"-Dkafka.logs.dir={self.state_dir / 'logs'}",
             f"-Dlog4j2.configurationFile={log4j}",
             "-cp",
