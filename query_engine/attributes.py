@@ -25,6 +25,7 @@ class _Category:
     value_index: dict[str, int]
     rows: npt.NDArray[np.int32]
     offsets: npt.NDArray[np.int64]
+    codes: npt.NDArray[np.int32] | None = None  # value index per item row, built on first use
 
 
 @dataclass
@@ -93,6 +94,17 @@ class ItemAttributes:
             parts.append(c.rows[c.offsets[i] : c.offsets[i + 1]])
         rows = np.concatenate(parts).astype(np.int64) if parts else np.empty(0, np.int64)
         return np.sort(rows) if len(parts) > 1 else rows
+
+    def value_codes(self, name: str) -> npt.NDArray[np.int32]:
+        """A categorical attribute as one value index per item row (-1: no value): what a
+        `max_per` request counts by. Built on first use (4 bytes per item), then kept."""
+        c = self._categories[name]
+        if c.codes is None:
+            codes = np.full(self.n_items, -1, dtype=np.int32)
+            sizes = np.diff(c.offsets)
+            codes[c.rows] = np.repeat(np.arange(len(sizes), dtype=np.int32), sizes)
+            c.codes = codes
+        return c.codes
 
     def bool_mask(self, name: str, values: Iterable[bool]) -> npt.NDArray[np.bool_]:
         state = self._flags[name].state

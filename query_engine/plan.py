@@ -16,13 +16,14 @@ import numpy as np
 import numpy.typing as npt
 from annoy import AnnoyIndex
 
-from query_engine import banded, filtered, search
+from query_engine import banded, diversity, filtered, search
 from query_engine.selection import Selection
 from query_engine.vectors import exact_cosine, exact_max_inner_product
 from schemas.manifest import DEFAULT_FILTER_THRESHOLD, IndexQuality, QualityReport
 
 FloatArray = npt.NDArray[np.float32]
-Ranked = tuple[npt.NDArray[np.int64], FloatArray]
+Rows = npt.NDArray[np.int64]
+Ranked = tuple[Rows, FloatArray]
 Strategy = Literal["ann", "exact"]
 # search_k -1: Annoy's default for the angular index (n * n_trees nodes); for the norm bands,
 # every node of each band searched (exact).
@@ -172,3 +173,60 @@ class VersionSearch:
         return filtered.max_inner_product(
             self.mips, query, fetch, keep, plan.filter_threshold, budget, head, factor
         )[0]
+
+    def recommend_max_per(
+        self,
+        query: FloatArray,
+        k: int,
+        max_per: diversity.MaxPer,
+        keep: Selection | None = None,
+        excluded: Rows | None = None,
+        search_k: int | None = None,
+        exact: bool = False,
+    ) -> Ranked:
+        """recommend under `max_per` (query_engine/diversity.py), never returning `excluded`:
+        the greedy walk over this plan's answer, widened until it takes k, then over the exact
+        path the plan serves unindexed requests by; from the start where the plan would scan."""
+        plan = self.plan.recommend
+        scans = (plan.strategy == "exact" and search_k is None) or (
+            keep is not None and filtered.choose(keep, plan.filter_threshold) == "exact"
+        )
+
+        def run(fetch: int, exhaustive: bool) -> Ranked:
+            if exact or not exhaustive:
+                return self.recommend(query, fetch, keep, search_k, exact)
+            if keep is None:
+                return banded.max_inner_product(self.mips, query, fetch, -1, len(self.item_norms))
+            return filtered.exact_max_inner_product(self.mips, query, fetch, keep)
+
+        available = len(self.item_norms) if keep is None else keep.count
+        return diversity.top_k(run, k, max_per, _rows(excluded), available, exact=exact or scans)
+
+    def similar_items_max_per(
+        self,
+        row: int,
+        k: int,
+        max_per: diversity.MaxPer,
+        keep: Selection | None = None,
+        excluded: Rows | None = None,
+        search_k: int | None = None,
+        exact: bool = False,
+    ) -> Ranked:
+        """similar_items under `max_per` (see recommend_max_per); item `row` itself excluded."""
+        plan = self.plan.similar
+        scans = (plan.strategy == "exact" and search_k is None) or (
+            keep is not None and filtered.choose(keep, plan.filter_threshold) == "exact"
+        )
+
+        def run(fetch: int, exhaustive: bool) -> Ranked:
+            if exact or not exhaustive:
+                return self.similar_items(row, fetch, keep, search_k, exact)
+            return self.similar_items(row, fetch, keep, exact=True)
+
+        n = len(self.item_norms)
+        available = n - 1 if keep is None else keep.count - keep.contains(row)
+        return diversity.top_k(run, k, max_per, _rows(excluded), available, exact=exact or scans)
+
+
+def _rows(rows: Rows | None) -> Rows:
+    return np.empty(0, np.int64) if rows is None else np.asarray(rows, dtype=np.int64)

@@ -135,6 +135,20 @@ def item_gramian(items: npt.ArrayLike) -> npt.NDArray[np.float64]:
     return y.T @ y
 
 
+def _user_system(
+    gramian: npt.NDArray[np.float64],
+    seen: npt.ArrayLike,
+    regularization: float,
+    confidence: float | npt.ArrayLike,
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    """(A, b, c) of the ALS user step A x_u = b: A = Y^T Y + Y^T (C_u - I) Y + reg I,
+    b = Y^T C_u p_u, c the confidence of each seen row."""
+    y = np.asarray(seen, dtype=np.float64)
+    c = np.broadcast_to(np.asarray(confidence, dtype=np.float64), (len(y),))
+    a = gramian + regularization * np.eye(gramian.shape[0]) + (y.T * (c - 1.0)) @ y
+    return a, y.T @ c, c
+
+
 def fold_in(
     gramian: npt.NDArray[np.float64],
     seen: npt.ArrayLike,
@@ -149,8 +163,28 @@ def fold_in(
     in implicit's convention). A user who arrives with a few recent items gets the vector ALS
     would have given them, without retraining.
     """
-    y = np.asarray(seen, dtype=np.float64)
-    c = np.broadcast_to(np.asarray(confidence, dtype=np.float64), (len(y),))
-    a = gramian + regularization * np.eye(gramian.shape[0]) + (y.T * (c - 1.0)) @ y
-    b = y.T @ c
+    a, b, _ = _user_system(gramian, seen, regularization, confidence)
     return np.linalg.solve(a, b).astype(np.float32)
+
+
+def explain_scores(
+    gramian: npt.NDArray[np.float64],
+    seen: npt.ArrayLike,
+    targets: npt.ArrayLike,
+    regularization: float,
+    confidence: float | npt.ArrayLike = 1.0,
+) -> npt.NDArray[np.float64]:
+    """Why fold_in's user scores each target item as it does (Hu, Koren & Volinsky 2008,
+    section 5; implicit's AlternatingLeastSquares.explain): with A the matrix of the same user
+    step, x_u = A^-1 Y^T C_u p_u, so the score of item i is
+
+        y_i . x_u = sum_j c_j (y_i^T A^-1 y_j)
+
+    one term per seen row j. Returns those terms, (len(targets), len(seen)) in float64: row i
+    sums to the score of target i (up to fold_in's float32 rounding). `seen`, `regularization`
+    and `confidence` as given to fold_in."""
+    a, _, c = _user_system(gramian, seen, regularization, confidence)
+    t = np.asarray(targets, dtype=np.float64).reshape(-1, gramian.shape[0])
+    weighted = np.linalg.solve(a, t.T)  # A^-1 y_i per target (A is symmetric)
+    terms: npt.NDArray[np.float64] = (weighted.T @ np.asarray(seen, dtype=np.float64).T) * c
+    return terms

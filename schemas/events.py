@@ -29,6 +29,8 @@ MAX_LIST = 1000  # exclude_items, recent_items
 MAX_ALLOW_ITEMS = 10_000
 MAX_DIM = 4096
 MAX_SEARCH_K = 10_000_000
+# An explained item carries this many history items: its largest contributions.
+EXPLAIN_TOP = 3
 # Larger payloads are dead-lettered before parsing: the largest valid request (1000 ids of 256
 # characters, or a 4096-float vector) is well under it, and parsing megabytes of JSON per event
 # would let one producer stall a partition. Kafka's own default message limit is also 1 MiB.
@@ -59,6 +61,13 @@ def utc_now() -> datetime:
 
 class _Event(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class MaxPer(_Event):
+    """At most `n` results per value of the categorical attribute `attr` (crowding)."""
+
+    attr: str = Field(pattern=ATTRIBUTE_NAME_PATTERN, description="a categorical attribute")
+    n: int = Field(ge=1, le=MAX_K, description="results per value, at most")
 
 
 class _RequestOptions(_Event):
@@ -95,6 +104,13 @@ class _RequestOptions(_Event):
         description="only these items (ids this version does not know are ignored)",
     )
 
+    max_per: MaxPer | None = Field(
+        None,
+        description="at most n results per value of a categorical attribute, still k results "
+        "when the catalogue has them: the best k under the constraint, in score order "
+        "(items without a value are not limited)",
+    )
+
     @field_validator("filter")
     @classmethod
     def _filter_shape(cls, value: Filter | None) -> Filter | None:
@@ -122,6 +138,11 @@ class RecommendRequest(_RequestOptions):
     user_vector: list[VectorValue] | None = Field(None, min_length=1, max_length=MAX_DIM)
     recent_items: list[ExternalId] | None = Field(None, min_length=1, max_length=MAX_LIST)
     exclude_seen: bool = Field(False, description="exclude recent_items from the results")
+    explain: bool = Field(
+        False,
+        description=f"with recent_items: each scored item carries its {EXPLAIN_TOP} largest "
+        "contributions from those items (`because`); other forms get `explain_refused`",
+    )
 
     @model_validator(mode="after")
     def _one_user_form(self) -> RecommendRequest:
@@ -145,21 +166,39 @@ Request = Annotated[SimilarItemsRequest | RecommendRequest, Field(discriminator=
 REQUEST_ADAPTER: TypeAdapter[SimilarItemsRequest | RecommendRequest] = TypeAdapter(Request)
 
 
+class Contribution(_Event):
+    """One history item's part of an item's score (the ALS decomposition implicit's
+    `explain` gives): the contributions of all of the user's items sum to the score."""
+
+    item_id: str
+    score: float = Field(description="this history item's part of the score")
+    share: float = Field(
+        description="score / the item's score: shares of all history items sum to 1 "
+        "(a negative share pulled the score down)"
+    )
+
+
 class ScoredItem(_Event):
     item_id: str
     score: float | None = Field(
         description="exact cosine or inner product; null for cold-start popular items"
     )
     filled: bool = Field(False, description="from the popularity list, not the ANN search")
+    because: list[Contribution] | None = Field(
+        None,
+        description=f"with explain: the {EXPLAIN_TOP} history items contributing most to the "
+        "score, largest first",
+    )
 
 
 class Reply(_Event):
     """The answer to one request; `status` is `error`, with `error` set, when it was not served."""
 
     request_id: str
-    status: Literal["ok", "error", "expired", "no_match"] = Field(
+    status: Literal["ok", "error", "expired", "no_match", "partial"] = Field(
         description="no_match: the filter (and exclusions) leave no item in this version; "
-        "items is empty, nothing failed"
+        "items is empty, nothing failed. partial: max_per leaves fewer than k items (all "
+        "that meet it), nothing failed"
     )
     kind: Literal["similar_items", "recommend"] | None = None
     subject_id: str | None = None
@@ -175,6 +214,10 @@ class Reply(_Event):
     filter_passing: int | None = Field(
         None, description="items of this version passing the request's filter and allow list"
     )
+    max_per: MaxPer | None = Field(None, description="the request's max_per, when it had one")
+    explain_refused: str | None = Field(
+        None, description="why the items carry no explanations, when explain was asked"
+    )
     worker_id: str
     served_at: datetime = Field(default_factory=utc_now)
     from_cache: bool = Field(False, description="answered from Redis, computed earlier")
@@ -182,6 +225,11 @@ class Reply(_Event):
     @property
     def filtered(self) -> bool:
         return self.filter_passing is not None
+
+    @property
+    def unconstrained(self) -> bool:
+        """Neither filtered nor under max_per: what the per-subject result key holds."""
+        return not self.filtered and self.max_per is None
 
 
 class DeadLetter(_Event):

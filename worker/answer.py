@@ -17,11 +17,14 @@ import numpy as np
 import numpy.typing as npt
 import structlog
 
+from query_engine.diversity import MaxPer, max_per_of
 from query_engine.selection import FilterError, Selection, select
-from query_engine.vectors import cosine_scores, fold_in
+from query_engine.vectors import cosine_scores, explain_scores, fold_in
 from schemas.events import (
     DEAD_LETTER_PAYLOAD_BYTES,
+    EXPLAIN_TOP,
     MAX_REQUEST_BYTES,
+    Contribution,
     DeadLetter,
     RecommendRequest,
     Reply,
@@ -35,6 +38,7 @@ log = structlog.get_logger(__name__)
 
 Rows = npt.NDArray[np.int64]
 Scorer = Callable[[Rows], npt.NDArray[np.float32]]
+Status = Literal["ok", "no_match", "partial"]
 
 
 class BadRequest(ValueError):
@@ -152,10 +156,14 @@ def answer(
     keep = _selection(request, version)
     if keep is not None:
         base["filter_passing"] = keep.count
+    max_per = _max_per(request, version)
+    if request.max_per is not None:
+        base["max_per"] = request.max_per
     if isinstance(request, SimilarItemsRequest):
-        items = _similar(request, version, exact, keep)
-        return Reply(status=_status(items, keep), items=items, **base)
-    return _recommend(request, version, policy, base, exact, keep)
+        items, excluded = _similar(request, version, exact, keep, max_per)
+        status = _status(version, items, request.k, keep, max_per, excluded)
+        return Reply(status=status, items=items, **base)
+    return _recommend(request, version, policy, base, exact, keep, max_per)
 
 
 def _selection(request: AnyRequest, v: LoadedVersion) -> Selection | None:
@@ -170,26 +178,67 @@ def _selection(request: AnyRequest, v: LoadedVersion) -> Selection | None:
         raise BadRequest(f"filter: {exc} (index {v.version})") from exc
 
 
-def _status(items: list[ScoredItem], keep: Selection | None) -> Literal["ok", "no_match"]:
-    # An empty answer to a filtered request is a fact about the catalogue, not a failure.
-    return "no_match" if keep is not None and not items else "ok"
+def _max_per(request: AnyRequest, v: LoadedVersion) -> MaxPer | None:
+    """The request's max_per over this version's attributes; None when it has none or when it
+    cannot limit k results (n >= k). BadRequest names what this version cannot apply."""
+    if request.max_per is None:
+        return None
+    try:
+        max_per = max_per_of(v.attributes, request.max_per.attr, request.max_per.n)
+    except FilterError as exc:
+        raise BadRequest(f"{exc} (index {v.version})") from exc
+    return max_per if max_per.limits(request.k) else None
+
+
+def _status(
+    v: LoadedVersion,
+    items: list[ScoredItem],
+    k: int,
+    keep: Selection | None,
+    max_per: MaxPer | None,
+    excluded: set[int],
+) -> Status:
+    # An empty answer to a filtered request is a fact about the catalogue, not a failure;
+    # fewer than k under max_per while more items pass: the constraint could not be met.
+    if keep is not None and not items:
+        return "no_match"
+    if max_per is not None and len(items) < k:
+        left = np.fromiter(excluded, np.int64, len(excluded))
+        if keep is None:
+            eligible = v.manifest.n_items - len(left)
+        else:
+            eligible = keep.count - int(keep.passes(left).sum())
+        if len(items) < eligible:
+            return "partial"
+    return "ok"
 
 
 def _similar(
-    request: SimilarItemsRequest, v: LoadedVersion, exact: bool, keep: Selection | None
-) -> list[ScoredItem]:
+    request: SimilarItemsRequest,
+    v: LoadedVersion,
+    exact: bool,
+    keep: Selection | None,
+    max_per: MaxPer | None,
+) -> tuple[list[ScoredItem], set[int]]:
+    """(the items, the rows excluded: the item itself and exclude_items)."""
     row = v.item_rows.get(request.item_id)
     if row is None:
         raise BadRequest(f"unknown item_id {request.item_id!r} in index {v.version}")
     excluded = _rows(v, request.exclude_items) | {row}
-    fetch = request.k + len(excluded)
-    rows, scores = v.search.similar_items(row, fetch, keep, request.search_k, exact)
+    if max_per is None:
+        fetch = request.k + len(excluded)
+        rows, scores = v.search.similar_items(row, fetch, keep, request.search_k, exact)
+    else:
+        rows, scores = v.search.similar_items_max_per(
+            row, request.k, max_per, keep, _array(excluded), request.search_k, exact
+        )
     query = np.asarray(v.item_factors[row])
 
     def scorer(r: Rows) -> npt.NDArray[np.float32]:
         return cosine_scores(np.asarray(v.item_factors[r]), v.search.item_norms[r], query)
 
-    return _complete(v, rows, scores, excluded, request.k, scorer, keep)
+    items = _complete(v, rows, scores, excluded, request.k, scorer, keep, max_per)
+    return items, excluded
 
 
 def _recommend(
@@ -199,53 +248,131 @@ def _recommend(
     base: dict[str, object],
     exact: bool = False,
     keep: Selection | None = None,
+    max_per: MaxPer | None = None,
 ) -> Reply:
     query, seen, unknown = _user_vector(request, v)
-    excluded = _rows(v, request.exclude_items) | (seen if request.exclude_seen else set())
+    excluded = _rows(v, request.exclude_items) | (
+        set(seen.tolist()) if request.exclude_seen else set()
+    )
     if query is None:  # cold start: nothing known about this user
         if policy.cold_start == "error":
             raise BadRequest(f"unknown user in index {v.version} (cold start disabled)")
         items = _complete(
-            v, np.empty(0, np.int64), np.empty(0, np.float32), excluded, request.k, None, keep
+            v,
+            np.empty(0, np.int64),
+            np.empty(0, np.float32),
+            excluded,
+            request.k,
+            None,
+            keep,
+            max_per,
         )
         return Reply(
-            status=_status(items, keep),
+            status=_status(v, items, request.k, keep, max_per, excluded),
             items=items,
             fallback="cold_start",
             unknown_items=unknown,
+            explain_refused=_explain_refusal(request, has_history=False),
             **base,
         )
-    fetch = request.k + len(excluded)
-    rows, scores = v.search.recommend(query, fetch, keep, request.search_k, exact)
+    if max_per is None:
+        fetch = request.k + len(excluded)
+        rows, scores = v.search.recommend(query, fetch, keep, request.search_k, exact)
+    else:
+        rows, scores = v.search.recommend_max_per(
+            query, request.k, max_per, keep, _array(excluded), request.search_k, exact
+        )
 
     def scorer(r: Rows) -> npt.NDArray[np.float32]:
         return (np.asarray(v.item_factors[r]) @ query).astype(np.float32)
 
-    items = _complete(v, rows, scores, excluded, request.k, scorer, keep)
-    return Reply(status=_status(items, keep), items=items, unknown_items=unknown, **base)
+    items = _complete(v, rows, scores, excluded, request.k, scorer, keep, max_per)
+    refusal = _explain_refusal(request, has_history=len(seen) > 0)
+    if request.explain and refusal is None:
+        items = _explained(v, items, seen)
+    return Reply(
+        status=_status(v, items, request.k, keep, max_per, excluded),
+        items=items,
+        unknown_items=unknown,
+        explain_refused=refusal,
+        **base,
+    )
 
 
 def _user_vector(
     request: RecommendRequest, v: LoadedVersion
-) -> tuple[npt.NDArray[np.float32] | None, set[int], list[str]]:
-    """(query vector or None for a cold start, rows the user has seen, unknown recent items)."""
+) -> tuple[npt.NDArray[np.float32] | None, Rows, list[str]]:
+    """(query vector or None for a cold start, rows of the user's known recent items, in the
+    order given, unknown recent items)."""
+    none = np.empty(0, np.int64)
     if request.user_id is not None:
         row = v.user_rows.get(request.user_id)
-        return (None if row is None else np.asarray(v.user_factors[row])), set(), []
+        return (None if row is None else np.asarray(v.user_factors[row])), none, []
     if request.user_vector is not None:
         if len(request.user_vector) != v.manifest.dim:
             raise BadRequest(
                 f"user_vector has {len(request.user_vector)} values, index {v.version} "
                 f"has K={v.manifest.dim}"
             )
-        return np.asarray(request.user_vector, dtype=np.float32), set(), []
+        return np.asarray(request.user_vector, dtype=np.float32), none, []
     assert request.recent_items is not None
     known, unknown = v.item_rows.rows(request.recent_items)
     if not len(known):
-        return None, set(), unknown
+        return None, none, unknown
     f = v.manifest.fold_in
     query = fold_in(v.gramian, np.asarray(v.item_factors[known]), f.regularization, f.alpha)
-    return query, set(known.tolist()), unknown
+    return query, known, unknown
+
+
+def _explain_refusal(request: RecommendRequest, has_history: bool) -> str | None:
+    """Why this request's items cannot be explained (None: they can, or it did not ask)."""
+    if not request.explain or has_history:
+        return None
+    if request.user_id is not None:
+        # A version publishes factors, not the interactions they were trained on; and a
+        # trained user's factors are not one fold-in step over the final item factors.
+        return (
+            "explain: versions do not carry users' histories; send the user's items as "
+            "recent_items to have the items explained"
+        )
+    if request.user_vector is not None:
+        return "explain: a user_vector has no history to explain the scores by"
+    return "explain: none of recent_items is known to this version (cold start: no scores)"
+
+
+def _explained(v: LoadedVersion, items: list[ScoredItem], seen: Rows) -> list[ScoredItem]:
+    """Items with their `because`: the exact ALS decomposition of each score over the seen
+    items (query_engine.vectors.explain_scores), a repeated item's terms added up."""
+    at = [i for i, item in enumerate(items) if item.score is not None]
+    if not at:
+        return items
+    targets = v.item_rows.rows([items[i].item_id for i in at])[0]
+    f = v.manifest.fold_in
+    terms = explain_scores(
+        v.gramian,
+        np.asarray(v.item_factors[seen]),
+        np.asarray(v.item_factors[targets]),
+        f.regularization,
+        f.alpha,
+    )
+    history, inverse = np.unique(seen, return_inverse=True)
+    per_item = np.zeros((len(at), len(history)))
+    np.add.at(per_item.T, inverse, terms.T)
+    totals = terms.sum(axis=1)
+    out = list(items)
+    for j, i in enumerate(at):
+        best = np.argsort(-per_item[j], kind="stable")[:EXPLAIN_TOP]
+        total = float(totals[j])
+        because = [
+            Contribution(
+                item_id=str(v.item_ids[history[h]]),
+                score=float(per_item[j, h]),
+                share=float(per_item[j, h] / total) if total else 0.0,
+            )
+            for h in best.tolist()
+        ]
+        out[i] = items[i].model_copy(update={"because": because})
+    return out
 
 
 def _complete(
@@ -256,15 +383,17 @@ def _complete(
     k: int,
     scorer: Scorer | None,
     allowed: Selection | None = None,
+    max_per: MaxPer | None = None,
 ) -> list[ScoredItem]:
     """The first k non-excluded results, filled up from the popularity list when short (with
-    popular items passing the filter, when there is one)."""
+    popular items passing the filter, when there is one, and within max_per). Under max_per
+    `rows` already are the best the constraint allows: only a cold start is filled."""
     kept = [i for i, r in enumerate(rows.tolist()) if r not in excluded][:k]
     items = [_item(v, int(rows[i]), float(scores[i])) for i in kept]
     missing = k - len(items)
-    if missing > 0:
+    if missing > 0 and (max_per is None or scorer is None):
         taken = excluded | {int(rows[i]) for i in kept}
-        fill = _popular(v, taken, missing, allowed)
+        fill = _popular(v, taken, missing, allowed, max_per, rows[kept])
         fill_scores = scorer(fill) if scorer is not None and len(fill) else None
         items += [
             _item(v, int(r), None if fill_scores is None else float(fill_scores[j]), filled=True)
@@ -273,9 +402,16 @@ def _complete(
     return items
 
 
-def _popular(v: LoadedVersion, taken: set[int], n: int, allowed: Selection | None) -> Rows:
-    """The n most popular rows not in `taken` and passing `allowed` (fewer only when the
-    catalogue runs out)."""
+def _popular(
+    v: LoadedVersion,
+    taken: set[int],
+    n: int,
+    allowed: Selection | None,
+    max_per: MaxPer | None = None,
+    chosen: Rows | None = None,
+) -> Rows:
+    """The n most popular rows not in `taken` and passing `allowed`, and beside `chosen` within
+    `max_per` (fewer only when the catalogue runs out)."""
     if allowed is not None:
         taken_passing = allowed.passes(np.fromiter(taken, np.int64)).sum() if taken else 0
         if allowed.count - taken_passing <= 0:
@@ -286,7 +422,12 @@ def _popular(v: LoadedVersion, taken: set[int], n: int, allowed: Selection | Non
         chunk = np.asarray(v.popularity[start : start + step], dtype=np.int64)
         if allowed is not None:
             chunk = chunk[allowed.passes(chunk)]
-        picked += [r for r in chunk.tolist() if r not in taken][: n - len(picked)]
+        fresh = [r for r in chunk.tolist() if r not in taken]
+        if max_per is not None:  # the greedy walk over what is taken, then this chunk
+            lead = [*(() if chosen is None else chosen.tolist()), *picked]
+            pool = np.asarray(lead + fresh, dtype=np.int64)
+            fresh = pool[max_per.pick(pool, len(lead) + n - len(picked))][len(lead) :].tolist()
+        picked += fresh[: n - len(picked)]
         start += step
         step *= 2  # a selective filter may need most of the list: O(log) chunks, not O(n)
     return np.asarray(picked, dtype=np.int64)
@@ -294,6 +435,10 @@ def _popular(v: LoadedVersion, taken: set[int], n: int, allowed: Selection | Non
 
 def _item(v: LoadedVersion, row: int, score: float | None, filled: bool = False) -> ScoredItem:
     return ScoredItem(item_id=str(v.item_ids[row]), score=score, filled=filled)
+
+
+def _array(rows: set[int]) -> Rows:
+    return np.fromiter(rows, np.int64, len(rows))
 
 
 def _rows(v: LoadedVersion, ids: Sequence[str]) -> set[int]:

@@ -46,8 +46,9 @@ class RedisSink:
         for reply in replies:
             doc = reply.model_dump_json()
             pipe.set(keys.reply_key(reply.request_id), doc, ex=self._reply_ttl_s)
-            # The per-subject result is "recommended for you": a filtered answer is not that.
-            if reply.status == "ok" and reply.kind and reply.subject_id and not reply.filtered:
+            # The per-subject result is "recommended for you": a filtered (or max_per) answer
+            # is not that.
+            if reply.status == "ok" and reply.kind and reply.subject_id and reply.unconstrained:
                 pipe.set(keys.result_key(reply.kind, reply.subject_id), doc, ex=self._result_ttl_s)
         try:
             pipe.execute()
