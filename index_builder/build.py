@@ -9,8 +9,8 @@ from typing import Literal
 import numpy as np
 import numpy.typing as npt
 from annoy import AnnoyIndex
-from tqdm import tqdm
 
+from index_builder.progress import progress_bar
 from query_engine.banded import BAND_GROWTH, FIRST_BAND, band_bounds, norm_order
 from query_engine.vectors import augment_with
 from schemas import manifest as mf
@@ -40,9 +40,9 @@ def build_annoy(
     on_disk = vectors.nbytes >= on_disk_bytes
     if on_disk:
         index.on_disk_build(str(path))
-    for i, row in enumerate(tqdm(vectors, desc=f"add {label}", unit="item", leave=False)):
+    for i, row in enumerate(progress_bar(vectors, desc=f"add {label}", unit="item", leave=False)):
         index.add_item(i, row)
-    with tqdm(total=n_trees, desc=f"build {label}", unit="tree", leave=False) as bar:
+    with progress_bar(total=n_trees, desc=f"build {label}", unit="tree", leave=False) as bar:
         # Annoy builds all trees in one C++ call and reports nothing; the bar marks the phase.
         index.build(n_trees, n_jobs=n_jobs)
         bar.update(n_trees)
@@ -68,7 +68,7 @@ def build_mips_bands(
     edges = band_bounds(len(order), first_band, band_growth)
     bands: list[mf.MipsBand] = []
     for b, (start, stop) in enumerate(
-        tqdm(list(itertools.pairwise(edges)), desc="mips bands", unit="band")
+        progress_bar(list(itertools.pairwise(edges)), desc="mips bands", unit="band")
     ):
         band = mf.MipsBand(
             file=mf.mips_band_file(b), start=start, stop=stop, max_norm=float(norms[start])

@@ -13,6 +13,7 @@ from pydantic import BaseModel
 ENV_PREFIX = "ANNREC_"
 ENV_KAFKA_BOOTSTRAP = "ANNREC_KAFKA_BOOTSTRAP"
 ENV_REDIS_URL = "ANNREC_REDIS_URL"
+ENV_PROGRESS = "ANNREC_PROGRESS"  # progress bars: auto (on a terminal only), on, off
 
 TOPIC_REQUESTS = "annrec.requests"
 TOPIC_REPLIES = "annrec.replies"

@@ -6,12 +6,14 @@ Every failure annrec understands exits 1 with one line on stderr: `annrec: error
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
 from pydantic import ValidationError
 
 from schemas.errors import AnnrecError, describe
+from schemas.keys import ENV_PREFIX, ENV_PROGRESS
 from tools.logs import configure_logging
 from tools.subcommands import Command, Group, Table, add_subcommands
 
@@ -58,6 +60,13 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="annrec", description=__doc__)
     parser.add_argument("--log-level", default="INFO")
     parser.add_argument("--log-json", action="store_true", help="JSON lines instead of key=value")
+    parser.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help=f"progress bars even when not on a terminal, or never (default: on a terminal only; "
+        f"{ENV_PROGRESS}=auto|on|off)",
+    )
     add_subcommands(parser, "command", COMMANDS, argv)
     return parser
 
@@ -66,19 +75,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     words = sys.argv[1:] if argv is None else list(argv)
     args = build_parser(words).parse_args(words)
     configure_logging(args.log_level, args.log_json)
+    if args.progress is not None:  # the environment carries it to child processes too
+        os.environ[ENV_PROGRESS] = "on" if args.progress else "off"
     try:
         return int(args.handler(args))
     except AnnrecError as exc:
         print(f"annrec: error: {exc}", file=sys.stderr)
         return 1
     except ValidationError as exc:  # a bad ANNREC_* variable or flag value
-        print(f"annrec: error: setting {describe(exc)}", file=sys.stderr)
+        print(f"annrec: error: setting {describe(exc, label=_with_variable)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
     except OSError as exc:  # a missing input file, an unwritable output directory, ...
         print(f"annrec: error: {exc.strerror or exc}: {exc.filename or ''}", file=sys.stderr)
         return 1
+
+
+def _with_variable(field: str) -> str:
+    return f"{field} ({ENV_PREFIX}{field.upper()})"
 
 
 if __name__ == "__main__":

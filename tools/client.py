@@ -156,7 +156,8 @@ def wait_for_workers(
 
 
 def format_reply(reply: Reply) -> str:
-    """A reply as a person reads it: a head line, then rank, item and score."""
+    """A reply as a person reads it: a head line, what was unusual about it (a fallback, filled
+    items, ignored ids), then rank, item, score and a note per item."""
     if reply.status == "no_match":
         return f"{reply.request_id}: no_match: no item passes the filter"
     if reply.status != "ok":
@@ -167,7 +168,33 @@ def format_reply(reply: Reply) -> str:
     )
     rows = [
         f"{i:>4}  {item.item_id:<16} "
-        + ("filled".rjust(10) if item.score is None else f"{item.score:>10.4f}")
+        + ("-".rjust(10) if item.score is None else f"{item.score:>10.4f}")
+        + ("  filled" if item.filled else "")
         for i, item in enumerate(reply.items, 1)
     ]
-    return "\n".join([head, f"{'rank':>4}  {'item_id':<16} {'score':>10}", *rows])
+    header = f"{'rank':>4}  {'item_id':<16} {'score':>10}  note"
+    return "\n".join([head, *reply_notes(reply), header, *rows])
+
+
+def reply_notes(reply: Reply) -> list[str]:
+    """The facts a table of items would otherwise hide, one line each."""
+    notes = []
+    if reply.fallback == "cold_start":
+        notes.append(
+            "fallback: cold_start: the version knows nothing of this user, so these are its most "
+            "popular items (no score)"
+        )
+    elif any(item.filled for item in reply.items):
+        notes.append(
+            "filled: fewer than k results were left after exclusions and the filter; the rest "
+            "come from the version's popularity list"
+        )
+    if reply.unknown_items:
+        shown = ", ".join(reply.unknown_items[:5])
+        more = f" and {len(reply.unknown_items) - 5} more" if len(reply.unknown_items) > 5 else ""
+        notes.append(f"ignored: items this version does not know: {shown}{more}")
+    if reply.filter_passing is not None:
+        notes.append(f"filter: {reply.filter_passing} items of the catalogue pass")
+    if reply.from_cache:
+        notes.append("answered from the reply cache (computed earlier for this version)")
+    return notes

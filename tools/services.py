@@ -6,6 +6,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import AdminClient
+
 from schemas import keys
 from schemas.errors import AnnrecError
 from schemas.settings import CommonSettings
@@ -22,6 +25,17 @@ def kafka_conf(settings: CommonSettings) -> dict[str, str]:
             )
         bootstrap = local.kafka_bootstrap
     return {"bootstrap.servers": bootstrap, **settings.kafka_config}
+
+
+def check_kafka(conf: dict[str, str], timeout_s: float = 5.0) -> None:
+    """AnnrecError, naming the bootstrap and the setting to check, when Kafka does not answer."""
+    try:
+        AdminClient(dict(conf)).list_topics(timeout=timeout_s)
+    except KafkaException as exc:
+        raise AnnrecError(
+            f"Kafka at {conf.get('bootstrap.servers')} did not answer within {timeout_s:.0f} s: "
+            f"check {keys.ENV_KAFKA_BOOTSTRAP} or start one with `annrec stack up`"
+        ) from exc
 
 
 def redis_url(settings: CommonSettings) -> str:

@@ -17,11 +17,12 @@ import time
 from typing import Any
 
 import redis
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from adapters.version_storage import open_storage
 from schemas import keys
+from schemas.errors import AnnrecError
 from worker.settings import WorkerSettings
 
 TIMEOUT_S = 10.0
@@ -32,6 +33,8 @@ def collect_status(
     settings: WorkerSettings, kafka: dict[str, str], redis_url: str, now: float | None = None
 ) -> dict[str, Any]:
     now = time.time() if now is None else now
+    workers = _workers(redis_url, settings.group_id)  # Redis first: it fails fast and clearly
+    versions = _versions(settings)
     consumer = Consumer(
         {**kafka, "group.id": settings.group_id, "enable.auto.commit": False}
     )  # never subscribes: it only reads offsets, it does not join the group
@@ -39,8 +42,8 @@ def collect_status(
         return {
             "group": _group(kafka, settings),
             "lag": _lag(consumer, settings.topic_requests),
-            "workers": _workers(redis_url, settings.group_id),
-            "versions": _versions(settings),
+            "workers": workers,
+            "versions": versions,
             "dead_letters_last_hour": _recent_count(
                 consumer, settings.topic_dead_letters, now - 3600
             ),
@@ -50,6 +53,11 @@ def collect_status(
             },
             "at": now,
         }
+    except KafkaException as exc:
+        raise AnnrecError(
+            f"Kafka at {kafka.get('bootstrap.servers')} did not answer ({exc.args[0]}): check "
+            f"{keys.ENV_KAFKA_BOOTSTRAP} (and {keys.ENV_PREFIX}KAFKA_CONFIG) or `annrec stack up`"
+        ) from exc
     finally:
         consumer.close()
 
@@ -102,22 +110,51 @@ def _lag(consumer: Consumer, topic: str) -> list[dict[str, int | None]]:
 
 
 def _workers(redis_url: str, group: str) -> list[dict[str, Any]]:
-    client = redis.Redis.from_url(redis_url)
+    client = redis.Redis.from_url(redis_url, socket_timeout=TIMEOUT_S)
     found = []
-    for key in client.scan_iter(match=keys.WORKER_KEY_PATTERN, count=1000):
-        raw = client.get(key)
-        if raw is None:  # expired between the scan and the read
-            continue
-        doc = json.loads(raw)
-        if doc.get("group") == group:
-            doc["expires_in_s"] = client.ttl(key)
-            found.append(doc)
+    try:
+        for key in client.scan_iter(match=keys.WORKER_KEY_PATTERN, count=1000):
+            raw = client.get(key)
+            if raw is None:  # expired between the scan and the read
+                continue
+            doc = json.loads(raw)
+            if doc.get("group") == group:
+                doc["expires_in_s"] = client.ttl(key)
+                found.append(doc)
+    except redis.RedisError as exc:
+        raise AnnrecError(redis_refusal(redis_url, exc)) from exc
+    finally:
+        client.close()
     return sorted(found, key=lambda d: d["worker_id"])
 
 
+def redis_refusal(redis_url: str, exc: redis.RedisError) -> str:
+    """One line naming the Redis that refused and the setting to check (never the password)."""
+    where = redis.connection.parse_url(redis_url)
+    host = f"{where.get('host', 'localhost')}:{where.get('port', 6379)}"
+    if isinstance(
+        exc, redis.AuthenticationError | redis.exceptions.AuthenticationWrongNumberOfArgsError
+    ):
+        why = "refused the password"
+    elif isinstance(exc, redis.ConnectionError | redis.TimeoutError):
+        why = "is not reachable"
+    else:
+        why = f"failed ({type(exc).__name__})"
+    return f"Redis at {host} {why}: check {keys.ENV_REDIS_URL} or `annrec stack up`"
+
+
 def _versions(s: WorkerSettings) -> dict[str, Any]:
-    catalogue = open_storage(s.storage, s.storage_options)
-    return {"storage": s.storage, "versions": catalogue.versions(), "latest": catalogue.latest()}
+    try:
+        catalogue = open_storage(s.storage, s.storage_options)
+        return {
+            "storage": s.storage,
+            "versions": catalogue.versions(),
+            "latest": catalogue.latest(),
+        }
+    except (OSError, AnnrecError) as exc:
+        raise AnnrecError(
+            f"storage {s.storage} cannot be read ({exc}): check {keys.ENV_PREFIX}STORAGE"
+        ) from exc
 
 
 def _published(consumer: Consumer, topic: str) -> int:
@@ -151,7 +188,9 @@ def render_status(doc: dict[str, Any]) -> str:
     total = sum(r["lag"] for r in doc["lag"])
     lines.append(f"lag: {total} request(s) waiting")
     lines += [
-        f"  partition {r['partition']}: end {r['end']}, committed {r['committed']}, lag {r['lag']}"
+        f"  partition {r['partition']}: end {r['end']}, "
+        + ("nothing committed yet" if r["committed"] is None else f"committed {r['committed']}")
+        + f", lag {r['lag']}"
         for r in doc["lag"]
     ]
     lines.append(f"workers alive (heartbeat in Redis): {len(doc['workers'])}")
@@ -159,9 +198,10 @@ def render_status(doc: dict[str, Any]) -> str:
         recall = ", ".join(
             f"{kind} {v['recall']:.3f} ({v['samples']})" for kind, v in w["live_recall"].items()
         )
+        seen = f" (as of {doc['at'] - w['at']:.0f} s ago)" if "at" in w else ""
         lines.append(
             f"  {w['worker_id']:<36} version {w['version']}  up {w['uptime_s']:.0f} s  "
-            f"processed {w['processed']}  partitions {_list(w['partitions'])}"
+            f"processed {w['processed']}{seen}  partitions {_list(w['partitions'])}"
             + (f"  live recall {recall}" if recall else "")
             + (
                 f"  item updates read {w['item_updates_read']}"
@@ -170,7 +210,8 @@ def render_status(doc: dict[str, Any]) -> str:
             )
         )
     v = doc["versions"]
-    lines.append(f"versions in {v['storage']}: {len(v['versions'])}, LATEST {v['latest']}")
+    latest = v["latest"] or "none (nothing published yet)"
+    lines.append(f"versions in {v['storage']}: {len(v['versions'])}, LATEST {latest}")
     lines += [f"  {'*' if name == v['latest'] else ' '} {name}" for name in v["versions"][-5:]]
     lines.append(f"dead letters in the last hour: {doc['dead_letters_last_hour']}")
     u = doc.get("item_updates")

@@ -28,10 +28,10 @@ import numpy as np
 import numpy.typing as npt
 from annoy import AnnoyIndex
 from threadpoolctl import threadpool_info, threadpool_limits
-from tqdm import tqdm
 
 from index_builder.build import build_annoy
 from index_builder.inputs import Factors
+from index_builder.progress import progress_bar
 from index_builder.publish import BuildOptions
 from index_builder.synth import synth_factors, synth_interactions
 from query_engine import search
@@ -422,7 +422,9 @@ def _annrec_similar(task: Task, factors: Factors, tmp: Path, n_trees: int) -> di
 
 
 def _peer(peer: peer_libs.Peer, task: Task, factors: Factors, seed: int) -> dict[str, Any]:
-    with tqdm(total=1, desc=f"build {peer.name} {task.name}", unit="index", leave=False) as bar:
+    with progress_bar(
+        total=1, desc=f"build {peer.name} {task.name}", unit="index", leave=False
+    ) as bar:
         built = peer.build(factors.item_factors, task.metric, seed)
         bar.update(1)
     # By an item's own vector the item is its own nearest neighbour: ask one more, drop it.

@@ -31,10 +31,10 @@ from typing import Any
 
 import numpy as np
 from confluent_kafka import Producer
-from tqdm import tqdm
 
 from adapters.topics import ensure_topics, topic_specs
 from index_builder.announce import announce_version
+from index_builder.progress import progress_bar
 from index_builder.publish import BuildOptions, publish_version
 from index_builder.storage import adopt_version
 from index_builder.synth import synth_factors
@@ -176,7 +176,7 @@ def _sweep(
     try:
         _warm_up(served.kafka, topics, served.n_users, run.workers)
         points = []
-        for rate in tqdm(rates, desc=run.label, unit="rate", file=sys.stderr):
+        for rate in progress_bar(rates, desc=run.label, unit="rate", file=sys.stderr):
             swapper = None
             if upcoming is not None:
                 swapper = threading.Thread(

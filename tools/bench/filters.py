@@ -28,8 +28,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 from threadpoolctl import threadpool_limits
-from tqdm import tqdm
 
+from index_builder.progress import progress_bar
 from index_builder.publish import BuildOptions, publish_version
 from index_builder.synth import BUCKET_SELECTIVITIES, synth_attributes, synth_factors
 from query_engine import filtered
@@ -128,7 +128,7 @@ def _task(version: LoadedVersion, runners: dict[str, Runner], n_queries: int) ->
     order = np.random.default_rng(1)
     attrs = version.attributes
     assert attrs is not None
-    for value, selectivity in tqdm(BUCKET_SELECTIVITIES.items(), desc="selectivities"):
+    for value, selectivity in progress_bar(BUCKET_SELECTIVITIES.items(), desc="selectivities"):
         flt = AttrEquals(attr="bucket", eq=value)
         found: dict[str, list[Rows]] = {s: [] for s in STRATEGIES}
         seconds: dict[str, list[float]] = {s: [] for s in STRATEGIES}

@@ -13,8 +13,8 @@ from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
-from tqdm import tqdm
 
+from index_builder.progress import progress_bar
 from query_engine.vectors import recall_at_k, top_k
 
 FloatArray = npt.NDArray[np.float32]
@@ -56,7 +56,7 @@ def exact_top_k(
     brute force."""
     out = np.empty((len(queries), min(k, len(matrix))), dtype=np.int64)
     starts = range(0, len(queries), BATCH)
-    for start in tqdm(starts, desc=desc, unit="batch", leave=False, disable=desc is None):
+    for start in progress_bar(starts, desc=desc, unit="batch", leave=False, hidden=desc is None):
         scores = queries[start : start + BATCH] @ matrix.T
         if exclude is not None:
             scores[np.arange(len(scores)), exclude[start : start + BATCH]] = -np.inf
@@ -101,7 +101,7 @@ def sweep(
     STOP_RECALL: later groups only cost more (unless every_group: groups that are not ordered by
     cost, such as the bound factors of the norm bands, are all measured)."""
     points: list[dict[str, Any]] = []
-    with tqdm(total=sum(map(len, grid)), desc=label, unit="point", leave=False) as bar:
+    with progress_bar(total=sum(map(len, grid)), desc=label, unit="point", leave=False) as bar:
         for group in grid:
             previous = -1.0
             for param in group:

@@ -5,8 +5,14 @@ from __future__ import annotations
 
 import argparse
 
+import structlog
+
 from index_builder import cli as builder_cli
+from schemas.errors import AnnrecError
+from schemas.settings import CommonSettings
 from tools import services
+
+log = structlog.get_logger(__name__)
 
 
 def register_synth(parser: argparse.ArgumentParser) -> None:
@@ -16,6 +22,12 @@ def register_synth(parser: argparse.ArgumentParser) -> None:
 
 def register_build(parser: argparse.ArgumentParser) -> None:
     builder_cli.add_build_arguments(parser)
+    parser.add_argument(
+        "--announce",
+        action="store_true",
+        help="fail when the version cannot be announced on Kafka (default: publish anyway and "
+        "warn; workers also pick new versions up by polling LATEST)",
+    )
     parser.set_defaults(handler=_build)
 
 
@@ -30,11 +42,33 @@ def _synth(args: argparse.Namespace) -> int:
 
 
 def _build(args: argparse.Namespace) -> int:
+    if args.announce and args.no_announce:
+        raise AnnrecError("--announce and --no-announce contradict each other: give one")
     settings = builder_cli.builder_settings(args)
-    conf = None if args.no_announce else services.kafka_conf(settings)
+    conf = None if args.no_announce else _announcing_kafka(settings, required=args.announce)
     manifest = builder_cli.run_build(args, settings, conf)
+    if conf is None and not args.no_announce:
+        log.warning(
+            "version_not_announced",
+            version=manifest.version,
+            workers="pick it up by polling LATEST (ANNREC_INDEX_POLL_INTERVAL_S, default 2 s)",
+        )
     print(manifest.version)
     return 0
+
+
+def _announcing_kafka(settings: CommonSettings, *, required: bool) -> dict[str, str] | None:
+    """The Kafka to announce on (and read item updates from), when there is one that answers;
+    None, with a warning, when there is none and the announcement was not required."""
+    try:
+        conf = services.kafka_conf(settings)
+        services.check_kafka(conf)
+    except AnnrecError as exc:
+        if required:
+            raise
+        log.warning("kafka_unavailable", reason=str(exc), then="publishing without announcing")
+        return None
+    return conf
 
 
 def _versions(args: argparse.Namespace) -> int:

@@ -1,5 +1,7 @@
 """The CLI as a user meets it: exit codes and one-line errors (no services needed)."""
 
+import os
+import re
 import subprocess
 import sys
 
@@ -79,8 +81,7 @@ def test_missing_file_and_bad_setting_are_one_line_errors(tmp_path):
     result = annrec("build", "--synth", "--no-announce", env=env, cwd=tmp_path)
     assert result.returncode == 1
     assert result.stderr.strip() == (
-        "annrec: error: setting n_trees: Input should be a valid integer, "
-        "unable to parse string as an integer"
+        "annrec: error: setting n_trees (ANNREC_N_TREES) must be a whole number (got 'zero')"
     )
 
 
@@ -165,3 +166,35 @@ def test_each_benchmark_applies_its_own_quick_profile_over_the_flags(kind):
     for name, value in QUICK[kind].items():
         assert getattr(quick, name) == value, name
     assert quick.quick_profile == QUICK[kind]
+
+
+def test_a_build_off_a_terminal_writes_log_lines_only_and_publishes_without_kafka(tmp_path):
+    """stdout and stderr piped (as in a log file): no progress bar, no escape sequence, every
+    stderr line in the project's key=value format; no Kafka anywhere: published, with a warning
+    that workers pick the version up by polling."""
+    env = {**os.environ, "ANNREC_STACK_DIR": str(tmp_path / "no-stack")}
+    env.pop("ANNREC_KAFKA_BOOTSTRAP", None)
+    env.pop("ANNREC_PROGRESS", None)
+    build = ["build", "--synth", "--items", "3000", "--users", "300", "--dim", "8", "--trees", "4"]
+    result = annrec(*build, "--storage", str(tmp_path / "s"), env=env)
+    assert result.returncode == 0, result.stderr
+    assert "\x1b" not in result.stdout + result.stderr and "point/s" not in result.stderr
+    lines = result.stderr.splitlines()
+    assert lines and all(re.match(r"ts='[^']+' level='\w+' event='\w+'", line) for line in lines)
+    assert any("event='version_not_announced'" in line for line in lines)
+    assert (tmp_path / "s" / "LATEST").read_text().strip() == result.stdout.strip()
+
+    forced = annrec("--progress", *build, "--storage", str(tmp_path / "s2"), env=env)
+    assert forced.returncode == 0 and "quality recommend:" in forced.stderr  # asked for
+
+
+def test_announcing_can_be_required(tmp_path):
+    env = {**os.environ, "ANNREC_STACK_DIR": str(tmp_path / "no-stack")}
+    env.pop("ANNREC_KAFKA_BOOTSTRAP", None)
+    args = ["build", "--synth", "--items", "300", "--dim", "4", "--no-quality", "--announce"]
+    result = annrec(*args, "--storage", str(tmp_path / "s"), env=env)
+    assert result.returncode == 1
+    assert result.stderr.strip().endswith(
+        "no Kafka: set ANNREC_KAFKA_BOOTSTRAP or start one with `annrec stack up`"
+    )
+    assert not (tmp_path / "s" / "LATEST").exists()

@@ -36,3 +36,51 @@ def test_render_names_every_section_and_figure():
     assert "dead letters in the last hour: 3" in text
     assert "item updates read 5" in text
     assert "item updates published to annrec.item-updates: 7" in text
+
+
+def _doc(**changes):
+    doc = {
+        "group": {"id": "g", "state": "empty", "members": []},
+        "lag": [{"partition": 0, "committed": None, "end": 0, "lag": 0}],
+        "workers": [
+            {
+                "worker_id": "w1",
+                "version": "v1",
+                "uptime_s": 3.0,
+                "processed": 2,
+                "partitions": [],
+                "live_recall": {},
+                "at": 1000.0,
+            }
+        ],
+        "versions": {"storage": "/s", "versions": [], "latest": None},
+        "dead_letters_last_hour": 0,
+        "at": 1002.0,
+    }
+    return {**doc, **changes}
+
+
+def test_render_says_what_is_missing_instead_of_none():
+    text = render_status(_doc())
+    assert "None" not in text
+    assert "partition 0: end 0, nothing committed yet, lag 0" in text
+    assert "LATEST none (nothing published yet)" in text
+
+
+def test_render_dates_a_workers_counts_by_its_heartbeat():
+    assert "processed 2 (as of 2 s ago)" in render_status(_doc())
+
+
+def test_a_refusing_redis_is_one_line_naming_the_setting_and_not_the_password():
+    import redis
+
+    from tools.status import redis_refusal
+
+    url = "redis://:hunter2@cache.internal:6390/0"
+    line = redis_refusal(url, redis.AuthenticationError("invalid username-password pair"))
+    assert line == (
+        "Redis at cache.internal:6390 refused the password: check ANNREC_REDIS_URL "
+        "or `annrec stack up`"
+    )
+    gone = redis_refusal(url, redis.ConnectionError("refused"))
+    assert "is not reachable" in gone and "hunter2" not in gone

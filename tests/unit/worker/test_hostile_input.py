@@ -52,5 +52,5 @@ def test_a_vector_that_overflows_float32_is_refused(version):
     ]
     outcome = answer_batch(parse_batch(events), version, "w")
     assert [d.source_offset for d in outcome.dead_letters] == [0]
-    assert "less than or equal" in outcome.dead_letters[0].reason
+    assert "user_vector.0 must be at most" in outcome.dead_letters[0].reason
     assert isinstance(outcome.dead_letters[0], DeadLetter)
