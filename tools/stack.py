@@ -363,6 +363,7 @@ class LocalStack:
 
 def _stop(proc: Spawned, grace_s: float = 30.0) -> bool:
     if not proc.alive():
+        _reap(proc.pid, timeout_s=0)  # it may have died on its own: a zombie of ours, or nothing
         return False
     os.kill(proc.pid, signal.SIGTERM)
     deadline = time.monotonic() + grace_s
@@ -370,7 +371,23 @@ def _stop(proc: Spawned, grace_s: float = 30.0) -> bool:
         time.sleep(0.2)
     if proc.alive():
         os.kill(proc.pid, signal.SIGKILL)
+    _reap(proc.pid)
     return True
+
+
+def _reap(pid: int, timeout_s: float = 5.0) -> None:
+    """Collect a stopped process's exit status when it is our child (the stack started in this
+    process: tests, demo, bench), so no `<defunct>` entry outlives it. A stack started by another
+    `annrec stack up` is init's child: nothing to collect here."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            done, _ = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if done or time.monotonic() > deadline:
+            return
+        time.sleep(0.05)
 
 
 def _proc_stat(pid: int) -> list[str] | None:
