@@ -10,7 +10,7 @@ from pydantic import ValidationError
 from adapters.item_updates import publish_item_updates
 from adapters.topics import ensure_topics, topic_specs
 from schemas.errors import AnnrecError, describe
-from schemas.events import ItemUpdate, RecommendRequest, SimilarItemsRequest
+from schemas.events import ItemUpdate, MaxPer, RecommendRequest, Reply, SimilarItemsRequest
 from schemas.filters import FILTER_ADAPTER, Filter, check_shape
 from schemas.settings import CommonSettings
 from tools import services
@@ -21,10 +21,23 @@ def register_request(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("kind", choices=["similar-items", "recommend"])
     parser.add_argument("--item-id")
     parser.add_argument("--user-id")
+    parser.add_argument(
+        "--recent-items", nargs="+", metavar="ITEM_ID", help="recommend from these items"
+    )
     parser.add_argument("-k", type=int, default=10)
     parser.add_argument("--timeout", type=float, default=30.0)
     parser.add_argument("--json", action="store_true", help="print the reply event as JSON")
     parser.add_argument("--filter", help='JSON filter, e.g. \'{"attr": "in_stock", "eq": true}\'')
+    parser.add_argument(
+        "--max-per",
+        metavar="ATTR:N",
+        help="at most N results per value of a categorical attribute, e.g. brand:2",
+    )
+    parser.add_argument(
+        "--explain",
+        action="store_true",
+        help="recommend with --recent-items: which of them each item's score comes from",
+    )
     parser.set_defaults(handler=run_request)
 
 
@@ -41,14 +54,19 @@ def run_request(args: argparse.Namespace) -> int:
     common: dict[str, Any] = {"request_id": new_request_id(), "k": args.k}
     if args.filter:
         common["filter"] = _parse_filter(args.filter)
+    if args.max_per:
+        common["max_per"] = _parse_max_per(args.max_per)
     if args.kind == "similar-items":
         if not args.item_id:
             raise AnnrecError("similar-items needs --item-id")
+        if args.explain:
+            raise AnnrecError("--explain is for recommend (with --recent-items)")
         request = SimilarItemsRequest(item_id=args.item_id, **common)
     else:
-        if not args.user_id:
-            raise AnnrecError("recommend needs --user-id")
-        request = RecommendRequest(user_id=args.user_id, **common)
+        if bool(args.user_id) == bool(args.recent_items):
+            raise AnnrecError("recommend needs one of --user-id, --recent-items")
+        user = {"user_id": args.user_id} if args.user_id else {"recent_items": args.recent_items}
+        request = RecommendRequest(**user, explain=args.explain, **common)
     reply = request_once(
         services.kafka_conf(settings),
         settings.topic_requests,
@@ -56,8 +74,8 @@ def run_request(args: argparse.Namespace) -> int:
         request,
         args.timeout,
     )
-    print(reply.model_dump_json(indent=2) if args.json else format_reply(reply))
-    return 0 if reply.status in ("ok", "no_match") else 1
+    print(reply.model_dump_json(indent=2) if args.json else _format(reply))
+    return 0 if reply.status in ("ok", "no_match", "partial") else 1
 
 
 def run_item_update(args: argparse.Namespace) -> int:
@@ -73,6 +91,35 @@ def run_item_update(args: argparse.Namespace) -> int:
     publish_item_updates(conf, settings.topic_item_updates, updates)
     print(f"{len(updates)} updates published to {settings.topic_item_updates}")
     return 0
+
+
+def _format(reply: Reply) -> str:
+    """format_reply, then what max_per and explain add: the constraint's outcome, and each
+    explained item's history items with their share of its score. A partial reply's items are
+    shown as an ok reply's are."""
+    partial = reply.status == "partial"
+    lines = [format_reply(reply.model_copy(update={"status": "ok"}) if partial else reply)]
+    if reply.max_per is not None:
+        m = reply.max_per
+        outcome = "could not be met: all the items that meet it" if partial else "met"
+        lines.append(f"max_per: at most {m.n} per {m.attr}: {outcome}")
+    if reply.explain_refused:
+        lines.append(reply.explain_refused)
+    explained = [(i, item) for i, item in enumerate(reply.items, 1) if item.because]
+    if explained:
+        lines.append("because (recent item: share of the score)")
+    for i, item in explained:
+        parts = ", ".join(f"{c.item_id}: {c.share:.0%}" for c in item.because or [])
+        lines.append(f"{i:>4}  {item.item_id:<16} {parts}")
+    return "\n".join(lines)
+
+
+def _parse_max_per(text: str) -> MaxPer:
+    attr, _, n = text.rpartition(":")
+    try:
+        return MaxPer(attr=attr, n=int(n))
+    except (ValidationError, ValueError) as exc:
+        raise AnnrecError(f"--max-per: give ATTR:N, e.g. brand:2 (got {text!r})") from exc
 
 
 def _parse_filter(text: str) -> Filter:
