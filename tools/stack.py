@@ -160,7 +160,10 @@ def redis_server_binary() -> str:
             ["apt-get", "update", "-qq"],
             ["apt-get", "install", "-y", "-qq", "redis-server"],
         ):
-            subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL)
+            # apt's and debconf's chatter (the apt-utils note) only when the command fails.
+            done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+            if done.returncode != 0:
+                raise AnnrecError(f"{' '.join(cmd)} failed: {done.stderr.strip()[-500:]}")
         found = shutil.which("redis-server")
         if found:
             return found
