@@ -6,11 +6,12 @@ matroid, on which greedy gives the k items of largest total score, each rank's s
 as any valid answer's (an item it skips is beaten by n taken items of its own value).
 
 The walk only reads a prefix of the score order, so it runs over the serving path's answer for
-`fetch` items: once it takes k items within that prefix, what lies beyond cannot change the
-answer. When it does not, the prefix is widened (a new search for WIDEN_FACTOR x more items),
-WIDEN_ROUNDS times at most, then read from the exact path (as the filter planner does,
-filtered.py) until k are taken or every item has been walked. Post-filtering a top-k by the
-constraint instead returns fewer and worse items, the failure of post-filtering by attribute.
+`fetch` items (first k + exclusions, what the same request without max_per asks): once it takes
+k items within that prefix, what lies beyond cannot change the answer. When it does not, the
+prefix is widened (a new search for WIDEN_FACTOR x more items), WIDEN_ROUNDS times at most, then
+read from the exact path (as the filter planner does, filtered.py) until k are taken or every
+item has been walked. Post-filtering a top-k by the constraint instead returns fewer and worse
+items, the failure of post-filtering by attribute.
 
 Items without a value of the attribute are not limited.
 """
@@ -89,7 +90,7 @@ def top_k(
     """
     if k <= 0 or available <= 0:
         return np.empty(0, np.int64), np.empty(0, np.float32)
-    fetch = min(available, 2 * (k + len(excluded)))
+    fetch = min(available, k + len(excluded))  # a plain request's cost, first
     rounds = 0
     while True:
         rows, scores = search(fetch, exact)

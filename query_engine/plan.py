@@ -18,7 +18,7 @@ from annoy import AnnoyIndex
 
 from query_engine import banded, diversity, filtered, search
 from query_engine.selection import Selection
-from query_engine.vectors import exact_cosine, exact_max_inner_product
+from query_engine.vectors import cosine_scores, exact_cosine, exact_max_inner_product, top_k
 from schemas.manifest import DEFAULT_FILTER_THRESHOLD, IndexQuality, QualityReport
 
 FloatArray = npt.NDArray[np.float32]
@@ -218,14 +218,32 @@ class VersionSearch:
             keep is not None and filtered.choose(keep, plan.filter_threshold) == "exact"
         )
 
+        scored: list[Ranked] = []  # the exact path scores every candidate once, then slices
+
         def run(fetch: int, exhaustive: bool) -> Ranked:
             if exact or not exhaustive:
                 return self.similar_items(row, fetch, keep, search_k, exact)
-            return self.similar_items(row, fetch, keep, exact=True)
+            if not scored:
+                scored.append(self._cosine_all(row, keep))
+            rows, scores = scored[0]
+            best = top_k(scores, min(fetch, len(scores)))
+            return rows[best], scores[best]
 
         n = len(self.item_norms)
         available = n - 1 if keep is None else keep.count - keep.contains(row)
         return diversity.top_k(run, k, max_per, _rows(excluded), available, exact=exact or scans)
+
+    def _cosine_all(self, row: int, keep: Selection | None) -> Ranked:
+        """(candidate rows, their cosine with item `row`): every item but itself, or every
+        passing one."""
+        query = np.asarray(self.item_factors[row])
+        rows = np.arange(len(self.item_norms), dtype=np.int64) if keep is None else keep.rows
+        rows = rows[rows != row]
+        if keep is None:  # one pass over the catalogue in place, the row itself dropped after
+            scores = cosine_scores(self.item_factors, self.item_norms, query)
+            return rows, np.delete(scores, row)
+        factors = np.asarray(self.item_factors[rows])
+        return rows, cosine_scores(factors, self.item_norms[rows], query)
 
 
 def _rows(rows: Rows | None) -> Rows:

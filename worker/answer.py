@@ -356,22 +356,23 @@ def _explained(v: LoadedVersion, items: list[ScoredItem], seen: Rows) -> list[Sc
         f.alpha,
     )
     history, inverse = np.unique(seen, return_inverse=True)
-    per_item = np.zeros((len(at), len(history)))
-    np.add.at(per_item.T, inverse, terms.T)
-    totals = terms.sum(axis=1)
+    one_hot = np.zeros((len(seen), len(history)))
+    one_hot[np.arange(len(seen)), inverse] = 1.0
+    per_item = terms @ one_hot  # (targets, distinct history items)
+    totals = terms.sum(axis=1, keepdims=True)
+    shares = np.divide(per_item, totals, out=np.zeros_like(per_item), where=totals != 0)
+    best = np.argsort(-per_item, axis=1, kind="stable")[:, :EXPLAIN_TOP]
+    names = [str(x) for x in v.item_ids[history]]
     out = list(items)
     for j, i in enumerate(at):
-        best = np.argsort(-per_item[j], kind="stable")[:EXPLAIN_TOP]
-        total = float(totals[j])
         because = [
-            Contribution(
-                item_id=str(v.item_ids[history[h]]),
-                score=float(per_item[j, h]),
-                share=float(per_item[j, h] / total) if total else 0.0,
-            )
-            for h in best.tolist()
+            Contribution(item_id=names[h], score=float(per_item[j, h]), share=float(shares[j, h]))
+            for h in best[j].tolist()
         ]
-        out[i] = items[i].model_copy(update={"because": because})
+        item = items[i]
+        out[i] = ScoredItem(
+            item_id=item.item_id, score=item.score, filled=item.filled, because=because
+        )
     return out
 
 

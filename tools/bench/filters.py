@@ -12,7 +12,8 @@ selectivity and task, every query runs three ways, side by side (interleaved, on
   (or, above 25% of the catalogue, a masked full scan); also the ground truth.
 
 Each query's time includes evaluating the filter (`bucket == value` -> a selection), as a
-request's does. Figures: JSON, a Markdown table on stdout, and a PNG.
+request's does. Then the rows of `max_per` and `explain` (tools/bench/constrained.py) on the
+same version and queries. Figures: JSON, Markdown tables on stdout, and a PNG.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from query_engine import filtered
 from query_engine.selection import Selection, select
 from query_engine.vectors import recall_at_k
 from schemas.filters import AttrEquals
+from tools.bench import constrained
 from tools.bench.cli import add_catalogue, add_quick, apply_quick
 from tools.bench.machine import describe, machine_info
 from worker.index_store import LoadedVersion, load_version
@@ -70,9 +72,9 @@ def bench_filters(
     factors = synth_factors(n_items, n_users, dim, seed=seed)
     with tempfile.TemporaryDirectory(dir=out) as tmp:
         storage = Path(tmp)
-        manifest = publish_version(
-            factors, storage, BuildOptions(seed=seed), attributes=synth_attributes(n_items, seed)
-        )
+        attributes = synth_attributes(n_items, seed)
+        constrained.with_maker(attributes, factors.item_factors, seed)
+        manifest = publish_version(factors, storage, BuildOptions(seed=seed), attributes=attributes)
         version = load_version(storage, manifest.version)
         try:
             rng = np.random.default_rng(seed)
@@ -85,6 +87,8 @@ def bench_filters(
                         version, _similar_finders(version, item_rows), len(item_rows)
                     ),
                 }
+                max_per = constrained.max_per_rows(version, users, item_rows)
+                explain = constrained.explain_row(version, len(users), seed)
         finally:
             version.close()
     quality = manifest.quality
@@ -115,6 +119,8 @@ def bench_filters(
         if quality
         else None,
         "tasks": tasks,
+        "max_per": max_per,
+        "explain": explain,
         "machine": machine_info(),
     }
     (out / "filters.json").write_text(json.dumps(result, indent=2))
@@ -218,6 +224,8 @@ def markdown(result: dict[str, Any]) -> str:
                 f"| {plan['p50_ms']:.2f} / {plan['p99_ms']:.2f} |"
             )
         lines.append("")
+    if "max_per" in result:
+        lines += constrained.markdown(result)
     return "\n".join(lines)
 
 

@@ -196,3 +196,20 @@ def test_explain_with_max_per_and_filled_items(branded):
     for item in reply.items:
         assert 1 <= len(item.because) <= 3
         assert {c.item_id for c in item.because} <= {"i5", "i6", "i7"}
+
+
+@pytest.mark.parametrize("n", [1, 2])
+def test_the_index_path_widens_to_the_exact_constrained_top_k(branded, n):
+    """The plan searches the norm bands (every node: search_k -1), so the walk runs over the
+    index path's answers, widened, not over an exact scan from the start."""
+    from query_engine.diversity import max_per_of
+    from query_engine.plan import RecommendPlan, ServingPlan
+
+    v, factors = branded
+    search = v.search.with_plan(ServingPlan(recommend=RecommendPlan("ann", -1, 512)))
+    m = max_per_of(v.attributes, "brand", n)
+    for u in range(10):
+        scores = factors.item_factors @ factors.user_factors[u]
+        rows, got = search.recommend_max_per(factors.user_factors[u], 10, m)
+        assert rows.tolist() == _naive(scores, n, 10)
+        np.testing.assert_allclose(got, scores[rows], rtol=1e-5)
