@@ -27,6 +27,7 @@ from confluent_kafka import (
 )
 from pydantic import ValidationError
 
+from adapters.kafka_log import client_config
 from adapters.topics import deliver
 from schemas.errors import AnnrecError
 from schemas.events import ItemUpdate
@@ -90,12 +91,14 @@ class ItemUpdateLog:
     def __init__(self, kafka_conf: Mapping[str, str], topic: str) -> None:
         self._topic = topic
         self._consumer = Consumer(
-            {
-                **kafka_conf,
-                "group.id": f"annrec-item-updates-{uuid.uuid4().hex}",  # never committed
-                "enable.auto.commit": False,
-                "enable.partition.eof": False,
-            }
+            client_config(
+                {
+                    **kafka_conf,
+                    "group.id": f"annrec-item-updates-{uuid.uuid4().hex}",  # never committed
+                    "enable.auto.commit": False,
+                    "enable.partition.eof": False,
+                }
+            )
         )
         meta = self._consumer.list_topics(topic, timeout=30).topics.get(topic)
         if meta is None or meta.error is not None or not meta.partitions:

@@ -14,6 +14,7 @@ from typing import NamedTuple
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from adapters.kafka_log import client_config
 from schemas import keys
 from schemas.errors import AnnrecError
 from schemas.settings import CommonSettings
@@ -88,7 +89,7 @@ def deliver(
 ) -> None:
     """Produce (key, value) messages with a producer of their own and return once the broker
     acknowledged every one; AnnrecError names `what` was not delivered and why."""
-    producer = Producer({**kafka_conf, "enable.idempotence": True})
+    producer = Producer(client_config({**kafka_conf, "enable.idempotence": True}))
     try:
         produce_all(producer, (Outgoing(topic, k, v) for k, v in messages), timeout_s)
     except NotDelivered as exc:
@@ -99,7 +100,7 @@ def ensure_topics(
     kafka_conf: dict[str, str], specs: list[TopicSpec], timeout_s: float = 30
 ) -> None:
     """Create the topics that do not exist yet; existing ones are left as they are."""
-    admin = AdminClient({**kafka_conf})
+    admin = AdminClient(client_config(kafka_conf))
     existing = admin.list_topics(timeout=timeout_s).topics
     missing = [
         NewTopic(s.name, num_partitions=s.partitions, config=s.config)

@@ -18,6 +18,7 @@ from confluent_kafka import (
     TopicPartition,
 )
 
+from adapters.kafka_log import client_config
 from schemas.errors import AnnrecError
 from schemas.events import RecommendRequest, Reply, SimilarItemsRequest
 
@@ -51,7 +52,7 @@ class ReplyWaiter:
     def __init__(self, kafka_conf: dict[str, str], replies_topic: str) -> None:
         self._consumer = Consumer(
             {
-                **kafka_conf,
+                **client_config(kafka_conf),
                 "group.id": f"annrec-client-{uuid.uuid4().hex}",  # required by librdkafka, unused
                 "enable.auto.commit": False,
             }
@@ -94,7 +95,7 @@ class ReplyWaiter:
 def send_requests(
     kafka_conf: dict[str, str], topic: str, requests: list[SimilarItemsRequest | RecommendRequest]
 ) -> None:
-    producer = Producer({**kafka_conf, "enable.idempotence": True})
+    producer = Producer({**client_config(kafka_conf), "enable.idempotence": True})
     for req in requests:
         # Keyed by subject: one user's requests stay on one partition, in order.
         key = req.subject_id or req.request_id
@@ -135,7 +136,7 @@ def wait_for_workers(
     every one joined the group, loaded an index and got partitions (a rebalance in the middle
     of a measurement would be measured as latency, or as a fault). Returns the worker ids."""
     waiter = ReplyWaiter(kafka_conf, replies_topic)
-    producer = Producer({**kafka_conf, "linger.ms": 0})
+    producer = Producer({**client_config(kafka_conf), "linger.ms": 0})
     answered: set[str] = set()
     deadline = time.monotonic() + timeout_s
     attempt = 0

@@ -20,6 +20,7 @@ import redis
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
 
+from adapters.kafka_log import client_config
 from adapters.version_storage import open_storage
 from schemas import keys
 from schemas.errors import AnnrecError
@@ -36,7 +37,7 @@ def collect_status(
     workers = _workers(redis_url, settings.group_id)  # Redis first: it fails fast and clearly
     versions = _versions(settings)
     consumer = Consumer(
-        {**kafka, "group.id": settings.group_id, "enable.auto.commit": False}
+        {**client_config(kafka), "group.id": settings.group_id, "enable.auto.commit": False}
     )  # never subscribes: it only reads offsets, it does not join the group
     try:
         return {
@@ -63,7 +64,7 @@ def collect_status(
 
 
 def _group(kafka: dict[str, str], s: WorkerSettings) -> dict[str, Any]:
-    admin = AdminClient({**kafka})
+    admin = AdminClient(client_config(kafka))
     description = admin.describe_consumer_groups([s.group_id])[s.group_id].result(TIMEOUT_S)
     members = [
         {

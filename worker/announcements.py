@@ -6,12 +6,15 @@ announcement), from the end: a starting worker reads LATEST anyway.
 
 from __future__ import annotations
 
+import threading
+import time
 import uuid
 
 import structlog
 from confluent_kafka import OFFSET_END, Consumer, TopicPartition
 from pydantic import ValidationError
 
+from adapters.kafka_log import client_config
 from schemas.events import IndexAnnounced
 
 log = structlog.get_logger(__name__)
@@ -20,19 +23,29 @@ log = structlog.get_logger(__name__)
 class AnnouncementFollower:
     def __init__(self, kafka_conf: dict[str, str], topic: str) -> None:
         self._consumer = Consumer(
-            {
-                **kafka_conf,
-                "group.id": f"annrec-announcements-{uuid.uuid4().hex}",  # never committed
-                "enable.auto.commit": False,
-            }
+            client_config(
+                {
+                    **kafka_conf,
+                    "group.id": f"annrec-announcements-{uuid.uuid4().hex}",  # never committed
+                    "enable.auto.commit": False,
+                }
+            )
         )
         self._consumer.assign([TopicPartition(topic, 0, OFFSET_END)])
         # version -> when it was announced (epoch s), for the announcement-to-serving metric
         self.announced: dict[str, float] = {}
+        self._interrupted = threading.Event()
 
     def wait(self, timeout_s: float) -> bool:
-        """Block up to timeout_s; True if a version was announced meanwhile."""
-        msg = self._consumer.poll(timeout_s)
+        """Block up to timeout_s (less once interrupted); True if a version was announced
+        meanwhile."""
+        deadline = time.monotonic() + timeout_s
+        msg = None
+        while msg is None and not self._interrupted.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            msg = self._consumer.poll(min(left, 0.2))  # short: a stopping worker waits no more
         if msg is None or msg.error() is not None:
             return False
         try:
@@ -45,6 +58,10 @@ class AnnouncementFollower:
         while len(self.announced) > 64:  # only recent ones can still be waiting to be served
             del self.announced[next(iter(self.announced))]
         return True
+
+    def interrupt(self) -> None:
+        """Let a wait() return now (the worker is stopping)."""
+        self._interrupted.set()
 
     def close(self) -> None:
         self._consumer.close()

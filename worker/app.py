@@ -4,7 +4,10 @@ At-least-once (worker/consumer.py): a message's offset is stored only after both
 acknowledged its result. When a write fails, the consumer seeks back to the batch's first offsets
 and serves the batch again after a backoff, so nothing is lost; a reply may then be written twice
 (same request_id, harmless). A stop request (SIGTERM/SIGINT) only sets an event: the current
-batch finishes, its offsets are committed, and the consumer leaves the group.
+batch finishes, its offsets are committed, and the consumer leaves the group. A lost broker is
+said once (`kafka_unreachable`, adapters/kafka_log.py); the worker keeps its version and state,
+and a stop then takes at most STOP_BUDGET_S for Kafka: no commit, replies not yet delivered
+dropped (their offsets were not stored: the group serves them again).
 """
 
 from __future__ import annotations
@@ -18,10 +21,11 @@ from typing import Any
 
 import redis
 import structlog
-from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, TopicPartition
 from threadpoolctl import threadpool_limits
 
 from adapters.item_updates import ItemUpdateLog
+from adapters.kafka_log import client_config, link
 from adapters.topics import ensure_topics, topic_specs
 from adapters.version_storage import open_storage
 from schemas import keys
@@ -30,12 +34,14 @@ from worker.answer import Outcome, Policy, answer_batch, cached_outcome, echo_ba
 from worker.availability import Availability
 from worker.cache import CacheEntry, ReplyCache
 from worker.consumer import (
+    StoppableProducer,
     commit_stored,
     consumer_config,
     next_batch,
     producer_config,
     raw_events,
     rewind,
+    shut_down,
     store_offsets,
 )
 from worker.heartbeat import Heartbeat
@@ -48,6 +54,10 @@ from worker.shadow import Publish, ShadowSampler
 from worker.sinks import KafkaSink, RedisSink, SinkError
 
 log = structlog.get_logger(__name__)
+
+# Kafka's share of a stop (commit + leave the group, then the producer's last flush): a worker
+# exits within 5 s of SIGTERM whatever the broker does.
+STOP_BUDGET_S = 3.0
 
 
 def _recall_publisher(client: redis.Redis, ttl_s: int) -> Publish:
@@ -67,6 +77,7 @@ class _Clients:
 
     store: IndexStore
     consumer: Consumer
+    producer: StoppableProducer
     redis_sink: RedisSink
     kafka_sink: KafkaSink
     cache: ReplyCache | None
@@ -79,6 +90,7 @@ class Worker:
     ) -> None:
         self.settings = settings
         self._kafka_conf = kafka_conf
+        self.kafka = link(kafka_conf)  # reachable or not, as this process's clients saw it
         self._redis_url = redis_url
         self.metrics = WorkerMetrics()
         self.shadow: ShadowSampler | None = None
@@ -99,7 +111,7 @@ class Worker:
         s = self.settings
         with contextlib.ExitStack() as resources:
             resources.callback(self._log_stopped)
-            clients = self._open(resources)
+            clients = self._open(resources, stop)
             version = self._wait_for_index(clients.store, stop)
             if version is None:
                 return
@@ -120,9 +132,10 @@ class Worker:
             while not stop.is_set():
                 version = self._step(clients, version, stop)
 
-    def _open(self, resources: contextlib.ExitStack) -> _Clients:
+    def _open(self, resources: contextlib.ExitStack, stop: threading.Event) -> _Clients:
         """Open everything a run needs, each registered to close in the reverse order: the
-        consumer commits and leaves the group first, the metrics endpoint goes last."""
+        consumer commits and leaves the group first (bounded: `shut_down`), the metrics
+        endpoint goes last."""
         s = self.settings
         ensure_topics(self._kafka_conf, topic_specs(s))
         # One BLAS thread: a worker answers one request at a time and scales out by processes;
@@ -147,16 +160,20 @@ class Worker:
             resources.callback(self.shadow.stop)
         store = self._start_store(follower)
         resources.callback(store.stop)  # before the follower closes: its watcher polls it
+        resources.callback(follower.interrupt)  # the watcher's wait ends now, not in 2 s
         heartbeat = Heartbeat(client, s.worker_id, s.heartbeat_ttl_s)
         resources.callback(heartbeat.gone)
-        producer = Producer(producer_config(s, self._kafka_conf))
-        resources.callback(producer.flush, 10)
-        consumer = Consumer(consumer_config(s, self._kafka_conf))
-        resources.callback(consumer.close)  # leaves the group now: no session timeout to wait
-        resources.callback(commit_stored, consumer, "shutdown")
+        producer = StoppableProducer(client_config(producer_config(s, self._kafka_conf)))
+        # A stopping worker does not wait for a broker that is gone (its batch is not stored).
+        producer.give_up = lambda: stop.is_set() and not self.kafka.reachable
+        resources.callback(self._flush_last, producer)
+        consumer = Consumer(client_config(consumer_config(s, self._kafka_conf)))
+        # Commits, then leaves the group now: no session timeout for the others to wait out.
+        resources.callback(shut_down, consumer, lambda: self.kafka.reachable, STOP_BUDGET_S * 2 / 3)
         return _Clients(
             store=store,
             consumer=consumer,
+            producer=producer,
             redis_sink=RedisSink(client, s.reply_ttl_s, s.result_ttl_s),
             kafka_sink=KafkaSink(producer, s.topic_replies, s.topic_dead_letters),
             cache=ReplyCache(client, s.result_ttl_s) if s.serve_from_cache else None,
@@ -193,6 +210,7 @@ class Worker:
         """One turn of the loop: poll a batch, keep the books, swap versions, serve the batch."""
         messages = next_batch(c.consumer, self.settings.batch_size, self.settings.poll_timeout_s)
         self.health.polled()
+        c.producer.poll(0)  # its log lines and errors, when idle, are served here
         c.heartbeat.beat(lambda: self._status(version, c.heartbeat.started))
         self._track_progress(c.consumer, version)
         self.metrics.last_poll.set_to_current_time()
@@ -293,6 +311,12 @@ class Worker:
             "metrics_port": self.http_port,
         }
 
+    def _flush_last(self, producer: StoppableProducer) -> None:
+        """Whatever is still queued belongs to a batch whose offsets were not stored."""
+        left = producer.flush(STOP_BUDGET_S / 3 if self.kafka.reachable else 0.0)
+        if left:
+            log.warning("replies_not_delivered", count=left, detail="served again by the group")
+
     def _log_stopped(self) -> None:
         log.info(
             "worker_stopped",
@@ -377,8 +401,9 @@ class Worker:
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         # What this worker wrote is committed before the partitions move, so the next owner
-        # does not serve it again.
-        commit_stored(consumer, "revoke")
+        # does not serve it again. Not with the broker gone: that would wait for it.
+        if self.kafka.reachable:
+            commit_stored(consumer, "revoke")
         self._forget(partitions)
         log.info("partitions_revoked", partitions=sorted(p.partition for p in partitions))
 

@@ -3,14 +3,27 @@
 At-least-once: a message's offset is stored only after both sinks acknowledged its result, and
 only stored offsets are committed (automatically every second, on every partition revocation and
 at shutdown). A batch whose write failed is rewound to its first offsets and served again.
+
+Shutdown is bounded whatever the broker does (`shut_down`, `StoppableProducer`): with the broker
+unreachable nothing is committed (what was written but not committed is served again by the
+group: at least once), and no step waits on the broker past its share of the budget.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import threading
+import time
+from collections.abc import Callable, Sequence
 
 import structlog
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka import (
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
 
 from worker.parse import RawEvent
 from worker.settings import WorkerSettings
@@ -32,6 +45,9 @@ def consumer_config(settings: WorkerSettings, kafka_conf: dict[str, str]) -> dic
         "partition.assignment.strategy": "cooperative-sticky",
         "max.poll.interval.ms": 300_000,
         "session.timeout.ms": settings.session_timeout_ms,
+        # Read only while the broker is unreachable, to say when it answers again
+        # (adapters/kafka_log.py); this consumer is polled at least every poll_timeout_s.
+        "statistics.interval.ms": 5000,
         **({"group.instance.id": settings.instance_id} if settings.instance_id else {}),
         **settings.consumer_config,
     }
@@ -109,3 +125,59 @@ def rewind(consumer: Consumer, events: Sequence[RawEvent]) -> None:
             consumer.seek(tp)
         except KafkaException as exc:  # partition revoked meanwhile: its next owner re-serves it
             log.warning("rewind_failed", partition=tp.partition, error=str(exc.args[0]))
+
+
+class StoppableProducer(Producer):
+    """A producer whose flush() gives up as soon as `give_up()` is true (looked at every
+    0.2 s): a worker told to stop while its broker is gone does not wait out the sink's flush
+    timeout. What it gives up is purged: its batch's offsets were not stored, so the group
+    serves the batch again (at least once)."""
+
+    give_up: Callable[[], bool] = staticmethod(lambda: False)
+
+    def flush(self, timeout: float = -1) -> int:
+        deadline = None if timeout < 0 else time.monotonic() + timeout
+        while True:
+            left = 0.2 if deadline is None else min(0.2, max(deadline - time.monotonic(), 0.0))
+            remaining = super().flush(left)
+            if remaining == 0 or (deadline is not None and time.monotonic() >= deadline):
+                return remaining
+            if self.give_up():
+                self.purge(in_queue=True, in_flight=True, blocking=False)
+                super().poll(0)  # delivery callbacks see the purge
+                return remaining
+
+
+def within(step: Callable[[], object], timeout_s: float) -> bool:
+    """Run step on a thread of its own; True if it returned within timeout_s. A step still
+    running is left behind (a daemon thread: it does not hold the process)."""
+    done = threading.Event()
+
+    def run() -> None:
+        try:
+            step()
+        finally:
+            done.set()
+
+    threading.Thread(target=run, name="kafka-shutdown", daemon=True).start()
+    return done.wait(timeout_s)
+
+
+def shut_down(consumer: Consumer, reachable: Callable[[], bool], timeout_s: float) -> None:
+    """Commit the stored offsets, then leave the group, both within timeout_s.
+
+    With the broker unreachable the commit is skipped (it would wait for the coordinator).
+    A commit that does not return in time leaves the consumer open: closing it beside a
+    pending commit is not safe, and the process is exiting anyway; the group then serves from
+    the last commit again (at least once)."""
+    deadline = time.monotonic() + timeout_s
+    if not reachable():
+        log.warning("commit_skipped", when="shutdown", reason="kafka_unreachable")
+        # Leaving the group needs the coordinator too: a short try, then the session times out.
+        deadline = time.monotonic() + min(timeout_s, 0.5)
+    elif not within(lambda: commit_stored(consumer, "shutdown"), timeout_s / 2):
+        log.warning("commit_timed_out", when="shutdown", timeout_s=round(timeout_s / 2, 1))
+        return
+    close_s = max(deadline - time.monotonic(), 0.1)
+    if not within(consumer.close, close_s):
+        log.warning("consumer_close_timed_out", timeout_s=round(close_s, 1))

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 from confluent_kafka import Producer
 
+from adapters.kafka_log import client_config
 from adapters.topics import ensure_topics, topic_specs
 from index_builder.announce import announce_version
 from index_builder.progress import progress_bar
@@ -242,7 +243,7 @@ def _load(
             if done.is_set() and time.perf_counter() > deadline:
                 return
 
-    producer = Producer({**kafka, "linger.ms": 1, "enable.idempotence": True})
+    producer = Producer({**client_config(kafka), "linger.ms": 1, "enable.idempotence": True})
     scheduled: dict[str, float] = {}
     deadline = float("inf")
     collector = threading.Thread(target=collect)

@@ -28,6 +28,7 @@ from typing import Any
 import redis
 from confluent_kafka import Consumer, Producer, TopicPartition
 
+from adapters.kafka_log import client_config
 from adapters.topics import ensure_topics, topic_specs
 from index_builder.inputs import Factors
 from index_builder.publish import BuildOptions, publish_version
@@ -177,7 +178,7 @@ class Load:
 
     def _run(self) -> None:
         kafka, topic, rate, duration_s, payload, prefix = self._args
-        producer = Producer({**kafka, "linger.ms": 2, "enable.idempotence": True})
+        producer = Producer({**client_config(kafka), "linger.ms": 2, "enable.idempotence": True})
         n = int(rate * duration_s)
         start = time.perf_counter()
         for i in range(n):
@@ -199,7 +200,7 @@ def read_topic(kafka: dict[str, str], topic: str, idle_s: float = 3.0) -> list[b
     """Every message of a topic from the beginning, until nothing new for idle_s."""
     consumer = Consumer(
         {
-            **kafka,
+            **client_config(kafka),
             "group.id": f"audit-{uuid.uuid4().hex}",
             "auto.offset.reset": "earliest",
             "enable.auto.commit": False,

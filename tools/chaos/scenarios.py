@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from adapters.index_files import file_entry
+from adapters.kafka_log import client_config
 from index_builder.announce import announce_version
 from index_builder.build import build_annoy
 from index_builder.publish import BuildOptions, publish_version
@@ -286,7 +287,9 @@ def _produce_interleaved(
 
     # Oversized payloads go through only if the topic and producer allow them (Kafka's default
     # limit is 1 MiB); the worker's own limit is tested with them either way.
-    producer = Producer({**cluster.svc.kafka, "linger.ms": 5, "message.max.bytes": 4 << 20})
+    producer = Producer(
+        {**client_config(cluster.svc.kafka), "linger.ms": 5, "message.max.bytes": 4 << 20}
+    )
     topic, n_users = cluster.topics.topic_requests, len(cluster.factors.user_ids)
     valid_ids: list[str] = []
     delivered: list[str] = []
@@ -334,7 +337,7 @@ def _allow_large_messages(kafka: dict[str, str], topic: str, limit: int = 4 << 2
         "max.message.bytes", str(limit), incremental_operation=AlterConfigOpType.SET
     )
     resource = ConfigResource(ResourceType.TOPIC, topic, incremental_configs=[entry])
-    admin = AdminClient({**kafka})  # kept alive until the futures resolve
+    admin = AdminClient(client_config(kafka))  # kept alive until the futures resolve
     for future in admin.incremental_alter_configs([resource]).values():
         future.result(timeout=30)
 
@@ -411,7 +414,7 @@ def _ask(cluster: Cluster, n: int, prefix: str) -> dict[str, Any]:
     waiter = ReplyWaiter(cluster.svc.kafka, cluster.topics.topic_replies)
     from confluent_kafka import Producer
 
-    producer = Producer(cluster.svc.kafka)
+    producer = Producer(client_config(cluster.svc.kafka))
     ids = {f"{prefix}-{i}" for i in range(n)}
     for i, rid in enumerate(sorted(ids)):
         producer.produce(
