@@ -32,6 +32,10 @@ def test_every_hostile_event_is_dead_lettered_and_valid_ones_answered(version):
     # Hostile events whose request_id is readable get an error reply, so no caller waits forever.
     errors = Counter(r.status for r in outcome.replies if r.request_id not in valid_ids)
     assert set(errors) <= {"error"}
+    # Every one with a top-level request_id, deep nesting included (issue 21).
+    unreadable = {"random_bytes", "not_json", "oversized"}
+    readable = {rid for category, rid, _ in hostile if category not in unreadable}
+    assert readable <= {r.request_id for r in outcome.replies if r.status == "error"}
 
 
 def test_an_oversized_payload_is_refused_before_parsing(version):
