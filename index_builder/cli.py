@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import structlog
 
@@ -25,9 +27,11 @@ from index_builder.synth import (
     write_interactions,
 )
 from index_builder.targets import DirectoryTarget, ObjectStoreTarget, publish_target
-from index_builder.train import load_interactions, train_als
+from index_builder.train import Interactions, load_interactions
+from index_builder.tune import AlsConfig, EvalOptions, TuneReason, train_evaluated
 from schemas.errors import AnnrecError
-from schemas.manifest import Manifest, TrainParams
+from schemas.layout import version_dir
+from schemas.manifest import MANIFEST_NAME, WEIGHTINGS, Manifest, TrainParams
 
 log = structlog.get_logger(__name__)
 
@@ -49,13 +53,43 @@ def add_build_arguments(build: argparse.ArgumentParser) -> None:
     src = build.add_mutually_exclusive_group()
     src.add_argument("--factors", type=Path, help=".npz with item_factors, user_factors, ids")
     src.add_argument("--item-factors", type=Path, help=".npy item factors (with --user-factors..)")
-    src.add_argument("--interactions", type=Path, help="CSV/Parquet user,item[,weight]: train ALS")
+    src.add_argument(
+        "--interactions",
+        type=Path,
+        help="CSV/Parquet user,item[,weight][,timestamp]: train ALS, evaluated on a holdout",
+    )
     src.add_argument("--synth", action="store_true", help="build from synthetic factors")
-    als = build.add_argument_group("ALS training (with --interactions; needs annrec[train])")
-    als.add_argument("--als-factors", type=int, default=64)
-    als.add_argument("--als-regularization", type=float, default=0.01)
-    als.add_argument("--als-alpha", type=float, default=1.0)
-    als.add_argument("--als-iterations", type=int, default=15)
+    als = build.add_argument_group(
+        "ALS training (with --interactions; needs annrec[train]). Logs of at most "
+        "ANNREC_TUNE_SMALL_LOG pairs are tuned unless an --als-* parameter is given"
+    )
+    default = AlsConfig()
+    als.add_argument("--als-factors", type=int, help=f"default {default.factors}")
+    als.add_argument("--als-regularization", type=float, help=f"default {default.regularization}")
+    als.add_argument("--als-alpha", type=float, help=f"default {default.alpha}")
+    als.add_argument("--als-iterations", type=int, help=f"default {default.iterations}")
+    als.add_argument(
+        "--als-weighting",
+        choices=WEIGHTINGS,
+        help=f"confidence weighting (default {default.weighting})",
+    )
+    tune = als.add_mutually_exclusive_group()
+    tune.add_argument(
+        "--tune",
+        action="store_true",
+        help="search the ALS parameters (from the --als-* ones) on a validation holdout",
+    )
+    tune.add_argument("--no-tune", action="store_true", help="never tune, even a small log")
+    als.add_argument(
+        "--tune-budget-s",
+        type=float,
+        help="wall-time budget of the training (ANNREC_TUNE_BUDGET_S)",
+    )
+    als.add_argument(
+        "--allow-weak-model",
+        action="store_true",
+        help="publish a model that does not beat popularity on the holdout",
+    )
     build.add_argument(
         "--attributes",
         type=Path,
@@ -107,17 +141,52 @@ def run_versions(args: argparse.Namespace, settings: BuilderSettings) -> int:
     if args.versions_action == "rollback":
         if args.version not in cat.storage.versions():
             raise AnnrecError(f"no version {args.version} in {settings.storage}")
+        cat.verify(args.version)  # a damaged version is refused with the reason (issue 21)
         cat.set_latest(args.version, allow_older=True)
         print(args.version)
         return 0
     latest = cat.storage.latest()
-    rows = [{"name": v, "latest": v == latest} for v in cat.storage.versions()]
+    rows = [(v, v == latest, _evaluation(cat, v)) for v in cat.storage.versions()]
     if args.json:
-        print(json.dumps(rows, indent=2))
+        print(
+            json.dumps(
+                [{"name": v, "latest": is_latest, "evaluation": e} for v, is_latest, e in rows],
+                indent=2,
+            )
+        )
     else:
-        for row in rows:
-            print(f"{'*' if row['latest'] else ' '} {row['name']}")
+        for v, is_latest, e in rows:
+            print(f"{'*' if is_latest else ' '} {v}{_describe(e)}")
     return 0
+
+
+def _evaluation(cat: DirectoryTarget | ObjectStoreTarget, version: str) -> dict[str, Any] | None:
+    """The version's holdout evaluation (None: not trained by annrec, or nothing held out)."""
+    try:
+        if isinstance(cat, DirectoryTarget):
+            text = (version_dir(cat.storage.root, version) / MANIFEST_NAME).read_bytes()
+        else:  # the manifest alone, not the whole version
+            store = cat.storage.store
+            text = store.fs.cat_file(store.version_key(version, MANIFEST_NAME))
+        manifest = Manifest.model_validate_json(text)
+    except (OSError, ValueError, AnnrecError) as exc:
+        log.warning("version_unreadable", version=version, error=str(exc))
+        return None
+    if manifest.training is None or manifest.training.evaluation is None:
+        return None
+    return manifest.training.evaluation.model_dump(mode="json")
+
+
+def _describe(evaluation: dict[str, Any] | None) -> str:
+    if evaluation is None:
+        return ""
+    model, popularity, k = evaluation["model"], evaluation["popularity"], evaluation["k"]
+    return (
+        f"  hit@{k} {model['hit_rate_at_k']:.4f} (popularity {popularity['hit_rate_at_k']:.4f})"
+        f"  ndcg@{k} {model['ndcg_at_k']:.4f} ({popularity['ndcg_at_k']:.4f})"
+        f"  coverage {model['coverage']:.3f} ({popularity['coverage']:.3f})"
+        f"  {evaluation['holdout_users']} users, {evaluation['holdout']} holdout"
+    )
 
 
 def _synth_flags(p: argparse.ArgumentParser) -> None:
@@ -152,6 +221,7 @@ def builder_settings(args: argparse.Namespace) -> BuilderSettings:
         "build_jobs": getattr(args, "jobs", None),
         "target_recall": getattr(args, "target_recall", None),
         "min_recall": getattr(args, "min_recall", None),
+        "tune_budget_s": getattr(args, "tune_budget_s", None),
     }
     return BuilderSettings(**{k: v for k, v in overrides.items() if v is not None})
 
@@ -159,7 +229,7 @@ def builder_settings(args: argparse.Namespace) -> BuilderSettings:
 def run_build(
     args: argparse.Namespace, settings: BuilderSettings, kafka_conf: dict[str, str] | None
 ) -> Manifest:
-    factors, source, training, synthetic = _factors(args)
+    factors, source, training, synthetic = _factors(args, settings)
     attributes = None
     if args.attributes:
         attributes = read_table(args.attributes, factors.item_ids.tolist())
@@ -191,20 +261,15 @@ def run_build(
     )
 
 
-def _factors(args: argparse.Namespace) -> tuple[Factors, str, TrainParams | None, bool]:
+def _factors(
+    args: argparse.Namespace, settings: BuilderSettings
+) -> tuple[Factors, str, TrainParams | None, bool]:
     """The factors the flags name, where they come from, the ALS training that made them (if
     any), and whether they are synthetic."""
     if args.factors:
         return load_factors(args.factors), str(args.factors), None, False
     if args.interactions:
-        factors, training = train_als(
-            load_interactions(args.interactions),
-            factors=args.als_factors,
-            regularization=args.als_regularization,
-            alpha=args.als_alpha,
-            iterations=args.als_iterations,
-            seed=args.seed,
-        )
+        factors, training = _train(args, settings, load_interactions(args.interactions))
         return factors, str(args.interactions), training, False
     if args.item_factors:
         factors = load_factor_arrays(
@@ -212,6 +277,37 @@ def _factors(args: argparse.Namespace) -> tuple[Factors, str, TrainParams | None
         )
         return factors, str(args.item_factors), None, False
     return synth_from_args(args), f"synth(seed={args.seed})", None, True
+
+
+def _train(
+    args: argparse.Namespace, settings: BuilderSettings, interactions: Interactions
+) -> tuple[Factors, TrainParams]:
+    """ALS with the --als-* parameters (defaults for those not given), tuned with --tune or when
+    the log is small and no parameter was given, evaluated against popularity."""
+    given = {
+        name: getattr(args, f"als_{name}")
+        for name in ("factors", "regularization", "alpha", "iterations", "weighting")
+        if getattr(args, f"als_{name}") is not None
+    }
+    tune: TuneReason | None = None
+    if args.tune:
+        tune = "--tune"
+    elif not args.no_tune and not given and interactions.n_interactions <= settings.tune_small_log:
+        tune = "small log"
+    return train_evaluated(
+        interactions,
+        replace(AlsConfig(), **given),
+        seed=args.seed,
+        tune=tune,
+        budget_s=settings.tune_budget_s,
+        options=EvalOptions(
+            fraction=settings.eval_holdout_fraction,
+            max_users=settings.eval_max_users,
+            seed=args.seed,
+            tune_rows=settings.tune_rows,
+        ),
+        allow_weak=args.allow_weak_model,
+    )
 
 
 def _build_options(settings: BuilderSettings, quality: bool) -> BuildOptions:

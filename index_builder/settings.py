@@ -24,6 +24,22 @@ class BuilderSettings(CommonSettings):
         0.01, ge=0, description="ALS regularization for recent_items fold-in (untrained factors)"
     )
     fold_in_alpha: float = Field(1.0, gt=0, description="confidence of one recent item")
+    tune_budget_s: float = Field(
+        300.0, gt=0, description="ALS training with tuning: wall-time budget of the search + fits"
+    )
+    tune_small_log: int = Field(
+        250_000,
+        ge=0,
+        description="logs of at most this many (user, item) pairs are tuned even without --tune "
+        "(unless an --als-* parameter is given)",
+    )
+    eval_holdout_fraction: float = Field(
+        0.2, gt=0, lt=1, description="time holdout: the latest share of the interactions"
+    )
+    eval_max_users: int = Field(10_000, ge=1, description="holdout users evaluated at most")
+    tune_rows: int = Field(
+        1_000_000, ge=1, description="tuning fits on a sample of users with about this many rows"
+    )
     build_dir: Path = Field(
         Path.home() / ".cache" / "annrec" / "build",
         description="where versions for object storage are built before the upload",

@@ -22,7 +22,7 @@ from pydantic import ValidationError
 
 from index_builder.inputs import Factors, make_factors
 from schemas.errors import AnnrecError, InvalidInput, describe
-from schemas.manifest import TrainParams
+from schemas.manifest import TrainParams, Weighting
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -31,8 +31,18 @@ if TYPE_CHECKING:
 log = structlog.get_logger(__name__)
 
 TRAIN_EXTRA_HINT = "training needs the optional extra: pip install 'annrec[train]'"
-COLUMNS = ("user", "item", "weight")
+COLUMNS = ("user", "item", "weight", "timestamp")
 SUFFIXES = (".csv", ".parquet")
+
+
+@dataclass(frozen=True)
+class Events:
+    """The log row by row, in file order (rows of weight 0 left out): what a holdout splits."""
+
+    users: npt.NDArray[np.int64]  # rows of Interactions.user_ids
+    items: npt.NDArray[np.int64]  # columns of Interactions.item_ids
+    weights: npt.NDArray[np.float64]
+    timestamps: npt.NDArray[np.float64] | None  # only their order matters
 
 
 @dataclass(frozen=True)
@@ -42,6 +52,7 @@ class Interactions:
     user_ids: npt.NDArray[np.str_]
     item_ids: npt.NDArray[np.str_]
     user_items: scipy.sparse.csr_matrix
+    events: Events | None = None
 
     @property
     def n_interactions(self) -> int:
@@ -50,17 +61,19 @@ class Interactions:
 
 
 def load_interactions(path: Path) -> Interactions:
-    """Read `user,item[,weight]` rows from a .csv (with a header) or .parquet file.
+    """Read `user,item[,weight][,timestamp]` rows from a .csv (with a header) or .parquet file.
 
     Ids may be strings or integers and are kept as strings, so `42` in the log and `"42"` in a
     request are the same user. A missing weight column means every row weighs 1. Duplicate
     (user, item) rows are summed: a log of repeated plays or clicks is the common input, and their
     count is the confidence ALS wants. Rows of weight 0 keep their user and item in the id lists but
     add nothing to the matrix (implicit would read a stored 0 as "ignore this pair", not as "no
-    interaction"). Extra columns are ignored.
+    interaction"). Extra columns are ignored. A timestamp orders the rows for the evaluation's
+    holdout: a number (e.g. epoch seconds), an ISO 8601 text, or a Parquet timestamp or date.
 
     Refused with the (1-based) row named: an empty user or item, an empty, non-numeric, NaN,
-    infinite or negative weight, a CSV row with the wrong number of fields.
+    infinite or negative weight, an empty or unreadable timestamp, a CSV row with the wrong number
+    of fields.
     """
     suffix = path.suffix.lower()
     if suffix not in SUFFIXES:
@@ -78,7 +91,7 @@ def load_interactions(path: Path) -> Interactions:
         if missing:
             raise InvalidInput(
                 f"{path}: {where} has no {missing[0]!r} column (found: {names}; "
-                f"need user, item and optionally weight)"
+                f"need user, item and optionally weight, timestamp)"
             )
         present = [c for c in COLUMNS if c in names]
         if suffix == ".csv":
@@ -87,22 +100,32 @@ def load_interactions(path: Path) -> Interactions:
             columns, row = _read_parquet(path, present), _parquet_row
     except pa.ArrowException as exc:
         raise InvalidInput(f"{path}: cannot read ({_one_line(exc)})") from exc
-    return _interactions(columns["user"], columns["item"], columns.get("weight"), str(path), row)
+    return _interactions(
+        columns["user"],
+        columns["item"],
+        columns.get("weight"),
+        str(path),
+        row,
+        columns.get("timestamp"),
+    )
 
 
 def make_interactions(
     users: npt.ArrayLike,
     items: npt.ArrayLike,
     weights: npt.ArrayLike | None = None,
+    timestamps: npt.ArrayLike | None = None,
 ) -> Interactions:
     """Interactions from parallel arrays, validated and summed exactly as load_interactions does."""
     pa = _require("pyarrow")
     u = pa.array(np.asarray(users).astype(str))
     i = pa.array(np.asarray(items).astype(str))
-    if len(u) != len(i) or (weights is not None and len(np.asarray(weights)) != len(u)):
-        raise InvalidInput("users, items and weights must have the same length")
+    optional = [np.asarray(a) for a in (weights, timestamps) if a is not None]
+    if len(u) != len(i) or any(len(a) != len(u) for a in optional):
+        raise InvalidInput("users, items, weights and timestamps must have the same length")
     w = None if weights is None else pa.array(np.asarray(weights, dtype=np.float64))
-    return _interactions(u, i, w, "interactions", _parquet_row)
+    t = None if timestamps is None else pa.array(np.asarray(timestamps, dtype=np.float64))
+    return _interactions(u, i, w, "interactions", _parquet_row, t)
 
 
 def train_als(
@@ -114,16 +137,18 @@ def train_als(
     iterations: int = 15,
     seed: int = 0,
     show_progress: bool = True,
+    weighting: Weighting = "raw",
 ) -> tuple[Factors, TrainParams]:
-    """Fit implicit's CPU ALS (confidence = alpha * weight) and return its factors with the ids.
+    """Fit implicit's CPU ALS (confidence = alpha * weight, the weights first reweighted by
+    `weighting`) and return its factors with the ids.
 
     BLAS is held to one thread during the fit: implicit parallelises over users itself, and a
     threaded OpenBLAS underneath oversubscribes the cores (implicit warns, and it is many times
     slower). implicit's own thread count is left at its default, all cores.
     """
-    params = _train_params(interactions, factors, regularization, alpha, iterations, seed)
+    params = train_params(interactions, factors, regularization, alpha, iterations, seed, weighting)
     started = time.perf_counter()
-    item_factors, user_factors = _fit(interactions, params, show_progress)
+    item_factors, user_factors = fit_als(interactions.user_items, params, show_progress)
     n_users, n_items = interactions.user_items.shape
     log.info(
         "als_trained",
@@ -132,6 +157,7 @@ def train_als(
         interactions=params.n_interactions,
         factors=factors,
         iterations=iterations,
+        weighting=weighting,
         seconds=round(time.perf_counter() - started, 2),
     )
     # Interaction weight per item ranks the version's popularity list (the fallback for
@@ -143,13 +169,14 @@ def train_als(
     return trained, params
 
 
-def _train_params(
+def train_params(
     interactions: Interactions,
     factors: int,
     regularization: float,
     alpha: float,
     iterations: int,
     seed: int,
+    weighting: Weighting = "raw",
 ) -> TrainParams:
     """The parameters as the manifest records them; InvalidInput names a bad one."""
     try:
@@ -165,6 +192,7 @@ def _train_params(
             seed=seed,
             n_interactions=interactions.n_interactions,
             implicit_version=str(implicit.__version__),
+            weighting=weighting,
         )
     except ValidationError as exc:
         raise InvalidInput(f"ALS parameter {describe(exc)}") from exc
@@ -173,8 +201,20 @@ def _train_params(
     return params
 
 
-def _fit(
-    interactions: Interactions, params: TrainParams, show_progress: bool
+def weigh(user_items: scipy.sparse.csr_matrix, weighting: Weighting) -> scipy.sparse.csr_matrix:
+    """The matrix ALS sees: raw weights, or BM25 / TF-IDF weights computed as implicit's own
+    examples do (over the item x user matrix: an item's users are its document)."""
+    if weighting == "raw":
+        return user_items
+    nearest_neighbours = _require("implicit.nearest_neighbours")
+    weight = {"bm25": nearest_neighbours.bm25_weight, "tfidf": nearest_neighbours.tfidf_weight}
+    weighted = weight[weighting](user_items.T.tocoo()).T.tocsr().astype(np.float32)
+    weighted.sort_indices()
+    return weighted
+
+
+def fit_als(
+    user_items: scipy.sparse.csr_matrix, params: TrainParams, show_progress: bool
 ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
     """(item factors, user factors) of implicit's CPU ALS, checked for shape."""
     try:
@@ -195,12 +235,12 @@ def _fit(
             random_state=params.seed,
         )
         try:
-            model.fit(interactions.user_items, show_progress=show_progress)
+            model.fit(weigh(user_items, params.weighting), show_progress=show_progress)
         except recommender_base.ModelFitError as exc:
             raise AnnrecError(
                 f"ALS diverged ({exc}); try a larger regularization or a smaller alpha"
             ) from exc
-    n_users, n_items = interactions.user_items.shape
+    n_users, n_items = user_items.shape
     item_factors = np.asarray(model.item_factors, dtype=np.float32)
     user_factors = np.asarray(model.user_factors, dtype=np.float32)
     expected_items, expected_users = (n_items, params.factors), (n_users, params.factors)
@@ -276,6 +316,10 @@ def _read_csv(path: Path, present: list[str]) -> dict[str, pa.Array]:
     columns = {name: table.column(name).combine_chunks() for name in table.column_names}
     if "weight" in columns:
         columns["weight"] = _parse_weights(columns["weight"], lambda i: f"{path}: {_csv_row(i)}")
+    if "timestamp" in columns:
+        columns["timestamp"] = _parse_timestamps(
+            columns["timestamp"], lambda i: f"{path}: {_csv_row(i)}"
+        )
     return columns
 
 
@@ -295,7 +339,9 @@ def _read_parquet(path: Path, present: list[str]) -> dict[str, pa.Array]:
         if arrow.types.is_dictionary(col.type):
             col = col.dictionary_decode()
         is_text = arrow.types.is_string(col.type) or arrow.types.is_large_string(col.type)
-        if name == "weight" and is_text:
+        if name == "timestamp":
+            col = _parse_timestamps(col, lambda i: f"{path}: {_parquet_row(i)}")
+        elif name == "weight" and is_text:
             col = _parse_weights(col, lambda i: f"{path}: {_parquet_row(i)}")
         elif name != "weight" and not arrow.types.is_string(col.type):
             col = col.cast(arrow.string())  # integer ids, large_string
@@ -327,12 +373,70 @@ def _parse_weights(text: pa.Array, where: Callable[[int], str]) -> pa.Array:
     raise InvalidInput(f"{where(lo)}: weight {text[lo].as_py()!r} is not a number")
 
 
+def _parse_timestamps(column: pa.Array, where: Callable[[int], str]) -> pa.Array:
+    """Numbers, ISO 8601 texts, Parquet timestamps or dates -> float64, ordered as the times are
+    (timestamps and dates as epoch microseconds; numbers as they are)."""
+    arrow = _require("pyarrow")
+    pc = _require("pyarrow.compute")
+    types = arrow.types
+    if column.null_count:
+        first = int(np.flatnonzero(column.is_null().to_numpy(zero_copy_only=False))[0])
+        raise InvalidInput(f"{where(first)}: empty timestamp")
+    if types.is_integer(column.type) or types.is_floating(column.type):
+        return pc.cast(column, arrow.float64())
+    if types.is_timestamp(column.type) or types.is_date(column.type):
+        return pc.cast(pc.cast(column, arrow.timestamp("us")), arrow.int64()).cast(arrow.float64())
+    if not (types.is_string(column.type) or types.is_large_string(column.type)):
+        raise InvalidInput(f"{where(0)}: timestamp of type {column.type} is not a time")
+    text = pc.utf8_trim_whitespace(column)
+    empty = np.flatnonzero(pc.equal(pc.utf8_length(text), 0).to_numpy(zero_copy_only=False))
+    if len(empty):
+        raise InvalidInput(f"{where(int(empty[0]))}: empty timestamp")
+    parsers: list[Callable[[pa.Array], pa.Array]] = [
+        lambda t: pc.cast(t, arrow.float64()),
+        # ISO 8601 with a zone offset, or without one (read as UTC); one or the other throughout.
+        lambda t: pc.cast(pc.cast(t, arrow.timestamp("us", tz="UTC")), arrow.int64()),
+        lambda t: pc.cast(pc.cast(t, arrow.timestamp("us")), arrow.int64()),
+    ]
+    parse = parsers[-1]
+    for candidate in parsers:  # the first row decides which kind of time the column holds
+        try:
+            candidate(text.slice(0, 1))
+        except arrow.ArrowInvalid:
+            continue
+        parse = candidate
+        break
+    try:
+        return pc.cast(parse(text), arrow.float64())
+    except arrow.ArrowInvalid:
+        bad = _first_unparsable(text, parse)
+    raise InvalidInput(
+        f"{where(bad)}: timestamp {text[bad].as_py()!r} is not a number or an ISO 8601 time "
+        "like the first row's"
+    )
+
+
+def _first_unparsable(text: pa.Array, parse: Callable[[pa.Array], Any]) -> int:
+    """The first position `parse` refuses (bisection: O(n) work even near the end)."""
+    arrow = _require("pyarrow")
+    lo, hi = 0, len(text)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        try:
+            parse(text.slice(lo, mid - lo))
+            lo = mid
+        except arrow.ArrowInvalid:
+            hi = mid
+    return lo
+
+
 def _interactions(
     users: pa.Array,
     items: pa.Array,
     weights: pa.Array | None,
     source: str,
     row: Callable[[int], str],
+    timestamps: pa.Array | None = None,
 ) -> Interactions:
     sparse = _require("scipy.sparse")
 
@@ -366,7 +470,20 @@ def _interactions(
         raise InvalidInput(f"{source}: summed weights overflow float32; scale the weights down")
     matrix = matrix.astype(np.float32)
     matrix.sort_indices()
-    return Interactions(user_ids, item_ids, matrix)
+    ts = None
+    if timestamps is not None:
+        ts = np.asarray(timestamps.to_numpy(zero_copy_only=False), dtype=np.float64)
+        bad = np.flatnonzero(~np.isfinite(ts))
+        if len(bad):
+            raise InvalidInput(f"{where(int(bad[0]))}: timestamp {ts[bad[0]]!r} is not finite")
+    positive = w > 0
+    events = Events(
+        user_codes[positive],
+        item_codes[positive],
+        w[positive],
+        None if ts is None else ts[positive],
+    )
+    return Interactions(user_ids, item_ids, matrix, events)
 
 
 def _encode(

@@ -183,6 +183,76 @@ class QualityReport(_Model):
     recommend: IndexQuality
 
 
+Weighting = Literal["raw", "bm25", "tfidf"]
+WEIGHTINGS: tuple[Weighting, ...] = ("raw", "bm25", "tfidf")
+
+
+class RankingMetrics(_Model):
+    """How one ranking does on the holdout: one held-out item per evaluated user, ranked among
+    the items that user has not interacted with in training."""
+
+    hit_rate_at_k: float = Field(
+        ge=0.0, le=1.0, description="share of users whose item is in the top k"
+    )
+    ndcg_at_k: float = Field(
+        ge=0.0, le=1.0, description="1 / log2(rank + 2) of that item, 0 outside the top k"
+    )
+    coverage: float = Field(
+        ge=0.0, le=1.0, description="distinct items in any user's top k / items in the catalogue"
+    )
+
+
+class Evaluation(_Model):
+    """The trained model against popularity on held-out interactions (index_builder/evaluate.py).
+
+    The model evaluated is trained with the published parameters on everything but the holdout;
+    the published factors are then trained on everything."""
+
+    k: int = Field(10, ge=1)
+    holdout: Literal["time", "file_order"] = Field(
+        description="time: interactions from `cutoff` on are held out, each evaluated user's "
+        "first new item after it is the target; file_order: the item each user met last"
+    )
+    cutoff: float | None = Field(None, description="time holdout: the first held-out timestamp")
+    holdout_users: int = Field(ge=0, description="users evaluated (sampled when there are more)")
+    train_interactions: int = Field(ge=0, description="(user, item) pairs the evaluated model saw")
+    seed: int = Field(description="seeds the sample of users and the model evaluated")
+    model: RankingMetrics
+    popularity: RankingMetrics = Field(
+        description="the most popular items of the training part (by summed weight), the "
+        "ranking a version serves when it has no model"
+    )
+    beats_popularity: bool = Field(description="the model's hit rate is above popularity's")
+
+
+class TuningPoint(_Model):
+    """One configuration tried, scored on the validation holdout (inside the training part)."""
+
+    factors: int
+    regularization: float
+    alpha: float
+    iterations: int
+    weighting: Weighting
+    hit_rate_at_k: float
+    ndcg_at_k: float
+    coverage: float
+    seconds: float = Field(description="fit + evaluation wall time")
+
+
+class Tuning(_Model):
+    """The search over ALS parameters (index_builder/tune.py), by validation hit rate@k."""
+
+    reason: Literal["--tune", "small log"]
+    budget_s: float
+    seconds: float = Field(description="the whole search, validation fits and evaluations")
+    stopped: Literal["grid_done", "budget"]
+    validation_users: int
+    sample_rows: int = Field(
+        0, description="rows the search fitted on: a sample of users when the log is large"
+    )
+    curve: list[TuningPoint] = Field(description="every configuration tried, in order")
+
+
 class TrainParams(_Model):
     """How a set of factors was trained, so a published version can say where it came from."""
 
@@ -194,6 +264,15 @@ class TrainParams(_Model):
     seed: int
     n_interactions: int = Field(ge=0)
     implicit_version: str
+    weighting: Weighting = Field(
+        "raw",
+        description="confidence weighting of the interaction matrix before ALS: raw weights, "
+        "or implicit.nearest_neighbours' bm25_weight / tfidf_weight",
+    )
+    evaluation: Evaluation | None = Field(
+        None, description="holdout evaluation against popularity (None: nothing to hold out)"
+    )
+    tuning: Tuning | None = Field(None, description="the parameter search, when one ran")
 
 
 class FoldIn(_Model):

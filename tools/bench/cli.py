@@ -29,6 +29,9 @@ KINDS: Table = {
     "filters": Command(
         "filtered recall and q/s at 50%% ... 0.01%% selectivity", "tools.bench.filters:register"
     ),
+    "training": Command(
+        "ALS vs popularity on a holdout; tuning time on a 3M log", "tools.bench.training:register"
+    ),
 }
 
 

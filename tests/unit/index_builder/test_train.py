@@ -270,3 +270,62 @@ def test_chunked_arrow_ids_encode_like_contiguous_ones():
     codes, uniq = _encode(chunked, "user", lambda i: f"row {i}")
     assert uniq.tolist() == plain.user_ids.tolist() == ["a", "b", "c"]
     assert codes.tolist() == [1, 0, 2, 0]
+
+
+@pytest.mark.parametrize(
+    ("values", "expected_order"),
+    [
+        (["3", "1.5", "2"], [2, 0, 1]),  # epoch numbers
+        (["2024-03-01T10:00:00", "2024-01-01", "2024-02-01 12:00:00"], [2, 0, 1]),  # ISO 8601
+        (["2024-03-01T10:00:00Z", "2024-01-01T00:00+01:00", "2024-02-01T12:00:00.5Z"], [2, 0, 1]),
+    ],
+    ids=["numbers", "iso8601", "iso8601-offsets"],
+)
+def test_csv_timestamps_are_kept_row_by_row(tmp_path, values, expected_order):
+    text = "user,item,weight,timestamp\n" + "".join(
+        f"u{r},i{r},1,{v}\n" for r, v in enumerate(values)
+    )
+    x = load_interactions(_write_csv(tmp_path / "t.csv", text))
+    assert x.events is not None and x.events.timestamps is not None
+    assert np.argsort(x.events.timestamps).argsort().tolist() == expected_order
+    assert x.events.users.tolist() == [0, 1, 2] and x.events.weights.tolist() == [1.0] * 3
+
+
+def test_parquet_timestamp_and_date_columns_order_the_rows(tmp_path):
+    import datetime as dt
+
+    when = [dt.datetime(2024, 5, 1, 12), dt.datetime(2023, 1, 1), dt.datetime(2024, 5, 1, 11)]
+    for column in (pa.array(when, pa.timestamp("ms")), pa.array([w.date() for w in when])):
+        path = tmp_path / "t.parquet"
+        pq.write_table(
+            pa.table({"user": ["a", "b", "c"], "item": ["x", "y", "z"], "timestamp": column}), path
+        )
+        x = load_interactions(path)
+        assert x.events is not None and x.events.timestamps is not None
+        assert x.events.timestamps[1] < min(x.events.timestamps[0], x.events.timestamps[2])
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"), [("", "empty timestamp"), ("yesterday", "'yesterday' is not a number")]
+)
+def test_bad_timestamps_are_refused_naming_the_row(tmp_path, value, reason):
+    text = f"user,item,timestamp\nu1,i1,1\nu2,i2,{value}\nu3,i3,3\n"
+    with pytest.raises(InvalidInput, match=rf"row 2 \(.*{reason}"):
+        load_interactions(_write_csv(tmp_path / "t.csv", text))
+
+
+def test_zero_weight_rows_are_not_events():
+    x = make_interactions(["u1", "u2", "u1"], ["i1", "i1", "i2"], [1.0, 0.0, 2.0], [1, 2, 3])
+    assert x.events is not None
+    assert x.events.users.tolist() == [0, 0] and x.events.items.tolist() == [0, 1]
+    assert x.events.timestamps is not None and x.events.timestamps.tolist() == [1.0, 3.0]
+
+
+@pytest.mark.parametrize("weighting", ["bm25", "tfidf"])
+def test_weighted_training_is_recorded_and_differs_from_raw(held_out, weighting):
+    train, _ = held_out
+    raw, _ = train_als(train, factors=8, iterations=3, seed=7, show_progress=False)
+    weighted, params = train_als(
+        train, factors=8, iterations=3, seed=7, show_progress=False, weighting=weighting
+    )
+    assert params.weighting == weighting and raw.checksum() != weighted.checksum()
