@@ -14,6 +14,11 @@ def test_demo_prints_recommendations_that_went_through_kafka_and_redis(services,
     }
     result = annrec("demo", extra_env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
+    # Captured, not a terminal: no progress bars or escape sequences, and every log line in the
+    # project's key=value format (librdkafka's own `%4|...` lines included, routed through it).
+    assert "\x1b" not in result.stdout + result.stderr
+    log_lines = [line for line in result.stderr.splitlines() if line.startswith("ts=")]
+    assert log_lines and not [line for line in result.stderr.splitlines() if line.startswith("%")]
     assert f"into {temp}/annrec-demo-" in result.stderr
     assert list(temp.iterdir()) == []
     out = result.stdout
