@@ -104,3 +104,21 @@ def test_redis_auth_from_the_url(redis_with_password, monkeypatch):
     assert client.ping()
     with pytest.raises(redis.AuthenticationError):
         redis.Redis.from_url(f"redis://127.0.0.1:{port}/0").set("k", "v")
+
+
+def test_a_wrong_redis_password_is_one_line_naming_the_setting(redis_with_password, tmp_path):
+    from tests.cli import annrec
+
+    port = redis_with_password
+    env = {
+        "ANNREC_REDIS_URL": f"redis://:not-it@127.0.0.1:{port}/0",
+        "ANNREC_KAFKA_BOOTSTRAP": "127.0.0.1:1",  # never reached: Redis is asked first
+        "ANNREC_STORAGE": str(tmp_path / "s"),
+    }
+    result = annrec("status", extra_env=env, timeout=60)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        f"annrec: error: Redis at 127.0.0.1:{port} refused the password: check "
+        "ANNREC_REDIS_URL or `annrec stack up`"
+    ]
+    assert "not-it" not in result.stdout + result.stderr

@@ -158,3 +158,18 @@ def test_a_filter_plan_that_wins_the_pilot_measures_every_query(tuned, clock):
         assert point.ann_queries_per_s == pytest.approx(10_000)
         assert point.exact_queries_per_s == pytest.approx(2_000)
     assert result.filter_threshold == result.filter_curve[-1].selectivity
+
+
+def test_the_log_line_names_what_is_served_and_not_a_tuning_point_as_the_recall(tuned):
+    """An exact strategy is served at recall 1 by a scan: the log says so, and gives the index's
+    best tuning point under its own name (the progress bar's point_recall), never as `recall`."""
+    report = tuned[2].quality
+    exact = report.similar_items.model_copy(update={"strategy": "exact", "recall_at_k": 1.0})
+    fields = publish._served_fields(exact)
+    assert fields["strategy"] == "exact" and fields["served_recall"] == 1.0
+    assert "search_k" not in fields and "recall" not in fields
+    best = max(p.recall_at_k for p in exact.curve)
+    assert fields["index_best_recall"] == round(best, 4)
+    ann = report.recommend.model_copy(update={"strategy": "ann"})
+    served = publish._served_fields(ann)
+    assert served["search_k"] == ann.search_k and "index_best_recall" not in served
