@@ -13,12 +13,13 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 from annoy import AnnoyIndex
+from pydantic import ValidationError
 
 from query_engine.attributes import ItemAttributes
 from query_engine.banded import Band, NormBands
 from query_engine.vectors import augment_with
-from schemas.errors import IndexRejected
-from schemas.manifest import AnnoySpec, AttributeSpec, FileEntry, Manifest, MipsSpec
+from schemas.errors import IndexRejected, VersionMissing, describe
+from schemas.manifest import MANIFEST_NAME, AnnoySpec, AttributeSpec, FileEntry, Manifest, MipsSpec
 
 SAMPLED_ROWS = 16
 
@@ -30,6 +31,30 @@ def file_entry(path: Path) -> FileEntry:
         while chunk := f.read(1 << 20):
             h.update(chunk)
     return FileEntry(size=path.stat().st_size, sha256=h.hexdigest())
+
+
+def read_manifest(directory: Path, version: str) -> Manifest:
+    """The manifest of the version in `directory`; VersionMissing when there is none (yet),
+    IndexRejected when it is invalid or names another version."""
+    try:
+        manifest = Manifest.model_validate_json((directory / MANIFEST_NAME).read_bytes())
+    except FileNotFoundError as exc:
+        raise VersionMissing(f"{version}: no {MANIFEST_NAME} in {directory.parent}") from exc
+    except ValidationError as exc:
+        raise IndexRejected(
+            f"{version}: invalid manifest ({exc.error_count()} errors; {describe(exc)})"
+        ) from exc
+    if manifest.version != version:
+        raise IndexRejected(f"{version}: manifest names version {manifest.version}")
+    return manifest
+
+
+def verify_version(directory: Path, version: str) -> Manifest:
+    """Its manifest and every file's size and sha256: what a worker checks before anything else
+    (`annrec versions rollback` refuses a version failing it)."""
+    manifest = read_manifest(directory, version)
+    check_files(directory, manifest)
+    return manifest
 
 
 def check_files(directory: Path, manifest: Manifest, *, checksums: bool = True) -> None:

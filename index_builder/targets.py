@@ -4,13 +4,17 @@ commands and `annrec build` use the same target."""
 
 from __future__ import annotations
 
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from adapters.index_files import read_manifest, verify_version
 from adapters.object_store import ObjectStore
 from adapters.version_storage import DirectoryStorage, ObjectStorage, open_storage
 from index_builder import remote, storage
+from schemas.layout import version_dir
+from schemas.manifest import Manifest
 
 
 @dataclass(frozen=True)
@@ -29,6 +33,10 @@ class DirectoryTarget:
     def set_latest(self, version: str, *, allow_older: bool = False) -> bool:
         return storage.set_latest(self.storage.root, version, allow_older=allow_older)
 
+    def verify(self, version: str) -> Manifest:
+        """Manifest, sizes and sha256s as a worker checks them; IndexRejected says what is wrong."""
+        return verify_version(version_dir(self.storage.root, version), version)
+
     def gc(self, keep: int, grace_s: float) -> list[str]:
         return storage.gc_versions(self.storage.root, keep, grace_s)
 
@@ -44,6 +52,13 @@ class ObjectStoreTarget:
 
     def set_latest(self, version: str, *, allow_older: bool = False) -> bool:
         return remote.set_remote_latest(self.storage.store, version, allow_older=allow_older)
+
+    def verify(self, version: str) -> Manifest:
+        """Downloaded into a throwaway folder and checked as a worker's cache checks it."""
+        self.build_root.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix=".verify-", dir=self.build_root) as tmp:
+            root = ObjectStorage(self.storage.store, Path(tmp)).materialize(version)
+            return read_manifest(version_dir(root, version), version)
 
     def gc(self, keep: int, grace_s: float) -> list[str]:
         return remote.gc_remote_versions(self.storage.store, keep, grace_s)

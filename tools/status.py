@@ -4,7 +4,7 @@
 - lag per partition: high watermark minus the group's committed offset;
 - workers alive: their heartbeat entries in Redis (TTL'd, so a crashed worker drops out), with
   version, uptime, processed and live recall;
-- index versions in storage and which one LATEST names;
+- index versions in storage and which one LATEST names, and the workers refusing it (why);
 - dead letters in the last hour (offsets_for_times on the dead-letter topic);
 - item updates published (end offsets of the compacted topic), beside what each worker has read:
   a worker behind the others still serves items the rest know are gone.
@@ -45,6 +45,7 @@ def collect_status(
             "lag": _lag(consumer, settings.topic_requests),
             "workers": workers,
             "versions": versions,
+            "latest_refused": latest_refused(workers, versions["latest"]),
             "dead_letters_last_hour": _recent_count(
                 consumer, settings.topic_dead_letters, now - 3600
             ),
@@ -158,6 +159,15 @@ def _versions(s: WorkerSettings) -> dict[str, Any]:
         ) from exc
 
 
+def latest_refused(workers: list[dict[str, Any]], latest: str | None) -> list[dict[str, str]]:
+    """The workers refusing the version LATEST names, with their reasons (from heartbeats)."""
+    return [
+        {"worker_id": w["worker_id"], "serving": w["version"], "reason": w["refused"][latest]}
+        for w in workers
+        if latest is not None and latest in w.get("refused", {})
+    ]
+
+
 def _published(consumer: Consumer, topic: str) -> int:
     """Messages ever written (compaction leaves gaps in the offsets, not fewer offsets)."""
     return sum(
@@ -214,6 +224,10 @@ def render_status(doc: dict[str, Any]) -> str:
     latest = v["latest"] or "none (nothing published yet)"
     lines.append(f"versions in {v['storage']}: {len(v['versions'])}, LATEST {latest}")
     lines += [f"  {'*' if name == v['latest'] else ' '} {name}" for name in v["versions"][-5:]]
+    for r in doc.get("latest_refused", []):
+        lines.append(
+            f"  LATEST refused by {r['worker_id']} (still serving {r['serving']}): {r['reason']}"
+        )
     lines.append(f"dead letters in the last hour: {doc['dead_letters_last_hour']}")
     u = doc.get("item_updates")
     if u is not None:

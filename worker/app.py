@@ -84,6 +84,9 @@ class _Clients:
     heartbeat: Heartbeat
 
 
+REFUSED_SHOWN = 5
+
+
 class Worker:
     def __init__(
         self, settings: WorkerSettings, kafka_conf: dict[str, str], redis_url: str
@@ -211,7 +214,7 @@ class Worker:
         messages = next_batch(c.consumer, self.settings.batch_size, self.settings.poll_timeout_s)
         self.health.polled()
         c.producer.poll(0)  # its log lines and errors, when idle, are served here
-        c.heartbeat.beat(lambda: self._status(version, c.heartbeat.started))
+        c.heartbeat.beat(lambda: self._status(version, c.heartbeat.started, c.store.refused))
         self._track_progress(c.consumer, version)
         self.metrics.last_poll.set_to_current_time()
         events = raw_events(messages)
@@ -288,7 +291,9 @@ class Worker:
             if request is not None and not reply.from_cache:
                 self.shadow.offer(request, reply, version)
 
-    def _status(self, version: LoadedVersion, started: float) -> dict[str, Any]:
+    def _status(
+        self, version: LoadedVersion, started: float, refused: dict[str, str]
+    ) -> dict[str, Any]:
         """This worker as `annrec status` shows it (the heartbeat's document)."""
         s = self.settings
         recall = {}
@@ -309,6 +314,9 @@ class Worker:
             "live_recall": recall,
             "item_updates_read": self.availability.read,
             "metrics_port": self.http_port,
+            # The versions this worker refused (the last few), with the reason: `annrec status`
+            # says so when LATEST names one of them.
+            "refused": dict(list(dict(refused).items())[-REFUSED_SHOWN:]),
         }
 
     def _flush_last(self, producer: StoppableProducer) -> None:

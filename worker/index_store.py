@@ -17,15 +17,21 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 import structlog
-from pydantic import ValidationError
 
-from adapters.index_files import check_files, check_indexes, load_annoy, load_attributes, load_bands
+from adapters.index_files import (
+    check_files,
+    check_indexes,
+    load_annoy,
+    load_attributes,
+    load_bands,
+    read_manifest,
+)
 from adapters.version_storage import VersionStorage
 from query_engine.attributes import ItemAttributes
 from query_engine.plan import ServingPlan, VersionSearch
 from query_engine.vectors import item_gramian
 from schemas import manifest as mf
-from schemas.errors import AnnrecError, IndexRejected, VersionMissing, describe
+from schemas.errors import AnnrecError, IndexRejected, VersionMissing
 from schemas.layout import version_dir
 from worker.id_rows import DuplicateIds, IdRows
 
@@ -73,7 +79,7 @@ def load_version(
     `warm`: fault every page in first (a cold mmap costs seconds on the first queries, annoy
     #376, which must not land on requests)."""
     directory = version_dir(storage, version)
-    manifest = _read_manifest(directory, version)
+    manifest = read_manifest(directory, version)
     check_files(directory, manifest, checksums=checksums)
     item_factors = _load_matrix(directory / mf.ITEM_FACTORS_FILE, manifest.n_items, manifest.dim)
     user_factors = _load_matrix(directory / mf.USER_FACTORS_FILE, manifest.n_users, manifest.dim)
@@ -107,20 +113,6 @@ def load_version(
         user_rows=user_rows,
         attributes=attributes,
     )
-
-
-def _read_manifest(directory: Path, version: str) -> mf.Manifest:
-    try:
-        manifest = mf.Manifest.model_validate_json((directory / mf.MANIFEST_NAME).read_bytes())
-    except FileNotFoundError as exc:
-        raise VersionMissing(f"{version}: no {mf.MANIFEST_NAME} in {directory.parent}") from exc
-    except ValidationError as exc:
-        raise IndexRejected(
-            f"{version}: invalid manifest ({exc.error_count()} errors; {describe(exc)})"
-        ) from exc
-    if manifest.version != version:
-        raise IndexRejected(f"{version}: manifest names version {manifest.version}")
-    return manifest
 
 
 def _load_search(

@@ -118,9 +118,16 @@ def test_cli_builds_lists_and_rolls_back_on_object_storage(store, tmp_path, s3_e
     first, second = annrec(*build, extra_env=env), annrec(*build, extra_env=env)
     assert first.returncode == second.returncode == 0, first.stderr
     listed = json.loads(annrec("versions", "list", "--json", extra_env=env).stdout)
-    assert listed == [
-        {"name": first.stdout.strip(), "latest": False},
-        {"name": second.stdout.strip(), "latest": True},
+    assert [(v["name"], v["latest"]) for v in listed] == [
+        (first.stdout.strip(), False),
+        (second.stdout.strip(), True),
     ]
     assert annrec("versions", "rollback", first.stdout.strip(), extra_env=env).returncode == 0
     assert store.read_latest() == first.stdout.strip()
+
+    # A damaged version is downloaded, checked and refused; LATEST stays; nothing is left behind.
+    store.fs.pipe_file(store.version_key(second.stdout.strip(), "popularity.npy"), b"short")
+    refused = annrec("versions", "rollback", second.stdout.strip(), extra_env=env)
+    assert refused.returncode == 1 and "popularity.npy has 5 bytes" in refused.stderr
+    assert store.read_latest() == first.stdout.strip()
+    assert not [p for p in (tmp_path / "b").iterdir() if p.name.startswith(".verify-")]

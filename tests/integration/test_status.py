@@ -1,21 +1,28 @@
 """`annrec status` against real Kafka and Redis: two workers listed with their partitions, and a
-third that crashed (SIGKILL: no goodbye) drops out when its heartbeat expires."""
+third that crashed (SIGKILL: no goodbye) drops out when its heartbeat expires; a damaged version
+LATEST names is shown refused by the workers, with the reason."""
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 from adapters.item_updates import publish_item_updates
 from index_builder.publish import BuildOptions, publish_version
+from index_builder.storage import set_latest
 from schemas.events import ItemUpdate, RecommendRequest
+from schemas.layout import version_dir
+from schemas.manifest import MANIFEST_NAME
 from schemas.settings import topic_env
 from tests.cli import annrec
 from tests.integration.helpers import produce, running_worker
 from tools.client import ReplyWaiter, send_requests
+from tools.status import render_status
 
 
 def _status(settings, services):
@@ -131,3 +138,33 @@ def test_status_lists_live_workers_and_drops_a_crashed_one(
 
         doc = _wait_for(updates_read)
         assert doc["item_updates"] == {"topic": settings.topic_item_updates, "published": 2}
+
+        # A damaged version LATEST names (moved there by hand: `annrec versions rollback` would
+        # refuse it): both workers refuse it and keep serving, and status says so with the reason.
+        damaged = _damaged_copy(Path(settings.storage), manifest.version)
+        assert set_latest(Path(settings.storage), damaged)
+
+        def refused():
+            doc = _status(settings, services)
+            return doc if len(doc["latest_refused"]) == 2 else None
+
+        doc = _wait_for(refused, timeout_s=30)
+        assert doc["versions"]["latest"] == damaged
+        for r in doc["latest_refused"]:
+            assert r["serving"] == manifest.version
+            assert "item_factors.npy does not match its sha256" in r["reason"]
+        assert f"LATEST refused by {w1.worker_id} (still serving" in render_status(doc)
+
+
+def _damaged_copy(storage: Path, version: str) -> str:
+    """A copy of `version` under a newer name with one byte of its item factors altered."""
+    name = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ") + "-dddddd"
+    target = version_dir(storage, name)
+    shutil.copytree(version_dir(storage, version), target)
+    manifest = json.loads((target / MANIFEST_NAME).read_text())
+    (target / MANIFEST_NAME).write_text(json.dumps({**manifest, "version": name}))
+    factors = target / "item_factors.npy"
+    data = bytearray(factors.read_bytes())
+    data[-1] ^= 0xFF
+    factors.write_bytes(bytes(data))
+    return name

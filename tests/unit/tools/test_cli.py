@@ -100,6 +100,33 @@ def test_build_then_versions_list_and_rollback(tmp_path):
     assert bad.returncode == 1 and "no version" in bad.stderr
 
 
+def test_rollback_refuses_a_damaged_version_with_the_reason(tmp_path):
+    storage = str(tmp_path / "s")
+    common = ["--no-announce", "--storage", storage, "--no-quality", "--trees", "2"]
+    built = [
+        annrec("build", "--synth", "--items", "200", "--users", "10", "--dim", "4", *common)
+        for _ in range(3)
+    ]
+    v1, v2, v3 = (b.stdout.strip() for b in built)
+    versions = tmp_path / "s" / "versions"
+    altered = versions / v1 / "item_factors.npy"
+    data = bytearray(altered.read_bytes())
+    data[-1] ^= 0xFF  # same size, other bytes
+    altered.write_bytes(bytes(data))
+    (versions / v2 / "popularity.npy").write_bytes(b"short")
+
+    for version, reason in [
+        (v1, "item_factors.npy does not match its sha256"),
+        (v2, "popularity.npy has 5 bytes"),
+    ]:
+        refused = annrec("versions", "rollback", version, "--storage", storage)
+        assert refused.returncode == 1 and refused.stdout == ""
+        assert refused.stderr.startswith(f"annrec: error: {version}: file ") and reason in (
+            refused.stderr
+        )
+        assert (tmp_path / "s" / "LATEST").read_text().strip() == v3  # not moved
+
+
 def test_build_from_interactions_trains_als_and_records_it(tmp_path):
     log = tmp_path / "log.parquet"
     assert (

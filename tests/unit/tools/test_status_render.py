@@ -84,3 +84,21 @@ def test_a_refusing_redis_is_one_line_naming_the_setting_and_not_the_password():
     )
     gone = redis_refusal(url, redis.ConnectionError("refused"))
     assert "is not reachable" in gone and "hunter2" not in gone
+
+
+def test_status_says_which_workers_refuse_what_latest_names():
+    from tools.status import latest_refused
+
+    workers = [
+        {"worker_id": "w1", "version": "v1", "refused": {"v2": "v2: file a.ann has 3 bytes"}},
+        {"worker_id": "w2", "version": "v1", "refused": {}},
+        {"worker_id": "w3", "version": "v1"},  # a heartbeat from before refusals were reported
+    ]
+    refused = latest_refused(workers, "v2")
+    assert refused == [{"worker_id": "w1", "serving": "v1", "reason": "v2: file a.ann has 3 bytes"}]
+    assert latest_refused(workers, "v1") == latest_refused(workers, None) == []
+    versions = {"storage": "/s", "versions": ["v1", "v2"], "latest": "v2"}
+    text = render_status(_doc(versions=versions, latest_refused=refused))
+    assert "* v2" in text
+    assert "LATEST refused by w1 (still serving v1): v2: file a.ann has 3 bytes" in text
+    assert "refused" not in render_status(_doc(versions=versions))
