@@ -15,6 +15,7 @@ Tuning never sees the evaluation's targets, so the evaluation is not flattered b
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass, replace
 from typing import Any, Literal
@@ -22,7 +23,6 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 import structlog
-from tqdm import tqdm
 
 from index_builder.evaluate import (
     Holdout,
@@ -34,6 +34,7 @@ from index_builder.evaluate import (
     train_matrix,
 )
 from index_builder.inputs import Factors
+from index_builder.progress import progress_bar, progress_disabled
 from index_builder.train import Events, Interactions, fit_als, train_als, train_params
 from schemas.errors import AnnrecError
 from schemas.manifest import (
@@ -114,7 +115,9 @@ def train_evaluated(
     )
     if events is None or holdout is None or len(holdout.users) == 0:
         log.warning("evaluation_skipped", reason="no user has an item to hold out")
-        factors, params = train_als(interactions, **_kwargs(config), seed=seed)
+        factors, params = train_als(
+            interactions, **_kwargs(config), seed=seed, show_progress=_show_progress()
+        )
         return factors, params
     tuning = None
     if tune is not None:
@@ -124,19 +127,28 @@ def train_evaluated(
     evaluation = evaluate_config(events, holdout, interactions.user_items.shape, config, seed, opts)
     _log_evaluation(evaluation, config)
     if not evaluation.beats_popularity and not allow_weak:
-        raise WeakModel(weak_reason(evaluation))
-    factors, params = train_als(interactions, **_kwargs(config), seed=seed)
+        raise WeakModel(weak_reason(evaluation, tuned=tuning is not None))
+    factors, params = train_als(
+        interactions, **_kwargs(config), seed=seed, show_progress=_show_progress()
+    )
     log.info("training_done", seconds=round(time.perf_counter() - started, 1))
     return factors, params.model_copy(update={"evaluation": evaluation, "tuning": tuning})
 
 
-def weak_reason(e: Evaluation) -> str:
+def _show_progress() -> bool:
+    """implicit's own bar, on the project's terms (a terminal, unless ANNREC_PROGRESS says)."""
+    disabled = progress_disabled()
+    return not disabled if disabled is not None else sys.stderr.isatty()
+
+
+def weak_reason(e: Evaluation, tuned: bool) -> str:
+    advice = "" if tuned else "try --tune, or "
     return (
         f"the trained model does not beat popularity on the holdout: hit rate@{e.k} "
         f"{e.model.hit_rate_at_k:.4f} vs popularity {e.popularity.hit_rate_at_k:.4f} "
         f"(NDCG@{e.k} {e.model.ndcg_at_k:.4f} vs {e.popularity.ndcg_at_k:.4f}; "
-        f"{e.holdout_users} users, {e.holdout} holdout); try --tune, or publish it anyway "
-        "with --allow-weak-model"
+        f"{e.holdout_users} users, {e.holdout} holdout); {advice}publish it anyway with "
+        "--allow-weak-model"
     )
 
 
@@ -206,11 +218,10 @@ def search(
     # The evaluation fit and the final fit are on larger matrices: reserved for at this scale.
     scale = len(events.users) / max(1, int(validation.train_rows.sum()))
     run = _Search(train, validation, seed, started + budget_s, scale)
-    with tqdm(
+    with progress_bar(
         total=1 + sum(len(v) - 1 for v in GRID.values()),
         desc="tune ALS",
         unit="fit",
-        disable=None,
         leave=False,
     ) as bar:
         run.consider(start)
@@ -271,7 +282,9 @@ class _Search:
         if any(c == config for c, _ in self.points):
             return
         if self.points:
-            need = self._cost(config) + 2 * self.scale * self._cost(self.best)
+            # The two fits after the search, with a margin for their evaluation and for a
+            # machine busier than during the last fit.
+            need = self._cost(config) + 2.5 * self.scale * self._cost(self.best)
             if time.perf_counter() + need > self.deadline:
                 self.skipped += 1
                 return

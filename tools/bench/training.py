@@ -17,6 +17,7 @@ import argparse
 import json
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -69,9 +70,7 @@ def bench_training(
         "budget_s": budget_s,
         "seeds": [_seed_run(seed, budget_s) for seed in seeds],
         "large": (
-            _large_run(out, large_users, large_items, large_per_user, budget_s)
-            if large_users
-            else None
+            _large_run(large_users, large_items, large_per_user, budget_s) if large_users else None
         ),
         "machine": info,
     }
@@ -146,16 +145,21 @@ def _print_seed(r: dict[str, Any]) -> None:
     )
 
 
-def _large_run(
-    out: Path, n_users: int, n_items: int, per_user: int, budget_s: float
+def _large_run(n_users: int, n_items: int, per_user: int, budget_s: float) -> dict[str, Any]:
+    """The log and the version live in a temporary folder: only the figures are kept."""
+    with tempfile.TemporaryDirectory(prefix="annrec-bench-training-") as tmp:
+        return _large_build(Path(tmp), n_users, n_items, per_user, budget_s)
+
+
+def _large_build(
+    tmp: Path, n_users: int, n_items: int, per_user: int, budget_s: float
 ) -> dict[str, Any]:
-    log = out / f"log-{n_users}x{per_user}.parquet"
-    if not log.exists():
-        print(f"generating {n_users * per_user:,} interactions", file=sys.stderr)
-        write_interactions(
-            log, synth_interactions(n_users, n_items, SYNTH["dim"], per_user, 0, n_clusters=64)
-        )
-    storage = out / "storage"
+    log = tmp / f"log-{n_users}x{per_user}.parquet"
+    print(f"generating {n_users * per_user:,} interactions", file=sys.stderr)
+    write_interactions(
+        log, synth_interactions(n_users, n_items, SYNTH["dim"], per_user, 0, n_clusters=64)
+    )
+    storage = tmp / "storage"
     build_args = [
         "build",
         "--interactions",
@@ -182,7 +186,8 @@ def _large_run(
     assert training is not None and training.tuning is not None
     assert training.evaluation is not None
     row = {
-        "command": " ".join(["annrec", *build_args]),
+        "command": " ".join(["annrec", *build_args]).replace(str(tmp), "$TMP"),
+        "log": {"users": n_users, "items": n_items, "per_user": per_user, "seed": 0},
         "n_interactions": training.n_interactions,
         "wall_s": round(wall, 1),
         "timings_s": manifest.build.timings_s,
