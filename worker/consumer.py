@@ -31,7 +31,19 @@ from worker.settings import WorkerSettings
 log = structlog.get_logger(__name__)
 
 
+# Set by the broker under KIP-848's group protocol (`group.protocol=consumer`): librdkafka refuses
+# them from the client then.
+CLASSIC_ONLY = ("partition.assignment.strategy", "session.timeout.ms", "heartbeat.interval.ms")
+
+
 def consumer_config(settings: WorkerSettings, kafka_conf: dict[str, str]) -> dict[str, object]:
+    conf = _consumer_config(settings, kafka_conf)
+    if conf.get("group.protocol") == "consumer":
+        conf = {k: v for k, v in conf.items() if k not in CLASSIC_ONLY}
+    return conf
+
+
+def _consumer_config(settings: WorkerSettings, kafka_conf: dict[str, str]) -> dict[str, object]:
     return {
         **kafka_conf,
         "group.id": settings.group_id,
@@ -45,6 +57,7 @@ def consumer_config(settings: WorkerSettings, kafka_conf: dict[str, str]) -> dic
         "partition.assignment.strategy": "cooperative-sticky",
         "max.poll.interval.ms": 300_000,
         "session.timeout.ms": settings.session_timeout_ms,
+        "heartbeat.interval.ms": settings.heartbeat_interval_ms,
         # Read only while the broker is unreachable, to say when it answers again
         # (adapters/kafka_log.py); this consumer is polled at least every poll_timeout_s.
         "statistics.interval.ms": 5000,

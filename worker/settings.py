@@ -36,7 +36,15 @@ class WorkerSettings(CommonSettings):
     redis_timeout_s: float = Field(5.0, gt=0)
     metrics_port: int = Field(9464, ge=-1, le=65535, description="-1: off, 0: any free port")
     health_max_poll_gap_s: float = Field(30.0, gt=0)
-    session_timeout_ms: int = Field(45_000, ge=1000)
+    # A crashed worker's partitions wait this long before the group moves them (issue 21):
+    # librdkafka heartbeats from a thread of its own, so a busy loop does not miss heartbeats
+    # (a stuck one is caught by max.poll.interval.ms); 6 s is the broker's default minimum.
+    session_timeout_ms: int = Field(
+        6_000, ge=1000, description="a silent worker is evicted after this (its partitions move)"
+    )
+    heartbeat_interval_ms: int = Field(
+        1_500, ge=100, description="heartbeats to the group coordinator; < session timeout / 3"
+    )
     instance_id: str | None = Field(
         None,
         description="static group membership (group.instance.id): set one per replica, stable "

@@ -38,11 +38,6 @@ from schemas.events import DeadLetter, Reply
 from schemas.settings import CommonSettings, prefixed_topics, topic_env
 from tools.services import Endpoints
 
-# Fast failover for the scenarios: a killed worker's partitions move after this (a production
-# deployment would rather set ANNREC_INSTANCE_ID per replica: see the README).
-SESSION_TIMEOUT_MS = 6000
-
-
 # Every worker process and temporary folder any scenario started: a scenario that fails
 # half-way must not leave workers behind (they would spin against a stopped broker), and none
 # leaves its folders in /tmp.
@@ -110,7 +105,6 @@ class Cluster:
             "ANNREC_GROUP_ID": f"chaos{self.tag}",
             "ANNREC_WORKER_ID": name,
             "ANNREC_METRICS_PORT": "0",
-            "ANNREC_SESSION_TIMEOUT_MS": str(SESSION_TIMEOUT_MS),
             "ANNREC_RETRY_BACKOFF_S": "0.5",
             **self.extra_env,
         }
@@ -164,6 +158,8 @@ class Load:
         prefix: str = "r",
     ) -> None:
         self.sent: list[str] = []
+        # request id -> (partition, its timestamp in ms: create time, set when produced)
+        self.delivered: dict[str, tuple[int, int]] = {}
         self._args = (kafka, topic, rate, duration_s, payload, prefix)
         self._thread = threading.Thread(target=self._run, name="load")
         self.errors: list[str] = []
@@ -181,15 +177,21 @@ class Load:
         producer = Producer({**client_config(kafka), "linger.ms": 2, "enable.idempotence": True})
         n = int(rate * duration_s)
         start = time.perf_counter()
+
+        def on_delivery(err: object, msg: Any) -> None:
+            if err is None:
+                self.delivered[msg.key().decode()] = (msg.partition(), msg.timestamp()[1])
+
         for i in range(n):
             while (wait := start + i / rate - time.perf_counter()) > 0:
                 time.sleep(min(wait, 0.005))
             rid = f"{prefix}-{i}"
+            value = payload(i, rid)
             try:
-                producer.produce(topic, key=rid.encode(), value=payload(i, rid))
+                producer.produce(topic, key=rid.encode(), value=value, on_delivery=on_delivery)
             except BufferError:
                 producer.poll(0.1)
-                producer.produce(topic, key=rid.encode(), value=payload(i, rid))
+                producer.produce(topic, key=rid.encode(), value=value, on_delivery=on_delivery)
             self.sent.append(rid)
             producer.poll(0)
         if producer.flush(60) != 0:

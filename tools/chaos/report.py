@@ -43,10 +43,26 @@ def _rows(name: str, f: dict[str, Any]) -> Rows:
 
 
 def _crash_rows(f: dict[str, Any]) -> Rows:
-    return [
+    rows: Rows = [
         ("workers killed with SIGKILL (and restarted)", f["kills"]),
         ("duplicates identical to the first reply", f["duplicates_identical"]),
     ]
+    fo = f.get("failover")
+    if fo:
+        d = fo["delay_s"]
+        rows.append(
+            ("request-to-reply delay p50 / p99 / max (s)", f"{d['p50']} / {d['p99']} / {d['max']}")
+        )
+        for i, k in enumerate(fo["kills"], 1):
+            gaps = ", ".join(f"{p}: {g}" for p, g in k["partition_unserved_s"].items())
+            rows.append(
+                (
+                    f"kill {i} ({k['worker']}): delay max (s); unserved s per partition",
+                    f"{k['delay_s']['max']}; {gaps}",
+                )
+            )
+        rows.append(("longest a partition went unserved (s)", fo["partition_unserved_max_s"]))
+    return rows
 
 
 def _swaps_rows(f: dict[str, Any]) -> Rows:

@@ -31,6 +31,7 @@ from index_builder.synth import synth_factors
 from schemas.events import DeadLetter
 from schemas.layout import version_dir
 from schemas.manifest import MANIFEST_NAME, Manifest
+from tools.chaos.failover import failover_figures
 from tools.chaos.fuzz import hostile_payloads, valid_payload
 from tools.chaos.harness import (
     Cluster,
@@ -43,17 +44,22 @@ from tools.chaos.harness import (
 from tools.client import ReplyWaiter, wait_for_workers
 from tools.services import Endpoints
 from worker.id_rows import IdRows
+from worker.settings import WorkerSettings
 
 Figures = dict[str, Any]
 
 
 def crash(
     svc: Endpoints,
-    rate: int = 500,
+    rate: int = 400,
     duration_s: float = 60,
     kill_every_s: float = 10,
     n_items: int = 20_000,
+    max_delay_s: float = 10.0,
 ) -> Figures:
+    """Two workers on the default settings, one killed with SIGKILL every kill_every_s and
+    restarted at once; passes when nothing is lost and no request waited over max_delay_s
+    for its reply. Failover figures: tools/chaos/failover.py."""
     cluster = Cluster.create(svc, n_items)
     for name in ("w1", "w2"):
         cluster.start(name)
@@ -62,6 +68,7 @@ def crash(
         svc.kafka, cluster.topics.topic_requests, rate, duration_s, _payload(cluster), "crash"
     ).start()
     kills: list[dict[str, Any]] = []
+    killed_at: list[tuple[str, float]] = []
     started = time.monotonic()
     victim = "w1"
     while (elapsed := time.monotonic() - started) < duration_s - 1:
@@ -69,12 +76,16 @@ def crash(
         if time.monotonic() - started >= duration_s:
             break
         cluster.kill(victim)
+        killed_at.append((victim, time.time()))
         cluster.start(victim)  # restarted at once: it rejoins and takes partitions back
         kills.append({"at_s": round(time.monotonic() - started, 1), "worker": victim})
         victim = "w2" if victim == "w1" else "w1"
     sent = load.join()
+    load_end = time.time()
     result, replies, _ = audit(svc.kafka, svc.redis_url, cluster.topics, sent, wait_s=120)
     exits = cluster.stop_all()
+    failover = failover_figures(load.delivered, replies, killed_at, load_end)
+    slowest = failover["delay_s"]["max"]
     return {
         "scenario": "crash",
         "params": {
@@ -83,15 +94,34 @@ def crash(
             "kill_every_s": kill_every_s,
             "n_items": n_items,
             "workers": 2,
+            "max_delay_s": max_delay_s,
+            "settings": _failover_settings(cluster),
         },
         "kills": len(kills),
         "kill_times": kills,
         "audit": result.as_dict(),
+        "failover": failover,
         "duplicates_identical": _duplicates_identical(replies),
         "worker_exit_codes": exits,
         "passed": result.lost == 0
         and result.sent == int(rate * duration_s)
-        and _duplicates_identical(replies),
+        and _duplicates_identical(replies)
+        and slowest is not None
+        and slowest <= max_delay_s,
+    }
+
+
+def _failover_settings(cluster: Cluster) -> dict[str, Any]:
+    """The group settings the workers ran with (the defaults unless the environment says)."""
+    s = WorkerSettings()
+    env = cluster.env("w1")
+    return {
+        "session_timeout_ms": int(env.get("ANNREC_SESSION_TIMEOUT_MS", s.session_timeout_ms)),
+        "heartbeat_interval_ms": int(
+            env.get("ANNREC_HEARTBEAT_INTERVAL_MS", s.heartbeat_interval_ms)
+        ),
+        "instance_id": "ANNREC_INSTANCE_ID" in env,
+        "consumer_config": env.get("ANNREC_CONSUMER_CONFIG", "{}"),
     }
 
 
