@@ -75,3 +75,21 @@ def test_bench_load_quick(services, tmp_path):
     assert result["p99_ratio_loading_over_idle"] == loading["p99_ms"] / idle["p99_ms"]
     assert (out / "load_latency.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "| loading |" in printed
+
+
+def test_bench_training_quick(tmp_path):
+    """No services needed: the synthetic log of seed 0, popularity vs default vs tuned ALS."""
+    out, temp = tmp_path / "training", tmp_path / "tmp"
+    temp.mkdir()
+    result = annrec(
+        "bench", "training", "--quick", "--out", str(out), extra_env={"TMPDIR": str(temp)}
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert list(temp.iterdir()) == []
+    (seed,) = json.loads((out / "training.json").read_text())["seeds"]
+    popularity = seed["popularity"]["hit_rate_at_k"]
+    assert seed["default"]["hit_rate_at_k"] > popularity  # the default path never below it
+    assert seed["tuned"]["hit_rate_at_k"] >= 1.5 * popularity  # the issue's target
+    assert len(seed["tuning"]["curve"]) >= 10
+    assert (out / "training.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "tuned / popularity hit@10" in result.stdout
