@@ -50,6 +50,8 @@ class Policy:
     """The worker settings that change answers."""
 
     cold_start: Literal["popular", "error"] = "popular"
+    # A request without deadline_ms gets this one (None: waits as long as it takes).
+    default_deadline_ms: int | None = None
 
 
 @dataclass(frozen=True)
@@ -149,8 +151,11 @@ def answer(
         "index_version": version.version,
         "worker_id": worker_id,
     }
-    if request.deadline_ms is not None and sent_at is not None:
-        late_ms = ((now or time.time()) - sent_at) * 1000 - request.deadline_ms
+    deadline_ms = (
+        request.deadline_ms if request.deadline_ms is not None else policy.default_deadline_ms
+    )
+    if deadline_ms is not None and sent_at is not None:
+        late_ms = ((now or time.time()) - sent_at) * 1000 - deadline_ms
         if late_ms > 0:
             return Reply(status="expired", error=f"deadline passed {late_ms:.0f} ms ago", **base)
     keep = _selection(request, version)

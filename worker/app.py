@@ -334,7 +334,8 @@ class Worker:
         )
 
     def _policy(self) -> Policy:
-        return Policy(cold_start=self.settings.cold_start)
+        s = self.settings
+        return Policy(cold_start=s.cold_start, default_deadline_ms=s.default_deadline_ms or None)
 
     def _current(self, store: IndexStore, serving: LoadedVersion) -> LoadedVersion:
         version = store.current()

@@ -84,6 +84,12 @@ class WorkerMetrics:
             buckets=(0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600),
             registry=r,
         )
+        self.queue_wait = Gauge(
+            "annrec_queue_wait_seconds",
+            "Longest a request of the last batch waited in the topic (its Kafka timestamp to "
+            "consume); past the deadline such requests are answered expired",
+            registry=r,
+        )
         self.stalled = Gauge(
             "annrec_stalled_partitions",
             "Assigned partitions with requests waiting and no progress for the stall window",
@@ -92,6 +98,9 @@ class WorkerMetrics:
 
     def record_batch(self, size: int, outcome: Outcome, write_s: float) -> None:
         self.batch_size.observe(size)
+        waits = [s.queue_s for s in outcome.served if s.queue_s is not None]
+        if waits:
+            self.queue_wait.set(max(max(waits), 0.0))
         for s in outcome.served:
             self.requests.labels(s.kind, s.outcome).inc()
             self.latency.labels("compute").observe(s.compute_s)

@@ -28,6 +28,12 @@ class WorkerSettings(CommonSettings):
     cold_start: Literal["popular", "error"] = Field(
         "popular", description="an unknown user gets popular items, or an error reply"
     )
+    default_deadline_ms: int = Field(
+        5_000,
+        ge=0,
+        description="a request without deadline_ms that waited this long in the topic is "
+        "answered status expired at once, not computed (overload sheds); 0: no default",
+    )
     serve_from_cache: bool = Field(
         False, description="answer a repeated request for the same version from Redis"
     )

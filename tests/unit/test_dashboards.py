@@ -41,6 +41,27 @@ def test_every_dashboard_query_uses_exported_metrics():
         assert needed in used
 
 
+def test_alert_rules_query_exported_metrics_and_are_loaded():
+    prom = yaml.safe_load((ROOT / "deploy" / "prometheus" / "prometheus.yml").read_text())
+    rules = yaml.safe_load((ROOT / "deploy" / "prometheus" / "alerts.yml").read_text())
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    mounted = dict(v.split(":")[:2][::-1] for v in compose["services"]["prometheus"]["volumes"])
+    for path in prom["rule_files"]:
+        assert (ROOT / mounted[path]).exists(), path
+    exprs = {r["alert"]: r["expr"] for g in rules["groups"] for r in g["rules"]}
+    used = {_family(m) for e in exprs.values() for m in re.findall(r"annrec_[a-z_]+", e)}
+    assert used <= _exported(), used - _exported()
+    # time waited in the topic, expiries, lag and stalls (issue 21)
+    for needed in (
+        "annrec_request_latency_seconds",
+        "annrec_queue_wait_seconds",
+        "annrec_consumer_lag",
+        "annrec_stalled_partitions",
+    ):
+        assert needed in used, needed
+    assert 'outcome="expired"' in exprs["AnnrecRequestsExpiring"]
+
+
 def test_scrape_config_targets_the_workers_metrics_port():
     prom = yaml.safe_load((ROOT / "deploy" / "prometheus" / "prometheus.yml").read_text())
     [job] = prom["scrape_configs"]

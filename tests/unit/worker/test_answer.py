@@ -238,3 +238,25 @@ def test_a_version_measured_slower_than_the_scan_is_served_exactly(tmp_path, sma
             assert _ids(reply) == [f"i{t}" for t in truth]
     finally:
         v.close()
+
+
+def test_the_default_deadline_expires_requests_without_one_and_their_own_wins(version):
+    now_ms = 1_800_000_000_000
+    waited = {
+        "plain": (None, 6_000),  # no deadline_ms, waited past the default (5 s): expired
+        "recent": (None, 100),  # no deadline_ms, within the default: computed
+        "patient": (60_000, 6_000),  # its own deadline, longer than the default: computed
+        "hurried": (50, 100),  # its own, shorter: expired
+    }
+    events = []
+    for i, (rid, (deadline, wait_ms)) in enumerate(waited.items()):
+        req = {"kind": "recommend", "request_id": rid, "user_id": "u1"}
+        if deadline is not None:
+            req["deadline_ms"] = deadline
+        events.append(RawEvent("requests", 0, i, None, json.dumps(req).encode(), now_ms - wait_ms))
+    policy = Policy(default_deadline_ms=5_000)
+    out = answer_batch(parse_batch(events), version, "w", policy, now=now_ms / 1000)
+    status = {r.request_id: r.status for r in out.replies}
+    assert status == {"plain": "expired", "recent": "ok", "patient": "ok", "hurried": "expired"}
+    unlimited = answer_batch(parse_batch(events[:1]), version, "w", Policy(), now=now_ms / 1000)
+    assert unlimited.replies[0].status == "ok"

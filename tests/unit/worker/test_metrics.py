@@ -51,6 +51,7 @@ def test_http_endpoints_serve_metrics_and_health_status():
         assert 'annrec_requests_total{kind="similar_items",outcome="expired"} 1.0' in text
         assert 'annrec_request_latency_seconds_count{stage="queue"} 1.0' in text
         assert "annrec_batch_size_sum 2.0" in text
+        assert "annrec_queue_wait_seconds 0.5" in text  # the longest wait of the batch
     finally:
         server.shutdown()
 
