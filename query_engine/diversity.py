@@ -8,7 +8,8 @@ as any valid answer's (an item it skips is beaten by n taken items of its own va
 The walk only reads a prefix of the score order, so it runs over the serving path's answer for
 `fetch` items (first k + exclusions, what the same request without max_per asks): once it takes
 k items within that prefix, what lies beyond cannot change the answer. When it does not, the
-prefix is widened (a new search for WIDEN_FACTOR x more items), WIDEN_ROUNDS times at most, then
+prefix is widened (a new search for WIDEN_FACTOR x more items, up to MAX_GROWTH x when the
+walk took few), WIDEN_ROUNDS times at most, then
 read from the exact path (as the filter planner does, filtered.py) until k are taken or every
 item has been walked. Post-filtering a top-k by the constraint instead returns fewer and worse
 items, the failure of post-filtering by attribute.
@@ -18,6 +19,7 @@ Items without a value of the attribute are not limited.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -33,6 +35,8 @@ Ranked = tuple[Rows, npt.NDArray[np.float32]]
 # (fetch, exact) -> the best `fetch` items, best first: the serving path (exact False) or an
 # exact path (exact True, whose answer is the true prefix of the score order).
 Search = Callable[[int, bool], Ranked]
+# The most a search widens at once (a walk that took 1 of 10 from the prefix).
+MAX_GROWTH = 16
 
 
 @dataclass(frozen=True)
@@ -104,4 +108,13 @@ def top_k(
         if not exact and (rounds > WIDEN_ROUNDS or fetch >= available):
             exact = True  # the index path did not find k: the exact path decides
         else:
-            fetch = min(available, fetch * WIDEN_FACTOR)
+            fetch = min(available, fetch * _growth(len(picked), k))
+
+
+def _growth(picked: int, k: int) -> int:
+    """How much wider the next search is: WIDEN_FACTOR, or more when this one yielded few
+    (took `picked` of k: about k / picked times the prefix holds k, with half again as margin),
+    so a crowded answer is reached in one more search, not three."""
+    if picked == 0:
+        return MAX_GROWTH
+    return min(MAX_GROWTH, max(WIDEN_FACTOR, math.ceil(1.5 * k / picked)))

@@ -218,11 +218,19 @@ class VersionSearch:
             keep is not None and filtered.choose(keep, plan.filter_threshold) == "exact"
         )
 
+        # The index path keeps the budget of the request without max_per and asks for more
+        # of what it collected: Annoy gathers `budget` candidates whatever it returns, so a
+        # deeper prefix costs a partial sort and its rescoring, not a wider search.
+        budget = search.scaled_search_k(search_k or plan.search_k, k + len(_rows(excluded)))
         scored: list[Ranked] = []  # the exact path scores every candidate once, then slices
 
         def run(fetch: int, exhaustive: bool) -> Ranked:
-            if exact or not exhaustive:
-                return self.similar_items(row, fetch, keep, search_k, exact)
+            if not exhaustive and keep is not None:  # the filter planner's index path
+                return self.similar_items(row, fetch, keep, search_k)
+            if not exhaustive:
+                return search.similar_items(
+                    self.angular, self.item_factors, self.item_norms, row, fetch, budget
+                )
             if not scored:
                 scored.append(self._cosine_all(row, keep))
             rows, scores = scored[0]

@@ -213,3 +213,18 @@ def test_the_index_path_widens_to_the_exact_constrained_top_k(branded, n):
         rows, got = search.recommend_max_per(factors.user_factors[u], 10, m)
         assert rows.tolist() == _naive(scores, n, 10)
         np.testing.assert_allclose(got, scores[rows], rtol=1e-5)
+
+
+def test_similar_items_index_path_reads_deeper_into_its_candidates(branded):
+    from query_engine.diversity import max_per_of
+    from query_engine.plan import ServingPlan, SimilarPlan
+
+    v, factors = branded
+    search = v.search.with_plan(ServingPlan(similar=SimilarPlan("ann", 100_000)))
+    items = factors.item_factors
+    m = max_per_of(v.attributes, "brand", 1)
+    for row in range(0, 100, 10):
+        scores = cosine_scores(items, np.linalg.norm(items, axis=1), items[row])
+        scores[row] = -np.inf
+        rows, _ = search.similar_items_max_per(row, 10, m)
+        assert rows.tolist() == _naive(scores, 1, 10)
