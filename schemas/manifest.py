@@ -213,7 +213,11 @@ class Evaluation(_Model):
         description="time: interactions from `cutoff` on are held out, each evaluated user's "
         "first new item after it is the target; file_order: the item each user met last"
     )
-    cutoff: float | None = Field(None, description="time holdout: the first held-out timestamp")
+    cutoff: float | None = Field(
+        None,
+        description="time holdout: the first held-out timestamp, in the log's own numbers "
+        "(ISO 8601 texts and Parquet times as epoch microseconds)",
+    )
     holdout_users: int = Field(ge=0, description="users evaluated (sampled when there are more)")
     train_interactions: int = Field(ge=0, description="(user, item) pairs the evaluated model saw")
     seed: int = Field(description="seeds the sample of users and the model evaluated")

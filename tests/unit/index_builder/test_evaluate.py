@@ -197,3 +197,10 @@ def test_evaluation_options_sample_the_users():
         interactions, SMALL, options=EvalOptions(max_users=50, seed=1), allow_weak=True
     )
     assert params.evaluation is not None and params.evaluation.holdout_users == 50
+
+
+def test_a_log_whose_rows_share_one_time_has_no_past_to_train_on():
+    events = _random_events(2, timestamps=True)
+    flat = Events(events.users, events.items, events.weights, np.zeros(len(events.users)))
+    h = split_holdout(flat, 40)
+    assert h.rule == "time" and not h.train_rows.any() and len(h.users) == 0
