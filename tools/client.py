@@ -49,12 +49,17 @@ def new_request_id() -> str:
 class ReplyWaiter:
     """Reads the reply topic from 'now' on and hands out replies by request_id."""
 
-    def __init__(self, kafka_conf: dict[str, str], replies_topic: str) -> None:
+    def __init__(
+        self, kafka_conf: dict[str, str], replies_topic: str, *, read_committed: bool = False
+    ) -> None:
+        """read_committed: only replies of committed transactions: with workers running
+        ANNREC_PROCESSING_GUARANTEE=exactly-once, each request's reply is seen once."""
         self._consumer = Consumer(
             {
                 **client_config(kafka_conf),
                 "group.id": f"annrec-client-{uuid.uuid4().hex}",  # required by librdkafka, unused
                 "enable.auto.commit": False,
+                "isolation.level": "read_committed" if read_committed else "read_uncommitted",
             }
         )
         meta = self._consumer.list_topics(replies_topic, timeout=10).topics[replies_topic]

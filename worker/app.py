@@ -38,6 +38,7 @@ from worker.consumer import (
     commit_stored,
     consumer_config,
     next_batch,
+    next_offsets,
     producer_config,
     raw_events,
     rewind,
@@ -51,7 +52,7 @@ from worker.parse import Parsed, RawEvent, parse_batch
 from worker.progress import PartitionProgress
 from worker.settings import WorkerSettings
 from worker.shadow import Publish, ShadowSampler
-from worker.sinks import KafkaSink, RedisSink, SinkError
+from worker.sinks import KafkaSink, RedisSink, SinkError, TransactionalKafkaSink
 
 log = structlog.get_logger(__name__)
 
@@ -167,6 +168,9 @@ class Worker:
         heartbeat = Heartbeat(client, s.worker_id, s.heartbeat_ttl_s)
         resources.callback(heartbeat.gone)
         producer = StoppableProducer(client_config(producer_config(s, self._kafka_conf)))
+        exactly_once = s.processing_guarantee == "exactly-once"
+        if exactly_once:  # fences an earlier producer of this transactional.id, aborts its txn
+            producer.init_transactions(STOP_BUDGET_S * 6)
         # A stopping worker does not wait for a broker that is gone (its batch is not stored).
         producer.give_up = lambda: stop.is_set() and not self.kafka.reachable
         resources.callback(self._flush_last, producer)
@@ -178,7 +182,9 @@ class Worker:
             consumer=consumer,
             producer=producer,
             redis_sink=RedisSink(client, s.reply_ttl_s, s.result_ttl_s),
-            kafka_sink=KafkaSink(producer, s.topic_replies, s.topic_dead_letters),
+            kafka_sink=(TransactionalKafkaSink if exactly_once else KafkaSink)(
+                producer, s.topic_replies, s.topic_dead_letters
+            ),
             cache=ReplyCache(client, s.result_ttl_s) if s.serve_from_cache else None,
             heartbeat=heartbeat,
         )
@@ -252,17 +258,31 @@ class Worker:
     ) -> bool:
         """The one commit procedure: Redis (replies and cache entries, one pipeline), then Kafka
         (replies and dead letters, flushed), then the offsets. A failed write stores nothing:
-        the batch is rewound and served again after a backoff. True when written."""
+        the batch is rewound and served again after a backoff. True when written.
+
+        Exactly-once: Kafka's part is one transaction holding the replies, the dead letters
+        and the offsets (Redis writes are idempotent by key: a batch served again rewrites the
+        same keys); an aborted transaction is a failed write."""
+        transactional = isinstance(c.kafka_sink, TransactionalKafkaSink)
         try:
             c.redis_sink.write(outcome.replies, cache_entries)
-            c.kafka_sink.write(outcome.replies, outcome.dead_letters)
+            if isinstance(c.kafka_sink, TransactionalKafkaSink):
+                c.kafka_sink.write_with_offsets(
+                    outcome.replies,
+                    outcome.dead_letters,
+                    next_offsets(events),
+                    c.consumer.consumer_group_metadata(),
+                )
+            else:
+                c.kafka_sink.write(outcome.replies, outcome.dead_letters)
         except SinkError as exc:
             self.metrics.write_failures.inc()
             log.error("batch_not_written", reason=str(exc), size=len(events))
             rewind(c.consumer, events)
             stop.wait(self.settings.retry_backoff_s)
             return False
-        store_offsets(c.consumer, events)
+        if not transactional:
+            store_offsets(c.consumer, events)
         return True
 
     def _count(self, events: list[RawEvent], outcome: Outcome, write_s: float, hits: int) -> None:
@@ -411,7 +431,8 @@ class Worker:
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         # What this worker wrote is committed before the partitions move, so the next owner
         # does not serve it again. Not with the broker gone: that would wait for it.
-        if self.kafka.reachable:
+        # (Exactly-once: the offsets were committed with each batch's transaction.)
+        if self.kafka.reachable and self.settings.processing_guarantee == "at-least-once":
             commit_stored(consumer, "revoke")
         self._forget(partitions)
         log.info("partitions_revoked", partitions=sorted(p.partition for p in partitions))

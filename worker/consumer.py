@@ -62,12 +62,39 @@ def _consumer_config(settings: WorkerSettings, kafka_conf: dict[str, str]) -> di
         # (adapters/kafka_log.py); this consumer is polled at least every poll_timeout_s.
         "statistics.interval.ms": 5000,
         **({"group.instance.id": settings.instance_id} if settings.instance_id else {}),
+        **(EXACTLY_ONCE_CONSUMER if settings.processing_guarantee == "exactly-once" else {}),
         **settings.consumer_config,
     }
 
 
+# Exactly-once: offsets go in the batch's transaction, never through the consumer's commits.
+EXACTLY_ONCE_CONSUMER = {"enable.auto.commit": False, "isolation.level": "read_committed"}
+
+
 def producer_config(settings: WorkerSettings, kafka_conf: dict[str, str]) -> dict[str, object]:
-    return {**kafka_conf, "enable.idempotence": True, "linger.ms": 5, **settings.producer_config}
+    transactional = (
+        {
+            "transactional.id": transactional_id(settings),
+            "transaction.timeout.ms": settings.transaction_timeout_ms,
+        }
+        if settings.processing_guarantee == "exactly-once"
+        else {}
+    )
+    return {
+        **kafka_conf,
+        "enable.idempotence": True,
+        "linger.ms": 5,
+        **transactional,
+        **settings.producer_config,
+    }
+
+
+def transactional_id(settings: WorkerSettings) -> str:
+    """One per worker, stable when the worker's identity is: a replica restarted with the same
+    ANNREC_INSTANCE_ID (or worker id) fences its previous incarnation at init_transactions and
+    aborts the transaction it left open, instead of the broker doing so after
+    ANNREC_TRANSACTION_TIMEOUT_MS."""
+    return f"annrec-{settings.group_id}-{settings.instance_id or settings.worker_id}"
 
 
 def next_batch(consumer: Consumer, max_messages: int, timeout_s: float) -> list[Message]:
@@ -109,6 +136,11 @@ def _next_offsets(events: Sequence[RawEvent], *, first: bool) -> list[TopicParti
         offset = e.offset if first else e.offset + 1
         pick[tp] = min(pick.get(tp, offset), offset) if first else max(pick.get(tp, 0), offset)
     return [TopicPartition(t, p, o) for (t, p), o in pick.items()]
+
+
+def next_offsets(events: Sequence[RawEvent]) -> list[TopicPartition]:
+    """Per partition of the batch, the offset after its last event (what a commit records)."""
+    return _next_offsets(events, first=False)
 
 
 def store_offsets(consumer: Consumer, events: Sequence[RawEvent]) -> None:

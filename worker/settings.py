@@ -28,8 +28,10 @@ class WorkerSettings(CommonSettings):
     cold_start: Literal["popular", "error"] = Field(
         "popular", description="an unknown user gets popular items, or an error reply"
     )
+    # Longer than a failover (a crashed worker's partitions move within ~6 s), so a crash
+    # does not turn answers into expiries; short enough that an overload sheds.
     default_deadline_ms: int = Field(
-        5_000,
+        10_000,
         ge=0,
         description="a request without deadline_ms that waited this long in the topic is "
         "answered status expired at once, not computed (overload sheds); 0: no default",
@@ -45,6 +47,17 @@ class WorkerSettings(CommonSettings):
     # A crashed worker's partitions wait this long before the group moves them (issue 21):
     # librdkafka heartbeats from a thread of its own, so a busy loop does not miss heartbeats
     # (a stuck one is caught by max.poll.interval.ms); 6 s is the broker's default minimum.
+    processing_guarantee: Literal["at-least-once", "exactly-once"] = Field(
+        "at-least-once",
+        description="exactly-once: each batch's replies, dead letters and input offsets in one "
+        "Kafka transaction (readers of the reply topic use isolation.level=read_committed)",
+    )
+    transaction_timeout_ms: int = Field(
+        10_000,
+        ge=1000,
+        description="exactly-once: a crashed worker's open transaction is aborted by the broker "
+        "after this (read_committed readers of its reply partitions wait until then)",
+    )
     session_timeout_ms: int = Field(
         6_000, ge=1000, description="a silent worker is evicted after this (its partitions move)"
     )

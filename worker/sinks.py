@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 import redis
 import structlog
-from confluent_kafka import Producer
+from confluent_kafka import KafkaError, KafkaException, Producer, TopicPartition
 
 from adapters.topics import NotDelivered, Outgoing, produce_all
 from schemas import keys
@@ -70,7 +70,16 @@ class KafkaSink:
         self._flush_timeout_s = flush_timeout_s
 
     def write(self, replies: Sequence[Reply], dead_letters: Sequence[DeadLetter]) -> None:
-        messages = [
+        messages = self._messages(replies, dead_letters)
+        try:
+            produce_all(self._producer, messages, self._flush_timeout_s)
+        except NotDelivered as exc:
+            raise SinkError(f"kafka: {exc}") from exc
+
+    def _messages(
+        self, replies: Sequence[Reply], dead_letters: Sequence[DeadLetter]
+    ) -> list[Outgoing]:
+        return [
             *(Outgoing(self._replies_topic, r.request_id, r.model_dump_json()) for r in replies),
             *(
                 Outgoing(
@@ -82,7 +91,58 @@ class KafkaSink:
                 for d in dead_letters
             ),
         ]
+
+
+class Fenced(AnnrecError):
+    """The transactional producer hit a fatal error (another producer took its transactional.id,
+    or the broker fenced it): this worker must stop; its open transaction is aborted."""
+
+
+class TransactionalKafkaSink(KafkaSink):
+    """Exactly-once: a batch's replies and dead letters and the consumer's next offsets, in one
+    Kafka transaction. Either all of it is visible to read_committed readers (and the group
+    resumes after the batch) or none of it (and the batch is served again). The producer must
+    have a transactional.id and init_transactions() done.
+
+    Zombie fencing (KIP-447): the offsets are sent with the consumer's group metadata, so a
+    worker that lost its partitions in a rebalance cannot commit a transaction for them: the
+    coordinator refuses its generation, the transaction is aborted and the batch is the new
+    owner's."""
+
+    def write_with_offsets(
+        self,
+        replies: Sequence[Reply],
+        dead_letters: Sequence[DeadLetter],
+        offsets: list[TopicPartition],
+        group_metadata: object,
+    ) -> None:
+        p, timeout = self._producer, self._flush_timeout_s
         try:
-            produce_all(self._producer, messages, self._flush_timeout_s)
-        except NotDelivered as exc:
-            raise SinkError(f"kafka: {exc}") from exc
+            p.begin_transaction()
+            produce_all(p, self._messages(replies, dead_letters), timeout)
+            p.send_offsets_to_transaction(offsets, group_metadata, timeout)
+            self._commit(timeout)
+        except (KafkaException, NotDelivered) as exc:
+            self._abort(exc)
+            raise SinkError(f"kafka transaction: {exc}") from exc
+
+    def _commit(self, timeout: float) -> None:
+        try:
+            self._producer.commit_transaction(timeout)
+        except KafkaException as exc:
+            err = exc.args[0]
+            if not (isinstance(err, KafkaError) and err.retriable()):
+                raise
+            self._producer.commit_transaction(timeout)  # a retriable failure: commit again
+
+    def _abort(self, exc: Exception) -> None:
+        err = exc.args[0] if isinstance(exc, KafkaException) else None
+        if isinstance(err, KafkaError) and err.fatal():
+            raise Fenced(f"transactional producer fenced: {err}") from exc
+        try:
+            self._producer.abort_transaction(self._flush_timeout_s)
+        except KafkaException as abort_exc:
+            cause = abort_exc.args[0]
+            if isinstance(cause, KafkaError) and cause.fatal():
+                raise Fenced(f"transactional producer fenced: {cause}") from abort_exc
+            log.warning("abort_failed", error=str(cause))

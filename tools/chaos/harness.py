@@ -198,14 +198,18 @@ class Load:
             self.errors.append("some requests were not acknowledged by the broker")
 
 
-def read_topic(kafka: dict[str, str], topic: str, idle_s: float = 3.0) -> list[bytes]:
-    """Every message of a topic from the beginning, until nothing new for idle_s."""
+def read_topic(
+    kafka: dict[str, str], topic: str, idle_s: float = 3.0, *, read_committed: bool = False
+) -> list[bytes]:
+    """Every message of a topic from the beginning, until nothing new for idle_s;
+    read_committed: only those of committed transactions (and every non-transactional one)."""
     consumer = Consumer(
         {
             **client_config(kafka),
             "group.id": f"audit-{uuid.uuid4().hex}",
             "auto.offset.reset": "earliest",
             "enable.auto.commit": False,
+            "isolation.level": "read_committed" if read_committed else "read_uncommitted",
         }
     )
     meta = consumer.list_topics(topic, timeout=10).topics[topic]
@@ -245,17 +249,24 @@ def audit(
     topics: CommonSettings,
     sent: list[str],
     wait_s: float = 60.0,
+    *,
+    read_committed: bool = False,
 ) -> tuple[Audit, list[Reply], list[DeadLetter]]:
-    """Wait until every sent id has a reply (or wait_s passes), then count."""
+    """Wait until every sent id has a reply (or wait_s passes), then count; read_committed:
+    as a reader with isolation.level=read_committed sees the topics (exactly-once workers)."""
     wanted = set(sent)
     deadline = time.monotonic() + wait_s
     while True:
-        replies = [Reply.model_validate_json(v) for v in read_topic(kafka, topics.topic_replies)]
+        raw = read_topic(kafka, topics.topic_replies, read_committed=read_committed)
+        replies = [Reply.model_validate_json(v) for v in raw]
         seen = {r.request_id for r in replies}
         if wanted <= seen or time.monotonic() > deadline:
             break
         time.sleep(2.0)
-    dead = [DeadLetter.model_validate_json(v) for v in read_topic(kafka, topics.topic_dead_letters)]
+    dead = [
+        DeadLetter.model_validate_json(v)
+        for v in read_topic(kafka, topics.topic_dead_letters, read_committed=read_committed)
+    ]
     per_id = Counter(r.request_id for r in replies if r.request_id in wanted)
     client = redis.Redis.from_url(redis_url)
     missing_redis: list[str] = []

@@ -42,6 +42,13 @@ def register(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--quick", action="store_true", help="seconds, not minutes (CI runs it)")
     parser.add_argument("--out", type=Path, help="write the figures to this JSON file")
+    parser.add_argument(
+        "--guarantee",
+        choices=["at-least-once", "exactly-once"],
+        default="at-least-once",
+        help="crash: the workers' ANNREC_PROCESSING_GUARANTEE (exactly-once: audited as a "
+        "read_committed reader, which must see no duplicate)",
+    )
     parser.set_defaults(handler=_run)
 
 
@@ -50,17 +57,22 @@ def _run(args: argparse.Namespace) -> int:
     if unknown:
         print(f"annrec: error: unknown scenario(s) {sorted(unknown)}", file=sys.stderr)
         return 2
-    return 0 if run_chaos(args.scenarios, args.quick, args.out) else 1
+    return 0 if run_chaos(args.scenarios, args.quick, args.out, args.guarantee) else 1
 
 
-def run_chaos(names: list[str], quick: bool, out: Path | None) -> bool:
+def run_chaos(
+    names: list[str], quick: bool, out: Path | None, guarantee: str = "at-least-once"
+) -> bool:
     results: dict[str, Any] = {"machine": machine_info(), "quick": quick, "scenarios": {}}
     print(f"machine: {describe(results['machine'])}")
     with configured_or_local() as svc:
         for name in names:
             started = time.monotonic()
             try:
-                figures = SCENARIOS[name](svc, **(QUICK[name] if quick else {}))
+                params = {**(QUICK[name] if quick else {})}
+                if name == "crash":
+                    params["guarantee"] = guarantee
+                figures = SCENARIOS[name](svc, **params)
             except Exception as exc:
                 figures = {
                     "scenario": name,
