@@ -63,6 +63,12 @@ def test_bench_filters_quick(services, tmp_path):
         assert rows[3]["post_filter"]["mean_results"] < 10
     assert (out / "filters.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "| selectivity |" in printed
+    # max_per: every attribute and n for both kinds, k results always (the catalogue has them)
+    assert len(result["max_per"]) == 2 * 3 * 3
+    for r in result["max_per"]:
+        assert r["mean_results"] == 10 and r["short_answers"] == 0
+    assert result["explain"]["max_relative_sum_error"] < 1e-4
+    assert "| task | attribute | n |" in printed and "explain / plain" in printed
 
 
 def test_bench_load_quick(services, tmp_path):
