@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
@@ -101,7 +101,7 @@ def ensure_topics(
 ) -> None:
     """Create the topics that do not exist yet; existing ones are left as they are."""
     admin = AdminClient(client_config(kafka_conf))
-    existing = admin.list_topics(timeout=timeout_s).topics
+    existing = list_topics(admin, kafka_conf, timeout_s)
     missing = [
         NewTopic(s.name, num_partitions=s.partitions, config=s.config)
         for s in specs
@@ -118,6 +118,21 @@ def ensure_topics(
                 continue  # another worker created it first
             raise AnnrecError(f"cannot create topic {name}: {err}") from exc
     _wait_for_leaders(admin, [t.topic for t in missing], timeout_s)
+
+
+def list_topics(
+    admin: AdminClient, kafka_conf: Mapping[str, str], timeout_s: float
+) -> dict[str, Any]:
+    """The cluster's topics; AnnrecError, one line naming the bootstrap and the setting to
+    check, when Kafka does not answer."""
+    try:
+        return dict(admin.list_topics(timeout=timeout_s).topics)
+    except KafkaException as exc:
+        reason = exc.args[0].str() if isinstance(exc.args[0], KafkaError) else str(exc)
+        raise AnnrecError(
+            f"Kafka at {kafka_conf.get('bootstrap.servers')} is not reachable ({reason}): "
+            f"check {keys.ENV_KAFKA_BOOTSTRAP} or start one with `annrec stack up`"
+        ) from exc
 
 
 def _wait_for_leaders(admin: AdminClient, names: list[str], timeout_s: float) -> None:

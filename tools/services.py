@@ -6,10 +6,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 
 from adapters.kafka_log import client_config
+from adapters.topics import list_topics
 from schemas import keys
 from schemas.errors import AnnrecError
 from schemas.settings import CommonSettings
@@ -30,13 +30,7 @@ def kafka_conf(settings: CommonSettings) -> dict[str, str]:
 
 def check_kafka(conf: dict[str, str], timeout_s: float = 5.0) -> None:
     """AnnrecError, naming the bootstrap and the setting to check, when Kafka does not answer."""
-    try:
-        AdminClient(client_config(conf)).list_topics(timeout=timeout_s)
-    except KafkaException as exc:
-        raise AnnrecError(
-            f"Kafka at {conf.get('bootstrap.servers')} is not reachable ({exc.args[0].str()}): "
-            f"check {keys.ENV_KAFKA_BOOTSTRAP} or start one with `annrec stack up`"
-        ) from exc
+    list_topics(AdminClient(client_config(conf)), conf, timeout_s)
 
 
 def redis_url(settings: CommonSettings) -> str:

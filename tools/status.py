@@ -21,6 +21,7 @@ from confluent_kafka import Consumer, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from adapters.kafka_log import client_config
+from adapters.redis_client import redis_refusal
 from adapters.version_storage import open_storage
 from schemas import keys
 from schemas.errors import AnnrecError
@@ -128,21 +129,6 @@ def _workers(redis_url: str, group: str) -> list[dict[str, Any]]:
     finally:
         client.close()
     return sorted(found, key=lambda d: d["worker_id"])
-
-
-def redis_refusal(redis_url: str, exc: redis.RedisError) -> str:
-    """One line naming the Redis that refused and the setting to check (never the password)."""
-    where = redis.connection.parse_url(redis_url)
-    host = f"{where.get('host', 'localhost')}:{where.get('port', 6379)}"
-    if isinstance(
-        exc, redis.AuthenticationError | redis.exceptions.AuthenticationWrongNumberOfArgsError
-    ):
-        why = "refused the password"
-    elif isinstance(exc, redis.ConnectionError | redis.TimeoutError):
-        why = "is not reachable"
-    else:
-        why = f"failed ({type(exc).__name__})"
-    return f"Redis at {host} {why}: check {keys.ENV_REDIS_URL} or `annrec stack up`"
 
 
 def _versions(s: WorkerSettings) -> dict[str, Any]:

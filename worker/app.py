@@ -26,9 +26,11 @@ from threadpoolctl import threadpool_limits
 
 from adapters.item_updates import ItemUpdateLog
 from adapters.kafka_log import client_config, link
+from adapters.redis_client import redis_refusal
 from adapters.topics import ensure_topics, topic_specs
 from adapters.version_storage import open_storage
 from schemas import keys
+from schemas.errors import AnnrecError
 from worker.announcements import AnnouncementFollower
 from worker.answer import Outcome, Policy, answer_batch, cached_outcome, echo_batch
 from worker.availability import Availability
@@ -70,6 +72,17 @@ def _recall_publisher(client: redis.Redis, ttl_s: int) -> Publish:
         pipe.execute()
 
     return publish
+
+
+def _check_redis(client: redis.Redis, url: str) -> None:
+    """A Redis that refuses the password never will: stop now, with the setting to check. One
+    that is down may come back: said once; writes retry (nothing is stored before they land)."""
+    try:
+        client.ping()
+    except redis.AuthenticationError as exc:
+        raise AnnrecError(redis_refusal(url, exc)) from exc
+    except redis.RedisError as exc:
+        log.warning("redis_unreachable", reason=redis_refusal(url, exc))
 
 
 @dataclass
@@ -141,6 +154,9 @@ class Worker:
         consumer commits and leaves the group first (bounded: `shut_down`), the metrics
         endpoint goes last."""
         s = self.settings
+        client = redis.Redis.from_url(self._redis_url, socket_timeout=s.redis_timeout_s)
+        resources.callback(client.close)
+        _check_redis(client, self._redis_url)  # first: a refusal needs no broker to be said
         ensure_topics(self._kafka_conf, topic_specs(s))
         # One BLAS thread: a worker answers one request at a time and scales out by processes;
         # OpenBLAS threads spinning beside Kafka, Redis and other workers only add latency.
@@ -157,8 +173,6 @@ class Worker:
         follower = AnnouncementFollower(self._kafka_conf, s.topic_index_versions)
         resources.callback(follower.close)
         self._announced = follower.announced
-        client = redis.Redis.from_url(self._redis_url, socket_timeout=s.redis_timeout_s)
-        resources.callback(client.close)
         self.shadow = self._start_shadow(client)
         if self.shadow is not None:
             resources.callback(self.shadow.stop)

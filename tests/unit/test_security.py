@@ -122,3 +122,22 @@ def test_a_wrong_redis_password_is_one_line_naming_the_setting(redis_with_passwo
         "ANNREC_REDIS_URL or `annrec stack up`"
     ]
     assert "not-it" not in result.stdout + result.stderr
+
+
+def test_a_worker_refused_by_redis_stops_with_one_line(redis_with_password, tmp_path):
+    from tests.cli import annrec
+
+    port = redis_with_password
+    env = {
+        "ANNREC_REDIS_URL": f"redis://:not-it@127.0.0.1:{port}/0",
+        "ANNREC_KAFKA_BOOTSTRAP": "127.0.0.1:1",  # never reached: Redis is checked first
+        "ANNREC_STORAGE": str(tmp_path / "s"),
+        "ANNREC_METRICS_PORT": "-1",
+    }
+    result = annrec("worker", extra_env=env, timeout=60)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"annrec: error: Redis at 127.0.0.1:{port} refused the password: check "
+        "ANNREC_REDIS_URL or `annrec stack up`"
+    )
+    assert "not-it" not in result.stdout + result.stderr

@@ -74,7 +74,7 @@ def test_render_dates_a_workers_counts_by_its_heartbeat():
 def test_a_refusing_redis_is_one_line_naming_the_setting_and_not_the_password():
     import redis
 
-    from tools.status import redis_refusal
+    from adapters.redis_client import redis_refusal
 
     url = "redis://:hunter2@cache.internal:6390/0"
     line = redis_refusal(url, redis.AuthenticationError("invalid username-password pair"))
