@@ -166,7 +166,7 @@ def format_reply(reply: Reply) -> str:
     items, ignored ids), then rank, item, score and a note per item."""
     if reply.status == "no_match":
         return f"{reply.request_id}: no_match: no item passes the filter"
-    if reply.status != "ok":
+    if reply.status not in ("ok", "partial"):
         return f"{reply.request_id}: {reply.status}: {reply.error}"
     head = (
         f"{reply.kind} for {reply.subject_id}  (index {reply.index_version}, "
@@ -179,7 +179,17 @@ def format_reply(reply: Reply) -> str:
         for i, item in enumerate(reply.items, 1)
     ]
     header = f"{'rank':>4}  {'item_id':<16} {'score':>10}  note"
-    return "\n".join([head, *reply_notes(reply), header, *rows])
+    return "\n".join([head, *reply_notes(reply), header, *rows, *_because(reply)])
+
+
+def _because(reply: Reply) -> list[str]:
+    """Each explained item's history items with their share of its score."""
+    explained = [(i, item) for i, item in enumerate(reply.items, 1) if item.because]
+    lines = ["because (recent item: share of the score)"] if explained else []
+    for i, item in explained:
+        parts = ", ".join(f"{c.item_id}: {c.share:.0%}" for c in item.because or [])
+        lines.append(f"{i:>4}  {item.item_id:<16} {parts}")
+    return lines
 
 
 def reply_notes(reply: Reply) -> list[str]:
@@ -199,6 +209,12 @@ def reply_notes(reply: Reply) -> list[str]:
         shown = ", ".join(reply.unknown_items[:5])
         more = f" and {len(reply.unknown_items) - 5} more" if len(reply.unknown_items) > 5 else ""
         notes.append(f"ignored: items this version does not know: {shown}{more}")
+    if reply.max_per is not None:
+        m = reply.max_per
+        met = "met" if reply.status != "partial" else "could not be met: all the items that meet it"
+        notes.append(f"max_per: at most {m.n} per {m.attr}: {met}")
+    if reply.explain_refused:
+        notes.append(reply.explain_refused)
     if reply.filter_passing is not None:
         notes.append(f"filter: {reply.filter_passing} items of the catalogue pass")
     if reply.from_cache:

@@ -10,7 +10,7 @@ from pydantic import ValidationError
 from adapters.item_updates import publish_item_updates
 from adapters.topics import ensure_topics, topic_specs
 from schemas.errors import AnnrecError, describe
-from schemas.events import ItemUpdate, MaxPer, RecommendRequest, Reply, SimilarItemsRequest
+from schemas.events import ItemUpdate, MaxPer, RecommendRequest, SimilarItemsRequest
 from schemas.filters import FILTER_ADAPTER, Filter, check_shape
 from schemas.settings import CommonSettings
 from tools import services
@@ -74,7 +74,7 @@ def run_request(args: argparse.Namespace) -> int:
         request,
         args.timeout,
     )
-    print(reply.model_dump_json(indent=2) if args.json else _format(reply))
+    print(reply.model_dump_json(indent=2) if args.json else format_reply(reply))
     return 0 if reply.status in ("ok", "no_match", "partial") else 1
 
 
@@ -91,27 +91,6 @@ def run_item_update(args: argparse.Namespace) -> int:
     publish_item_updates(conf, settings.topic_item_updates, updates)
     print(f"{len(updates)} updates published to {settings.topic_item_updates}")
     return 0
-
-
-def _format(reply: Reply) -> str:
-    """format_reply, then what max_per and explain add: the constraint's outcome, and each
-    explained item's history items with their share of its score. A partial reply's items are
-    shown as an ok reply's are."""
-    partial = reply.status == "partial"
-    lines = [format_reply(reply.model_copy(update={"status": "ok"}) if partial else reply)]
-    if reply.max_per is not None:
-        m = reply.max_per
-        outcome = "could not be met: all the items that meet it" if partial else "met"
-        lines.append(f"max_per: at most {m.n} per {m.attr}: {outcome}")
-    if reply.explain_refused:
-        lines.append(reply.explain_refused)
-    explained = [(i, item) for i, item in enumerate(reply.items, 1) if item.because]
-    if explained:
-        lines.append("because (recent item: share of the score)")
-    for i, item in explained:
-        parts = ", ".join(f"{c.item_id}: {c.share:.0%}" for c in item.because or [])
-        lines.append(f"{i:>4}  {item.item_id:<16} {parts}")
-    return "\n".join(lines)
 
 
 def _parse_max_per(text: str) -> MaxPer:

@@ -4,7 +4,8 @@ import pytest
 
 from schemas.errors import AnnrecError
 from schemas.events import Contribution, MaxPer, Reply, ScoredItem
-from tools.commands.request import _format, _parse_max_per
+from tools.client import format_reply
+from tools.commands.request import _parse_max_per
 
 
 def test_max_per_flag_is_attr_colon_n():
@@ -27,7 +28,7 @@ def test_a_partial_explained_reply_prints_its_items_outcome_and_reasons():
         max_per=MaxPer(attr="maker", n=1),
         worker_id="w",
     )
-    text = _format(reply)
+    text = format_reply(reply)
     assert "i3" in text and "0.8000" in text and "partial" not in text.splitlines()[0]
     assert "max_per: at most 1 per maker: could not be met" in text
     assert "i7: 75%, i9: 25%" in text
@@ -42,4 +43,5 @@ def test_a_refused_explanation_is_printed():
         explain_refused="explain: a user_vector has no history to explain the scores by",
         worker_id="w",
     )
-    assert _format(reply).endswith("explain: a user_vector has no history to explain the scores by")
+    lines = format_reply(reply).splitlines()
+    assert "explain: a user_vector has no history to explain the scores by" in lines
