@@ -17,6 +17,7 @@ from pydantic import ValidationError
 
 from query_engine.attributes import ItemAttributes
 from query_engine.banded import Band, NormBands
+from query_engine.confidence import FoldInWeights
 from query_engine.vectors import augment_with
 from schemas.errors import IndexRejected, VersionMissing, describe
 from schemas.manifest import MANIFEST_NAME, AnnoySpec, AttributeSpec, FileEntry, Manifest, MipsSpec
@@ -174,3 +175,43 @@ def _attribute_array(directory: Path, name: str, dtype: type) -> npt.NDArray[Any
     if arr.dtype != dtype or arr.ndim != 1:
         raise IndexRejected(f"attribute file {name}: {arr.dtype} {arr.shape}, expected 1-D {dtype}")
     return arr
+
+
+def load_fold_in_weights(directory: Path, manifest: Manifest) -> FoldInWeights:
+    """How the version weighs a folded-in user's items (its manifest's fold_in, and for bm25 the
+    item lengths file, checked: listed in the manifest's files, one finite float32 >= 0 per
+    item). A manifest without a weighting folds in raw."""
+    f = manifest.fold_in
+    if f.weighting == "raw":
+        return FoldInWeights("raw", f.alpha)
+    assert f.idf_items is not None  # the manifest's validator
+    if f.idf_items != manifest.n_items:
+        raise IndexRejected(
+            f"{manifest.version}: fold_in.idf_items {f.idf_items} is not the {manifest.n_items} "
+            "items the factors were trained on"
+        )
+    if f.bm25 is None:
+        return FoldInWeights(f.weighting, f.alpha, idf_items=f.idf_items)
+    name = f.bm25.lengths_file
+    if name not in manifest.files:
+        raise IndexRejected(f"{manifest.version}: fold-in file {name} is not in the manifest")
+    try:
+        lengths: npt.NDArray[np.float32] = np.load(directory / name, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise IndexRejected(f"fold-in file {name!r}: {exc}") from exc
+    if lengths.dtype != np.float32 or lengths.shape != (manifest.n_items,):
+        raise IndexRejected(
+            f"fold-in file {name}: {lengths.dtype} {lengths.shape}, expected float32 "
+            f"({manifest.n_items},)"
+        )
+    if not np.isfinite(lengths).all() or (lengths < 0).any():
+        raise IndexRejected(f"fold-in file {name}: lengths must be finite and >= 0")
+    return FoldInWeights(
+        "bm25",
+        f.alpha,
+        f.idf_items,
+        f.bm25.k1,
+        f.bm25.b,
+        lengths,
+        f.bm25.average_length,
+    )

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from query_engine.confidence import FoldInWeights
 from schemas.errors import InvalidInput
 
 REQUIRED_ARRAYS = ("item_factors", "user_factors", "item_ids", "user_ids")
@@ -25,6 +26,8 @@ class Factors:
     user_ids: npt.NDArray[np.str_]
     # Interactions per item (or any popularity measure); None: rank by item norm instead.
     item_popularity: npt.NDArray[np.float64] | None = None
+    # Trained factors: how a user's items are weighted for the fold-in, as the training did.
+    fold_in: FoldInWeights | None = None
 
     @property
     def dim(self) -> int:

@@ -145,10 +145,7 @@ def _build_version(
             n_trees=opts.n_trees, seed=opts.seed, source=source, source_sha256=factors.checksum()
         ),
         training=training,
-        fold_in=mf.FoldIn(
-            regularization=training.regularization if training else opts.fold_in_regularization,
-            alpha=training.alpha if training else opts.fold_in_alpha,
-        ),
+        fold_in=fold_in_spec(factors, training, opts),
         popularity=popularity_source,
         attributes=attribute_specs,
         item_updates_applied=updates_applied,
@@ -188,7 +185,43 @@ def _write_arrays(
         np.save(staging / mf.USER_IDS_FILE, factors.user_ids)
         popularity, popularity_source = popularity_ranking(factors, trained)
         np.save(staging / mf.POPULARITY_FILE, popularity)
+        if trained and factors.fold_in is not None and factors.fold_in.weighting == "bm25":
+            assert factors.fold_in.item_lengths is not None
+            lengths = np.asarray(factors.fold_in.item_lengths, dtype=np.float32)
+            np.save(staging / mf.FOLD_IN_LENGTHS_FILE, lengths)
     return popularity_source
+
+
+def fold_in_spec(
+    factors: Factors, training: mf.TrainParams | None, opts: BuildOptions
+) -> mf.FoldIn:
+    """The manifest's fold-in: the training's regularization, alpha and weighting (with what the
+    weighting needs of the training matrix), else the build options' raw fold-in."""
+    if training is None:
+        return mf.FoldIn(regularization=opts.fold_in_regularization, alpha=opts.fold_in_alpha)
+    weights = factors.fold_in
+    if training.weighting != "raw" and (weights is None or weights.weighting != training.weighting):
+        raise AnnrecError(
+            f"factors trained with {training.weighting} weighting came without its fold-in "
+            "weights (index_builder.train.fold_in_weights)"
+        )
+    if weights is None or weights.weighting == "raw":
+        return mf.FoldIn(regularization=training.regularization, alpha=training.alpha)
+    bm25 = None
+    if weights.weighting == "bm25":
+        bm25 = mf.Bm25FoldIn(
+            k1=weights.bm25_k1,
+            b=weights.bm25_b,
+            average_length=weights.average_length,
+            lengths_file=mf.FOLD_IN_LENGTHS_FILE,
+        )
+    return mf.FoldIn(
+        regularization=training.regularization,
+        alpha=training.alpha,
+        weighting=weights.weighting,
+        idf_items=weights.idf_items,
+        bm25=bm25,
+    )
 
 
 def _build_indexes(

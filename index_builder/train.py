@@ -9,7 +9,7 @@ from __future__ import annotations
 import csv
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import import_module
 from pathlib import Path
 from types import ModuleType
@@ -21,6 +21,7 @@ import structlog
 from pydantic import ValidationError
 
 from index_builder.inputs import Factors, make_factors
+from query_engine.confidence import FoldInWeights
 from schemas.errors import AnnrecError, InvalidInput, describe
 from schemas.manifest import TrainParams, Weighting
 
@@ -32,6 +33,9 @@ log = structlog.get_logger(__name__)
 
 TRAIN_EXTRA_HINT = "training needs the optional extra: pip install 'annrec[train]'"
 COLUMNS = ("user", "item", "weight", "timestamp")
+# implicit.nearest_neighbours.bm25_weight's defaults, passed explicitly so that the fold-in
+# parameters a manifest records are by construction the ones the fit used.
+BM25_K1, BM25_B = 100.0, 0.8
 SUFFIXES = (".csv", ".parquet")
 
 
@@ -166,7 +170,8 @@ def train_als(
     trained = make_factors(
         item_factors, user_factors, interactions.item_ids, interactions.user_ids, popularity
     )
-    return trained, params
+    fold_in = fold_in_weights(interactions.user_items, weighting, alpha)
+    return replace(trained, fold_in=fold_in), params
 
 
 def train_params(
@@ -207,10 +212,32 @@ def weigh(user_items: scipy.sparse.csr_matrix, weighting: Weighting) -> scipy.sp
     if weighting == "raw":
         return user_items
     nearest_neighbours = _require("implicit.nearest_neighbours")
-    weight = {"bm25": nearest_neighbours.bm25_weight, "tfidf": nearest_neighbours.tfidf_weight}
-    weighted = weight[weighting](user_items.T.tocoo()).T.tocsr().astype(np.float32)
-    weighted.sort_indices()
-    return weighted
+    item_users = user_items.T.tocoo()
+    if weighting == "bm25":
+        weighted = nearest_neighbours.bm25_weight(item_users, K1=BM25_K1, B=BM25_B)
+    else:
+        weighted = nearest_neighbours.tfidf_weight(item_users)
+    user_weighted: scipy.sparse.csr_matrix = weighted.T.tocsr().astype(np.float32)
+    user_weighted.sort_indices()
+    return user_weighted
+
+
+def fold_in_weights(
+    user_items: scipy.sparse.csr_matrix, weighting: Weighting, alpha: float
+) -> FoldInWeights:
+    """What folding a user in needs to weigh their items as `weigh` weighed the training
+    matrix: implicit's idf is over the item x user matrix, so per user (N: the items), and
+    bm25's length normalization per item (its summed weight over the mean, computed as
+    bm25_weight computes it)."""
+    if weighting == "raw":
+        return FoldInWeights("raw", alpha)
+    item_users = user_items.T.tocoo()
+    n_items = int(item_users.shape[0])
+    if weighting == "tfidf":
+        return FoldInWeights("tfidf", alpha, idf_items=n_items)
+    # bm25_weight's own expressions on the same float32 matrix: the same bits.
+    lengths = np.ravel(item_users.sum(axis=1))
+    return FoldInWeights("bm25", alpha, n_items, BM25_K1, BM25_B, lengths, float(lengths.mean()))
 
 
 def fit_als(

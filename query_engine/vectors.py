@@ -142,11 +142,14 @@ def _user_system(
     confidence: float | npt.ArrayLike,
 ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64], npt.NDArray[np.float64]]:
     """(A, b, c) of the ALS user step A x_u = b: A = Y^T Y + Y^T (C_u - I) Y + reg I,
-    b = Y^T C_u p_u, c the confidence of each seen row."""
+    b = Y^T C_u p_u, c the part of each seen row's confidence in b. As implicit's least_squares, a
+    confidence <= 0 (a tfidf or bm25 idf of a user holding nearly every item) counts as |c| in A
+    and not at all in b."""
     y = np.asarray(seen, dtype=np.float64)
     c = np.broadcast_to(np.asarray(confidence, dtype=np.float64), (len(y),))
-    a = gramian + regularization * np.eye(gramian.shape[0]) + (y.T * (c - 1.0)) @ y
-    return a, y.T @ c, c
+    a = gramian + regularization * np.eye(gramian.shape[0]) + (y.T * (np.abs(c) - 1.0)) @ y
+    positive = np.maximum(c, 0.0)
+    return a, y.T @ positive, positive
 
 
 def fold_in(
@@ -160,7 +163,8 @@ def fold_in(
         (Y^T Y + Y^T (C_u - I) Y + reg I) x_u = Y^T C_u p_u
 
     with `seen` the factor rows of the user's items and `confidence` their c_ui (alpha * weight
-    in implicit's convention). A user who arrives with a few recent items gets the vector ALS
+    in implicit's convention; query_engine.confidence gives them for the version's weighting,
+    raw, tfidf or bm25). A user who arrives with a few recent items gets the vector ALS
     would have given them, without retraining.
     """
     a, b, _ = _user_system(gramian, seen, regularization, confidence)

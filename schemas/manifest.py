@@ -11,7 +11,7 @@ import re
 from datetime import datetime
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 MANIFEST_NAME = "manifest.json"
 # 2: user -> items moved from one Bachrach-augmented Annoy file to norm bands (MipsSpec). A
@@ -279,11 +279,47 @@ class TrainParams(_Model):
     tuning: Tuning | None = Field(None, description="the parameter search, when one ran")
 
 
+class Bm25FoldIn(_Model):
+    """What bm25 fold-in needs of the training matrix (implicit's bm25_weight over annrec's item x
+    user matrix: an item's users are its document, so the length normalization is per item)."""
+
+    k1: float = Field(ge=0, allow_inf_nan=False, description="bm25_weight's K1")
+    b: float = Field(ge=0, le=1, description="bm25_weight's B")
+    average_length: float = Field(
+        gt=0, allow_inf_nan=False, description="mean summed weight per item (the average length)"
+    )
+    lengths_file: str = Field(
+        description="float32, one per item: its summed interaction weight (its length)"
+    )
+
+
 class FoldIn(_Model):
-    """How to fold a new user in from their items (the ALS user step); see vectors.fold_in."""
+    """How to fold a new user in from their items (the ALS user step); see vectors.fold_in and
+    confidence.fold_in_confidences. Manifests without `weighting` fold in as raw."""
 
     regularization: float = Field(ge=0)
     alpha: float = Field(gt=0, description="confidence of one interaction (alpha * weight 1)")
+    weighting: Weighting = Field(
+        "raw",
+        description="the weighting the factors were trained with, applied to a folded-in user's "
+        "items too: raw alpha * count; tfidf alpha * sqrt(count) * idf(user); bm25 alpha * "
+        "count (K1 + 1) / (K1 norm(item) + count) * idf(user)",
+    )
+    idf_items: int | None = Field(
+        None,
+        ge=1,
+        description="tfidf and bm25: N, the items of the training matrix; a user with n distinct "
+        "items has idf log(N) - log1p(n)",
+    )
+    bm25: Bm25FoldIn | None = Field(None, description="bm25 only: K1, B and the item lengths")
+
+    @model_validator(mode="after")
+    def _complete(self) -> FoldIn:
+        if self.weighting != "raw" and self.idf_items is None:
+            raise ValueError(f"fold_in weighting {self.weighting} needs idf_items")
+        if (self.weighting == "bm25") != (self.bm25 is not None):
+            raise ValueError("fold_in.bm25 is given exactly when the weighting is bm25")
+        return self
 
 
 class Manifest(_Model):
@@ -352,3 +388,4 @@ USER_FACTORS_FILE = "user_factors.npy"
 ITEM_IDS_FILE = "item_ids.npy"
 USER_IDS_FILE = "user_ids.npy"
 POPULARITY_FILE = "popularity.npy"  # int32 item rows, most popular first
+FOLD_IN_LENGTHS_FILE = "fold_in.item_lengths.npy"  # bm25 versions: float32 length per item

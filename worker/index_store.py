@@ -24,10 +24,12 @@ from adapters.index_files import (
     load_annoy,
     load_attributes,
     load_bands,
+    load_fold_in_weights,
     read_manifest,
 )
 from adapters.version_storage import VersionStorage
 from query_engine.attributes import ItemAttributes
+from query_engine.confidence import FoldInWeights
 from query_engine.plan import ServingPlan, VersionSearch
 from query_engine.vectors import item_gramian
 from schemas import manifest as mf
@@ -50,6 +52,8 @@ class LoadedVersion:
     user_rows: IdRows
     popularity: npt.NDArray[np.int32]  # item rows, most popular first
     gramian: npt.NDArray[np.float64]  # Y^T Y, for folding users in from their items
+    # How recent items are weighted for the fold-in (the version's training weighting).
+    fold_in: FoldInWeights
     attributes: ItemAttributes | None = None  # None: published without attributes
 
     @property
@@ -99,6 +103,7 @@ def load_version(
         if manifest.attributes
         else None
     )
+    fold_in = load_fold_in_weights(directory, manifest)
     if warm:
         for arr in (item_factors, user_factors):
             _touch_pages(arr)
@@ -112,6 +117,7 @@ def load_version(
         item_rows=item_rows,
         user_rows=user_rows,
         attributes=attributes,
+        fold_in=fold_in,
     )
 
 

@@ -25,6 +25,7 @@ import numpy as np
 import numpy.typing as npt
 
 from index_builder.attributes import AttributeTable, Column
+from query_engine.confidence import fold_in_confidences
 from query_engine.diversity import max_per_of
 from query_engine.vectors import cosine_scores, explain_scores, recall_at_k, unit_rows
 from schemas.events import RecommendRequest
@@ -183,8 +184,9 @@ def explain_row(v: LoadedVersion, n_queries: int, seed: int = 0) -> dict[str, An
             reply = answer(requests[name], v, "bench")
             seconds[name].append(time.perf_counter() - start)
         rows = v.item_rows.rows([i.item_id for i in reply.items])[0]
+        seen, confidence = fold_in_confidences(v.fold_in, recent)  # the version's weighting
         terms = explain_scores(
-            v.gramian, v.item_factors[recent], v.item_factors[rows], f.regularization, f.alpha
+            v.gramian, v.item_factors[seen], v.item_factors[rows], f.regularization, confidence
         )
         served = np.array([i.score for i in reply.items], dtype=np.float64)
         errors += (np.abs(terms.sum(axis=1) - served) / np.abs(served)).tolist()
