@@ -21,7 +21,7 @@ def test_chaos_quick(tmp_path):
     assert out.exists(), result.stderr[-3000:]
     doc = json.loads(out.read_text())
     runs = doc["scenarios"]
-    assert set(runs) == {"crash", "swaps", "bad-index", "outage", "fuzz"}
+    assert set(runs) == {"crash", "swaps", "bad-index", "outage", "fuzz", "overload"}
     failed = {name: figures for name, figures in runs.items() if not figures["passed"]}
     assert not failed, json.dumps(failed, indent=2)[-4000:]
     assert result.returncode == 0
@@ -44,5 +44,11 @@ def test_chaos_quick(tmp_path):
     assert outage["write_failures_logged"] > 0  # the outage was felt, and survived
     fuzz = runs["fuzz"]
     assert fuzz["valid_lost"] == 0 and fuzz["dead_letters"] == fuzz["hostile_produced"]
+    crash_delay = crash["failover"]["delay_s"]["max"]
+    assert crash_delay <= crash["params"]["max_delay_s"]  # failover on the default settings
+    overload = runs["overload"]
+    assert overload["phases"]["overload"]["statuses"].get("expired", 0) > 0  # it shed
+    bound = overload["params"]["deadline_s"] + overload["params"]["slack_s"]
+    assert overload["overload_p99_s"] <= bound
     assert not os.path.exists(tmp_path / "stack" / "stack.json")  # the stack was stopped
     assert list((tmp_path / "tmp").iterdir()) == []  # every scenario removed its folders

@@ -156,7 +156,11 @@ class Load:
         duration_s: float,
         payload: Callable[[int, str], bytes],
         prefix: str = "r",
+        schedule: list[float] | None = None,
     ) -> None:
+        """schedule: each request's send time in seconds from the start (instead of `rate`
+        for `duration_s`): phases of different rates."""
+        self.schedule = schedule or [i / rate for i in range(int(rate * duration_s))]
         self.sent: list[str] = []
         # request id -> (partition, its timestamp in ms: create time, set when produced)
         self.delivered: dict[str, tuple[int, int]] = {}
@@ -173,17 +177,16 @@ class Load:
         return self.sent
 
     def _run(self) -> None:
-        kafka, topic, rate, duration_s, payload, prefix = self._args
+        kafka, topic, _rate, _duration_s, payload, prefix = self._args
         producer = Producer({**client_config(kafka), "linger.ms": 2, "enable.idempotence": True})
-        n = int(rate * duration_s)
         start = time.perf_counter()
 
         def on_delivery(err: object, msg: Any) -> None:
             if err is None:
                 self.delivered[msg.key().decode()] = (msg.partition(), msg.timestamp()[1])
 
-        for i in range(n):
-            while (wait := start + i / rate - time.perf_counter()) > 0:
+        for i, at in enumerate(self.schedule):
+            while (wait := start + at - time.perf_counter()) > 0:
                 time.sleep(min(wait, 0.005))
             rid = f"{prefix}-{i}"
             value = payload(i, rid)

@@ -110,10 +110,25 @@ def _fuzz_rows(f: dict[str, Any]) -> Rows:
     ]
 
 
+def _overload_rows(f: dict[str, Any]) -> Rows:
+    rows: Rows = [("one worker's capacity (requests/s)", f["capacity_per_s"])]
+    for name, p in f["phases"].items():
+        d = p["delay_s"]
+        rows.append(
+            (
+                f"{name}: replies by status; delay p50 / p99 / max (s)",
+                f"{p['statuses']}; {d['p50']} / {d['p99']} / {d['max']}",
+            )
+        )
+    rows.append(("back to the steady p99 after the overload (s)", f["recovered_after_s"]))
+    return rows
+
+
 _SCENARIO_ROWS: dict[str, Callable[[dict[str, Any]], Rows]] = {
     "crash": _crash_rows,
     "swaps": _swaps_rows,
     "bad-index": _bad_index_rows,
     "outage": _outage_rows,
     "fuzz": _fuzz_rows,
+    "overload": _overload_rows,
 }

@@ -30,6 +30,15 @@ QUICK: dict[str, dict[str, Any]] = {
     # Longer than the worker's 5 s Redis timeout, so the outage makes writes fail.
     "outage": {"rate": 100, "redis_down_s": 8, "n_items": 2000},
     "fuzz": {"n_hostile": 1000, "n_items": 1000},
+    # A 2 s default deadline keeps the phases short: the same shedding, in seconds; a looser
+    # bound on a shared CI machine.
+    "overload": {
+        "overload_s": 8,
+        "steady_s": 4,
+        "n_items": 3000,
+        "deadline_ms": 2000,
+        "slack_s": 0.5,
+    },
 }
 
 
@@ -37,8 +46,8 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "scenarios",
         nargs="*",
-        default=["crash", "swaps", "bad-index", "outage", "fuzz"],
-        help="crash, swaps, bad-index, outage, fuzz (default: all)",
+        default=["crash", "swaps", "bad-index", "outage", "fuzz", "overload"],
+        help="crash, swaps, bad-index, outage, fuzz, overload (default: all)",
     )
     parser.add_argument("--quick", action="store_true", help="seconds, not minutes (CI runs it)")
     parser.add_argument("--out", type=Path, help="write the figures to this JSON file")

@@ -5,7 +5,8 @@ prints them and writes them to JSON (RELIABILITY.md quotes them).
 - swaps: versions published and announced during the load;
 - bad-index: damaged versions announced while one worker serves;
 - outage: Redis frozen, then the broker restarted, under load;
-- fuzz: hostile events interleaved with valid ones.
+- fuzz: hostile events interleaved with valid ones;
+- overload: one worker offered twice its capacity (tools/chaos/overload.py).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from tools.chaos.harness import (
     temp_folder,
     wait_until,
 )
+from tools.chaos.overload import overload
 from tools.client import ReplyWaiter, wait_for_workers
 from tools.services import Endpoints
 from worker.id_rows import IdRows
@@ -388,6 +390,7 @@ SCENARIOS: dict[str, Callable[..., Figures]] = {
     "bad-index": bad_index,
     "outage": outage,
     "fuzz": fuzz,
+    "overload": overload,
 }
 
 
