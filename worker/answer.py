@@ -17,6 +17,7 @@ import numpy as np
 import numpy.typing as npt
 import structlog
 
+from query_engine.confidence import fold_in_confidences
 from query_engine.diversity import MaxPer, max_per_of
 from query_engine.selection import FilterError, Selection, select
 from query_engine.vectors import cosine_scores, explain_scores, fold_in
@@ -324,8 +325,11 @@ def _user_vector(
     known, unknown = v.item_rows.rows(request.recent_items)
     if not len(known):
         return None, none, unknown
-    f = v.manifest.fold_in
-    query = fold_in(v.gramian, np.asarray(v.item_factors[known]), f.regularization, f.alpha)
+    # Weighted as the version was trained (raw, tfidf or bm25): query_engine.confidence.
+    rows, confidence = fold_in_confidences(v.fold_in, known)
+    query = fold_in(
+        v.gramian, np.asarray(v.item_factors[rows]), v.manifest.fold_in.regularization, confidence
+    )
     return query, known, unknown
 
 
@@ -352,17 +356,17 @@ def _explained(v: LoadedVersion, items: list[ScoredItem], seen: Rows) -> list[Sc
     if not at:
         return items
     targets = v.item_rows.rows([items[i].item_id for i in at])[0]
-    f = v.manifest.fold_in
+    rows, confidence = fold_in_confidences(v.fold_in, seen)  # the fold-in's own system
     terms = explain_scores(
         v.gramian,
-        np.asarray(v.item_factors[seen]),
+        np.asarray(v.item_factors[rows]),
         np.asarray(v.item_factors[targets]),
-        f.regularization,
-        f.alpha,
+        v.manifest.fold_in.regularization,
+        confidence,
     )
-    history, inverse = np.unique(seen, return_inverse=True)
-    one_hot = np.zeros((len(seen), len(history)))
-    one_hot[np.arange(len(seen)), inverse] = 1.0
+    history, inverse = np.unique(rows, return_inverse=True)
+    one_hot = np.zeros((len(rows), len(history)))
+    one_hot[np.arange(len(rows)), inverse] = 1.0
     per_item = terms @ one_hot  # (targets, distinct history items)
     totals = terms.sum(axis=1, keepdims=True)
     shares = np.divide(per_item, totals, out=np.zeros_like(per_item), where=totals != 0)
