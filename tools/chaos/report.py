@@ -103,6 +103,10 @@ def _fuzz_rows(f: dict[str, Any]) -> Rows:
         ("hostile events accepted by Kafka", f["hostile_produced"]),
         ("dead letters (one per hostile event)", f["dead_letters"]),
         ("dead letters without a reason", f["dead_letters_without_reason"]),
+        (
+            "with a readable request_id / of them without an error reply",
+            f"{f.get('readable_ids')} / {f.get('readable_ids_without_error_reply')}",
+        ),
         ("valid events interleaved / answered", f"{f['params']['valid']} / {f['valid_answered']}"),
         ("valid events lost", f["valid_lost"]),
         ("workers crashed", f["worker_crashed"] or "none"),

@@ -295,10 +295,13 @@ def fuzz(svc: Endpoints, n_hostile: int = 10_000, seed: int = 0, n_items: int = 
     cluster.start("w1")
     _warm_up(cluster, 1)
     _allow_large_messages(svc.kafka, cluster.topics.topic_requests)
-    valid_ids, delivered, refused_by_kafka = _produce_interleaved(
-        cluster, hostile_payloads(seed, n_hostile)
-    )
-    result, _replies, dead = audit(svc.kafka, svc.redis_url, cluster.topics, valid_ids, wait_s=180)
+    hostile = hostile_payloads(seed, n_hostile)
+    valid_ids, delivered, refused_by_kafka = _produce_interleaved(cluster, hostile)
+    result, replies, dead = audit(svc.kafka, svc.redis_url, cluster.topics, valid_ids, wait_s=180)
+    # Every hostile event with a top-level request_id (all but these kinds) gets an error reply.
+    taken = set(delivered)
+    readable = {rid for kind, rid, _ in hostile if kind not in UNREADABLE_KINDS and rid in taken}
+    errored = {r.request_id for r in replies if r.status == "error"}
     crashed = cluster.crashed()
     cluster.stop_all()
     dead_ids = {(d.source_partition, d.source_offset) for d in dead}
@@ -310,14 +313,21 @@ def fuzz(svc: Endpoints, n_hostile: int = 10_000, seed: int = 0, n_items: int = 
         "dead_letters": len(dead),
         "dead_letters_without_reason": sum(1 for d in dead if not d.reason),
         "reasons": _top_reasons(dead),
+        "readable_ids": len(readable),
+        "readable_ids_without_error_reply": len(readable - errored),
         "valid_answered": result.replied,
         "valid_lost": result.lost,
         "worker_crashed": crashed,
         "passed": not crashed
         and result.lost == 0
         and len(dead) == len(delivered)
-        and len(dead_ids) == len(dead),
+        and len(dead_ids) == len(dead)
+        and not readable - errored,
     }
+
+
+# Hostile kinds without a readable top-level request_id (tools/chaos/fuzz.py).
+UNREADABLE_KINDS = frozenset({"random_bytes", "not_json", "oversized"})
 
 
 def _produce_interleaved(
