@@ -86,11 +86,16 @@ def answer_batch(
     now: float | None = None,
 ) -> Outcome:
     """Answer every event; a bad one becomes a dead letter (plus an error reply when it has a
-    readable request_id, so a caller waiting for the reply is not left to time out)."""
+    readable request_id, so a caller waiting for the reply is not left to time out).
+
+    Deadlines are checked against the clock when each request's turn comes (`now`, when given,
+    fixes it for the whole batch): under overload a request that passes its deadline while the
+    batch is being answered is expired, not computed."""
     outcome = Outcome()
-    now = time.time() if now is None else now
+    fixed = now
     for p in parsed:
         started = time.perf_counter()
+        now = time.time() if fixed is None else fixed
         queue_s = _queue_s(p, now)
         kind = p.request.kind if p.request else "unparsed"
         if p.request is None:

@@ -260,3 +260,33 @@ def test_the_default_deadline_expires_requests_without_one_and_their_own_wins(ve
     assert status == {"plain": "expired", "recent": "ok", "patient": "ok", "hurried": "expired"}
     unlimited = answer_batch(parse_batch(events[:1]), version, "w", Policy(), now=now_ms / 1000)
     assert unlimited.replies[0].status == "ok"
+
+
+def test_a_deadline_passed_while_the_batch_is_answered_expires_the_rest(version, monkeypatch):
+    import types
+
+    from worker import answer as answer_module
+
+    clock = iter(1_800_000_000.0 + i for i in range(100))  # one second per look at the clock
+    monkeypatch.setattr(
+        answer_module,
+        "time",
+        types.SimpleNamespace(time=lambda: next(clock), perf_counter=lambda: 0.0),
+    )
+    sent_ms = 1_800_000_000_000 - 500
+    events = [
+        RawEvent(
+            "requests",
+            0,
+            i,
+            None,
+            json.dumps(
+                {"kind": "recommend", "request_id": f"r{i}", "user_id": "u1", "deadline_ms": 2000}
+            ).encode(),
+            sent_ms,
+        )
+        for i in range(3)
+    ]
+    out = answer_batch(parse_batch(events), version, "w")
+    # Looked at 0.5 s, 1.5 s and 2.5 s after sending: the third is past its 2 s deadline.
+    assert [r.status for r in out.replies] == ["ok", "ok", "expired"]
