@@ -95,7 +95,6 @@ class _Clients:
     redis_sink: RedisSink
     kafka_sink: KafkaSink
     cache: ReplyCache | None
-    heartbeat: Heartbeat
 
 
 REFUSED_SHOWN = 5
@@ -114,6 +113,8 @@ class Worker:
         self.progress = PartitionProgress(settings.stall_after_s)
         self._announced: dict[str, float] = {}
         self._serving_since: tuple[str, float] = ("", 0.0)
+        self._serving: LoadedVersion | None = None  # read by the heartbeat's thread
+        self._started = time.time()
         self._observed: set[str] = set()
         self._next_progress = 0.0
         self.health = HealthState(max_poll_gap_s=settings.health_max_poll_gap_s)
@@ -179,8 +180,10 @@ class Worker:
         store = self._start_store(follower)
         resources.callback(store.stop)  # before the follower closes: its watcher polls it
         resources.callback(follower.interrupt)  # the watcher's wait ends now, not in 2 s
-        heartbeat = Heartbeat(client, s.worker_id, s.heartbeat_ttl_s)
-        resources.callback(heartbeat.gone)
+        heartbeat = Heartbeat(
+            client, s.worker_id, s.heartbeat_ttl_s, lambda: self._status(store.refused)
+        ).start()
+        resources.callback(heartbeat.stop)  # before the store stops: the document reads it
         producer = StoppableProducer(client_config(producer_config(s, self._kafka_conf)))
         exactly_once = s.processing_guarantee == "exactly-once"
         if exactly_once:  # fences an earlier producer of this transactional.id, aborts its txn
@@ -200,7 +203,6 @@ class Worker:
                 producer, s.topic_replies, s.topic_dead_letters
             ),
             cache=ReplyCache(client, s.result_ttl_s) if s.serve_from_cache else None,
-            heartbeat=heartbeat,
         )
 
     def _start_store(self, follower: AnnouncementFollower) -> IndexStore:
@@ -234,7 +236,6 @@ class Worker:
         messages = next_batch(c.consumer, self.settings.batch_size, self.settings.poll_timeout_s)
         self.health.polled()
         c.producer.poll(0)  # its log lines and errors, when idle, are served here
-        c.heartbeat.beat(lambda: self._status(version, c.heartbeat.started, c.store.refused))
         self._track_progress(c.consumer, version)
         self.metrics.last_poll.set_to_current_time()
         events = raw_events(messages)
@@ -325,10 +326,12 @@ class Worker:
             if request is not None and not reply.from_cache:
                 self.shadow.offer(request, reply, version)
 
-    def _status(
-        self, version: LoadedVersion, started: float, refused: dict[str, str]
-    ) -> dict[str, Any]:
-        """This worker as `annrec status` shows it (the heartbeat's document)."""
+    def _status(self, refused: dict[str, str]) -> dict[str, Any] | None:
+        """This worker as `annrec status` shows it (the heartbeat's document, built on the
+        heartbeat's thread from values the loop keeps current); None before a version serves."""
+        version = self._serving
+        if version is None:
+            return None
         s = self.settings
         recall = {}
         if self.shadow is not None:
@@ -341,7 +344,7 @@ class Worker:
             "group": s.group_id,
             "version": version.version,
             "version_created_at": version.manifest.created_at.isoformat(),
-            "started_at": started,
+            "started_at": self._started,
             "processed": self.served,
             "dead_lettered": self.dead_lettered,
             "partitions": sorted(self.assigned),
@@ -383,6 +386,7 @@ class Worker:
         self.metrics.serving(version.version, version.manifest.created_at.timestamp(), previous)
         self.health.version = version.version
         self._serving_since = (version.version, time.time())
+        self._serving = version
         self._observe_announcement()
 
     def _observe_announcement(self) -> None:
