@@ -188,9 +188,7 @@ class VersionSearch:
         the greedy walk over this plan's answer, widened until it takes k, then over the exact
         path the plan serves unindexed requests by; from the start where the plan would scan."""
         plan = self.plan.recommend
-        scans = (plan.strategy == "exact" and search_k is None) or (
-            keep is not None and filtered.choose(keep, plan.filter_threshold) == "exact"
-        )
+        scans = _scans(plan.strategy, plan.filter_threshold, keep, search_k)
 
         def run(fetch: int, exhaustive: bool) -> Ranked:
             if exact or not exhaustive:
@@ -214,9 +212,7 @@ class VersionSearch:
     ) -> Ranked:
         """similar_items under `max_per` (see recommend_max_per); item `row` itself excluded."""
         plan = self.plan.similar
-        scans = (plan.strategy == "exact" and search_k is None) or (
-            keep is not None and filtered.choose(keep, plan.filter_threshold) == "exact"
-        )
+        scans = _scans(plan.strategy, plan.filter_threshold, keep, search_k)
 
         # The index path keeps the budget of the request without max_per and asks for more
         # of what it collected: Annoy gathers `budget` candidates whatever it returns, so a
@@ -256,3 +252,13 @@ class VersionSearch:
 
 def _rows(rows: Rows | None) -> Rows:
     return np.empty(0, np.int64) if rows is None else np.asarray(rows, dtype=np.int64)
+
+
+def _scans(
+    strategy: Strategy, filter_threshold: float, keep: Selection | None, search_k: int | None
+) -> bool:
+    """Whether the plan answers this request by a scan (unindexed, or a filter too selective for
+    the index): max_per then walks the exact path from the start."""
+    return (strategy == "exact" and search_k is None) or (
+        keep is not None and filtered.choose(keep, filter_threshold) == "exact"
+    )
