@@ -221,10 +221,16 @@ def test_a_request_past_its_deadline_is_not_computed(version):
     assert out.served[0].queue_s == pytest.approx(1.0)
 
 
-def test_a_version_measured_slower_than_the_scan_is_served_exactly(tmp_path, small_factors):
-    """On 300 items a full scan beats any index: the builder says `exact`, answers are exact."""
+def test_a_version_measured_slower_than_the_scan_is_served_exactly(
+    tmp_path, small_factors, monkeypatch
+):
+    """No index point beat the scan (fixed here, not left to the machine's timing: on 300 items
+    it usually is so, but a loaded machine can flip a point): the builder says `exact`, and the
+    answers are exact."""
+    from index_builder import quality
     from index_builder.publish import BuildOptions, publish_version
 
+    monkeypatch.setattr(quality, "_wins", lambda *_: False)
     manifest = publish_version(small_factors, tmp_path / "s", BuildOptions(n_trees=2))
     assert manifest.quality.recommend.strategy == "exact"
     v = load_version(tmp_path / "s", manifest.version)
