@@ -54,6 +54,7 @@ from worker.parse import Parsed, RawEvent, parse_batch
 from worker.progress import PartitionProgress
 from worker.settings import WorkerSettings
 from worker.shadow import Publish, ShadowSampler
+from worker.shedding import OverloadDetector
 from worker.sinks import KafkaSink, RedisSink, SinkError, TransactionalKafkaSink
 
 log = structlog.get_logger(__name__)
@@ -115,6 +116,7 @@ class Worker:
         self._serving_since: tuple[str, float] = ("", 0.0)
         self._serving: LoadedVersion | None = None  # read by the heartbeat's thread
         self._started = time.time()
+        self._overload = OverloadDetector(settings.shed_wait_ms / 1000, settings.shed_after_s)
         self._observed: set[str] = set()
         self._next_progress = 0.0
         self.health = HealthState(max_poll_gap_s=settings.health_max_poll_gap_s)
@@ -244,6 +246,8 @@ class Worker:
         self.availability.refresh(version)
         if events:
             self._serve(c, events, version, stop)
+        else:
+            self._overload.observe(None, time.monotonic())  # nothing waits: not behind
         return version
 
     def _serve(
@@ -251,10 +255,12 @@ class Worker:
     ) -> None:
         parsed = parse_batch(events)
         hits, misses = c.cache.split(parsed, version.version) if c.cache else ([], parsed)
+        shed = self._overload.observe(_youngest_wait_s(events, time.time()), time.monotonic())
+        self.metrics.shedding.set(int(shed))
         if self.settings.echo:
             outcome = echo_batch(misses, version, self.settings.worker_id)
         else:
-            outcome = answer_batch(misses, version, self.settings.worker_id, self._policy())
+            outcome = answer_batch(misses, version, self.settings.worker_id, self._policy(shed))
         entries = c.cache.entries(misses, outcome.replies, version.version) if c.cache else []
         outcome.extend(cached_outcome(hits))
         started = time.perf_counter()
@@ -370,9 +376,14 @@ class Worker:
             dead_lettered=self.dead_lettered,
         )
 
-    def _policy(self) -> Policy:
+    def _policy(self, shed: bool = False) -> Policy:
+        """The answer policy; while shedding (sustained overload), requests without their own
+        deadline expire past the shed wait rather than the default deadline."""
         s = self.settings
-        return Policy(cold_start=s.cold_start, default_deadline_ms=s.default_deadline_ms or None)
+        deadline = s.default_deadline_ms or None
+        if shed and s.shed_wait_ms:
+            deadline = min(deadline or s.shed_wait_ms, s.shed_wait_ms)
+        return Policy(cold_start=s.cold_start, default_deadline_ms=deadline)
 
     def _current(self, store: IndexStore, serving: LoadedVersion) -> LoadedVersion:
         version = store.current()
@@ -467,3 +478,9 @@ class Worker:
         # Lost (session timed out): another worker owns them already; committing would fail.
         self._forget(partitions)
         log.warning("partitions_lost", partitions=sorted(p.partition for p in partitions))
+
+
+def _youngest_wait_s(events: list[RawEvent], now: float) -> float | None:
+    """How long the freshest request of a batch waited in the topic (None: no timestamps)."""
+    stamps = [e.timestamp_ms for e in events if e.timestamp_ms]
+    return now - max(stamps) / 1000 if stamps else None

@@ -90,6 +90,12 @@ class WorkerMetrics:
             "consume); past the deadline such requests are answered expired",
             registry=r,
         )
+        self.shedding = Gauge(
+            "annrec_overload_shedding",
+            "1 while the worker sheds under sustained overload (requests without deadline_ms "
+            "expire past ANNREC_SHED_WAIT_MS)",
+            registry=r,
+        )
         self.stalled = Gauge(
             "annrec_stalled_partitions",
             "Assigned partitions with requests waiting and no progress for the stall window",

@@ -36,6 +36,19 @@ class WorkerSettings(CommonSettings):
         description="a request without deadline_ms that waited this long in the topic is "
         "answered status expired at once, not computed (overload sheds); 0: no default",
     )
+    # Sustained overload (worker/shedding.py): shed past this wait instead of the deadline.
+    shed_wait_ms: int = Field(
+        1_000,
+        ge=0,
+        description="under sustained overload, a request without deadline_ms that waited this "
+        "long is answered expired, not computed; 0: never shed before the default deadline",
+    )
+    shed_after_s: float = Field(
+        3.0,
+        gt=0,
+        description="overload is sustained when the freshest request of every batch has "
+        "waited over shed_wait_ms for this long",
+    )
     serve_from_cache: bool = Field(
         False, description="answer a repeated request for the same version from Redis"
     )
