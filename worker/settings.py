@@ -37,11 +37,15 @@ class WorkerSettings(CommonSettings):
         "answered status expired at once, not computed (overload sheds); 0: no default",
     )
     # Sustained overload (worker/shedding.py): shed past this wait instead of the deadline.
+    # Off by default: shedding expires a request before it is validated, so a burst of
+    # well-formed but unanswerable requests (an unknown item) gets `expired`, not a dead letter
+    # with the reason (measured: the fuzz scenario's burst); users who prefer a fast recovery
+    # from overload over that set it (1000 measured: docs/operations.md, Overload).
     shed_wait_ms: int = Field(
-        1_000,
+        0,
         ge=0,
         description="under sustained overload, a request without deadline_ms that waited this "
-        "long is answered expired, not computed; 0: never shed before the default deadline",
+        "long is answered expired, not computed; 0 (default): never before the default deadline",
     )
     shed_after_s: float = Field(
         3.0,
