@@ -1,4 +1,4 @@
-"""The `annrec` command: stack, synth, build, worker, request, demo.
+"""The `annrec` command: stack, synth, build, worker, gateway, request, demo.
 
 Every failure annrec understands exits 1 with one line on stderr: `annrec: error: <reason>`.
 """
@@ -32,6 +32,9 @@ COMMANDS: Table = {
         "list, garbage-collect or roll back versions", "tools.commands.builder:register_versions"
     ),
     "worker": Command("serve requests from Kafka", "tools.commands.worker:register"),
+    "gateway": Command(
+        "HTTP for frontends, and the explorer page", "tools.commands.gateway:register"
+    ),
     "status": Command(
         "group, lag, workers, versions, dead letters", "tools.commands.status:register"
     ),

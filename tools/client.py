@@ -9,37 +9,12 @@ from __future__ import annotations
 import time
 import uuid
 
-from confluent_kafka import (
-    OFFSET_END,
-    Consumer,
-    KafkaError,
-    KafkaException,
-    Producer,
-    TopicPartition,
-)
+from confluent_kafka import Producer
 
 from adapters.kafka_log import client_config
+from adapters.reply_topic import replies_from_now
 from schemas.errors import AnnrecError
 from schemas.events import RecommendRequest, Reply, SimilarItemsRequest
-
-_NOT_READY = {
-    KafkaError.NOT_LEADER_FOR_PARTITION,
-    KafkaError.LEADER_NOT_AVAILABLE,
-    KafkaError.UNKNOWN_TOPIC_OR_PART,
-}
-
-
-def _high_watermark(consumer: Consumer, tp: TopicPartition, timeout_s: float = 15) -> int:
-    """The partition's end offset; a just-created topic's leader may need a moment to take over,
-    and until then the broker answers NOT_LEADER_FOR_PARTITION."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            return int(consumer.get_watermark_offsets(tp, timeout=5)[1])
-        except KafkaException as exc:
-            if exc.args[0].code() not in _NOT_READY or time.monotonic() > deadline:
-                raise
-            time.sleep(0.2)
 
 
 def new_request_id() -> str:
@@ -54,22 +29,7 @@ class ReplyWaiter:
     ) -> None:
         """read_committed: only replies of committed transactions: with workers running
         ANNREC_PROCESSING_GUARANTEE=exactly-once, each request's reply is seen once."""
-        self._consumer = Consumer(
-            {
-                **client_config(kafka_conf),
-                "group.id": f"annrec-client-{uuid.uuid4().hex}",  # required by librdkafka, unused
-                "enable.auto.commit": False,
-                "isolation.level": "read_committed" if read_committed else "read_uncommitted",
-            }
-        )
-        meta = self._consumer.list_topics(replies_topic, timeout=10).topics[replies_topic]
-        if meta.error is not None:
-            raise AnnrecError(f"reply topic {replies_topic}: {meta.error}")
-        ends = []
-        for p in meta.partitions:
-            high = _high_watermark(self._consumer, TopicPartition(replies_topic, p))
-            ends.append(TopicPartition(replies_topic, p, high if high >= 0 else OFFSET_END))
-        self._consumer.assign(ends)
+        self._consumer = replies_from_now(kafka_conf, replies_topic, read_committed=read_committed)
         self._seen: dict[str, Reply] = {}
 
     def wait(self, request_ids: set[str], timeout_s: float) -> dict[str, Reply]:

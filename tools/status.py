@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Any
 
@@ -20,6 +19,7 @@ import redis
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
 
+from adapters.heartbeats import read_heartbeats
 from adapters.kafka_log import client_config
 from adapters.redis_client import redis_refusal
 from adapters.version_storage import open_storage
@@ -114,21 +114,12 @@ def _lag(consumer: Consumer, topic: str) -> list[dict[str, int | None]]:
 
 def _workers(redis_url: str, group: str) -> list[dict[str, Any]]:
     client = redis.Redis.from_url(redis_url, socket_timeout=TIMEOUT_S)
-    found = []
     try:
-        for key in client.scan_iter(match=keys.WORKER_KEY_PATTERN, count=1000):
-            raw = client.get(key)
-            if raw is None:  # expired between the scan and the read
-                continue
-            doc = json.loads(raw)
-            if doc.get("group") == group:
-                doc["expires_in_s"] = client.ttl(key)
-                found.append(doc)
+        return read_heartbeats(client, group)
     except redis.RedisError as exc:
         raise AnnrecError(redis_refusal(redis_url, exc)) from exc
     finally:
         client.close()
-    return sorted(found, key=lambda d: d["worker_id"])
 
 
 def _versions(s: WorkerSettings) -> dict[str, Any]:

@@ -3,6 +3,8 @@
 - schemas/ (the contract) imports nothing of the project;
 - query_engine/ imports only schemas/; adapters/ (shared I/O) only schemas/ and query_engine/;
 - worker/ (serving) and index_builder/ (offline) never import each other;
+- gateway/ (HTTP serving) imports schemas/, query_engine/ and adapters/ only: it talks to the
+  workers through Kafka and Redis, never by importing them;
 - nothing outside tools/ imports tools/;
 - no import circle between modules (relative and function-local imports included).
 
@@ -21,7 +23,15 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGES = ("schemas", "query_engine", "adapters", "index_builder", "worker", "tools")
+PACKAGES = (
+    "schemas",
+    "query_engine",
+    "adapters",
+    "index_builder",
+    "worker",
+    "gateway",
+    "tools",
+)
 ANYTHING = frozenset(PACKAGES)
 # package -> the project packages it may import (itself included)
 ALLOWED: dict[str, frozenset[str]] = {
@@ -30,6 +40,7 @@ ALLOWED: dict[str, frozenset[str]] = {
     "adapters": frozenset({"schemas", "query_engine", "adapters"}),
     "index_builder": frozenset({"schemas", "query_engine", "adapters", "index_builder"}),
     "worker": frozenset({"schemas", "query_engine", "adapters", "worker"}),
+    "gateway": frozenset({"schemas", "query_engine", "adapters", "gateway"}),
     "tools": ANYTHING,
 }
 WHY = {
@@ -38,6 +49,7 @@ WHY = {
     "adapters": "adapters imports only schemas and query_engine",
     "index_builder": "index_builder never imports worker or tools",
     "worker": "worker never imports index_builder or tools",
+    "gateway": "gateway never imports worker, index_builder or tools",
 }
 
 
@@ -235,6 +247,8 @@ def _tree(root: Path, files: dict[str, str]) -> Path:
         ("worker/app.py", "from index_builder import build\n", 1, "index_builder.build"),
         ("index_builder/build.py", "import worker.answer as a\n", 1, "worker.answer"),
         ("worker/app.py", "from tools.cli import main\n", 1, "tools.cli"),
+        ("gateway/app.py", "from worker.answer import answer\n", 1, "worker.answer"),
+        ("gateway/app.py", "from tools.cli import main\n", 1, "tools.cli"),
         (
             "worker/app.py",
             "import importlib\nimportlib.import_module('tools.cli')\n",

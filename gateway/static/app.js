@@ -1,0 +1,163 @@
+// The explorer page: plain DOM, no build step. It calls the gateway's own endpoints only:
+// POST /v1/recommend, POST /v1/similar-items, GET /v1/status. Ids are shown with textContent
+// (never as HTML): an item id is data.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+
+function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (k === "class") node.className = v; else node.setAttribute(k, v);
+  }
+  for (const c of children) node.append(c instanceof Node ? c : String(c));
+  return node;
+}
+
+// One request through the gateway: the reply (or the gateway's error body), the HTTP status,
+// the latency the page saw and the one the gateway reports (Server-Timing).
+async function ask(path, body) {
+  const started = performance.now();
+  const response = await fetch(path, {
+    method: "POST", headers: {"Content-Type": "application/json"}, body: JSON.stringify(body),
+  });
+  const doc = await response.json();
+  const timing = /dur=([\d.]+)/.exec(response.headers.get("Server-Timing") || "");
+  return {
+    doc, code: response.status, pageMs: performance.now() - started,
+    gatewayMs: timing ? Number(timing[1]) : null,
+  };
+}
+
+function describeError(code, doc) {
+  const why = doc.error || JSON.stringify(doc);
+  const field = doc.field ? ` (field: ${doc.field})` : "";
+  return el("div", {class: "error"}, `${code} ${doc.status || ""}: ${why}${field}`);
+}
+
+// What a reply says besides its items: fallbacks, fills, ignored ids, filters, max_per.
+function notes(reply) {
+  const out = [];
+  if (reply.fallback === "cold_start") {
+    out.push("cold start: this version does not know the user; these are its most popular items (no score)");
+  } else if (reply.items.some((i) => i.filled)) {
+    out.push("filled: fewer than k items were left after exclusions and the filter; the rest come from the popularity list");
+  }
+  if (reply.filter_passing != null) out.push(`filter: ${reply.filter_passing} items of the catalogue pass`);
+  if (reply.status === "no_match") out.push("no_match: no item passes the filter");
+  if (reply.max_per) {
+    const met = reply.status === "partial" ? "could not be met for all k" : "met";
+    out.push(`at most ${reply.max_per.n} per ${reply.max_per.attr}: ${met}`);
+  }
+  if (reply.unknown_items && reply.unknown_items.length) {
+    out.push(`ignored unknown items: ${reply.unknown_items.join(", ")}`);
+  }
+  if (reply.from_cache) out.push("answered from the reply cache");
+  return out.map((n) => el("div", {class: "note"}, n));
+}
+
+function showReply(target, result, onItem, selected) {
+  const {doc, code} = result;
+  target.replaceChildren();
+  if (!doc.items) {  // the gateway's own error body (invalid, timeout, busy, ...)
+    target.append(describeError(code, doc));
+    return;
+  }
+  if (doc.status === "error" || doc.status === "expired") {
+    target.append(describeError(code, doc));
+    return;
+  }
+  const latency = `${result.pageMs.toFixed(1)} ms` +
+    (result.gatewayMs != null ? ` (gateway ${result.gatewayMs.toFixed(1)} ms)` : "");
+  target.append(
+    el("div", {class: "meta"},
+      el("b", {}, doc.kind === "recommend" ? `for ${doc.subject_id ?? "a vector"}` : `like ${doc.subject_id}`),
+      ` · status ${doc.status} · version `, el("b", {class: "version"}, doc.index_version),
+      ` · worker ${doc.worker_id} · latency `, el("b", {class: "latency"}, latency)),
+    ...notes(doc));
+  const rows = doc.items.map((item, i) => {
+    const badges = [];
+    if (item.filled) badges.push(el("span", {class: "badge filled"}, "filled"));
+    if (doc.fallback === "cold_start") badges.push(el("span", {class: "badge cold"}, "cold start"));
+    const button = el("button", {class: "item", type: "button", "data-item": item.item_id}, item.item_id);
+    button.addEventListener("click", () => onItem(item.item_id));
+    const row = el("tr", {class: item.item_id === selected ? "selected" : ""},
+      el("td", {}, i + 1), el("td", {}, button, ...badges),
+      el("td", {class: "score"}, item.score == null ? "–" : item.score.toFixed(4)));
+    return row;
+  });
+  target.append(el("table", {},
+    el("thead", {}, el("tr", {}, el("th", {}, "#"), el("th", {}, "item"), el("th", {}, "score"))),
+    el("tbody", {}, ...rows)));
+}
+
+function options() {
+  const body = {k: Number($("k").value) || 10};
+  const filter = $("filter").value.trim();
+  if (filter) {
+    try { body.filter = JSON.parse(filter); } catch (e) { throw new Error(`filter is not JSON: ${e.message}`); }
+  }
+  const exclude = $("exclude").value.split(/[\s,]+/).filter(Boolean);
+  if (exclude.length) body.exclude_items = exclude;
+  const maxPer = $("max-per").value.trim();
+  if (maxPer) {
+    const [attr, n] = [maxPer.slice(0, maxPer.lastIndexOf(":")), maxPer.slice(maxPer.lastIndexOf(":") + 1)];
+    body.max_per = {attr, n: Number(n)};
+  }
+  return body;
+}
+
+async function similar(itemId) {
+  const target = $("similar-result");
+  target.replaceChildren(el("div", {class: "meta"}, `similar to ${itemId}…`));
+  let body;
+  try { body = {...options(), item_id: itemId}; } catch (e) {
+    target.replaceChildren(el("div", {class: "error"}, e.message)); return;
+  }
+  showReply(target, await ask("/v1/similar-items", body), similar, itemId);
+}
+
+async function recommend(event) {
+  event.preventDefault();
+  const target = $("rec-result");
+  let body;
+  try { body = {...options(), user_id: $("user-id").value.trim()}; } catch (e) {
+    target.replaceChildren(el("div", {class: "error"}, e.message)); return;
+  }
+  target.replaceChildren(el("div", {class: "meta"}, "asking…"));
+  showReply(target, await ask("/v1/recommend", body), similar);
+}
+
+function age(seconds) {
+  if (seconds == null) return "?";
+  if (seconds < 120) return `${Math.round(seconds)} s`;
+  if (seconds < 7200) return `${Math.round(seconds / 60)} min`;
+  return `${(seconds / 3600).toFixed(1)} h`;
+}
+
+async function refreshStatus() {
+  const target = $("status");
+  try {
+    const response = await fetch("/v1/status");
+    const doc = await response.json();
+    if (!response.ok) { target.textContent = `status: ${doc.error}`; return; }
+    if (!doc.versions.length) { target.textContent = "no worker is serving (no heartbeat in Redis)"; return; }
+    const parts = doc.versions.map((v) => {
+      const recall = Object.entries(v.live_recall)
+        .map(([kind, r]) => `${kind} ${r.recall.toFixed(3)} (${r.samples} samples)`).join(", ");
+      return `serving ${v.version} on ${v.workers.length} worker(s), built ${age(v.age_s)} ago` +
+        ` · live recall@k ${recall || "not sampled yet"}`;
+    });
+    const fresh = doc.serving_latest
+      ? el("span", {class: "ok"}, " · serving LATEST")
+      : el("span", {class: "warn"}, ` · LATEST is ${doc.latest}: not served by every worker yet`);
+    target.replaceChildren(parts.join(" | "), fresh);
+  } catch (e) {
+    target.textContent = `status unavailable: ${e.message}`;
+  }
+}
+
+$("recommend-form").addEventListener("submit", recommend);
+$("example-users").append(...[0, 1, 2, 3, 42].map((u) => el("option", {value: `u${u}`})));
+refreshStatus();
+setInterval(refreshStatus, 5000);
