@@ -1,0 +1,90 @@
+"""The explorer page in a real browser: Debian's chromium and chromedriver (apt; .ci/run installs
+them), driven by Selenium, against a real gateway, worker, Kafka and Redis. The screenshot is
+kept under the test's temporary folder (its path is printed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.remote.webdriver import WebDriver
+from selenium.webdriver.support.ui import WebDriverWait
+
+from index_builder.announce import announce_version
+from index_builder.publish import BuildOptions, publish_version
+from tests.integration.gateway_server import gateway_settings, running_gateway
+from tests.integration.helpers import running_worker
+
+CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+WAIT_S = 30
+
+
+@pytest.fixture
+def browser():
+    missing = [p for p in (CHROMIUM, CHROMEDRIVER) if not Path(p).exists()]
+    # Not a skip: CI installs both (.ci/run); a machine without them fails with what to do.
+    assert not missing, f"missing {missing}: apt-get install -y chromium chromium-driver"
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"):
+        options.add_argument(flag)
+    options.add_argument("--window-size=1280,860")
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def _rows(driver: WebDriver, panel: str) -> list:
+    return driver.find_elements(By.CSS_SELECTOR, f"#{panel} tbody tr")
+
+
+def test_the_page_shows_k_items_for_a_user_and_a_click_shows_similar_items(
+    settings, kafka_conf, services, small_factors, browser, tmp_path
+):
+    served = publish_version(
+        small_factors,
+        Path(settings.storage),
+        BuildOptions(n_trees=10, quality=False),
+        announce=lambda m: announce_version(kafka_conf, settings.topic_index_versions, m),
+    )
+    wait = WebDriverWait(browser, WAIT_S)
+    with (
+        running_worker(settings, kafka_conf, services.redis_url),
+        running_gateway(gateway_settings(settings), kafka_conf, services.redis_url) as base,
+    ):
+        browser.get(f"{base}/")  # redirected to the page
+        assert browser.current_url == f"{base}/explorer/"
+        user, k = browser.find_element(By.ID, "user-id"), browser.find_element(By.ID, "k")
+        user.clear()
+        user.send_keys("u3")
+        k.clear()
+        k.send_keys("7")
+        browser.find_element(By.ID, "recommend").click()
+        wait.until(lambda d: len(_rows(d, "rec-result")) == 7)
+        result = browser.find_element(By.ID, "rec-result")
+        assert result.find_element(By.CLASS_NAME, "version").text == served.version
+        assert "ms" in result.find_element(By.CLASS_NAME, "latency").text
+        first = result.find_element(By.CSS_SELECTOR, "button.item")
+        item = first.get_attribute("data-item")
+        assert item and item.startswith("i")
+
+        first.click()
+        wait.until(lambda d: len(_rows(d, "similar-result")) == 7)
+        similar = browser.find_element(By.ID, "similar-result")
+        assert f"like {item}" in similar.find_element(By.CLASS_NAME, "meta").text
+        shown = [b.text for b in similar.find_elements(By.CSS_SELECTOR, "button.item")]
+        assert item not in shown and len(set(shown)) == 7  # the item itself is excluded
+
+        # the serving status: the version, its worker (heartbeats come every second)
+        wait.until(lambda d: served.version in d.find_element(By.ID, "status").text)
+        assert "serving LATEST" in browser.find_element(By.ID, "status").text
+
+        screenshot = tmp_path / "explorer.png"
+        assert browser.save_screenshot(str(screenshot))
+    print(f"\nexplorer screenshot: {screenshot}")
+    assert screenshot.stat().st_size > 10_000
