@@ -87,3 +87,16 @@ def fold_in_confidences(
     order = np.argsort(first, kind="stable")
     rows = distinct[order]
     return rows, item_confidences(weights, rows, counts[order])
+
+
+def history_confidences(
+    weights: FoldInWeights, rows: npt.ArrayLike, amounts: npt.ArrayLike
+) -> tuple[IntArray, FloatArray]:
+    """(distinct rows, confidence) of a user's interaction history: each event's row and
+    weight (`amounts`), a repeated item's weights summed, as the training matrix sums a log's
+    repeated rows (raw: alpha * the sum, as ALS saw it; tfidf, bm25: weighted from it)."""
+    r = np.asarray(rows, dtype=np.int64)
+    distinct, first, inverse = np.unique(r, return_index=True, return_inverse=True)
+    summed = np.bincount(inverse, weights=np.asarray(amounts, dtype=np.float64))
+    order = np.argsort(first, kind="stable")  # first seen first, as fold_in_confidences
+    return distinct[order], item_confidences(weights, distinct[order], summed[order])

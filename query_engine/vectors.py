@@ -157,6 +157,8 @@ def fold_in(
     seen: npt.ArrayLike,
     regularization: float,
     confidence: float | npt.ArrayLike = 1.0,
+    prior: npt.ArrayLike | None = None,
+    prior_strength: float = 0.0,
 ) -> FloatArray:
     """The ALS user step for one user (Hu, Koren & Volinsky 2008; implicit's least_squares):
 
@@ -166,8 +168,14 @@ def fold_in(
     in implicit's convention; query_engine.confidence gives them for the version's weighting,
     raw, tfidf or bm25). A user who arrives with a few recent items gets the vector ALS
     would have given them, without retraining.
+
+    `prior` (the user's long-term factors) adds prior_strength * ||x_u - prior||^2 to the loss:
+    A gains prior_strength * I and b gains prior_strength * prior (query_engine.personalize).
     """
     a, b, _ = _user_system(gramian, seen, regularization, confidence)
+    if prior is not None:
+        a = a + prior_strength * np.eye(gramian.shape[0])
+        b = b + prior_strength * np.asarray(prior, dtype=np.float64)
     return np.linalg.solve(a, b).astype(np.float32)
 
 

@@ -13,7 +13,14 @@ from typing import Any
 from pydantic import BaseModel, TypeAdapter
 
 from schemas import keys
-from schemas.events import REQUEST_ADAPTER, DeadLetter, IndexAnnounced, ItemUpdate, Reply
+from schemas.events import (
+    REQUEST_ADAPTER,
+    DeadLetter,
+    IndexAnnounced,
+    Interaction,
+    ItemUpdate,
+    Reply,
+)
 
 ASYNCAPI_VERSION = "3.0.0"
 REF = "#/components/schemas/{model}"
@@ -58,6 +65,16 @@ CHANNELS: dict[str, tuple[str, str, TypeAdapter[Any] | type[BaseModel], str, str
         "Compacted topic, key `<attr>:<item_id>`: replayed from the beginning by every worker "
         "at start, applied between batches, folded into the next version by the builder.",
     ),
+    "interactions": (
+        keys.TOPIC_INTERACTIONS,
+        "Interaction",
+        Interaction,
+        "What a user just did (a view, a click, a purchase)",
+        "Key: the user_id (a user's events in order on one partition). Workers keep each user's "
+        "recent ones in Redis (annrec:history:<user_id>, bounded in length and age) and "
+        "personalise `recommend` by user_id with them; the same event delivered twice counts "
+        "once (event_id, or its content). Unreadable ones go to the dead-letter topic.",
+    ),
 }
 # The worker's side: what it does on each channel.
 OPERATIONS = {
@@ -66,6 +83,7 @@ OPERATIONS = {
     "sendDeadLetter": ("send", "deadLetters"),
     "receiveIndexAnnouncement": ("receive", "indexVersions"),
     "receiveItemUpdate": ("receive", "itemUpdates"),
+    "receiveInteraction": ("receive", "interactions"),
 }
 
 
@@ -100,9 +118,9 @@ def asyncapi_document(version: str) -> dict[str, Any]:
         "info": {
             "title": "annrec worker",
             "version": version,
-            "description": "Streaming recommendations over Kafka: requests in; replies (also in "
-            "Redis) and dead letters out; index versions announced by the builder. Topic names "
-            "are the defaults (ANNREC_TOPIC_* changes them).",
+            "description": "Streaming recommendations over Kafka: requests and interactions "
+            "in; replies (also in Redis) and dead letters out; index versions announced by the "
+            "builder. Topic names are the defaults (ANNREC_TOPIC_* changes them).",
             "license": {"name": "Apache-2.0"},
         },
         "defaultContentType": "application/json",

@@ -1,4 +1,4 @@
-"""Kafka events: requests in, replies and dead letters out, index announcements.
+"""Kafka events: requests and interactions in, replies and dead letters out, index announcements.
 
 All are JSON. Requests are a union discriminated by `kind`; unknown fields are refused so that a
 typo ("item": "42") becomes a dead letter with a reason instead of a silently wrong answer.
@@ -7,6 +7,7 @@ typo ("item": "42") becomes a dead letter with a reason instead of a silently wr
 from __future__ import annotations
 
 import base64
+import hashlib
 from datetime import UTC, datetime
 from typing import Annotated, Literal
 
@@ -137,7 +138,11 @@ class RecommendRequest(_RequestOptions):
     user_id: ExternalId | None = None
     user_vector: list[VectorValue] | None = Field(None, min_length=1, max_length=MAX_DIM)
     recent_items: list[ExternalId] | None = Field(None, min_length=1, max_length=MAX_LIST)
-    exclude_seen: bool = Field(False, description="exclude recent_items from the results")
+    exclude_seen: bool = Field(
+        False,
+        description="exclude the recent items from the results: recent_items, or with user_id "
+        "the user's history kept from the interactions topic",
+    )
     explain: bool = Field(
         False,
         description=f"with recent_items: each scored item carries its {EXPLAIN_TOP} largest "
@@ -152,8 +157,8 @@ class RecommendRequest(_RequestOptions):
                 "give exactly one of user_id, user_vector, recent_items"
                 + (f" (got {', '.join(given)})" if given else "")
             )
-        if self.exclude_seen and not self.recent_items:
-            raise ValueError("exclude_seen needs recent_items")
+        if self.exclude_seen and self.user_vector:
+            raise ValueError("exclude_seen needs recent_items or user_id (a vector has no items)")
         return self
 
     @property
@@ -218,6 +223,11 @@ class Reply(_Event):
     explain_refused: str | None = Field(
         None, description="why the items carry no explanations, when explain was asked"
     )
+    history_events: int | None = Field(
+        None,
+        description="recommend by user_id: how many of the user's recent interactions (from "
+        "the interactions topic) personalised this reply",
+    )
     worker_id: str
     served_at: datetime = Field(default_factory=utc_now)
     from_cache: bool = Field(False, description="answered from Redis, computed earlier")
@@ -278,6 +288,65 @@ class ItemUpdate(_Event):
     @property
     def key(self) -> str:
         return f"{self.attr}:{self.item_id}"
+
+
+MAX_INTERACTION_WEIGHT = 1e6
+
+
+class Interaction(_Event):
+    """What a user just did (a view, a click, a purchase), on the interactions topic, keyed by
+    `user_id` (one user's events stay in order on one partition). Workers keep each user's
+    recent ones in Redis and fold them into `recommend` by `user_id`.
+
+    The same event delivered twice (a producer retry, a replay after a crash) counts once: its
+    identity is `event_id`, or, without one, its content (user, item, type, weight, timestamp)."""
+
+    event_id: Annotated[str, Field(min_length=1, max_length=128)] | None = Field(
+        None, description="the producer's id of the event; absent: the content identifies it"
+    )
+    user_id: ExternalId
+    item_id: ExternalId
+    type: str = Field(
+        "interaction",
+        min_length=1,
+        max_length=64,
+        pattern=ATTRIBUTE_NAME_PATTERN,
+        description="what the user did (view, click, purchase, ...); recorded, not interpreted",
+    )
+    weight: float = Field(
+        1.0,
+        gt=0,
+        le=MAX_INTERACTION_WEIGHT,
+        allow_inf_nan=False,
+        description="how much it counts: the ALS weight of the interaction (a count for a "
+        "log of plays or clicks)",
+    )
+    timestamp: datetime = Field(
+        description="when the user did it (ISO 8601 with a time zone); orders the history and "
+        "ages it out"
+    )
+
+    @field_validator("timestamp")
+    @classmethod
+    def _aware(cls, value: datetime) -> datetime:
+        if value.tzinfo is None:
+            raise ValueError("timestamp needs a time zone (e.g. 2026-11-25T20:55:43Z)")
+        return value.astimezone(UTC)
+
+    @property
+    def identity(self) -> str:
+        """What makes two deliveries the same event (see the class docstring)."""
+        if self.event_id is not None:
+            return f"id:{self.event_id}"
+        content = "\x1f".join(
+            (self.user_id, self.item_id, self.type, repr(self.weight), self.timestamp.isoformat())
+        )
+        return "sha:" + hashlib.sha256(content.encode()).hexdigest()[:32]
+
+
+def parse_interaction(raw: bytes) -> Interaction:
+    """Bytes -> interaction; raises pydantic.ValidationError (or ValueError) with the reason."""
+    return Interaction.model_validate_json(raw)
 
 
 def parse_request(raw: bytes) -> SimilarItemsRequest | RecommendRequest:

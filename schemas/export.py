@@ -10,7 +10,14 @@ from pathlib import Path
 from typing import Any
 
 from schemas.asyncapi import asyncapi_document
-from schemas.events import REQUEST_ADAPTER, DeadLetter, IndexAnnounced, ItemUpdate, Reply
+from schemas.events import (
+    REQUEST_ADAPTER,
+    DeadLetter,
+    IndexAnnounced,
+    Interaction,
+    ItemUpdate,
+    Reply,
+)
 
 SCHEMA_DIR = Path(__file__).parent / "json"
 ASYNCAPI_FILE = "asyncapi.json"
@@ -23,6 +30,7 @@ def json_schemas() -> dict[str, dict[str, Any]]:
         "dead_letter": DeadLetter.model_json_schema(),
         "index_announced": IndexAnnounced.model_json_schema(),
         "item_update": ItemUpdate.model_json_schema(),
+        "interaction": Interaction.model_json_schema(),
     }
 
 

@@ -23,6 +23,10 @@ TOPIC_INDEX_VERSIONS = "annrec.index-versions"
 # beginning gives the current state of every item's availability.
 TOPIC_ITEM_UPDATES = "annrec.item-updates"
 
+# What users do (views, clicks, purchases), keyed by user_id: every worker of the group reads
+# its share of the partitions and keeps each user's recent history in Redis (history_key).
+TOPIC_INTERACTIONS = "annrec.interactions"
+
 REQUEST_PARTITIONS = 4
 CONSUMER_GROUP = "annrec-workers"
 
@@ -40,6 +44,13 @@ def reply_key(request_id: str) -> str:
 
 def result_key(kind: str, subject_id: str) -> str:
     return f"{REDIS_PREFIX}:result:{kind}:{subject_id}"
+
+
+def history_key(user_id: str) -> str:
+    """A user's recent interactions: a sorted set, score the event's timestamp (epoch s), member
+    the event (its identity, item and weight), trimmed to ANNREC_HISTORY_LENGTH and
+    ANNREC_HISTORY_MAX_AGE_S; it expires when the user is idle that long."""
+    return f"{REDIS_PREFIX}:history:{user_id}"
 
 
 # A worker's heartbeat: a hash refreshed every few seconds with this TTL; `annrec status` lists

@@ -46,6 +46,10 @@ COMMANDS: Table = {
         "publish availability changes (item-updates topic; workers apply)",
         "tools.commands.request:register_item_update",
     ),
+    "interact": Command(
+        "publish what a user did (interactions topic; their next recommend reflects it)",
+        "tools.commands.request:register_interact",
+    ),
     "bench": Group(
         "benchmarks: print figures, write JSON (and plots)", "bench_kind", "tools.bench.cli:KINDS"
     ),

@@ -9,7 +9,7 @@ remove is filled from the version's popularity list, each filled item marked `fi
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -19,6 +19,12 @@ import structlog
 
 from query_engine.confidence import fold_in_confidences
 from query_engine.diversity import MaxPer, max_per_of
+from query_engine.personalize import (
+    DEFAULT_PERSONALIZATION,
+    HistoryEvent,
+    Personalization,
+    personal_vector,
+)
 from query_engine.selection import FilterError, Selection, select
 from query_engine.vectors import cosine_scores, explain_scores, fold_in
 from schemas.events import (
@@ -53,6 +59,10 @@ class Policy:
     cold_start: Literal["popular", "error"] = "popular"
     # A request without deadline_ms gets this one (None: waits as long as it takes).
     default_deadline_ms: int | None = None
+    # recommend by user_id: how the version's factors and the user's recent interactions
+    # combine (query_engine/personalize.py), and whether those items are never returned.
+    personalization: Personalization = DEFAULT_PERSONALIZATION
+    exclude_history: bool = False
 
 
 @dataclass(frozen=True)
@@ -84,8 +94,10 @@ def answer_batch(
     worker_id: str,
     policy: Policy = Policy(),
     now: float | None = None,
+    histories: Mapping[str, Sequence[HistoryEvent]] | None = None,
 ) -> Outcome:
-    """Answer every event; a bad one becomes a dead letter (plus an error reply when it has a
+    """Answer every event (`histories`: the recent interactions of the users the batch asks
+    for, worker/history.py); a bad one becomes a dead letter (plus an error reply when it has a
     readable request_id, so a caller waiting for the reply is not left to time out).
 
     Deadlines are checked against the clock when each request's turn comes (`now`, when given,
@@ -103,7 +115,10 @@ def answer_batch(
             result = "dead_letter"
         else:
             try:
-                reply = answer(p.request, version, worker_id, policy, _sent_at(p), now)
+                history = _history_of(p.request, histories)
+                reply = answer(
+                    p.request, version, worker_id, policy, _sent_at(p), now, history=history
+                )
                 outcome.replies.append(reply)
                 result = reply.status
             except BadRequest as exc:
@@ -147,9 +162,11 @@ def answer(
     sent_at: float | None = None,
     now: float | None = None,
     exact: bool = False,
+    history: Sequence[HistoryEvent] = (),
 ) -> Reply:
     """The reply to one request. `exact`: by exact scans whatever the version's strategy (the
-    live recall sampler's reference answer)."""
+    live recall sampler's reference answer). `history`: the user's recent interactions, for
+    recommend by user_id."""
     base: dict[str, object] = {
         "request_id": request.request_id,
         "kind": request.kind,
@@ -174,7 +191,15 @@ def answer(
         items, excluded = _similar(request, version, exact, keep, max_per)
         status = _status(version, items, request.k, keep, max_per, excluded)
         return Reply(status=status, items=items, **base)
-    return _recommend(request, version, policy, base, exact, keep, max_per)
+    return _recommend(request, version, policy, base, exact, keep, max_per, history)
+
+
+def _history_of(
+    request: AnyRequest, histories: Mapping[str, Sequence[HistoryEvent]] | None
+) -> Sequence[HistoryEvent]:
+    if histories is None or not isinstance(request, RecommendRequest) or not request.user_id:
+        return ()
+    return histories.get(request.user_id, ())
 
 
 def _selection(request: AnyRequest, v: LoadedVersion) -> Selection | None:
@@ -260,11 +285,13 @@ def _recommend(
     exact: bool = False,
     keep: Selection | None = None,
     max_per: MaxPer | None = None,
+    history: Sequence[HistoryEvent] = (),
 ) -> Reply:
-    query, seen, unknown = _user_vector(request, v)
-    excluded = _rows(v, request.exclude_items) | (
-        set(seen.tolist()) if request.exclude_seen else set()
-    )
+    query, seen, unknown = _user_vector(request, v, history, policy.personalization)
+    exclude_seen = request.exclude_seen or (policy.exclude_history and bool(history))
+    excluded = _rows(v, request.exclude_items) | (set(seen.tolist()) if exclude_seen else set())
+    if history:
+        base["history_events"] = len(history)
     if query is None:  # cold start: nothing known about this user
         if policy.cold_start == "error":
             raise BadRequest(f"unknown user in index {v.version} (cold start disabled)")
@@ -298,7 +325,9 @@ def _recommend(
         return (np.asarray(v.item_factors[r]) @ query).astype(np.float32)
 
     items = _complete(v, rows, scores, excluded, request.k, scorer, keep, max_per)
-    refusal = _explain_refusal(request, has_history=len(seen) > 0)
+    # A user_id's history is not what its vector is explained by (the long-term factors are
+    # part of it): explained only for recent_items.
+    refusal = _explain_refusal(request, has_history=len(seen) > 0 and request.user_id is None)
     if request.explain and refusal is None:
         items = _explained(v, items, seen)
     return Reply(
@@ -311,14 +340,32 @@ def _recommend(
 
 
 def _user_vector(
-    request: RecommendRequest, v: LoadedVersion
+    request: RecommendRequest,
+    v: LoadedVersion,
+    history: Sequence[HistoryEvent] = (),
+    personalization: Personalization = DEFAULT_PERSONALIZATION,
 ) -> tuple[npt.NDArray[np.float32] | None, Rows, list[str]]:
     """(query vector or None for a cold start, rows of the user's known recent items, in the
     order given, unknown recent items)."""
     none = np.empty(0, np.int64)
     if request.user_id is not None:
         row = v.user_rows.get(request.user_id)
-        return (None if row is None else np.asarray(v.user_factors[row])), none, []
+        long_term = None if row is None else np.asarray(v.user_factors[row])
+        if not history:
+            return long_term, none, []
+        rows, weights = _history_rows(v, history)
+        regularization = v.manifest.fold_in.regularization
+        query = personal_vector(
+            long_term,
+            rows,
+            weights,
+            v.item_factors,
+            v.gramian,
+            regularization,
+            v.fold_in,
+            personalization,
+        )
+        return query, rows, []
     if request.user_vector is not None:
         if len(request.user_vector) != v.manifest.dim:
             raise BadRequest(
@@ -336,6 +383,15 @@ def _user_vector(
         v.gramian, np.asarray(v.item_factors[rows]), v.manifest.fold_in.regularization, confidence
     )
     return query, known, unknown
+
+
+def _history_rows(
+    v: LoadedVersion, history: Sequence[HistoryEvent]
+) -> tuple[Rows, npt.NDArray[np.float64]]:
+    """(rows, weights) of the history's events whose item this version knows, oldest first."""
+    known = [(v.item_rows.get(e.item_id), e.weight) for e in history]
+    rows = np.asarray([r for r, _ in known if r is not None], dtype=np.int64)
+    return rows, np.asarray([w for r, w in known if r is not None], dtype=np.float64)
 
 
 def _explain_refusal(request: RecommendRequest, has_history: bool) -> str | None:
@@ -481,24 +537,30 @@ def _sent_at(p: Parsed) -> float | None:
     return p.event.timestamp_ms / 1000 if p.event.timestamp_ms else None
 
 
+def dead_letter(
+    event: RawEvent, reason: str, worker_id: str, request_id: str | None = None
+) -> DeadLetter:
+    """The dead letter of a consumed event (a request, or an interaction) with the reason."""
+    payload = event.value or b""
+    return DeadLetter(
+        reason=reason,
+        request_id=request_id,
+        source_topic=event.topic,
+        source_partition=event.partition,
+        source_offset=event.offset,
+        key_b64=DeadLetter.encode(event.key),
+        payload_b64=DeadLetter.encode(payload[:DEAD_LETTER_PAYLOAD_BYTES]) or "",
+        payload_bytes=len(payload),
+        worker_id=worker_id,
+    )
+
+
 def _refuse(
     outcome: Outcome, event: RawEvent, reason: str, worker_id: str, version: LoadedVersion
 ) -> None:
     payload = event.value or b""
     request_id = readable_request_id(payload) if len(payload) <= MAX_REQUEST_BYTES else None
-    outcome.dead_letters.append(
-        DeadLetter(
-            reason=reason,
-            request_id=request_id,
-            source_topic=event.topic,
-            source_partition=event.partition,
-            source_offset=event.offset,
-            key_b64=DeadLetter.encode(event.key),
-            payload_b64=DeadLetter.encode(payload[:DEAD_LETTER_PAYLOAD_BYTES]) or "",
-            payload_bytes=len(payload),
-            worker_id=worker_id,
-        )
-    )
+    outcome.dead_letters.append(dead_letter(event, reason, worker_id, request_id))
     if request_id is not None:
         outcome.replies.append(
             Reply(

@@ -32,7 +32,14 @@ from adapters.version_storage import open_storage
 from schemas import keys
 from schemas.errors import AnnrecError
 from worker.announcements import AnnouncementFollower
-from worker.answer import Outcome, Policy, answer_batch, cached_outcome, echo_batch
+from worker.answer import (
+    Outcome,
+    Policy,
+    answer_batch,
+    cached_outcome,
+    dead_letter,
+    echo_batch,
+)
 from worker.availability import Availability
 from worker.cache import CacheEntry, ReplyCache
 from worker.consumer import (
@@ -48,7 +55,9 @@ from worker.consumer import (
     store_offsets,
 )
 from worker.heartbeat import Heartbeat
+from worker.history import RedisHistory
 from worker.index_store import IndexStore, LoadedVersion
+from worker.interactions import parse_interactions
 from worker.metrics import HealthState, WorkerMetrics, serve_http
 from worker.parse import Parsed, RawEvent, parse_batch
 from worker.progress import PartitionProgress
@@ -96,6 +105,7 @@ class _Clients:
     redis_sink: RedisSink
     kafka_sink: KafkaSink
     cache: ReplyCache | None
+    history: RedisHistory
 
 
 REFUSED_SHOWN = 5
@@ -122,6 +132,7 @@ class Worker:
         self.health = HealthState(max_poll_gap_s=settings.health_max_poll_gap_s)
         self.served = 0
         self.dead_lettered = 0
+        self.interactions_read = 0  # valid interaction events written to the history
         self.batch_sizes: deque[int] = deque(maxlen=10_000)  # recent ones, for tests and benches
         self.assigned: set[int] = set()
         self.http_port: int | None = None
@@ -135,8 +146,13 @@ class Worker:
             version = self._wait_for_index(clients.store, stop)
             if version is None:
                 return
+            # One consumer, one loop for requests and interactions: a batch's interactions are
+            # in the history before its requests are answered, and one procedure writes
+            # everything and then stores both topics' offsets (or, exactly-once, sends them in
+            # the batch's transaction). A second consumer would need a loop, a commit path and a
+            # group of its own, and a reply could not see an event of the same batch.
             clients.consumer.subscribe(
-                [s.topic_requests],
+                [s.topic_requests, s.topic_interactions],
                 on_assign=self._on_assign,
                 on_revoke=self._on_revoke,
                 on_lost=self._on_lost,
@@ -146,6 +162,7 @@ class Worker:
                 worker_id=s.worker_id,
                 group=s.group_id,
                 topic=s.topic_requests,
+                interactions=s.topic_interactions,
                 version=version.version,
                 metrics_port=self.http_port,
             )
@@ -205,6 +222,7 @@ class Worker:
                 producer, s.topic_replies, s.topic_dead_letters
             ),
             cache=ReplyCache(client, s.result_ttl_s) if s.serve_from_cache else None,
+            history=RedisHistory(client, s.history_length, s.history_max_age_s),
         )
 
     def _start_store(self, follower: AnnouncementFollower) -> IndexStore:
@@ -253,21 +271,43 @@ class Worker:
     def _serve(
         self, c: _Clients, events: list[RawEvent], version: LoadedVersion, stop: threading.Event
     ) -> None:
-        parsed = parse_batch(events)
-        hits, misses = c.cache.split(parsed, version.version) if c.cache else ([], parsed)
+        topic = self.settings.topic_interactions
+        parsed = parse_batch([e for e in events if e.topic != topic])
+        interactions = parse_interactions([e for e in events if e.topic == topic])
+        try:  # first: this batch's requests see this batch's interactions
+            c.history.write(interactions.valid)
+            histories = c.history.read(_asking_users(parsed))
+        except SinkError as exc:
+            self._not_written(c, events, exc, stop)
+            return
+        # A personalised reply changes with every interaction: never from (or into) the cache.
+        personal = [p for p in parsed if _user_of(p) in histories]
+        fixed = [p for p in parsed if _user_of(p) not in histories]
+        hits, misses = c.cache.split(fixed, version.version) if c.cache else ([], fixed)
         shed = self._overload.observe(_youngest_wait_s(events, time.time()), time.monotonic())
         self.metrics.shedding.set(int(shed))
         if self.settings.echo:
-            outcome = echo_batch(misses, version, self.settings.worker_id)
+            outcome = echo_batch(misses + personal, version, self.settings.worker_id)
         else:
-            outcome = answer_batch(misses, version, self.settings.worker_id, self._policy(shed))
+            outcome = answer_batch(
+                misses + personal,
+                version,
+                self.settings.worker_id,
+                self._policy(shed),
+                histories=histories,
+            )
         entries = c.cache.entries(misses, outcome.replies, version.version) if c.cache else []
         outcome.extend(cached_outcome(hits))
+        outcome.dead_letters += [
+            dead_letter(event, reason, self.settings.worker_id)
+            for event, reason in interactions.refused
+        ]
         started = time.perf_counter()
         if not self._write_then_store_offsets(c, events, outcome, entries, stop):
             return
-        self._sample(misses, outcome, version)
+        self._sample(misses, outcome, version)  # personalised ones: the sampler has no history
         self._count(events, outcome, time.perf_counter() - started, len(hits))
+        self.interactions_read += len(interactions.valid)
 
     def _write_then_store_offsets(
         self,
@@ -297,14 +337,20 @@ class Worker:
             else:
                 c.kafka_sink.write(outcome.replies, outcome.dead_letters)
         except SinkError as exc:
-            self.metrics.write_failures.inc()
-            log.error("batch_not_written", reason=str(exc), size=len(events))
-            rewind(c.consumer, events)
-            stop.wait(self.settings.retry_backoff_s)
+            self._not_written(c, events, exc, stop)
             return False
         if not transactional:
             store_offsets(c.consumer, events)
         return True
+
+    def _not_written(
+        self, c: _Clients, events: list[RawEvent], exc: SinkError, stop: threading.Event
+    ) -> None:
+        """Nothing of the batch is stored: rewound, served again after a backoff."""
+        self.metrics.write_failures.inc()
+        log.error("batch_not_written", reason=str(exc), size=len(events))
+        rewind(c.consumer, events)
+        stop.wait(self.settings.retry_backoff_s)
 
     def _count(self, events: list[RawEvent], outcome: Outcome, write_s: float, hits: int) -> None:
         self.metrics.record_batch(len(events), outcome, write_s)
@@ -356,6 +402,7 @@ class Worker:
             "partitions": sorted(self.assigned),
             "live_recall": recall,
             "item_updates_read": self.availability.read,
+            "interactions_read": self.interactions_read,
             "metrics_port": self.http_port,
             # The versions this worker refused (the last few), with the reason: `annrec status`
             # says so when LATEST names one of them.
@@ -383,7 +430,12 @@ class Worker:
         deadline = s.default_deadline_ms or None
         if shed and s.shed_wait_ms:
             deadline = min(deadline or s.shed_wait_ms, s.shed_wait_ms)
-        return Policy(cold_start=s.cold_start, default_deadline_ms=deadline)
+        return Policy(
+            cold_start=s.cold_start,
+            default_deadline_ms=deadline,
+            personalization=s.personalization_policy,
+            exclude_history=s.exclude_history,
+        )
 
     def _current(self, store: IndexStore, serving: LoadedVersion) -> LoadedVersion:
         version = store.current()
@@ -454,7 +506,10 @@ class Worker:
         return None
 
     def _on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        self.assigned |= {p.partition for p in partitions}
+        # The request partitions (lag, stalls, status); interactions' lag: `annrec status`.
+        self.assigned |= {
+            p.partition for p in partitions if p.topic == self.settings.topic_requests
+        }
         log.info("partitions_assigned", partitions=sorted(p.partition for p in partitions))
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -468,6 +523,7 @@ class Worker:
 
     def _forget(self, partitions: list[TopicPartition]) -> None:
         """Partitions that are another worker's now: no lag or stall of ours to report."""
+        partitions = [p for p in partitions if p.topic == self.settings.topic_requests]
         self.assigned -= {p.partition for p in partitions}
         for p in partitions:
             self.progress.forget(p.partition)
@@ -478,6 +534,18 @@ class Worker:
         # Lost (session timed out): another worker owns them already; committing would fail.
         self._forget(partitions)
         log.warning("partitions_lost", partitions=sorted(p.partition for p in partitions))
+
+
+def _user_of(p: Parsed) -> str | None:
+    """The user a recommend names by user_id (whose history it is answered with)."""
+    request = p.request
+    if request is None or request.kind != "recommend":
+        return None
+    return request.user_id
+
+
+def _asking_users(parsed: list[Parsed]) -> set[str]:
+    return {u for p in parsed if (u := _user_of(p)) is not None}
 
 
 def _youngest_wait_s(events: list[RawEvent], now: float) -> float | None:

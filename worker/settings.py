@@ -8,8 +8,9 @@ import socket
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
+from query_engine.personalize import DEFAULT_PERSONALIZATION, Combination, Personalization
 from schemas import keys
 from schemas.settings import CommonSettings
 
@@ -117,9 +118,41 @@ class WorkerSettings(CommonSettings):
     item_updates_replay_s: float = Field(
         60.0, gt=0, description="longest wait for the item-updates replay at start (else fail)"
     )
+    # Real-time personalization (issue 23): each user's recent interactions, kept in Redis.
+    history_length: int = Field(
+        50, ge=1, le=10_000, description="recent interactions kept per user (the newest)"
+    )
+    history_max_age_s: int = Field(
+        7 * 24 * 3600,
+        ge=1,
+        description="interactions older than this are forgotten (and an idle user's history "
+        "expires)",
+    )
+    personalization: Combination = Field(
+        DEFAULT_PERSONALIZATION.combination,
+        description="how a user's factors and recent interactions combine: static (factors "
+        "only), recent (interactions only), blend, prior (query_engine/personalize.py)",
+    )
+    personalization_weight: float = Field(
+        DEFAULT_PERSONALIZATION.weight,
+        ge=0,
+        description="blend: the recent interactions' share (0..1); prior: its strength",
+    )
+    exclude_history: bool = Field(
+        False, description="never recommend the items of a user's recent interactions"
+    )
     echo: bool = Field(False, description="benchmarks only: reply without computing")
     cache_dir: Path = Field(
         Path.home() / ".cache" / "annrec" / "versions",
         description="local copies of versions from object storage",
     )
     retry_backoff_s: float = Field(1.0, gt=0, description="wait after a failed write")
+
+    @model_validator(mode="after")
+    def _valid_personalization(self) -> WorkerSettings:
+        self.personalization_policy  # noqa: B018 (refused at start, with the reason)
+        return self
+
+    @property
+    def personalization_policy(self) -> Personalization:
+        return Personalization(self.personalization, self.personalization_weight)

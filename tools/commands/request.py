@@ -1,4 +1,5 @@
-"""`annrec request` and `annrec item-update`: events a person sends through Kafka."""
+"""`annrec request`, `annrec item-update` and `annrec interact`: events a person sends through
+Kafka."""
 
 from __future__ import annotations
 
@@ -7,10 +8,18 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from adapters.interactions import publish_interactions
 from adapters.item_updates import publish_item_updates
 from adapters.topics import ensure_topics, topic_specs
 from schemas.errors import AnnrecError, describe
-from schemas.events import ItemUpdate, MaxPer, RecommendRequest, SimilarItemsRequest
+from schemas.events import (
+    Interaction,
+    ItemUpdate,
+    MaxPer,
+    RecommendRequest,
+    SimilarItemsRequest,
+    utc_now,
+)
 from schemas.filters import FILTER_ADAPTER, Filter, check_shape
 from schemas.settings import CommonSettings
 from tools import services
@@ -38,6 +47,11 @@ def register_request(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="recommend with --recent-items: which of them each item's score comes from",
     )
+    parser.add_argument(
+        "--exclude-seen",
+        action="store_true",
+        help="recommend: leave out the recent items (--recent-items, or the user's interactions)",
+    )
     parser.set_defaults(handler=run_request)
 
 
@@ -46,6 +60,43 @@ def register_item_update(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--value", choices=["true", "false"], required=True)
     parser.add_argument("--attr", default="in_stock", help="a boolean attribute (in_stock)")
     parser.set_defaults(handler=run_item_update)
+
+
+def register_interact(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--user-id", required=True)
+    parser.add_argument("--item-id", required=True, nargs="+", metavar="ITEM_ID")
+    parser.add_argument("--type", default="interaction", help="view, click, purchase, ...")
+    parser.add_argument("--weight", type=float, default=1.0, help="the ALS weight (default 1)")
+    parser.add_argument("--event-id", help="the event's id (one item only); default: none")
+    parser.set_defaults(handler=run_interact)
+
+
+def run_interact(args: argparse.Namespace) -> int:
+    """One event per item, now: the user's next recommend by user_id reflects them."""
+    settings = CommonSettings()
+    conf = services.kafka_conf(settings)
+    ensure_topics(conf, topic_specs(settings))
+    if args.event_id and len(args.item_id) > 1:
+        raise AnnrecError("--event-id names one event: give one --item-id with it")
+    try:
+        events = [
+            Interaction(
+                event_id=args.event_id,
+                user_id=args.user_id,
+                item_id=item,
+                type=args.type,
+                weight=args.weight,
+                timestamp=utc_now(),
+            )
+            for item in args.item_id
+        ]
+    except ValidationError as exc:
+        raise AnnrecError(f"interaction: {describe(exc)}") from exc
+    publish_interactions(conf, settings.topic_interactions, events)
+    print(
+        f"{len(events)} interactions of {args.user_id} published to {settings.topic_interactions}"
+    )
+    return 0
 
 
 def run_request(args: argparse.Namespace) -> int:
@@ -66,7 +117,9 @@ def run_request(args: argparse.Namespace) -> int:
         if bool(args.user_id) == bool(args.recent_items):
             raise AnnrecError("recommend needs one of --user-id, --recent-items")
         user = {"user_id": args.user_id} if args.user_id else {"recent_items": args.recent_items}
-        request = RecommendRequest(**user, explain=args.explain, **common)
+        request = RecommendRequest(
+            **user, explain=args.explain, exclude_seen=args.exclude_seen, **common
+        )
     reply = request_once(
         services.kafka_conf(settings),
         settings.topic_requests,

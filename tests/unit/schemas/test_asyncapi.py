@@ -14,7 +14,12 @@ from schemas.export import ASYNCAPI_FILE, SCHEMA_DIR, package_version, render
 ROOT = Path(__file__).resolve().parents[3]
 SPEC = ROOT / "tests" / "data" / "asyncapi-3.0.0.schema.json"
 EXAMPLE = re.compile(r"<!-- example: (\w+) -->\s*```json\n(.*?)```", re.S)
-MESSAGE = {"request": "Request", "reply": "Reply", "dead_letter": "DeadLetter"}
+MESSAGE = {
+    "request": "Request",
+    "reply": "Reply",
+    "dead_letter": "DeadLetter",
+    "interaction": "Interaction",
+}
 
 
 @pytest.fixture(scope="module")
@@ -48,6 +53,7 @@ def test_document_is_valid_asyncapi_3(doc):
         "annrec.dead-letters",
         "annrec.index-versions",
         "annrec.item-updates",
+        "annrec.interactions",
     }
 
 
@@ -70,3 +76,16 @@ def test_readme_examples_validate_against_the_document(doc):
 def test_broken_requests_do_not_validate(doc, broken):
     with pytest.raises(jsonschema.ValidationError):
         _validator(doc, "Request").validate(broken)
+
+
+@pytest.mark.parametrize(
+    "broken",
+    [
+        {"user_id": "u1", "item_id": "i7"},  # no timestamp
+        {"user_id": "u1", "item_id": "i7", "timestamp": "2026-11-25T20:55:43Z", "weight": 0},
+        {"user_id": "u1", "item": "i7", "timestamp": "2026-11-25T20:55:43Z"},
+    ],
+)
+def test_broken_interactions_do_not_validate(doc, broken):
+    with pytest.raises(jsonschema.ValidationError):
+        _validator(doc, "Interaction").validate(broken)

@@ -24,8 +24,8 @@ def test_requests_parse_by_kind_and_ids_may_be_numbers():
         ),
         (b'{"kind": "recommend", "request_id": "r", "user_vector": [1, NaN]}', "finite"),
         (
-            b'{"kind": "recommend", "request_id": "r", "user_id": "u", "exclude_seen": true}',
-            "exclude_seen needs recent_items",
+            b'{"kind": "recommend", "request_id": "r", "user_vector": [1], "exclude_seen": true}',
+            "exclude_seen needs recent_items or user_id",
         ),
         (b'{"kind": "recommend", "request_id": "r", "user_id": "u", "search_k": 0}', "search_k"),
         (

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from schemas.events import DeadLetter, Reply, parse_request
+from schemas.events import DeadLetter, Reply, parse_interaction, parse_request
 
 README = Path(__file__).resolve().parents[3] / "README.md"
 EXAMPLE = re.compile(r"<!-- example: (\w+) -->\s*```json\n(.*?)```", re.S)
@@ -13,6 +13,7 @@ PARSERS = {
     "request": parse_request,
     "reply": Reply.model_validate_json,
     "dead_letter": DeadLetter.model_validate_json,
+    "interaction": parse_interaction,
 }
 
 
