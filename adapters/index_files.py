@@ -18,7 +18,8 @@ from pydantic import ValidationError
 from query_engine.attributes import ItemAttributes
 from query_engine.banded import Band, NormBands
 from query_engine.confidence import FoldInWeights
-from query_engine.vectors import augment_with
+from query_engine.neighbours import NeighbourTable
+from query_engine.vectors import augment_with, cosine_scores
 from schemas.errors import IndexRejected, VersionMissing, describe
 from schemas.manifest import MANIFEST_NAME, AnnoySpec, AttributeSpec, FileEntry, Manifest, MipsSpec
 
@@ -215,3 +216,54 @@ def load_fold_in_weights(directory: Path, manifest: Manifest) -> FoldInWeights:
         lengths,
         f.bm25.average_length,
     )
+
+
+def load_neighbour_table(
+    directory: Path, manifest: Manifest, item_factors: npt.NDArray[np.float32]
+) -> NeighbourTable | None:
+    """The version's neighbour table, mmapped and checked: both files listed in the manifest,
+    int32/float32 of shape (n_items, width), every row in range and never the item itself, and
+    sampled rows' scores equal to the cosines of the factors (a table of another version, or
+    shifted by a row, gives itself away). None when the version has no table."""
+    spec = manifest.neighbour_table
+    if spec is None:
+        return None
+    shape = (manifest.n_items, spec.width)
+    rows = _table_array(directory, manifest, spec.rows_file, np.int32, shape)
+    scores = _table_array(directory, manifest, spec.scores_file, np.float32, shape)
+    if spec.width and (int(rows.min()) < 0 or int(rows.max()) >= manifest.n_items):
+        raise IndexRejected(f"{spec.rows_file}: neighbour rows outside 0..{manifest.n_items - 1}")
+    ids = _sample_ids(manifest.n_items)
+    sampled = np.asarray(rows[ids], dtype=np.int64)
+    if (sampled == ids[:, None]).any():
+        raise IndexRejected(f"{spec.rows_file}: an item is listed as its own neighbour")
+    factors = np.asarray(item_factors, dtype=np.float32)
+    for i, neighbours in zip(ids, sampled, strict=True):
+        norms = np.linalg.norm(factors[neighbours], axis=1).astype(np.float32)
+        want = cosine_scores(factors[neighbours], norms, factors[i])
+        if not np.allclose(scores[i], want, rtol=1e-4, atol=1e-5):
+            raise IndexRejected(
+                f"{spec.scores_file}: scores differ from the item factors' cosines (row {i})"
+            )
+    return NeighbourTable(rows, scores)
+
+
+def _table_array(
+    directory: Path,
+    manifest: Manifest,
+    name: str,
+    dtype: type[np.generic],
+    shape: tuple[int, int],
+) -> npt.NDArray[Any]:
+    if name not in manifest.files:
+        raise IndexRejected(f"{manifest.version}: neighbour file {name} is not in the manifest")
+    try:
+        array: npt.NDArray[Any] = np.load(directory / name, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise IndexRejected(f"neighbour file {name!r}: {exc}") from exc
+    if array.dtype != dtype or array.shape != shape:
+        raise IndexRejected(
+            f"neighbour file {name}: {array.dtype} {array.shape}, expected "
+            f"{np.dtype(dtype)} {shape}"
+        )
+    return array

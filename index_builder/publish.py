@@ -15,13 +15,21 @@ import numpy as np
 import numpy.typing as npt
 import structlog
 
-from adapters.index_files import check_files, check_indexes, file_entry, load_annoy, load_bands
+from adapters.index_files import (
+    check_files,
+    check_indexes,
+    file_entry,
+    load_annoy,
+    load_bands,
+    load_neighbour_table,
+)
 from adapters.item_updates import UpdatesSnapshot
 from adapters.object_store import ObjectStore
 from index_builder import storage
 from index_builder.attributes import AttributeTable, write_attributes
 from index_builder.build import build_annoy, build_mips_bands
 from index_builder.inputs import Factors
+from index_builder.neighbours import DEFAULT_WIDTH, build_neighbour_table
 from index_builder.quality import measure_quality
 from index_builder.remote import set_remote_latest, upload_version
 from schemas import manifest as mf
@@ -51,6 +59,8 @@ class BuildOptions:
     target_recall: float = 0.95
     min_recall: float = 0.3  # below this held-out recall@10 a build is refused (settings.py)
     quality_queries: int = 200
+    # M of the neighbour table (0: none; item -> items then served by the angular index alone).
+    neighbours: int = DEFAULT_WIDTH
     # The ALS user step for `recent_items` requests; trained versions use their own values.
     fold_in_regularization: float = 0.01
     fold_in_alpha: float = 1.0
@@ -129,6 +139,7 @@ def _build_version(
     )
     popularity_source = _write_arrays(factors, staging, training is not None, phase)
     angular, mips = _build_indexes(factors, staging, opts, phase)
+    table = _write_neighbour_table(factors, staging, opts, phase)
     manifest = mf.Manifest(
         version=version,
         created_at=datetime.now(UTC),
@@ -138,6 +149,7 @@ def _build_version(
         angular_index=angular,
         mips_index=mips,
         mips_max_norm=mips.bands[0].max_norm,
+        neighbour_table=table,
         files=phase.run(
             "checksums", lambda: {p.name: file_entry(p) for p in sorted(staging.iterdir())}
         ),
@@ -251,6 +263,25 @@ def _build_indexes(
     return angular, mips
 
 
+def _write_neighbour_table(
+    factors: Factors, staging: Path, opts: BuildOptions, phase: _PhaseTimer
+) -> mf.NeighbourTableSpec | None:
+    if opts.neighbours <= 0:
+        return None
+    with phase("neighbour_table"):
+        table, method = build_neighbour_table(
+            factors.item_factors, opts.neighbours, seed=opts.seed, n_jobs=opts.n_jobs
+        )
+        np.save(staging / mf.NEIGHBOURS_FILE, table.rows)
+        np.save(staging / mf.NEIGHBOUR_SCORES_FILE, table.scores)
+    return mf.NeighbourTableSpec(
+        rows_file=mf.NEIGHBOURS_FILE,
+        scores_file=mf.NEIGHBOUR_SCORES_FILE,
+        width=table.width,
+        method=method,
+    )
+
+
 def _verify_and_measure(
     manifest: mf.Manifest, staging: Path, factors: Factors, opts: BuildOptions, phase: _PhaseTimer
 ) -> mf.Manifest:
@@ -262,6 +293,7 @@ def _verify_and_measure(
     try:
         check_indexes(manifest, angular_index, factors.item_factors)
         mips_bands = load_bands(staging, manifest.mips_index, factors.item_factors)
+        neighbours = load_neighbour_table(staging, manifest, factors.item_factors)
         try:
             if not opts.quality:
                 return manifest
@@ -270,6 +302,7 @@ def _verify_and_measure(
                     angular_index,
                     mips_bands,
                     factors,
+                    neighbours=neighbours,
                     n_trees=opts.n_trees,
                     target_recall=opts.target_recall,
                     n_queries=opts.quality_queries,

@@ -28,6 +28,7 @@ from threadpoolctl import threadpool_limits
 from index_builder.inputs import Factors
 from index_builder.progress import progress_bar
 from query_engine import banded, search
+from query_engine.neighbours import NeighbourTable
 from query_engine.plan import (
     RecommendPlan,
     ServingPlan,
@@ -38,7 +39,14 @@ from query_engine.plan import (
 )
 from query_engine.selection import Selection
 from query_engine.vectors import exact_inner_product_top_k, recall_at_k, top_k, unit_rows
-from schemas.manifest import FilterPoint, IndexQuality, QualityReport, SearchKPoint
+from schemas.manifest import (
+    FilterPoint,
+    IndexQuality,
+    QualityReport,
+    SearchKPoint,
+    TableQuality,
+    TwoHopPoint,
+)
 
 FloatArray = npt.NDArray[np.float32]
 # One group of the curve: search_k doubles within it. For user -> items, (exact head, bound
@@ -91,14 +99,21 @@ def measure_quality(
     target_recall: float = 0.95,
     n_queries: int = 200,
     seed: int = 0,
+    neighbours: NeighbourTable | None = None,
 ) -> QualityReport:
     rng = np.random.default_rng(seed)
     items = factors.item_factors
     norms = np.linalg.norm(items, axis=1).astype(np.float32)
+    # The index paths are measured without the table (what serves what the table cannot).
     version = VersionSearch(angular, mips, items, norms)
     queries = _Queries.sample(rng, factors, n_queries)
     with threadpool_limits(1, user_api="blas"):
         similar = _similar_quality(version, queries, k, n_trees, target_recall)
+        table = None
+        if neighbours is not None:
+            table = _table_quality(
+                replace(version, neighbours=neighbours), queries.item_rows, k, target_recall
+            )
         recommend = _recommend_quality(version, queries, k, n_trees, target_recall)
         # Filtered queries, at the strategy just chosen: where the planner switches to
         # exact-over-subset (query_engine/filtered.py). Each kind has its own query set (a small
@@ -122,8 +137,66 @@ def measure_quality(
             for label, served, (ann, exact) in filtered_paths
         )
     return QualityReport(
-        k=k, target_recall=target_recall, similar_items=similar, recommend=recommend
+        k=k,
+        target_recall=target_recall,
+        similar_items=similar,
+        recommend=recommend,
+        neighbour_table=table,
     )
+
+
+# k above the table's width where two hops over it are measured (those below the catalogue).
+TWO_HOP_KS = (50, 100, 200)
+TWO_HOP_QUERIES = 100
+
+
+def _table_quality(version: VersionSearch, rows: Rows, k: int, target: float) -> TableQuality:
+    """The neighbour table: a lookup's recall@k over every sampled item (nothing is tuned on
+    them), and two hops at each k of TWO_HOP_KS above its width, through VersionSearch as the
+    worker calls it. Two hops serve up to the last k that reaches the target (95% lower bound)
+    in a row."""
+    assert version.neighbours is not None
+    width = version.neighbours.width
+    unit = unit_rows(version.item_factors)
+    plan = ServingPlan(similar=SimilarPlan(table=True, two_hop_max_k=max(TWO_HOP_KS)))
+    serving = version.with_plan(plan)
+    recall, low, qps = _recall_and_speed(serving, unit, rows, k)
+    two_hop: list[TwoHopPoint] = []
+    max_k = 0
+    for wide in [w for w in TWO_HOP_KS if width < w < len(unit)] if width else []:
+        hop_recall, hop_low, hop_qps = _recall_and_speed(
+            serving, unit, rows[:TWO_HOP_QUERIES], wide
+        )
+        two_hop.append(TwoHopPoint(k=wide, recall_at_k=hop_recall, queries_per_s=hop_qps))
+        if hop_low < target:
+            break
+        max_k = wide
+    return TableQuality(
+        width=width,
+        heldout_queries=len(rows),
+        recall_at_k=recall,
+        recall_low=low,
+        queries_per_s=qps,
+        serves=low >= target,
+        two_hop=two_hop,
+        two_hop_max_k=max_k,
+    )
+
+
+def _recall_and_speed(
+    version: VersionSearch, unit: npt.NDArray[np.floating[Any]], rows: Rows, k: int
+) -> tuple[float, float, float]:
+    """(mean recall@k, its 95% lower bound, queries/s) of version.similar_items on `rows`."""
+    truth = _exact(unit, unit[rows], k, exclude=rows)
+    found: dict[int, Rows] = {}
+
+    def run(q: int) -> None:
+        found[q] = version.similar_items(int(rows[q]), k)[0]
+
+    qps = _queries_per_s(run, np.arange(len(rows)))
+    recalls = np.array([recall_at_k(found[q], truth[q]) for q in range(len(rows))])
+    low = float(recalls.mean() - 2 * recalls.std() / math.sqrt(len(recalls)))
+    return float(recalls.mean()), low, qps
 
 
 def _similar_quality(

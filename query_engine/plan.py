@@ -17,9 +17,15 @@ import numpy.typing as npt
 from annoy import AnnoyIndex
 
 from query_engine import banded, diversity, filtered, search
+from query_engine.neighbours import NeighbourTable
 from query_engine.selection import Selection
 from query_engine.vectors import cosine_scores, exact_cosine, exact_max_inner_product, top_k
-from schemas.manifest import DEFAULT_FILTER_THRESHOLD, IndexQuality, QualityReport
+from schemas.manifest import (
+    DEFAULT_FILTER_THRESHOLD,
+    IndexQuality,
+    QualityReport,
+    TableQuality,
+)
 
 FloatArray = npt.NDArray[np.float32]
 Rows = npt.NDArray[np.int64]
@@ -32,11 +38,17 @@ DEFAULT_SEARCH_K = -1
 
 @dataclass(frozen=True)
 class SimilarPlan:
-    """item -> items: the angular index with `search_k`, or an exact scan."""
+    """item -> items: the neighbour table first when the version has one (k up to its width by
+    a lookup, up to `two_hop_max_k` by two hops over it); what it cannot answer, by the angular
+    index with `search_k`, or an exact scan."""
 
     strategy: Strategy = "ann"
     search_k: int = DEFAULT_SEARCH_K
     filter_threshold: float = DEFAULT_FILTER_THRESHOLD
+    # An unmeasured table serves lookups (each row is exact up to the graph's recall, ~0.99),
+    # not two hops (how far they hold is what the quality report measures).
+    table: bool = True
+    two_hop_max_k: int = 0
 
 
 @dataclass(frozen=True)
@@ -63,7 +75,10 @@ class ServingPlan:
         """The plan a manifest's quality report chose; the defaults when it has none."""
         if quality is None:
             return cls()
-        return cls(similar_plan(quality.similar_items), recommend_plan(quality.recommend))
+        return cls(
+            similar_plan(quality.similar_items, quality.neighbour_table),
+            recommend_plan(quality.recommend),
+        )
 
     def log_fields(self) -> dict[str, object]:
         """Flat key=value fields for the log line of a load or swap."""
@@ -72,6 +87,8 @@ class ServingPlan:
             "similar_strategy": s.strategy,
             "similar_search_k": s.search_k,
             "similar_filter_threshold": s.filter_threshold,
+            "similar_table": s.table,
+            "similar_two_hop_max_k": s.two_hop_max_k,
             "recommend_strategy": r.strategy,
             "recommend_search_k": r.search_k,
             "recommend_exact_items": r.exact_items,
@@ -80,8 +97,12 @@ class ServingPlan:
         }
 
 
-def similar_plan(q: IndexQuality) -> SimilarPlan:
-    return SimilarPlan(q.strategy, q.search_k, q.filter_threshold)
+def similar_plan(q: IndexQuality, table: TableQuality | None = None) -> SimilarPlan:
+    if table is None:
+        return SimilarPlan(q.strategy, q.search_k, q.filter_threshold)
+    return SimilarPlan(
+        q.strategy, q.search_k, q.filter_threshold, table.serves, table.two_hop_max_k
+    )
 
 
 def recommend_plan(q: IndexQuality) -> RecommendPlan:
@@ -104,6 +125,7 @@ class VersionSearch:
     item_factors: FloatArray  # by row (mmapped in a worker)
     item_norms: FloatArray
     plan: ServingPlan = ServingPlan()
+    neighbours: NeighbourTable | None = None  # None: a version built without a table
 
     def with_plan(self, plan: ServingPlan) -> VersionSearch:
         return replace(self, plan=plan)
@@ -117,10 +139,14 @@ class VersionSearch:
         exact: bool = False,
     ) -> Ranked:
         """Items most similar to item `row` (itself excluded), best first, exact cosine scores:
-        by the plan (exact scan, or the index with its search_k unless `search_k` overrides it),
-        among `keep` when the request filters. `exact`: by a scan whatever the plan (the live
-        recall sampler's reference)."""
+        by the plan (the neighbour table, then an exact scan or the index with its search_k
+        unless `search_k` overrides it), among `keep` when the request filters. `exact`: by a
+        scan whatever the plan (the live recall sampler's reference)."""
         plan = self.plan.similar
+        if not exact and search_k is None:
+            found = self.from_table(row, fetch, keep)
+            if found is not None:
+                return found
         if exact or (plan.strategy == "exact" and search_k is None):
             if keep is None:
                 query = np.asarray(self.item_factors[row])
@@ -143,6 +169,18 @@ class VersionSearch:
             plan.filter_threshold,
             budget,
         )[0]
+
+    def from_table(self, row: int, fetch: int, keep: Selection | None = None) -> Ranked | None:
+        """The table's answer when the plan lets it give one: a lookup for `fetch` up to its
+        width (None when a filter leaves fewer), two hops up to `two_hop_max_k` unfiltered."""
+        plan = self.plan.similar
+        if self.neighbours is None or not plan.table:
+            return None
+        if fetch <= self.neighbours.width:
+            return self.neighbours.lookup(row, fetch, keep)
+        if keep is None and fetch <= plan.two_hop_max_k:
+            return self.neighbours.two_hop(self.item_factors, self.item_norms, row, fetch)
+        return None
 
     def recommend(
         self,

@@ -176,11 +176,44 @@ class IndexQuality(_Model):
     )
 
 
+class TwoHopPoint(_Model):
+    """Similar items for k above the table's width, from two hops over the table."""
+
+    k: int = Field(ge=1)
+    recall_at_k: float
+    queries_per_s: float
+
+
+class TableQuality(_Model):
+    """item -> items from the neighbour table, measured on held-out items against exact scans."""
+
+    width: int = Field(ge=0, description="M: the neighbours each item has in the table")
+    heldout_queries: int
+    recall_at_k: float = Field(description="held-out recall@k of a table lookup")
+    recall_low: float = Field(description="95% lower bound of that recall (mean - 2 s.e.)")
+    queries_per_s: float = Field(description="VersionSearch.similar_items through the table")
+    serves: bool = Field(description="the table's recall reached the target: workers use it")
+    two_hop: list[TwoHopPoint] = Field(
+        default_factory=list, description="k above the width: two hops, recall and speed"
+    )
+    two_hop_max_k: int = Field(
+        0,
+        ge=0,
+        description="two hops serve k up to this (every measured k up to it reached the target "
+        "faster than the index); above it the angular index plan does",
+    )
+
+
 class QualityReport(_Model):
     k: int
     target_recall: float
-    similar_items: IndexQuality
+    similar_items: IndexQuality = Field(
+        description="the angular index (or a scan): what serves what the table cannot"
+    )
     recommend: IndexQuality
+    neighbour_table: TableQuality | None = Field(
+        None, description="None: the version has no neighbour table"
+    )
 
 
 Weighting = Literal["raw", "bm25", "tfidf"]
@@ -322,6 +355,18 @@ class FoldIn(_Model):
         return self
 
 
+class NeighbourTableSpec(_Model):
+    """Two .npy files of shape (n_items, width): int32 neighbour rows and their float32 exact
+    cosines, best first, the item itself excluded."""
+
+    rows_file: str
+    scores_file: str
+    width: int = Field(ge=0)
+    method: Literal["exact", "nndescent"] = Field(
+        description="how the kNN graph was found: an exact scan (small catalogues) or NN-descent"
+    )
+
+
 class Manifest(_Model):
     format_version: int = FORMAT_VERSION
     version: str = Field(pattern=VERSION_PATTERN)
@@ -348,6 +393,11 @@ class Manifest(_Model):
     )
     item_updates_applied: int = Field(
         0, ge=0, description="item-updates (availability) folded into the attributes at build"
+    )
+    neighbour_table: NeighbourTableSpec | None = Field(
+        None,
+        description="every item's nearest items by cosine (item -> items); None: built without "
+        "one (--neighbours 0), served by the angular index",
     )
     item_updates_through: dict[int, int] = Field(
         default_factory=dict,
@@ -389,3 +439,5 @@ ITEM_IDS_FILE = "item_ids.npy"
 USER_IDS_FILE = "user_ids.npy"
 POPULARITY_FILE = "popularity.npy"  # int32 item rows, most popular first
 FOLD_IN_LENGTHS_FILE = "fold_in.item_lengths.npy"  # bm25 versions: float32 length per item
+NEIGHBOURS_FILE = "neighbours.rows.npy"  # int32 (n_items, width)
+NEIGHBOUR_SCORES_FILE = "neighbours.scores.npy"  # float32 (n_items, width)

@@ -25,6 +25,7 @@ from adapters.index_files import (
     load_attributes,
     load_bands,
     load_fold_in_weights,
+    load_neighbour_table,
     read_manifest,
 )
 from adapters.version_storage import VersionStorage
@@ -132,16 +133,26 @@ def _load_search(
     except IndexRejected:
         angular.unload()
         raise
+    try:
+        neighbours = load_neighbour_table(directory, manifest, item_factors)
+    except IndexRejected:
+        angular.unload()
+        mips.unload()
+        raise
+    if warm and neighbours is not None:
+        for arr in (neighbours.rows, neighbours.scores):
+            _touch_pages(arr)
     return VersionSearch(
         angular=angular,
         mips=mips,
         item_factors=item_factors,
         item_norms=np.linalg.norm(item_factors, axis=1).astype(np.float32),
         plan=ServingPlan.from_quality(manifest.quality),
+        neighbours=neighbours,
     )
 
 
-def _touch_pages(arr: npt.NDArray[np.float32]) -> None:
+def _touch_pages(arr: npt.NDArray[np.generic]) -> None:
     flat = arr.reshape(-1)
     if flat.size:
         flat[:: 4096 // flat.itemsize].sum()  # one read per page

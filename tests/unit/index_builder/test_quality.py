@@ -173,3 +173,26 @@ def test_the_log_line_names_what_is_served_and_not_a_tuning_point_as_the_recall(
     ann = report.recommend.model_copy(update={"strategy": "ann"})
     served = publish._served_fields(ann)
     assert served["search_k"] == ann.search_k and "index_best_recall" not in served
+
+
+def test_the_table_is_measured_and_the_worker_serves_what_the_report_chose(tuned):
+    """4,000 items: the exact graph. Its lookups are the exact answer; two hops are measured at
+    each k above the width, and the plan a worker loads names the same table and limits."""
+    factors, storage, manifest = tuned
+    table = manifest.quality.neighbour_table
+    assert manifest.neighbour_table.method == "exact" and table.width == 32
+    assert table.recall_at_k == 1.0 and table.serves
+    assert table.two_hop and [p.k for p in table.two_hop] == [50, 100, 200][: len(table.two_hop)]
+    passing = [p.k for p in table.two_hop if p.recall_at_k >= 0.9]
+    assert table.two_hop_max_k <= max(passing, default=0)
+    v = load_version(storage, manifest.version)
+    try:
+        assert v.search.plan.similar.table and v.search.neighbours is not None
+        assert v.search.plan.similar.two_hop_max_k == table.two_hop_max_k
+        unit = factors.item_factors / np.linalg.norm(factors.item_factors, axis=1)[:, None]
+        for row in range(0, 4000, 400):
+            rows, _ = v.search.similar_items(row, 11)
+            # The item itself is its own best match, first of the exact top 12.
+            assert recall_at_k(rows, exact_inner_product_top_k(unit, unit[row], 12)[1:]) == 1.0
+    finally:
+        v.close()

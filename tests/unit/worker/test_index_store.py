@@ -133,3 +133,90 @@ def test_a_version_of_another_format_is_refused_with_the_reason(published):
     path.write_text(json.dumps(doc))
     with pytest.raises(IndexRejected, match=r"format_version: .*rebuild"):
         load_version(storage, manifest.version)
+
+
+def _rewrite(directory, manifest, name, array):
+    """Replace a version file and make the manifest's checksum agree: only the loader's own
+    checks can then refuse it."""
+    import json
+
+    from adapters.index_files import file_entry
+
+    np.save(directory / name, array)
+    doc = json.loads((directory / "manifest.json").read_text())
+    doc["files"][name] = file_entry(directory / name).model_dump()
+    (directory / "manifest.json").write_text(json.dumps(doc))
+
+
+@pytest.mark.parametrize(
+    ("damage", "reason"),
+    [
+        ("truncated", r"neighbours.rows.npy has \d+ bytes"),
+        ("missing", r"neighbours.scores.npy is missing"),
+        ("narrower", r"int32 \(300, 31\), expected int32 \(300, 32\)"),
+        ("float_rows", r"float32 \(300, 32\), expected int32"),
+        ("out_of_range", r"neighbour rows outside 0..299"),
+        ("itself", r"own neighbour"),
+        ("shifted", r"scores differ from the item factors' cosines"),
+    ],
+)
+def test_a_damaged_neighbour_table_is_refused_with_the_reason(published, damage, reason):
+    storage, manifest = published
+    spec = manifest.neighbour_table
+    assert spec is not None and spec.width == 32 and spec.method == "exact"
+    directory = version_dir(storage, manifest.version)
+    rows = np.load(directory / spec.rows_file)
+    scores = np.load(directory / spec.scores_file)
+    if damage == "truncated":
+        path = directory / spec.rows_file
+        path.write_bytes(path.read_bytes()[:-64])
+    elif damage == "missing":
+        (directory / spec.scores_file).unlink()
+    elif damage == "narrower":
+        _rewrite(directory, manifest, spec.rows_file, rows[:, :31])
+    elif damage == "float_rows":
+        _rewrite(directory, manifest, spec.rows_file, rows.astype(np.float32))
+    elif damage == "out_of_range":
+        rows[-1, -1] = 300
+        _rewrite(directory, manifest, spec.rows_file, rows)
+    elif damage == "itself":
+        rows[0, 0] = 0
+        _rewrite(directory, manifest, spec.rows_file, rows)
+    else:  # the scores of the previous item: a table off by one row
+        _rewrite(directory, manifest, spec.scores_file, np.roll(scores, 1, axis=0))
+    with pytest.raises(IndexRejected, match=reason):
+        load_version(storage, manifest.version)
+
+
+def test_a_version_with_a_bad_table_is_refused_and_the_previous_keeps_serving(
+    published, small_factors
+):
+    storage, first = published
+    store = IndexStore(DirectoryStorage(storage), poll_interval_s=3600)
+    store.start()
+    try:
+        bad = publish_version(small_factors, storage, BuildOptions(n_trees=3, quality=False))
+        assert bad.neighbour_table is not None
+        rows_file = version_dir(storage, bad.version) / bad.neighbour_table.rows_file
+        rows_file.write_bytes(rows_file.read_bytes()[:-8])
+        store.check_latest()
+        assert store.current().version == first.version
+        assert "neighbours.rows.npy" in store.refused[bad.version]
+    finally:
+        store.stop()
+
+
+def test_a_version_without_a_table_is_served_by_its_index(tmp_path, small_factors):
+    storage = tmp_path / "storage"
+    manifest = publish_version(
+        small_factors, storage, BuildOptions(n_trees=10, quality=False, neighbours=0)
+    )
+    assert manifest.neighbour_table is None
+    assert not any(name.startswith("neighbours") for name in manifest.files)
+    v = load_version(storage, manifest.version)
+    try:
+        assert v.search.neighbours is None
+        assert v.search.from_table(0, 5) is None
+        assert len(v.search.similar_items(0, 5)[0]) == 5
+    finally:
+        v.close()

@@ -1,0 +1,122 @@
+"""The neighbour table's answers against exact brute force, and the plan around it: what the table
+cannot answer falls through to the index or the exact path."""
+
+import numpy as np
+import pytest
+from annoy import AnnoyIndex
+
+from index_builder.neighbours import build_neighbour_table
+from index_builder.synth import synth_factors
+from query_engine.banded import NormBands
+from query_engine.neighbours import NeighbourTable
+from query_engine.plan import ServingPlan, SimilarPlan, VersionSearch
+from query_engine.selection import Selection
+from query_engine.vectors import cosine_scores, top_k
+
+N, DIM, WIDTH = 400, 8, 12
+
+
+@pytest.fixture(scope="module")
+def factors():
+    return synth_factors(n_items=N, n_users=5, dim=DIM, n_clusters=6, seed=11).item_factors
+
+
+@pytest.fixture(scope="module")
+def norms(factors):
+    return np.linalg.norm(factors, axis=1).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def table(factors):
+    built, method = build_neighbour_table(factors, WIDTH)
+    assert method == "exact"
+    return built
+
+
+def exact(factors, norms, row, k, keep=None):
+    scores = cosine_scores(factors, norms, factors[row])
+    scores[row] = -np.inf
+    if keep is not None:
+        scores[~keep.mask] = -np.inf
+    best = top_k(scores, k)
+    best = best[np.isfinite(scores[best])]
+    return best, scores[best]
+
+
+def angular_index(factors):
+    index = AnnoyIndex(DIM, "angular")
+    for i, row in enumerate(factors):
+        index.add_item(i, row)
+    index.build(10)
+    return index
+
+
+def version(factors, norms, table, plan, angular=None):
+    # The table and exact paths consult no index: an empty one proves it.
+    return VersionSearch(
+        angular or AnnoyIndex(DIM, "angular"),
+        NormBands.create([], np.empty(0, np.int32), factors),
+        factors,
+        norms,
+        plan,
+        neighbours=table,
+    )
+
+
+@pytest.mark.parametrize("k", [1, 5, WIDTH])
+def test_a_lookup_is_the_exact_top_k(factors, norms, table, k):
+    for row in range(0, N, 7):
+        rows, scores = table.lookup(row, k)
+        want_rows, want_scores = exact(factors, norms, row, k)
+        np.testing.assert_array_equal(rows, want_rows)
+        np.testing.assert_allclose(scores, want_scores, rtol=1e-5, atol=1e-6)
+
+
+def test_a_filtered_lookup_is_exact_or_declines(factors, norms, table):
+    keep = Selection.of_mask(np.random.default_rng(2).random(N) < 0.5)
+    answered = declined = 0
+    for row in range(N):
+        found = table.lookup(row, 4, keep)
+        if found is None:  # fewer than 4 of the row's 12 pass
+            assert keep.passes(table.rows[row]).sum() < 4
+            declined += 1
+            continue
+        np.testing.assert_array_equal(found[0], exact(factors, norms, row, 4, keep)[0])
+        answered += 1
+    assert answered > N // 2 and declined > 0
+
+
+def test_two_hops_rescore_exactly_and_decline_when_too_few(factors, norms, table):
+    rows, scores = table.two_hop(factors, norms, 3, 40)
+    assert len(rows) == 40 and 3 not in rows
+    np.testing.assert_allclose(scores, cosine_scores(factors[rows], norms[rows], factors[3]))
+    assert (np.diff(scores) <= 0).all()
+    # Two hops hold at most 12 + 144 items: more cannot come from the table.
+    assert table.two_hop(factors, norms, 3, 12 + 144 + 1) is None
+
+
+def test_the_plan_serves_from_the_table_and_falls_through_beyond_it(factors, norms, table):
+    plan = ServingPlan(similar=SimilarPlan("exact", table=True, two_hop_max_k=0))
+    v = version(factors, norms, table, plan)
+    for row in (0, 17, 255):
+        for fetch in (WIDTH, 3 * WIDTH):  # a lookup; then k above the width: the exact scan
+            rows, _ = v.similar_items(row, fetch)
+            np.testing.assert_array_equal(rows, exact(factors, norms, row, fetch)[0])
+        # A filter leaving fewer than k among the row's neighbours: the exact filtered path.
+        keep = Selection.of_rows(N, np.arange(0, N, 10))
+        assert table.lookup(row, 5, keep) is None
+        rows, _ = v.similar_items(row, 5, keep)
+        np.testing.assert_array_equal(rows, exact(factors, norms, row, 5, keep)[0])
+
+
+def test_a_plan_without_the_table_never_reads_it(factors, norms, table):
+    poisoned = NeighbourTable(np.zeros_like(table.rows), np.ones_like(table.scores))
+    plan = ServingPlan(similar=SimilarPlan("exact", table=False))
+    rows, _ = version(factors, norms, poisoned, plan).similar_items(9, 5)
+    np.testing.assert_array_equal(rows, exact(factors, norms, 9, 5)[0])
+    # A request's own search_k asks for the index path, not the table: here every node of it.
+    plan = ServingPlan(similar=SimilarPlan("ann", table=True))
+    served = version(factors, norms, poisoned, plan, angular_index(factors))
+    rows, _ = served.similar_items(9, 5, search_k=N * 10 * 10)
+    np.testing.assert_array_equal(rows, exact(factors, norms, 9, 5)[0])
+    assert served.from_table(9, 5) is not None  # the poisoned table would have answered
