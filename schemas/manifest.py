@@ -120,6 +120,9 @@ class SearchKPoint(_Model):
         None, description="user -> items: the norm bound's factor (1: exact bound)"
     )
     recall_at_k: float
+    recall_low: float | None = Field(
+        None, description="95% lower bound of recall_at_k (mean - 2 standard errors)"
+    )
     queries_per_s: float
 
 
@@ -152,11 +155,16 @@ class IndexQuality(_Model):
         None, description="user -> items: the chosen exact head (items scanned exactly)"
     )
     bound_factor: float | None = Field(
-        None, description="user -> items: the chosen norm bound factor (1: exact bound)"
+        None,
+        description="user -> items: the chosen norm bound factor (1: exact bound; below 1 lossy: "
+        "a band that could still hold an answer may be skipped; 0: the exact head alone)",
     )
     reached_target: bool = Field(description="the index reached the target faster than a scan")
     heldout_queries: int = Field(description="other queries, measured only at search_k")
     recall_at_k: float = Field(description="held-out recall@k of what is served (exact: 1)")
+    recall_low: float | None = Field(
+        None, description="95% lower bound of the held-out recall (mean - 2 standard errors)"
+    )
     queries_per_s: float = Field(description="held-out queries/s of what is served")
     brute_force_queries_per_s: float = Field(description="single-query exact scan, same run")
     strategy: Literal["ann", "exact"] = Field(
