@@ -46,6 +46,7 @@ from worker.consumer import (
     StoppableProducer,
     commit_stored,
     consumer_config,
+    interactions_config,
     next_batch,
     next_offsets,
     producer_config,
@@ -71,6 +72,9 @@ log = structlog.get_logger(__name__)
 # Kafka's share of a stop (commit + leave the group, then the producer's last flush): a worker
 # exits within 5 s of SIGTERM whatever the broker does.
 STOP_BUDGET_S = 3.0
+# The longest a fetched interaction waits to be written while no request comes (the loop's
+# request poll is at most this long).
+INTERACTIONS_WAIT_S = 0.1
 
 
 def _recall_publisher(client: redis.Redis, ttl_s: int) -> Publish:
@@ -106,6 +110,7 @@ class _Clients:
     kafka_sink: KafkaSink
     cache: ReplyCache | None
     history: RedisHistory
+    interactions: Consumer  # the interactions topic's, in a group of its own (interactions_group)
 
 
 REFUSED_SHOWN = 5
@@ -146,13 +151,20 @@ class Worker:
             version = self._wait_for_index(clients.store, stop)
             if version is None:
                 return
-            # One consumer, one loop for requests and interactions: a batch's interactions are
-            # in the history before its requests are answered, and one procedure writes
-            # everything and then stores both topics' offsets (or, exactly-once, sends them in
-            # the batch's transaction). A second consumer would need a loop, a commit path and a
-            # group of its own, and a reply could not see an event of the same batch.
+            # One loop for requests and interactions: a batch's interactions are in the history
+            # before its requests are answered, and one procedure writes everything and then
+            # stores both consumers' offsets (exactly-once: sends both in the batch's
+            # transaction). Two consumers, each in a group of its own: one consumer of both
+            # topics lets the assignor balance the partition count, not each topic, so a worker
+            # could get every interactions partition and no request partition (seen: with two
+            # workers, one answered no request).
+            clients.interactions.subscribe(
+                [s.topic_interactions],
+                on_revoke=self._on_interactions_revoke,
+                on_lost=self._on_lost,
+            )
             clients.consumer.subscribe(
-                [s.topic_requests, s.topic_interactions],
+                [s.topic_requests],
                 on_assign=self._on_assign,
                 on_revoke=self._on_revoke,
                 on_lost=self._on_lost,
@@ -213,6 +225,10 @@ class Worker:
         consumer = Consumer(client_config(consumer_config(s, self._kafka_conf)))
         # Commits, then leaves the group now: no session timeout for the others to wait out.
         resources.callback(shut_down, consumer, lambda: self.kafka.reachable, STOP_BUDGET_S * 2 / 3)
+        interactions = Consumer(client_config(interactions_config(s, self._kafka_conf)))
+        resources.callback(
+            shut_down, interactions, lambda: self.kafka.reachable, STOP_BUDGET_S * 2 / 3
+        )
         return _Clients(
             store=store,
             consumer=consumer,
@@ -223,6 +239,7 @@ class Worker:
             ),
             cache=ReplyCache(client, s.result_ttl_s) if s.serve_from_cache else None,
             history=RedisHistory(client, s.history_length, s.history_max_age_s),
+            interactions=interactions,
         )
 
     def _start_store(self, follower: AnnouncementFollower) -> IndexStore:
@@ -253,7 +270,11 @@ class Worker:
 
     def _step(self, c: _Clients, version: LoadedVersion, stop: threading.Event) -> LoadedVersion:
         """One turn of the loop: poll a batch, keep the books, swap versions, serve the batch."""
-        messages = next_batch(c.consumer, self.settings.batch_size, self.settings.poll_timeout_s)
+        s = self.settings
+        # A short wait for requests: interactions fetched meanwhile are written at least every
+        # INTERACTIONS_WAIT_S even when no request comes (other workers' replies read them).
+        messages = next_batch(c.consumer, s.batch_size, min(s.poll_timeout_s, INTERACTIONS_WAIT_S))
+        messages += c.interactions.consume(num_messages=s.batch_size, timeout=0)
         self.health.polled()
         c.producer.poll(0)  # its log lines and errors, when idle, are served here
         self._track_progress(c.consumer, version)
@@ -271,11 +292,11 @@ class Worker:
     def _serve(
         self, c: _Clients, events: list[RawEvent], version: LoadedVersion, stop: threading.Event
     ) -> None:
-        topic = self.settings.topic_interactions
-        parsed = parse_batch([e for e in events if e.topic != topic])
-        interactions = parse_interactions([e for e in events if e.topic == topic])
+        request_events, interaction_events = self._by_consumer(events)
+        parsed = parse_batch(request_events)
+        interactions = parse_interactions(interaction_events)
         try:  # first: this batch's requests see this batch's interactions
-            c.history.write(interactions.valid)
+            added = c.history.write(interactions.valid)
             histories = c.history.read(_asking_users(parsed))
         except SinkError as exc:
             self._not_written(c, events, exc, stop)
@@ -307,7 +328,15 @@ class Worker:
             return
         self._sample(misses, outcome, version)  # personalised ones: the sampler has no history
         self._count(events, outcome, time.perf_counter() - started, len(hits))
-        self.interactions_read += len(interactions.valid)
+        self._count_interactions(len(interactions.valid), added, len(interactions.refused))
+
+    def _count_interactions(self, valid: int, added: int, invalid: int) -> None:
+        self.interactions_read += valid
+        self.metrics.interactions.labels("new").inc(added)
+        self.metrics.interactions.labels("invalid").inc(invalid)
+        if valid > added:  # delivered again (a batch served again after a crash): no effect
+            self.metrics.interactions.labels("repeated").inc(valid - added)
+            log.info("interactions_repeated", count=valid - added)
 
     def _write_then_store_offsets(
         self,
@@ -328,11 +357,13 @@ class Worker:
         try:
             c.redis_sink.write(outcome.replies, cache_entries)
             if isinstance(c.kafka_sink, TransactionalKafkaSink):
+                requests, interactions = self._by_consumer(events)
                 c.kafka_sink.write_with_offsets(
                     outcome.replies,
                     outcome.dead_letters,
-                    next_offsets(events),
+                    next_offsets(requests),
                     c.consumer.consumer_group_metadata(),
+                    [(next_offsets(interactions), c.interactions.consumer_group_metadata())],
                 )
             else:
                 c.kafka_sink.write(outcome.replies, outcome.dead_letters)
@@ -340,8 +371,15 @@ class Worker:
             self._not_written(c, events, exc, stop)
             return False
         if not transactional:
-            store_offsets(c.consumer, events)
+            requests, interactions = self._by_consumer(events)
+            store_offsets(c.consumer, requests)
+            store_offsets(c.interactions, interactions)
         return True
+
+    def _by_consumer(self, events: list[RawEvent]) -> tuple[list[RawEvent], list[RawEvent]]:
+        """(the requests consumer's events, the interactions consumer's)."""
+        topic = self.settings.topic_interactions
+        return [e for e in events if e.topic != topic], [e for e in events if e.topic == topic]
 
     def _not_written(
         self, c: _Clients, events: list[RawEvent], exc: SinkError, stop: threading.Event
@@ -349,7 +387,9 @@ class Worker:
         """Nothing of the batch is stored: rewound, served again after a backoff."""
         self.metrics.write_failures.inc()
         log.error("batch_not_written", reason=str(exc), size=len(events))
-        rewind(c.consumer, events)
+        requests, interactions = self._by_consumer(events)
+        rewind(c.consumer, requests)
+        rewind(c.interactions, interactions)
         stop.wait(self.settings.retry_backoff_s)
 
     def _count(self, events: list[RawEvent], outcome: Outcome, write_s: float, hits: int) -> None:
@@ -506,10 +546,7 @@ class Worker:
         return None
 
     def _on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        # The request partitions (lag, stalls, status); interactions' lag: `annrec status`.
-        self.assigned |= {
-            p.partition for p in partitions if p.topic == self.settings.topic_requests
-        }
+        self.assigned |= {p.partition for p in partitions}
         log.info("partitions_assigned", partitions=sorted(p.partition for p in partitions))
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -529,6 +566,12 @@ class Worker:
             self.progress.forget(p.partition)
             with contextlib.suppress(KeyError):  # never measured: no label to remove
                 self.metrics.lag.remove(str(p.partition))
+
+    def _on_interactions_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        # As for requests: what was written is committed before the partitions move.
+        if self.kafka.reachable and self.settings.processing_guarantee == "at-least-once":
+            commit_stored(consumer, "revoke")
+        log.info("interactions_revoked", partitions=sorted(p.partition for p in partitions))
 
     def _on_lost(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
         # Lost (session timed out): another worker owns them already; committing would fail.

@@ -67,6 +67,21 @@ def _consumer_config(settings: WorkerSettings, kafka_conf: dict[str, str]) -> di
     }
 
 
+def interactions_config(settings: WorkerSettings, kafka_conf: dict[str, str]) -> dict[str, object]:
+    """The interactions consumer's: the requests consumer's settings, in a group of its own
+    (worker/app.py says why), with its own client and static-membership ids."""
+    conf = consumer_config(settings, kafka_conf)
+    conf["group.id"] = interactions_group(settings.group_id)
+    conf["client.id"] = f"{settings.worker_id}-interactions"
+    if settings.instance_id:
+        conf["group.instance.id"] = f"{settings.instance_id}-interactions"
+    return conf
+
+
+def interactions_group(group_id: str) -> str:
+    return f"{group_id}.interactions"
+
+
 # Exactly-once: offsets go in the batch's transaction, never through the consumer's commits.
 EXACTLY_ONCE_CONSUMER = {"enable.auto.commit": False, "isolation.level": "read_committed"}
 

@@ -40,11 +40,12 @@ class RedisHistory:
         self.max_length = max_length
         self.max_age_s = max_age_s
 
-    def write(self, events: Sequence[Interaction], now: float | None = None) -> None:
+    def write(self, events: Sequence[Interaction], now: float | None = None) -> int:
         """Add the events and trim each touched user's history, in one transaction (a reader
-        never sees a set over its bounds); SinkError when Redis did not take it."""
+        never sees a set over its bounds); SinkError when Redis did not take it. Returns how
+        many were new (the others were already there: delivered again)."""
         if not events:
-            return
+            return 0
         oldest = (time.time() if now is None else now) - self.max_age_s
         by_user: dict[str, dict[str, float]] = defaultdict(dict)
         for e in events:
@@ -57,9 +58,10 @@ class RedisHistory:
             pipe.zremrangebyrank(key, 0, -self.max_length - 1)
             pipe.expire(key, self.max_age_s)
         try:
-            pipe.execute()
+            results = pipe.execute()
         except redis.RedisError as exc:
             raise SinkError(f"redis history write failed: {exc}") from exc
+        return int(sum(results[::4]))  # each user's ZADD: the members added
 
     def read(
         self, user_ids: Iterable[str], now: float | None = None

@@ -75,6 +75,12 @@ class WorkerMetrics:
             ["result"],  # applied | unchanged | invalid
             registry=r,
         )
+        self.interactions = Counter(
+            "annrec_interactions",
+            "Interaction events read from the interactions topic",
+            ["result"],  # new | repeated (already in the history: a replay) | invalid
+            registry=r,
+        )
         self.index_age = Gauge(
             "annrec_index_age_seconds", "Age of the version being served", registry=r
         )

@@ -136,7 +136,8 @@ class WorkerSettings(CommonSettings):
     personalization_weight: float = Field(
         DEFAULT_PERSONALIZATION.weight,
         ge=0,
-        description="blend: the recent interactions' share (0..1); prior: its strength",
+        description="blend: the recent interactions' share (0..1); prior: its strength, times "
+        "the version's regularization",
     )
     exclude_history: bool = Field(
         False, description="never recommend the items of a user's recent interactions"

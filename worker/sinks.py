@@ -115,12 +115,17 @@ class TransactionalKafkaSink(KafkaSink):
         dead_letters: Sequence[DeadLetter],
         offsets: list[TopicPartition],
         group_metadata: object,
+        other_groups: Sequence[tuple[list[TopicPartition], object]] = (),
     ) -> None:
+        """`other_groups`: the offsets of other consumers' groups in the batch (the
+        interactions' consumer), each with its group's metadata, in the same transaction."""
         p, timeout = self._producer, self._flush_timeout_s
         try:
             p.begin_transaction()
             produce_all(p, self._messages(replies, dead_letters), timeout)
-            p.send_offsets_to_transaction(offsets, group_metadata, timeout)
+            for group_offsets, metadata in [(offsets, group_metadata), *other_groups]:
+                if group_offsets:
+                    p.send_offsets_to_transaction(group_offsets, metadata, timeout)
             self._commit(timeout)
         except (KafkaException, NotDelivered) as exc:
             self._abort(exc)

@@ -56,13 +56,13 @@ def test_recent_is_the_als_fold_in_of_the_events_alone():
 @pytest.mark.parametrize("beta", [0.5, 5.0, 50.0])
 def test_prior_minimises_the_als_loss_with_the_factors_as_prior(beta):
     rows, conf = history_confidences(RAW, ROWS, WEIGHTS)
-    got = _vector(Personalization("prior", beta))
+    got = _vector(Personalization("prior", beta / REG))  # the weight is beta / regularization
     np.testing.assert_allclose(got, _loss_minimum(rows, conf, U, beta), rtol=1e-4, atol=1e-5)
 
 
 def test_a_strong_prior_stays_near_the_factors_a_weak_one_near_the_events():
     recent = _vector(Personalization("recent"))
-    strong, weak = _vector(Personalization("prior", 1e6)), _vector(Personalization("prior", 1e-6))
+    strong, weak = _vector(Personalization("prior", 1e7)), _vector(Personalization("prior", 1e-7))
     np.testing.assert_allclose(strong, U, atol=1e-3)
     np.testing.assert_allclose(weak, recent, atol=1e-4)
 

@@ -70,3 +70,25 @@ def test_a_fenced_producer_stops_the_worker():
     with pytest.raises(Fenced):
         _write(p)
     assert "abort" not in p.calls
+
+
+def test_the_interactions_groups_offsets_go_in_the_same_transaction():
+    p = _Producer()
+    sent = []
+    p.send_offsets_to_transaction = lambda offsets, metadata, timeout: sent.append(
+        ([(tp.topic, tp.offset) for tp in offsets], metadata)
+    )
+    sink = TransactionalKafkaSink(p, "replies", "dead")
+    requests_group, interactions_group = object(), object()
+    sink.write_with_offsets(
+        [],
+        [],
+        [TopicPartition("requests", 0, 8)],
+        requests_group,
+        [([TopicPartition("interactions", 2, 5)], interactions_group), ([], object())],
+    )
+    assert sent == [
+        ([("requests", 8)], requests_group),
+        ([("interactions", 5)], interactions_group),
+    ]  # a group with nothing in the batch sends nothing
+    assert p.calls == ["begin", "commit"]
