@@ -32,6 +32,11 @@ KINDS: Table = {
     "training": Command(
         "ALS vs popularity on a holdout; tuning time on a 3M log", "tools.bench.training:register"
     ),
+    "personalization": Command(
+        "stream-kept history vs static vs recent_items (hit@10 on a drifting log); "
+        "event -> reflecting reply delay",
+        "tools.bench.personalization:register",
+    ),
 }
 
 
