@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+from scipy.linalg import lapack
 
 FloatArray = npt.NDArray[np.float32]
 IntArray = npt.NDArray[np.int64]
@@ -197,6 +198,21 @@ def explain_scores(
     and `confidence` as given to fold_in."""
     a, _, c = _user_system(gramian, seen, regularization, confidence)
     t = np.asarray(targets, dtype=np.float64).reshape(-1, gramian.shape[0])
-    weighted = np.linalg.solve(a, t.T)  # A^-1 y_i per target (A is symmetric)
+    weighted = _solve_positive_definite(a, t.T)  # A^-1 y_i per target (A is symmetric)
     terms: npt.NDArray[np.float64] = (weighted.T @ np.asarray(seen, dtype=np.float64).T) * c
     return terms
+
+
+def _solve_positive_definite(
+    a: npt.NDArray[np.float64], b: npt.NDArray[np.float64]
+) -> npt.NDArray[np.float64]:
+    """A^-1 B for the user step's A (Y^T Y + Y^T (|C_u| - I) Y + reg I: symmetric, positive
+    definite when reg > 0) by its Cholesky factor, LAPACK's posv called directly: at K=64 with
+    10 right-hand sides 13 us against np.linalg.solve's 32 us (timeit, one BLAS thread), on a
+    request that costs about 0.2 ms without `explain`. Should rounding make A fail Cholesky, it
+    is solved by LU, as fold_in solves it."""
+    _, x, info = lapack.dposv(a, b)
+    if info != 0:
+        x = np.linalg.solve(a, b)
+    solved: npt.NDArray[np.float64] = x
+    return solved

@@ -19,6 +19,7 @@ import structlog
 
 from query_engine.confidence import fold_in_confidences
 from query_engine.diversity import MaxPer, max_per_of
+from query_engine.explanations import top_contributions
 from query_engine.personalize import (
     DEFAULT_PERSONALIZATION,
     HistoryEvent,
@@ -329,7 +330,7 @@ def _recommend(
     # part of it): explained only for recent_items.
     refusal = _explain_refusal(request, has_history=len(seen) > 0 and request.user_id is None)
     if request.explain and refusal is None:
-        items = _explained(v, items, seen)
+        items = _explained(v, items, seen, rows)
     return Reply(
         status=_status(v, items, request.k, keep, max_per, excluded),
         items=items,
@@ -410,13 +411,20 @@ def _explain_refusal(request: RecommendRequest, has_history: bool) -> str | None
     return "explain: none of recent_items is known to this version (cold start: no scores)"
 
 
-def _explained(v: LoadedVersion, items: list[ScoredItem], seen: Rows) -> list[ScoredItem]:
+def _explained(
+    v: LoadedVersion, items: list[ScoredItem], seen: Rows, searched: Rows
+) -> list[ScoredItem]:
     """Items with their `because`: the exact ALS decomposition of each score over the seen
-    items (query_engine.vectors.explain_scores), a repeated item's terms added up."""
+    items (query_engine.vectors.explain_scores), a repeated item's terms added up. `searched`:
+    the rows the search returned, most of the items' (no id lookup for those)."""
     at = [i for i, item in enumerate(items) if item.score is not None]
     if not at:
         return items
-    targets = v.item_rows.rows([items[i].item_id for i in at])[0]
+    row_of = dict(zip(v.item_ids[searched].tolist(), searched.tolist(), strict=True))
+    found = [row_of.get(items[i].item_id, -1) for i in at]
+    targets = np.asarray(found, dtype=np.int64)
+    if -1 in found:  # filled items: looked up by id
+        targets = v.item_rows.rows([items[i].item_id for i in at])[0]
     rows, confidence = fold_in_confidences(v.fold_in, seen)  # the fold-in's own system
     terms = explain_scores(
         v.gramian,
@@ -425,21 +433,15 @@ def _explained(v: LoadedVersion, items: list[ScoredItem], seen: Rows) -> list[Sc
         v.manifest.fold_in.regularization,
         confidence,
     )
-    history, inverse = np.unique(rows, return_inverse=True)
-    one_hot = np.zeros((len(rows), len(history)))
-    one_hot[np.arange(len(rows)), inverse] = 1.0
-    per_item = terms @ one_hot  # (targets, distinct history items)
-    totals = terms.sum(axis=1, keepdims=True)
-    shares = np.divide(per_item, totals, out=np.zeros_like(per_item), where=totals != 0)
-    best = np.argsort(-per_item, axis=1, kind="stable")[:, :EXPLAIN_TOP]
-    names = [str(x) for x in v.item_ids[history]]
+    top = top_contributions(terms, rows, EXPLAIN_TOP)
     out = list(items)
     for j, i in enumerate(at):
+        names = v.item_ids[top.rows[j]].tolist()
         because = [
-            Contribution(item_id=names[h], score=float(per_item[j, h]), share=float(shares[j, h]))
-            for h in best[j].tolist()
+            Contribution(item_id=str(name), score=part, share=share)
+            for name, part, share in zip(names, top.parts[j], top.shares[j], strict=True)
         ]
-        item = items[i]
+        item = items[i]  # frozen: a new item (a validated copy costs more than this)
         out[i] = ScoredItem(
             item_id=item.item_id, score=item.score, filled=item.filled, because=because
         )

@@ -228,3 +228,17 @@ def test_similar_items_index_path_reads_deeper_into_its_candidates(branded):
         scores[row] = -np.inf
         rows, _ = search.similar_items_max_per(row, 10, m)
         assert rows.tolist() == _naive(scores, 1, 10)
+
+
+def test_explain_changes_no_item_and_no_score(branded):
+    """The explained reply is the plain one with `because` added: the same fold-in, the same
+    items in the same order, the same scores."""
+    v, _ = branded
+    asked = {"user_id": None, "recent_items": ["i5", "i6", "i7", "i5"], "k": 12}
+    for extra in ({}, {"max_per": {"attr": "brand", "n": 1}, "exclude_seen": True}):
+        plain = _ask(v, **asked, **extra)
+        explained = _ask(v, **asked, **extra, explain=True)
+        assert [(i.item_id, i.score, i.filled) for i in explained.items] == [
+            (i.item_id, i.score, i.filled) for i in plain.items
+        ]
+        assert all(i.because for i in explained.items)
