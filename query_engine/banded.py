@@ -224,6 +224,19 @@ def _scan_band(
     return list(zip(scores[best].tolist(), positions[best].tolist(), repeat(True)))
 
 
+def band_search_k(band: Band, search_k: int, wanted: int, pool_size: int) -> int:
+    """Annoy's search_k for asking `band` for `wanted` candidates, `search_k` being tuned for
+    `pool_size` of them (-1: every node)."""
+    n_trees = band.index.get_n_trees()
+    # Annoy's own default (-1) is n_trees * results, not every node: spell it out.
+    budget = search_k if search_k >= 0 else n_trees * (band.stop - band.start)
+    if wanted > pool_size:
+        # Annoy stops collecting at search_k candidates: to return `wanted` good ones it needs
+        # its default of wanted x n_trees at least (a tuned search_k is for pool_size).
+        budget = max(budget * wanted // pool_size, wanted * n_trees)
+    return budget
+
+
 def _search_band(
     bands: NormBands,
     band: Band,
@@ -237,13 +250,8 @@ def _search_band(
     """(candidates with scores from Annoy's distances, the best score an unreturned passing
     item of this band can have: -inf when none can be missing)."""
     size = band.stop - band.start
-    # Annoy's own default (-1) is n_trees * results, not every node: spell it out.
-    budget = search_k if search_k >= 0 else band.index.get_n_trees() * size
     wanted = pool_size if keep is None else _widened(pool_size, keep, widen, size)
-    if wanted > pool_size:
-        # Annoy stops collecting at search_k candidates: to return `wanted` good ones it needs
-        # its default of wanted x n_trees at least (a tuned search_k is for pool_size).
-        budget = max(budget * wanted // pool_size, wanted * band.index.get_n_trees())
+    budget = band_search_k(band, search_k, wanted, pool_size)
     ids, distances = band.index.get_nns_by_vector(augmented, wanted, budget, include_distances=True)
     # Angular distance on the augmented vectors: d^2 = 2 - 2 cos, and every item of the band
     # has norm max_norm, so q.x = cos * ||q|| * max_norm.

@@ -9,6 +9,7 @@ the code that serves.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from typing import Literal
 
@@ -16,7 +17,7 @@ import numpy as np
 import numpy.typing as npt
 from annoy import AnnoyIndex
 
-from query_engine import banded, diversity, filtered, search
+from query_engine import banded, banded_max_per, diversity, filtered, search
 from query_engine.neighbours import NeighbourTable
 from query_engine.selection import Selection
 from query_engine.vectors import cosine_scores, exact_cosine, exact_max_inner_product, top_k
@@ -227,6 +228,20 @@ class VersionSearch:
         path the plan serves unindexed requests by; from the start where the plan would scan."""
         plan = self.plan.recommend
         scans = _scans(plan.strategy, plan.filter_threshold, keep, search_k)
+        if keep is None and not exact:  # the constraint counted inside the band walk
+            every = len(self.item_norms)
+            head = every if scans else plan.exact_items
+            budget = search.scaled_search_k(search_k or plan.search_k, k + len(_rows(excluded)))
+            return banded_max_per.max_inner_product(
+                self.mips,
+                query,
+                k,
+                max_per,
+                _rows(excluded),
+                -1 if scans else budget,
+                head,
+                1.0 if scans else plan.bound_factor,
+            )
 
         def run(fetch: int, exhaustive: bool) -> Ranked:
             if exact or not exhaustive:
@@ -252,19 +267,31 @@ class VersionSearch:
         plan = self.plan.similar
         scans = _scans(plan.strategy, plan.filter_threshold, keep, search_k)
 
-        # The index path keeps the budget of the request without max_per and asks for more
-        # of what it collected: Annoy gathers `budget` candidates whatever it returns, so a
-        # deeper prefix costs a partial sort and its rescoring, not a wider search.
-        budget = search.scaled_search_k(search_k or plan.search_k, k + len(_rows(excluded)))
+        # The index path: one search with MAX_PER_BUDGET x the budget of the request without
+        # max_per, all of MAX_PER_DEPTH x its candidates rescored and kept: the walk widens
+        # within them (Annoy gathers `budget` candidates whatever it returns, so a deeper answer
+        # costs a partial sort and its rescoring, not a wider search), and only past them
+        # searches again.
+        wanted = k + len(_rows(excluded))
+        budget = search.scaled_search_k(search_k or plan.search_k, wanted)
+        if budget < 0:  # Annoy's default for the plain request: n_trees x its candidates
+            budget = self.angular.get_n_trees() * (wanted + 1) * search.OVERFETCH
+        budget = math.ceil(budget * diversity.MAX_PER_BUDGET)
+        collected: list[Ranked] = []  # the index's deepest answer so far
         scored: list[Ranked] = []  # the exact path scores every candidate once, then slices
 
         def run(fetch: int, exhaustive: bool) -> Ranked:
             if not exhaustive and keep is not None:  # the filter planner's index path
                 return self.similar_items(row, fetch, keep, search_k)
             if not exhaustive:
-                return search.similar_items(
-                    self.angular, self.item_factors, self.item_norms, row, fetch, budget
-                )
+                if not collected or len(collected[0][0]) < fetch:
+                    depth = max(fetch, diversity.MAX_PER_DEPTH * (wanted + 1) * search.OVERFETCH)
+                    found = search.similar_items(
+                        self.angular, self.item_factors, self.item_norms, row, depth, budget, depth
+                    )
+                    collected[:] = [found]
+                rows, scores = collected[0]
+                return rows[:fetch], scores[:fetch]
             if not scored:
                 scored.append(self._cosine_all(row, keep))
             rows, scores = scored[0]

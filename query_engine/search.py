@@ -33,9 +33,11 @@ def similar_items(
     row: int,
     k: int,
     search_k: int = -1,
+    pool: int | None = None,
 ) -> Ranked:
-    """Cosine neighbours of item `row`, itself excluded, exact scores, best first."""
-    n = min(len(item_norms), (k + 1) * OVERFETCH)
+    """Cosine neighbours of item `row`, itself excluded, exact scores, best first, from the
+    index's best `pool` items (default: OVERFETCH per result)."""
+    n = min(len(item_norms), (k + 1) * OVERFETCH if pool is None else pool)
     candidates = np.asarray(index.get_nns_by_item(row, n, search_k), dtype=np.int64)
     candidates = candidates[candidates != row]
     scores = cosine_scores(
