@@ -103,6 +103,11 @@ def add_build_arguments(build: argparse.ArgumentParser) -> None:
     build.add_argument("--storage", help="directory or s3://bucket/prefix (ANNREC_STORAGE)")
     build.add_argument("--trees", type=int, help="angular index trees (ANNREC_N_TREES)")
     build.add_argument("--mips-trees", type=int, help="trees per MIPS band (ANNREC_MIPS_TREES)")
+    build.add_argument(
+        "--neighbours",
+        type=int,
+        help="nearest items stored per item for similar items, 0: none (ANNREC_NEIGHBOURS)",
+    )
     build.add_argument("--jobs", type=int, help="build threads, -1 = all (ANNREC_BUILD_JOBS)")
     build.add_argument("--no-announce", action="store_true", help="do not announce on Kafka")
     build.add_argument("--target-recall", type=float, help="recall@10 search_k is tuned for")
@@ -218,6 +223,7 @@ def builder_settings(args: argparse.Namespace) -> BuilderSettings:
         "storage": args.storage,
         "n_trees": getattr(args, "trees", None),
         "mips_trees": getattr(args, "mips_trees", None),
+        "neighbours": getattr(args, "neighbours", None),
         "build_jobs": getattr(args, "jobs", None),
         "target_recall": getattr(args, "target_recall", None),
         "min_recall": getattr(args, "min_recall", None),
@@ -314,6 +320,7 @@ def _build_options(settings: BuilderSettings, quality: bool) -> BuildOptions:
     return BuildOptions(
         n_trees=settings.n_trees,
         mips_trees=settings.mips_trees,
+        neighbours=settings.neighbours,
         seed=settings.seed,
         n_jobs=settings.build_jobs,
         quality=quality,

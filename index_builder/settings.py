@@ -6,12 +6,20 @@ from pathlib import Path
 
 from pydantic import Field
 
+from index_builder.neighbours import DEFAULT_WIDTH
 from schemas.settings import CommonSettings
 
 
 class BuilderSettings(CommonSettings):
     n_trees: int = Field(20, ge=1, le=1000, description="Annoy trees of the angular index")
     mips_trees: int = Field(10, ge=1, le=1000, description="Annoy trees per MIPS norm band")
+    neighbours: int = Field(
+        DEFAULT_WIDTH,
+        ge=0,
+        le=1000,
+        description="M of the neighbour table: the nearest items stored per item for similar "
+        "items (0: no table, the angular index serves them)",
+    )
     seed: int = 42
     build_jobs: int = Field(-1, description="Annoy build threads; -1 = all cores")
     target_recall: float = Field(

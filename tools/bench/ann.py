@@ -230,7 +230,7 @@ def _measure_dataset(
     run: _Run, name: str, usable: dict[peer_libs.Peer, dict[str, Any]], tmp: Path
 ) -> dict[str, Any]:
     """One dataset: its description and, per task asked for, every method's points."""
-    factors, info = _dataset(name, run.n_items, run.seed)
+    factors, info = dataset(name, run.n_items, run.seed)
     info["tasks"] = {}
     rng = np.random.default_rng(run.seed)
     for task in _tasks(factors, rng, run.queries, run.timed_queries):
@@ -287,7 +287,7 @@ def _usable_peers(enabled: bool) -> dict[peer_libs.Peer, dict[str, Any]]:
     return status
 
 
-def _dataset(name: str, n_items: int, seed: int) -> tuple[Factors, dict[str, Any]]:
+def dataset(name: str, n_items: int, seed: int) -> tuple[Factors, dict[str, Any]]:
     start = time.perf_counter()
     n_users = max(1, n_items // ALS_USERS_PER_ITEM)
     info: dict[str, Any]

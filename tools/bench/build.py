@@ -1,7 +1,14 @@
-"""`annrec bench build`: wall time per phase and peak memory of `annrec build` on synthetic factors.
+"""`annrec bench build`: wall time per phase and peak memory of `annrec build`, then what the
+version serves, per request.
 
 The build runs as a child process (exactly the command a user runs), so its peak resident memory
 is the child's own (getrusage of children), not that of this process, which generated the data.
+Then the version is loaded as a worker loads it and both queries go through `answer()` beside the
+exact scan of the same run (tools/bench/served.py): recall, latency, and the ratio to the scan.
+
+Datasets: `synth` (index_builder.synth: 64 clusters, lognormal norms; hard for every ANN method,
+its near neighbours barely closer than the rest of their cluster) and `als` (ALS factors trained
+on synthetic interactions, as `bench ann` makes them).
 """
 
 from __future__ import annotations
@@ -20,10 +27,12 @@ from index_builder.synth import synth_factors
 from schemas.errors import AnnrecError
 from schemas.layout import read_latest, version_dir
 from schemas.manifest import Manifest
+from tools.bench.ann import dataset
 from tools.bench.cli import add_catalogue, add_quick, apply_quick
 from tools.bench.machine import describe, machine_info
+from tools.bench.served import measure_served
 
-QUICK = {"items": 5_000, "users": 500, "dim": 16, "trees": 5, "mips_trees": 5}
+QUICK = {"items": 5_000, "users": 500, "dim": 16, "trees": 5, "mips_trees": 5, "queries": 50}
 
 
 def register(parser: argparse.ArgumentParser) -> None:
@@ -31,12 +40,37 @@ def register(parser: argparse.ArgumentParser) -> None:
     add_catalogue(parser)
     parser.add_argument("--trees", type=int, default=20, help="angular index trees")
     parser.add_argument("--mips-trees", type=int, default=10, help="trees per MIPS band")
+    parser.add_argument(
+        "--neighbours",
+        type=int,
+        default=None,
+        help="the neighbour table's width M (default: the build's; 0: no table)",
+    )
+    parser.add_argument(
+        "--dataset",
+        choices=["synth", "als"],
+        default="synth",
+        help="als: factors trained on synthetic interactions (--users is then items / 10)",
+    )
+    parser.add_argument(
+        "--queries", type=int, default=300, help="requests per kind timed through answer()"
+    )
     parser.set_defaults(handler=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
     a = apply_quick(args)
-    bench_build(a.out, a.items, a.users, a.dim, a.trees, a.mips_trees)
+    bench_build(
+        a.out,
+        a.items,
+        a.users,
+        a.dim,
+        a.trees,
+        a.mips_trees,
+        neighbours=a.neighbours,
+        dataset_name=a.dataset,
+        n_queries=a.queries,
+    )
     return 0
 
 
@@ -48,12 +82,20 @@ def bench_build(
     n_trees: int,
     mips_trees: int,
     seed: int = 0,
+    *,
+    neighbours: int | None = None,
+    dataset_name: str = "synth",
+    n_queries: int = 300,
 ) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
-    factors_path = out / f"factors-{n_items}x{dim}.npz"
+    factors_path = out / f"factors-{dataset_name}-{n_items}x{dim}.npz"
     if not factors_path.exists():
-        print(f"generating {n_items} x {dim} synthetic factors", file=sys.stderr)
-        save_factors(factors_path, synth_factors(n_items, n_users, dim, seed=seed))
+        print(f"generating {n_items} x {dim} {dataset_name} factors", file=sys.stderr)
+        if dataset_name == "synth":
+            factors = synth_factors(n_items, n_users, dim, seed=seed)
+        else:
+            factors = dataset(dataset_name, n_items, seed)[0]
+        save_factors(factors_path, factors)
     storage = out / "storage"
     build_args = [
         "build",
@@ -66,6 +108,7 @@ def bench_build(
         "--mips-trees",
         str(mips_trees),
         "--no-announce",
+        *([] if neighbours is None else ["--neighbours", str(neighbours)]),
     ]
     wall, peak_kib = _run_build(build_args)
     version = read_latest(storage)
@@ -80,6 +123,8 @@ def bench_build(
             "dim": dim,
             "n_trees": n_trees,
             "mips_trees": mips_trees,
+            "neighbours": manifest.neighbour_table.width if manifest.neighbour_table else 0,
+            "dataset": dataset_name,
             "seed": seed,
         },
         "wall_s": round(wall, 1),
@@ -87,6 +132,7 @@ def bench_build(
         "phases_s": manifest.build.timings_s,
         "version_bytes": sum(f.stat().st_size for f in directory.iterdir()),
         "quality": manifest.quality.model_dump() if manifest.quality else None,
+        "served": measure_served(storage, version, n_queries, seed),
         "machine": machine_info(),
     }
     (out / "build.json").write_text(json.dumps(result, indent=2))
@@ -107,8 +153,9 @@ def _run_build(build_args: list[str]) -> tuple[float, int]:
 def _print(r: dict[str, Any]) -> None:
     p = r["params"]
     print(
-        f"annrec bench build: {p['n_items']:,} items x {p['dim']}, angular {p['n_trees']} trees, "
-        f"MIPS bands {p['mips_trees']} trees each, quality report"
+        f"annrec bench build: {p['dataset']} {p['n_items']:,} items x {p['dim']}, angular "
+        f"{p['n_trees']} trees, MIPS bands {p['mips_trees']} trees each, neighbour table "
+        f"M={p['neighbours']}, quality report"
     )
     print(f"machine: {describe(r['machine'])}")
     print(
@@ -137,3 +184,23 @@ def _print(r: dict[str, Any]) -> None:
                 f" q/s; index best on the curve {best['recall_at_k']:.3f} at search_k "
                 f"{best['search_k']} ({best['queries_per_s']:.0f} q/s)"
             )
+        table = r["quality"].get("neighbour_table")
+        if table:
+            hops = ", ".join(
+                f"k={h['k']} {h['recall_at_k']:.3f} at {h['queries_per_s']:.0f} q/s"
+                for h in table["two_hop"]
+            )
+            print(
+                f"  table          recall@10 {table['recall_at_k']:.3f} (95% low "
+                f"{table['recall_low']:.3f}), {table['queries_per_s']:.0f} q/s, serves "
+                f"{table['serves']}; two hops: {hops or 'none'} (serve up to k="
+                f"{table['two_hop_max_k']})"
+            )
+    print("through answer(), one query at a time, against the exact scan of the same queries:")
+    for label, f in r["served"].items():
+        print(
+            f"  {label:<18} recall {f['recall_at_k']:.3f}; answer p50 "
+            f"{f['answer_us']['p50_us']:.0f} us p99 {f['answer_us']['p99_us']:.0f} us "
+            f"({f['answer_vs_exact']}x the scan), core search {f['core_us']['p50_us']:.0f} us "
+            f"({f['core_vs_exact']}x), scan p50 {f['exact_us']['p50_us']:.0f} us"
+        )

@@ -137,7 +137,8 @@ def test_a_filter_plan_clearly_slower_on_the_pilot_stops_there(tuned, clock):
     calls = {"ann": 0, "exact": 0}
     ann, exact = clock(calls, "ann", 0.01), clock(calls, "exact", 0.001)
     result = _plan(quality, served, ann, exact)
-    assert calls == {"ann": quality.FILTER_PILOT, "exact": quality.FILTER_PILOT}
+    # The pilot's queries, and one untimed warm-up call per path.
+    assert calls == {"ann": quality.FILTER_PILOT + 1, "exact": quality.FILTER_PILOT + 1}
     assert result.filter_threshold == 1.0 and len(result.filter_curve) == 1
     point = result.filter_curve[0]
     assert point.ann_queries_per_s == pytest.approx(100)
@@ -153,7 +154,8 @@ def test_a_filter_plan_that_wins_the_pilot_measures_every_query(tuned, clock):
     ann, exact = clock(calls, "ann", 0.0001), clock(calls, "exact", 0.0005)
     result = _plan(quality, served, ann, exact)
     assert len(result.filter_curve) >= 1
-    assert calls["ann"] == calls["exact"] == 100 * len(result.filter_curve)
+    # Every query, and an untimed warm-up call before the pilot and before the rest.
+    assert calls["ann"] == calls["exact"] == (100 + 2) * len(result.filter_curve)
     for point in result.filter_curve:
         assert point.ann_queries_per_s == pytest.approx(10_000)
         assert point.exact_queries_per_s == pytest.approx(2_000)

@@ -174,7 +174,7 @@ def test_a_missing_input_file_is_a_one_line_error(tmp_path):
 # The --quick values CI has always run (they were inline in tools/cli.py before each benchmark
 # registered its own): a change here changes what CI measures.
 QUICK = {
-    "build": {"items": 5_000, "users": 500, "dim": 16, "trees": 5, "mips_trees": 5},
+    "build": {"items": 5_000, "users": 500, "dim": 16, "trees": 5, "mips_trees": 5, "queries": 50},
     "ann": {"items": 3_000, "datasets": "synth", "queries": 100, "timed_queries": 30},
     "filters": {"items": 20_000, "users": 2_000, "dim": 16, "queries": 30},
     "e2e": {"rates": "50,100", "duration": 2.0, "items": 5_000},

@@ -1,0 +1,124 @@
+"""What a worker's answers cost and how good they are, per request, on a published version.
+
+The quality report (index_builder/quality.py) times the core search of each plan; a worker does
+more per request: id lookups, exclusions, the fill, building the reply. Here a version is loaded
+exactly as a worker loads it (worker.index_store.load_version, warmed) and requests go through
+worker.answer.answer one at a time on one thread, beside the exact scan of the same queries in
+the same run, so the ratios hold on any machine. Recall is against exact brute force.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from threadpoolctl import threadpool_limits
+
+from index_builder.progress import progress_bar
+from query_engine.vectors import recall_at_k
+from schemas.events import RecommendRequest, SimilarItemsRequest
+from schemas.layout import version_dir
+from schemas.manifest import USER_IDS_FILE
+from worker.answer import answer
+from worker.index_store import LoadedVersion, load_version
+
+Rows = npt.NDArray[np.int64]
+SIMILAR_KS = (10, 50, 100)  # 10: the table's lookup; 50 and 100: above its width (32)
+
+
+def measure_served(
+    storage: Path, version: str, n_queries: int = 300, seed: int = 0
+) -> dict[str, Any]:
+    """Per kind and k: recall@k, core search and answer() latency (median, p99, mean) and the
+    exact scan's, with the ratios of their medians."""
+    v = load_version(storage, version, warm=True)
+    user_ids = np.load(version_dir(storage, version) / USER_IDS_FILE, allow_pickle=False)
+    try:
+        rng = np.random.default_rng(seed)
+        items = rng.choice(v.manifest.n_items, min(n_queries, v.manifest.n_items), replace=False)
+        users = rng.choice(v.manifest.n_users, min(n_queries, v.manifest.n_users), replace=False)
+        results: dict[str, Any] = {}
+        with threadpool_limits(1, user_api="blas"):
+            for k in [k for k in SIMILAR_KS if k < v.manifest.n_items]:
+                results[f"similar_items k={k}"] = _measure_similar(v, items, k)
+            if len(users):
+                results["recommend k=10"] = _measure(
+                    v,
+                    users,
+                    10,
+                    lambda row: RecommendRequest(request_id="b", user_id=str(user_ids[row]), k=10),
+                    core=lambda row: v.search.recommend(np.asarray(v.user_factors[row]), 10)[0],
+                    exact=lambda row: v.search.recommend(
+                        np.asarray(v.user_factors[row]), 10, exact=True
+                    )[0],
+                )
+        return results
+    finally:
+        v.close()
+
+
+def _measure_similar(v: LoadedVersion, rows: Rows, k: int) -> dict[str, Any]:
+    def request(row: int) -> SimilarItemsRequest:
+        return SimilarItemsRequest(request_id="b", item_id=str(v.item_ids[row]), k=k)
+
+    # The request's own item is excluded: the search is asked for one more.
+    return _measure(
+        v,
+        rows,
+        k,
+        request,
+        core=lambda row: v.search.similar_items(row, k + 1)[0],
+        exact=lambda row: v.search.similar_items(row, k + 1, exact=True)[0],
+    )
+
+
+def _measure(
+    v: LoadedVersion,
+    rows: Rows,
+    k: int,
+    request: Callable[[int], SimilarItemsRequest | RecommendRequest],
+    core: Callable[[int], Rows],
+    exact: Callable[[int], Rows],
+) -> dict[str, Any]:
+    """Each query three ways, interleaved so that drift in the machine's load hits all alike:
+    the exact scan (the truth), the core search, the whole answer()."""
+    timings: dict[str, list[float]] = {"exact": [], "core": [], "answer": []}
+    recalls = []
+    first = int(rows[0])  # untimed: first calls fault pages in and fill caches
+    exact(first), core(first), answer(request(first), v, "bench")
+    for row in progress_bar(rows.tolist(), desc=f"answers k={k}", unit="query", leave=False):
+        start = time.perf_counter()
+        truth = exact(row)[:k]
+        timings["exact"].append(time.perf_counter() - start)
+        start = time.perf_counter()
+        core(row)
+        timings["core"].append(time.perf_counter() - start)
+        asked = request(row)
+        start = time.perf_counter()
+        reply = answer(asked, v, "bench")
+        timings["answer"].append(time.perf_counter() - start)
+        found = np.array([v.item_rows[item.item_id] for item in reply.items], np.int64)
+        recalls.append(recall_at_k(found, truth))
+    figures = {name: _latency(values) for name, values in timings.items()}
+    # Ratios of medians: on a shared machine a preempted query lands in the mean, not the median.
+    exact_p50 = figures["exact"]["p50_us"]
+    return {
+        "queries": len(rows),
+        "recall_at_k": round(float(np.mean(recalls)), 4),
+        **{f"{name}_us": f for name, f in figures.items()},
+        "core_vs_exact": round(exact_p50 / figures["core"]["p50_us"], 1),
+        "answer_vs_exact": round(exact_p50 / figures["answer"]["p50_us"], 1),
+    }
+
+
+def _latency(values_s: list[float]) -> dict[str, float]:
+    a = np.asarray(values_s) * 1e6
+    return {
+        "p50_us": round(float(np.percentile(a, 50)), 1),
+        "p99_us": round(float(np.percentile(a, 99)), 1),
+        "mean_us": round(float(a.mean()), 1),
+    }
