@@ -31,6 +31,10 @@ Method = Literal["exact", "nndescent"]
 DEFAULT_WIDTH = 32
 # The exact graph costs n^2 K: 30k items x 64 take ~5 s, about NN-descent's fixed cost.
 EXACT_GRAPH_MAX_ITEMS = 30_000
+# NN-descent keeps this many times the table's width while it searches, and the table keeps the
+# best `width`: on 300k synthetic items x 64, 33 neighbours found the true top 10 at 0.952, 48 at
+# 0.989 (more iterations or a smaller delta gave nothing), for about twice the time.
+GRAPH_SLACK = 1.5
 _EXACT_BLOCK = 2048
 _RESCORE_BLOCK = 16_384
 
@@ -81,10 +85,11 @@ def _nndescent_graph(
     with progress_bar(total=1, desc="neighbour table (NN-descent)", leave=False) as bar:
         # "dot" on unit rows is cosine without pynndescent normalising a copy; low_memory and
         # compressed: the graph is all a version keeps, not pynndescent's search structures.
+        searched = max(width + 1, round(width * GRAPH_SLACK))
         found = NNDescent(
             unit,
             metric="dot",
-            n_neighbors=width + 1,  # each item finds itself first
+            n_neighbors=min(searched, n - 1) + 1,  # each item finds itself first
             random_state=seed,
             n_jobs=n_jobs,
             low_memory=True,
@@ -92,7 +97,7 @@ def _nndescent_graph(
         )
         graph = np.asarray(found.neighbor_graph[0], dtype=np.int64)
         bar.update(1)
-    graph = _without_self(graph, width)
+    graph = _without_self(graph)[:, :width]
     # An item NN-descent left short (-1 slots: a duplicate-heavy region) gets its row scanned.
     short = np.flatnonzero((graph < 0).any(axis=1))
     for row in short:
@@ -110,14 +115,14 @@ def _nndescent_graph(
     return graph
 
 
-def _without_self(graph: npt.NDArray[np.int64], width: int) -> npt.NDArray[np.int64]:
-    """width + 1 neighbours per row -> width: drop the item itself, or the farthest when the
-    graph missed it (duplicates of an item can outrank it)."""
-    n = len(graph)
+def _without_self(graph: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+    """One column fewer, best first: each row without the item itself, or without its farthest
+    neighbour when the graph missed the item (duplicates of an item can outrank it)."""
+    n, found = graph.shape
     keep = graph != np.arange(n)[:, None]
     missing_self = keep.all(axis=1)
     keep[missing_self, -1] = False
-    return graph[keep].reshape(n, width)
+    return graph[keep].reshape(n, found - 1)
 
 
 def _rescored(factors: npt.NDArray[np.float32], graph: npt.NDArray[np.int64]) -> NeighbourTable:
