@@ -7,13 +7,15 @@ struggles exactly with skewed norms), so benchmarks and tests use data that has 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from index_builder.attributes import AttributeTable, Column
-from index_builder.inputs import Factors, make_factors
+from index_builder.inputs import Factors, make_factors, save_factors
 from query_engine.vectors import unit_rows
 from schemas.errors import AnnrecError, InvalidInput
 
@@ -26,26 +28,75 @@ def synth_factors(
     seed: int = 0,
 ) -> Factors:
     rng = np.random.default_rng(seed)
-    centers = unit_rows(rng.standard_normal((n_clusters, dim)))
-    # Zipf-like cluster sizes: some genres are much bigger than others.
-    cluster_weights = 1.0 / np.arange(1, n_clusters + 1) ** 0.8
-    cluster_weights /= cluster_weights.sum()
+    clusters = _Clusters.draw(rng, n_clusters, dim)
+    items = clusters.vectors(rng, n_items, **ITEM_SHAPE)
+    users = clusters.vectors(rng, n_users, **USER_SHAPE)
+    return make_factors(items, users, _names("i", n_items), _names("u", n_users))
 
-    def vectors(n: int, spread: float, norm_sigma: float) -> np.ndarray:
-        assign = rng.choice(n_clusters, size=n, p=cluster_weights)
+
+# How spread around their cluster centre and how long-tailed in norm synthetic vectors are: items
+# have long-tailed norms (popularity), users less so.
+ITEM_SHAPE = {"spread": 1.0, "norm_sigma": 0.7}
+USER_SHAPE = {"spread": 1.5, "norm_sigma": 0.3}
+SYNTH_CHUNK_ROWS = 1_000_000
+
+
+def write_synth_factors(
+    path: Path,
+    n_items: int,
+    n_users: int,
+    dim: int = 32,
+    n_clusters: int = 64,
+    seed: int = 0,
+    chunk_rows: int = SYNTH_CHUNK_ROWS,
+) -> None:
+    """synth_factors' catalogue written as a factors .npz, generated `chunk_rows` rows at a time:
+    the float64 temporaries of one call over 10M x 64 items take ~15 GB, the chunks ~2 GB beside
+    the float32 result. Up to `chunk_rows` items and users the arrays equal synth_factors' (same
+    draws in the same order); beyond, the same distribution from a different stream."""
+    rng = np.random.default_rng(seed)
+    clusters = _Clusters.draw(rng, n_clusters, dim)
+
+    def chunked(n: int, shape: dict[str, float]) -> npt.NDArray[np.float32]:
+        out = np.empty((n, dim), dtype=np.float32)
+        for start in range(0, n, chunk_rows):
+            stop = min(n, start + chunk_rows)
+            out[start:stop] = clusters.vectors(rng, stop - start, **shape)
+        return out
+
+    items = chunked(n_items, ITEM_SHAPE)
+    users = chunked(n_users, USER_SHAPE)
+    # Already float32, finite and uniquely named: Factors directly, without make_factors' checks
+    # (sorting 10M ids), which the build runs on the file anyway.
+    save_factors(path, Factors(items, users, _names("i", n_items), _names("u", n_users)))
+
+
+@dataclass(frozen=True)
+class _Clusters:
+    """Taste clusters: unit centres and Zipf-like sizes (some genres are much bigger)."""
+
+    centers: npt.NDArray[np.floating[Any]]
+    weights: npt.NDArray[np.float64]
+
+    @classmethod
+    def draw(cls, rng: np.random.Generator, n_clusters: int, dim: int) -> _Clusters:
+        centers = unit_rows(rng.standard_normal((n_clusters, dim)))
+        weights = 1.0 / np.arange(1, n_clusters + 1) ** 0.8
+        return cls(centers, weights / weights.sum())
+
+    def vectors(
+        self, rng: np.random.Generator, n: int, spread: float, norm_sigma: float
+    ) -> npt.NDArray[np.float32]:
+        n_clusters, dim = self.centers.shape
+        assign = rng.choice(n_clusters, size=n, p=self.weights)
         noise = rng.standard_normal((n, dim)) * (spread / np.sqrt(dim))
-        directions = unit_rows(centers[assign] + noise)
+        directions = unit_rows(self.centers[assign] + noise)
         norms = rng.lognormal(mean=0.0, sigma=norm_sigma, size=n)
         return (directions * norms[:, None]).astype(np.float32)
 
-    items = vectors(n_items, spread=1.0, norm_sigma=0.7)  # long-tailed popularity
-    users = vectors(n_users, spread=1.5, norm_sigma=0.3)
-    return make_factors(
-        items,
-        users,
-        np.char.add("i", np.arange(n_items).astype(str)),
-        np.char.add("u", np.arange(n_users).astype(str)),
-    )
+
+def _names(prefix: str, n: int) -> npt.NDArray[np.str_]:
+    return np.char.add(prefix, np.arange(n).astype(str))
 
 
 def synth_interactions(

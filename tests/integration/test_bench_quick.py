@@ -99,3 +99,26 @@ def test_bench_training_quick(tmp_path):
     assert len(seed["tuning"]["curve"]) >= 10
     assert (out / "training.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "tuned / popularity hit@10" in result.stdout
+
+
+def test_bench_scale_quick(services, tmp_path):
+    out = tmp_path / "scale"
+    printed = _bench("scale", out, services, tmp_path)
+    summary = json.loads((out / "scale.json").read_text())
+    assert sorted(int(n) for n in summary["sizes"]) == [5_000, 15_000]
+    for n in (5_000, 15_000):
+        size = json.loads((out / f"size-{n}.json").read_text())
+        assert size["build"]["returncode"] == 0 and size["build"]["peak_rss_mib"] > 0
+        assert "angular_index" in size["build"]["phases_s"]  # the build's own phases
+        assert size["disk_mib"]["items.angular.ann"] > 0
+        memory = size["worker"]["memory"]
+        # the worker maps the whole version (every byte of the index files)
+        assert memory["mapped_version_mib"] >= size["disk_mib"]["items.angular.ann"] - 1
+        for kind in ("recommend", "similar_items"):
+            assert size["worker"]["queries"][kind]["recall_at_10"] >= 0.9
+            search = size["kafka"][kind]
+            assert search["points"] and all(p["answered"] == p["sent"] for p in search["points"])
+            assert all(p["core_ms_per_request"] > 0 for p in search["points"])
+    assert summary["growth"]["disk_mib"]["exponent"] > 0.8  # disk grows about linearly
+    assert (out / "scale.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "| items | build s |" in printed and "growth (log-log least squares)" in printed

@@ -1,0 +1,456 @@
+"""`annrec bench scale`: what a version costs from 100k to 10M items, and where one machine stops.
+
+Per catalogue size (seeded synthetic factors, `--dim` 64, a user per 10 items):
+
+1. **build**: `annrec build --factors F --storage S --no-announce` with the default options, in a
+   child process (exactly what a user runs; index_builder/publish.py): its wall time, its peak
+   resident memory (the child's own VmHWM) and the phases the build itself timed
+   (the manifest's build.timings_s: whatever phases the default build has). While it runs, the
+   machine's available memory is watched: below `--min-free-gib` the build is stopped and the
+   size recorded as where this machine stops, with the reason;
+2. **size on disk** per file of the version;
+3. **a worker's memory and both queries** (tools/bench/scale_probe.py, a child process): loaded as
+   a worker loads it, its resident and mapped memory; recall@10 and time of both kinds through
+   worker.answer.answer against the exact scan of the same requests in the same run;
+4. **through Kafka** (real broker and Redis): one default worker on the version; per kind, a
+   short open-loop rate search (doubling, then one step between the last rate that held and the
+   first that did not) for the highest rate with every reply back and p99 <= `--p99-ms` (25);
+   the worker's own CPU time (/proc/<pid>/stat) over each rate gives core-ms per request; the
+   latency distribution at the highest rate that held is kept for the fan-out simulation, and,
+   once per run, an echo worker's (the Kafka hop without computing).
+
+Each size is written to `<out>/size-<n>.json` as soon as it is measured (a run that stops at a
+size keeps the ones before); the summary (`scale.json`, `scale.png`, the printed table, growth
+exponents, the fan-out simulation) is made from every size file in `<out>`, so 3M and 10M run
+by hand later (`--sizes 3000000`) join the same curves. `--summary-only` redraws it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from adapters.topics import ensure_topics, topic_specs
+from index_builder.progress import progress_bar
+from index_builder.synth import write_synth_factors
+from schemas.events import RecommendRequest, SimilarItemsRequest
+from schemas.layout import read_latest, version_dir
+from schemas.manifest import MANIFEST_NAME, Manifest
+from schemas.settings import CommonSettings, prefixed_topics
+from tools import processes, services
+from tools.bench import fanout
+from tools.bench.cli import add_quick, apply_quick
+from tools.bench.e2e import MakeRequest, Run, Served, open_loop, worker_env
+from tools.bench.machine import machine_info
+from tools.bench.procstat import available_gib, cpu_seconds, memory_status
+from tools.bench.scale_report import size_file, summarize
+from tools.client import wait_for_workers
+from worker.parse import AnyRequest
+
+log = structlog.get_logger(__name__)
+
+SIZES = "100000,300000,1000000,3000000,10000000"
+QUICK = {
+    "sizes": "5000,15000",
+    "queries": 20,
+    "rate_s": 1.0,
+    "start_rate": 100,
+    "max_rate": 200,
+}
+KINDS = ("recommend", "similar_items")
+ECHO_RATE = 500  # the hop's distribution: an echo worker at a rate it holds easily
+
+
+def register(parser: argparse.ArgumentParser) -> None:
+    add_quick(parser, QUICK)
+    parser.add_argument("--sizes", default=SIZES, help="catalogue sizes, comma list")
+    parser.add_argument("--dim", type=int, default=64)
+    parser.add_argument("--queries", type=int, default=200, help="probe requests of each kind")
+    parser.add_argument("--p99-ms", type=float, default=25.0, help="the rate search's p99 bound")
+    parser.add_argument("--rate-s", type=float, default=3.0, help="seconds per rate")
+    parser.add_argument("--start-rate", type=int, default=100, help="first rate of the search")
+    parser.add_argument("--max-rate", type=int, default=6400, help="the search stops here")
+    parser.add_argument(
+        "--min-free-gib",
+        type=float,
+        default=1.5,
+        help="stop a build when the machine's available memory falls below this",
+    )
+    parser.add_argument(
+        "--work",
+        type=Path,
+        help="where factors and versions go while measured (default: the system's temp dir); "
+        "10M x 64 needs about 15 GB",
+    )
+    parser.add_argument("--summary-only", action="store_true", help="redraw from <out>/size-*.json")
+    parser.set_defaults(handler=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    a = apply_quick(args)
+    if not a.summary_only:
+        sizes = [int(s) for s in a.sizes.split(",")]
+        limits = Limits(a.p99_ms, a.rate_s, a.start_rate, a.max_rate, a.min_free_gib)
+        bench_scale(a.out, sizes, a.dim, a.queries, limits, a.work)
+    summarize(a.out)
+    return 0
+
+
+@dataclass(frozen=True)
+class Limits:
+    p99_ms: float
+    rate_s: float
+    start_rate: int
+    max_rate: int
+    min_free_gib: float
+
+
+def bench_scale(
+    out: Path, sizes: list[int], dim: int, queries: int, limits: Limits, work: Path | None
+) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    with services.configured_or_local() as svc:
+        for i, n in enumerate(progress_bar(sizes, desc="scale", unit="size", file=sys.stderr)):
+            result = {
+                "n_items": n,
+                "dim": dim,
+                **_measure_size(n, dim, queries, limits, work, svc, i == 0),
+            }
+            result["machine"] = machine_info()
+            result["command"] = "annrec " + " ".join(sys.argv[1:])
+            result["commit"] = _commit()
+            size_file(out, n).write_text(json.dumps(result, indent=2))
+            if "stopped" in result:
+                log.warning("scale_stopped", n_items=n, reason=result["stopped"])
+                break  # a larger catalogue stops there too
+
+
+def _measure_size(
+    n: int,
+    dim: int,
+    queries: int,
+    limits: Limits,
+    work: Path | None,
+    svc: services.Endpoints,
+    with_echo: bool,
+) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="annrec-scale-", dir=work) as tmp:
+        factors, storage = Path(tmp) / "factors.npz", Path(tmp) / "storage"
+        started = time.perf_counter()
+        write_synth_factors(factors, n, max(1000, n // 10), dim, seed=0)
+        result: dict[str, Any] = {"factors_s": round(time.perf_counter() - started, 1)}
+        build = run_child(
+            ["build", "--factors", str(factors), "--storage", str(storage), "--no-announce"],
+            Path(tmp) / "build.log",
+            limits.min_free_gib,
+        )
+        factors.unlink()  # the build read it; 10M x 64 is 2.6 GB of disk
+        result["build"] = build.summary()
+        result["load_average"] = {"build": _load_average()}
+        if build.failure is not None:
+            return {**result, "stopped": f"build: {build.failure}"}
+        version = read_latest(storage)
+        assert version is not None  # the build exited 0: it published
+        directory = version_dir(storage, version)
+        manifest = Manifest.model_validate_json((directory / MANIFEST_NAME).read_text())
+        result["build"]["phases_s"] = manifest.build.timings_s
+        result["quality"] = _served_quality(manifest)
+        result["disk_mib"] = {
+            p.name: round(p.stat().st_size / 2**20, 1) for p in sorted(directory.iterdir())
+        }
+        probe = run_child(
+            ["-m", "tools.bench.scale_probe", str(storage), version, "--queries", str(queries)],
+            Path(tmp) / "probe.log",
+            limits.min_free_gib,
+            module=True,
+        )
+        if probe.failure is not None:
+            return {**result, "stopped": f"worker probe: {probe.failure}"}
+        result["worker"] = {**json.loads(probe.stdout), "peak_rss_mib": probe.peak_rss_mib}
+        result["load_average"]["probe"] = _load_average()
+        result["kafka"] = _through_kafka(svc, storage, manifest, limits, with_echo)
+        result["load_average"]["kafka"] = _load_average()
+        return result
+
+
+def _load_average() -> list[float]:
+    """The machine's 1, 5 and 15 minute load averages: on 2 cores shared with other work, what
+    a figure was measured beside (above 2, someone else was computing too)."""
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def _served_quality(manifest: Manifest) -> dict[str, Any] | None:
+    """What the build's own quality report chose per kind (its curves stay in the manifest)."""
+    if manifest.quality is None:
+        return None
+    keep = ("strategy", "search_k", "exact_items", "bound_factor", "recall_at_k", "queries_per_s")
+    return {
+        kind: {k: v for k, v in getattr(manifest.quality, kind).model_dump().items() if k in keep}
+        | {"exact_queries_per_s": getattr(manifest.quality, kind).brute_force_queries_per_s}
+        for kind in KINDS
+    }
+
+
+@dataclass
+class ChildRun:
+    wall_s: float
+    peak_rss_mib: int
+    returncode: int
+    failure: str | None  # None: exited 0
+    stdout: str
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "wall_s": round(self.wall_s, 1),
+            "peak_rss_mib": self.peak_rss_mib,
+            "returncode": self.returncode,
+            **({"failure": self.failure} if self.failure else {}),
+        }
+
+
+def run_child(
+    args: list[str], log_path: Path, min_free_gib: float, module: bool = False
+) -> ChildRun:
+    """`annrec <args>` (or `python <args>` with `module`) as a child: wall time, its own peak RSS
+    and why it failed (exit code or signal with the log's last lines, or the memory watch
+    stopping it). The peak is the child's VmHWM, read while it runs: getrusage's ru_maxrss of a
+    child starts from this process's own resident size at the fork (Linux carries the old
+    address space's high-water mark across exec), which a benchmark holding a catalogue exceeds."""
+    command = [sys.executable, *args] if module else [sys.executable, "-m", "tools.cli", *args]
+    env = {**os.environ, "ANNREC_PROGRESS": "off"}
+    started = time.perf_counter()
+    with log_path.open("wb") as err, tempfile.TemporaryFile() as out:
+        proc = subprocess.Popen(command, stdout=out, stderr=err, env=env)
+        watch = _MemoryWatch(proc.pid, min_free_gib)
+        watch.start()
+        _, status = os.waitpid(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        watch.stop()
+        wall = time.perf_counter() - started
+        out.seek(0)
+        stdout = out.read().decode()
+    failure = None
+    if watch.reason is not None:
+        failure = watch.reason
+    elif proc.returncode != 0:
+        how = (
+            f"killed by {signal.Signals(-proc.returncode).name}"
+            if proc.returncode < 0
+            else f"exit code {proc.returncode}"
+        )
+        failure = f"{how}; last lines: {_tail(log_path)}"
+    return ChildRun(wall, watch.peak_mib, proc.returncode, failure, stdout)
+
+
+class _MemoryWatch:
+    """Follows a child's peak resident memory (VmHWM: a high-water mark, so polling misses only
+    what it reaches in its last POLL_S), and stops it (SIGTERM, then SIGKILL) when the machine's
+    available memory falls below `min_free_gib`: other people share the machine, and the
+    kernel's OOM killer may pick any process."""
+
+    POLL_S = 0.25
+
+    def __init__(self, pid: int, min_free_gib: float) -> None:
+        self.pid, self.min_free_gib = pid, min_free_gib
+        self.reason: str | None = None
+        self.peak_mib = 0
+        self.lowest_gib = float("inf")
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._done.set()
+        self._thread.join()
+
+    def _watch(self) -> None:
+        while not self._done.wait(self.POLL_S):
+            with contextlib.suppress(OSError):  # exited between two looks
+                self.peak_mib = max(self.peak_mib, memory_status(self.pid).get("VmHWM", 0))
+            free = available_gib()
+            self.lowest_gib = min(self.lowest_gib, free)
+            if free < self.min_free_gib and self.reason is None:
+                self.reason = (
+                    f"stopped: the machine's available memory fell to {free:.1f} GiB "
+                    f"(limit {self.min_free_gib} GiB)"
+                )
+                _terminate(self.pid)
+
+
+def _terminate(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGTERM)
+        time.sleep(5)
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def _tail(path: Path, lines: int = 3) -> str:
+    text = path.read_text(errors="replace").strip().splitlines()
+    return " | ".join(text[-lines:])
+
+
+def _through_kafka(
+    svc: services.Endpoints, storage: Path, manifest: Manifest, limits: Limits, with_echo: bool
+) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    requests = {
+        "recommend": _requests("recommend", manifest.n_users),
+        "similar_items": _requests("similar_items", manifest.n_items),
+    }
+    with _Worker(svc, storage, manifest.n_users) as worker:
+        result["idle_core_ms_per_s"] = worker.idle_core_ms_per_s()
+        for kind in KINDS:
+            result[kind] = _rate_search(worker, requests[kind], limits)
+    if with_echo:
+        with _Worker(svc, storage, manifest.n_users, echo=True) as echo:
+            point = echo.run(ECHO_RATE, limits.rate_s, requests["recommend"], limits.p99_ms)
+            result["echo"] = point
+    return result
+
+
+def _requests(kind: str, n_subjects: int) -> MakeRequest:
+    """Requests about subjects spread over the catalogue (a stride prime to its size)."""
+
+    def make(rid: str, i: int) -> AnyRequest:
+        subject = (i * 7919) % n_subjects
+        if kind == "similar_items":
+            return SimilarItemsRequest(request_id=rid, item_id=f"i{subject}", k=10)
+        return RecommendRequest(request_id=rid, user_id=f"u{subject}", k=10)
+
+    return make
+
+
+class _Worker:
+    """One `annrec worker` (default settings) on fresh topics, serving `storage`'s LATEST."""
+
+    def __init__(
+        self, svc: services.Endpoints, storage: Path, n_users: int, echo: bool = False
+    ) -> None:
+        tag = uuid.uuid4().hex[:8]
+        self.kafka = svc.kafka
+        self.topics = CommonSettings(**prefixed_topics(f"scale{tag}"))
+        self.n_users = n_users
+        served = Served(svc.kafka, svc.redis_url, storage, n_users, 0.0)
+        self._env = worker_env(served, Run("1 worker", 1, echo=echo), self.topics, tag)
+        self._log = storage / f"worker-{tag}.log"
+
+    def __enter__(self) -> _Worker:
+        ensure_topics(self.kafka, topic_specs(self.topics))
+        with self._log.open("ab") as log_file:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "tools.cli", "--log-level", "WARNING", "worker"],
+                env=self._env,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+            )
+        try:
+            # A 10M version takes minutes to verify and fault in before the worker answers.
+            wait_for_workers(
+                self.kafka,
+                self.topics.topic_requests,
+                self.topics.topic_replies,
+                self.n_users,
+                1,
+                timeout_s=1800,
+            )
+        except BaseException:
+            processes.stop([self.proc])
+            raise
+        time.sleep(1.0)  # let the assignment settle before measuring
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        processes.stop([self.proc])
+
+    def idle_core_ms_per_s(self, seconds: float = 2.0) -> float:
+        """The worker's CPU time with no request: polling, heartbeats, the index watcher."""
+        before = cpu_seconds(self.proc.pid)
+        time.sleep(seconds)
+        return round((cpu_seconds(self.proc.pid) - before) * 1000 / seconds, 2)
+
+    def run(
+        self, rate: int, seconds: float, make_request: MakeRequest, p99_ms: float
+    ) -> dict[str, Any]:
+        """One open-loop rate: its figures, the worker's core-ms per request, and the latency
+        distribution (quantiles, for the fan-out simulation)."""
+        cpu: list[float] = [cpu_seconds(self.proc.pid)]
+        point, latencies = open_loop(
+            self.kafka,
+            self.topics,
+            rate,
+            seconds,
+            make_request,
+            p99_ms,
+            on_sent=lambda: cpu.append(cpu_seconds(self.proc.pid)),
+        )
+        answered = max(1, point["answered"])
+        point["core_ms_per_request"] = round((cpu[1] - cpu[0]) * 1000 / answered, 3)
+        if len(latencies):
+            point["latency_quantiles_ms"] = fanout.quantiles(latencies)
+        return point
+
+
+def _rate_search(worker: _Worker, make_request: MakeRequest, limits: Limits) -> dict[str, Any]:
+    """Doubling from start_rate until a rate fails (a reply missing, a backlog, or p99 over the
+    bound) or max_rate, then one rate halfway between the last that held and the first that did
+    not. Returns every point and the highest rate that held."""
+    points: list[dict[str, Any]] = []
+    # Not measured: the first requests of a kind meet cold caches and a fresh batch size.
+    worker.run(limits.start_rate, limits.rate_s, make_request, limits.p99_ms)
+
+    def attempt(rate: int) -> bool:
+        # A rate that fails is tried once more before it counts: on a shared machine one
+        # burst of someone else's work is enough to push a p99 over 25 ms.
+        for _ in range(2):
+            points.append(worker.run(rate, limits.rate_s, make_request, limits.p99_ms))
+            if points[-1]["sustained"]:
+                return True
+        return False
+
+    rate, held, failed = limits.start_rate, 0, 0
+    while rate <= limits.max_rate:
+        if not attempt(rate):
+            failed = rate
+            break
+        held, rate = rate, rate * 2
+    while not held and failed > limits.start_rate // 4:  # not even the first: look lower
+        if attempt(failed // 2):
+            held = failed // 2
+        else:
+            failed //= 2
+    if held and failed and attempt(mid := (held + failed) // 2):
+        held = mid
+    best = next((p for p in points if p["rate"] == held and p["sustained"]), None)
+    return {
+        "points": [{k: v for k, v in p.items() if k != "latency_quantiles_ms"} for p in points],
+        "max_rate_at_p99": held,
+        "p99_bound_ms": limits.p99_ms,
+        "at_max_rate": best,
+    }
+
+
+def _commit() -> str | None:
+    try:
+        return subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None

@@ -1,0 +1,277 @@
+"""The summary of `annrec bench scale` (tools/bench/scale.py): every `<out>/size-<n>.json` ->
+growth exponents (least squares on log-log), projections to the sizes that stopped (labelled as
+such), the fan-out simulation, `scale.json`, a Markdown table on stdout and `scale.png`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tools.bench import fanout
+from tools.bench.machine import describe
+
+KINDS = ("recommend", "similar_items")
+# metric -> (label, unit): the curves fitted, plotted and projected.
+METRICS: dict[str, tuple[str, str]] = {
+    "build_wall_s": ("build wall time", "s"),
+    "build_peak_rss_mib": ("build peak RSS", "MiB"),
+    "disk_mib": ("version on disk", "MiB"),
+    "worker_rss_mib": ("worker resident after load", "MiB"),
+    "worker_anon_mib": ("worker anonymous (heap) after load", "MiB"),
+    "worker_mapped_mib": ("worker mapped version files", "MiB"),
+    "worker_load_s": ("worker load (verify + prefault)", "s"),
+    "recommend_served_ms": ("recommend served, mean", "ms"),
+    "similar_items_served_ms": ("similar_items served, mean", "ms"),
+    "recommend_exact_ms": ("recommend exact scan, mean", "ms"),
+    "similar_items_exact_ms": ("similar_items exact scan, mean", "ms"),
+    "recommend_core_ms": ("recommend worker CPU per request", "core-ms"),
+    "similar_items_core_ms": ("similar_items worker CPU per request", "core-ms"),
+    "recommend_max_rate": ("recommend: 1 worker's rate at p99 bound", "req/s"),
+    "similar_items_max_rate": ("similar_items: 1 worker's rate at p99 bound", "req/s"),
+}
+
+
+def fit_growth(ns: list[int], ys: list[float]) -> dict[str, float] | None:
+    """y ~ c * n^exponent by least squares on log-log (None with fewer than two positive
+    points): how a cost grows with the catalogue."""
+    pts = [(n, y) for n, y in zip(ns, ys, strict=True) if n > 0 and y > 0]
+    if len(pts) < 2:
+        return None
+    x, y = np.log([p[0] for p in pts]), np.log([p[1] for p in pts])
+    exponent, intercept = np.polyfit(x, y, 1)
+    return {"exponent": round(float(exponent), 3), "coefficient": float(np.exp(intercept))}
+
+
+def project(fit: dict[str, float], n: int) -> float:
+    return float(fit["coefficient"] * n ** fit["exponent"])
+
+
+def metrics_of(size: dict[str, Any]) -> dict[str, float]:
+    """One size's figures by METRICS name (those it has: a size that stopped has fewer)."""
+    m: dict[str, float] = {}
+    build = size.get("build", {})
+    if "failure" not in build and "wall_s" in build:
+        m["build_wall_s"] = build["wall_s"]
+        m["build_peak_rss_mib"] = build["peak_rss_mib"]
+        for phase, seconds in build.get("phases_s", {}).items():
+            m[f"phase_{phase}_s"] = seconds
+    if "disk_mib" in size:
+        m["disk_mib"] = round(sum(size["disk_mib"].values()), 1)
+    worker = size.get("worker")
+    if worker:
+        mem = worker["memory"]["after_load_mib"]
+        m["worker_rss_mib"] = mem["VmRSS"]
+        m["worker_anon_mib"] = mem.get("RssAnon", 0)
+        m["worker_mapped_mib"] = worker["memory"]["mapped_version_mib"]
+        m["worker_load_s"] = worker["load_s"]
+        for kind in KINDS:
+            q = worker["queries"][kind]
+            m[f"{kind}_served_ms"] = q["served_ms"]["mean"]
+            m[f"{kind}_exact_ms"] = q["exact_ms"]["mean"]
+            m[f"{kind}_recall"] = q["recall_at_10"]
+    kafka = size.get("kafka")
+    if kafka:
+        for kind in KINDS:
+            search = kafka[kind]
+            m[f"{kind}_max_rate"] = search["max_rate_at_p99"]
+            if search["at_max_rate"]:
+                m[f"{kind}_core_ms"] = search["at_max_rate"]["core_ms_per_request"]
+    return m
+
+
+def size_file(out: Path, n_items: int) -> Path:
+    return out / f"size-{n_items}.json"
+
+
+def load_sizes(out: Path) -> list[dict[str, Any]]:
+    files = sorted(out.glob("size-*.json"), key=lambda p: int(p.stem.split("-")[1]))
+    return [json.loads(p.read_text()) for p in files]
+
+
+def summarize(out: Path) -> dict[str, Any]:
+    sizes = load_sizes(out)
+    if not sizes:
+        raise SystemExit(f"no size measured in {out} (size-<n>.json)")
+    table = {s["n_items"]: metrics_of(s) for s in sizes}
+    names = sorted({name for m in table.values() for name in m})
+    fits: dict[str, dict[str, float]] = {}
+    for name in names:
+        ns = [n for n, m in table.items() if name in m]
+        fit = fit_growth(ns, [table[n][name] for n in ns])
+        if fit is not None and not name.endswith("_recall"):
+            fits[name] = fit
+    stopped = {s["n_items"]: s["stopped"] for s in sizes if "stopped" in s}
+    projections = {
+        n: {name: round(project(fit, n), 2) for name, fit in fits.items() if name in METRICS}
+        for n in stopped
+    }
+    summary = {
+        "sizes": table,
+        "growth": fits,
+        "stopped": stopped,
+        "projected": projections,
+        "fanout": _fanout(sizes),
+        "machine": sizes[-1]["machine"],
+        "commits": sorted({str(s.get("commit")) for s in sizes}),
+    }
+    (out / "scale.json").write_text(json.dumps(summary, indent=2))
+    _plot(summary, out / "scale.png")
+    print(markdown(summary))
+    return summary
+
+
+def _fanout(sizes: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per measured size and kind: S shards of that size, each with the latency distribution one
+    worker had at its highest rate within the bound, merged after one more hop (the echo
+    worker's distribution measured in the same run)."""
+    echo = next((s["kafka"]["echo"] for s in sizes if "echo" in s.get("kafka", {})), None)
+    if echo is None or "latency_quantiles_ms" not in echo:
+        return {}
+    result: dict[str, Any] = {"hop_p50_ms": echo["latency_ms"].get("p50"), "shards": {}}
+    for s in sizes:
+        for kind in KINDS:
+            best = s.get("kafka", {}).get(kind, {}).get("at_max_rate")
+            if best and "latency_quantiles_ms" in best:
+                rows = fanout.fanout_table(
+                    best["latency_quantiles_ms"], echo["latency_quantiles_ms"]
+                )
+                result["shards"][f"{s['n_items']} {kind}"] = {"rate": best["rate"], "rows": rows}
+    return result
+
+
+def markdown(summary: dict[str, Any]) -> str:
+    lines = [f"machine: {describe(summary['machine'])}", ""]
+    lines += [
+        "| items | build s | build peak RSS MiB | disk MiB | worker RSS / mapped MiB | "
+        "recommend recall, ms, x exact | similar recall, ms, x exact | "
+        "1 worker req/s at p99 (rec / sim) | core-ms per request (rec / sim) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for n, m in summary["sizes"].items():
+        lines.append(
+            f"| {int(n):,} | {_f(m, 'build_wall_s')} | {_f(m, 'build_peak_rss_mib')} | "
+            f"{_f(m, 'disk_mib')} | {_f(m, 'worker_rss_mib')} / {_f(m, 'worker_mapped_mib')} | "
+            + " | ".join(_query(m, kind) for kind in KINDS)
+            + f" | {_f(m, 'recommend_max_rate')} / {_f(m, 'similar_items_max_rate')} | "
+            f"{_f(m, 'recommend_core_ms')} / {_f(m, 'similar_items_core_ms')} |"
+        )
+    phases = sorted(
+        {name for m in summary["sizes"].values() for name in m if name.startswith("phase_")}
+    )
+    if phases:
+        lines += ["", "| items | " + " | ".join(p[6:-2] for p in phases) + " |"]
+        lines.append("|---|" + "---|" * len(phases))
+        for n, m in summary["sizes"].items():
+            lines.append(f"| {int(n):,} | " + " | ".join(_f(m, p) for p in phases) + " |")
+    lines += ["", "| growth (log-log least squares) | exponent |", "|---|---|"]
+    for name, fit in summary["growth"].items():
+        label = METRICS.get(name, (name, ""))[0]
+        lines.append(f"| {label} | {fit['exponent']:.2f} |")
+    for n, reason in summary["stopped"].items():
+        lines += [
+            "",
+            f"stopped at {int(n):,} items: {reason}",
+            f"projected at {int(n):,} (from the fits, not measured):",
+        ]
+        for name, value in summary["projected"][n].items():
+            label, unit = METRICS[name]
+            lines.append(f"  {label}: {value:,.1f} {unit}")
+    if summary["fanout"].get("shards"):
+        hop = summary["fanout"]["hop_p50_ms"]
+        lines += ["", f"fan-out, simulated (merger hop p50 {hop} ms; p50 / p99 ms):"]
+        heads = " | ".join(f"{s} shard{'s' if s > 1 else ''}" for s in fanout.SHARD_COUNTS)
+        lines += [f"| shards of | at rate | {heads} |"]
+        lines.append("|---|---|" + "---|" * len(fanout.SHARD_COUNTS))
+        for label, entry in summary["fanout"]["shards"].items():
+            cells = " | ".join(f"{r['p50_ms']} / {r['p99_ms']}" for r in entry["rows"])
+            lines.append(f"| {label} | {entry['rate']}/s | {cells} |")
+    return "\n".join(lines)
+
+
+def _f(m: dict[str, float], name: str) -> str:
+    value = m.get(name)
+    if value is None:
+        return "-"
+    return f"{value:,.0f}" if value >= 100 else f"{value:.2f}" if value < 10 else f"{value:.1f}"
+
+
+def _query(m: dict[str, float], kind: str) -> str:
+    if f"{kind}_served_ms" not in m:
+        return "-"
+    speedup = m[f"{kind}_exact_ms"] / m[f"{kind}_served_ms"]
+    return f"{m[f'{kind}_recall']:.3f}, {m[f'{kind}_served_ms']:.2f}, {speedup:.1f}x"
+
+
+PANELS = (
+    ("time", ["build_wall_s", "worker_load_s"]),
+    (
+        "memory and disk",
+        [
+            "build_peak_rss_mib",
+            "worker_rss_mib",
+            "worker_anon_mib",
+            "worker_mapped_mib",
+            "disk_mib",
+        ],
+    ),
+    (
+        "query time (one thread)",
+        [
+            "recommend_served_ms",
+            "similar_items_served_ms",
+            "recommend_exact_ms",
+            "similar_items_exact_ms",
+        ],
+    ),
+    (
+        "through Kafka, one worker",
+        [
+            "recommend_max_rate",
+            "similar_items_max_rate",
+            "recommend_core_ms",
+            "similar_items_core_ms",
+        ],
+    ),
+)
+
+
+def _plot(summary: dict[str, Any], path: Path) -> None:
+    """Cost vs items, log-log, one panel per resource, each curve labelled with its exponent;
+    sizes that stopped are marked where the fit projects them (hollow markers)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(13, 9.5), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(2, 2).ravel()
+    for ax, (title, names) in zip(axes, PANELS, strict=True):
+        for name in names:
+            ns = [int(n) for n, m in summary["sizes"].items() if m.get(name, 0) > 0]
+            if not ns:
+                continue  # a log axis shows no zero (no rate held the bound)
+            ys = [summary["sizes"][n][name] for n in ns]
+            fit = summary["growth"].get(name)
+            label = METRICS[name][0] + (f" (n^{fit['exponent']:.2f})" if fit else "")
+            (line,) = ax.plot(ns, ys, marker="o", label=label)
+            for n, projected in summary["projected"].items():
+                if name in projected:
+                    ax.plot(
+                        [int(n)], [projected[name]], marker="o", mfc="none", color=line.get_color()
+                    )
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("items (x64 factors)")
+        ax.set_title(title)
+        ax.grid(True, which="both", alpha=0.3)
+        if ax.lines:
+            ax.legend(fontsize=7)
+    fig.suptitle(
+        "annrec bench scale: "
+        + describe(summary["machine"])
+        + " (hollow: projected, not measured)",
+        fontsize=8,
+    )
+    fig.savefig(path, dpi=110)
