@@ -281,9 +281,14 @@ class VersionSearch:
         scored: list[Ranked] = []  # the exact path scores every candidate once, then slices
 
         def run(fetch: int, exhaustive: bool) -> Ranked:
-            if not exhaustive and keep is not None:  # the filter planner's index path
+            if not exhaustive and keep is not None:  # the table, then the filter planner
                 return self.similar_items(row, fetch, keep, search_k)
             if not exhaustive:
+                # The neighbour table while it holds `fetch` (a lookup, or two hops where the
+                # report measured them), the index past it.
+                table = None if search_k is not None else self.from_table(row, fetch)
+                if table is not None:
+                    return table
                 if not collected or len(collected[0][0]) < fetch:
                     depth = max(fetch, diversity.MAX_PER_DEPTH * (wanted + 1) * search.OVERFETCH)
                     found = search.similar_items(
