@@ -25,7 +25,11 @@ KINDS: Table = {
     "summary": Command(
         "Markdown table of a saved `bench ann` result", "tools.bench.ann_table:register"
     ),
-    "e2e": Command("request -> reply latency through Kafka, open loop", "tools.bench.e2e:register"),
+    # e2e_gateway wraps e2e's arguments with --via (kafka: e2e itself; gateway: side by side)
+    "e2e": Command(
+        "request -> reply latency through Kafka (or the gateway), open loop",
+        "tools.bench.e2e_gateway:register",
+    ),
     "filters": Command(
         "filtered recall and q/s at 50%% ... 0.01%% selectivity", "tools.bench.filters:register"
     ),
@@ -36,10 +40,6 @@ KINDS: Table = {
         "stream-kept history vs static vs recent_items (hit@10 on a drifting log); "
         "event -> reflecting reply delay",
         "tools.bench.personalization:register",
-    ),
-    "scale": Command(
-        "cost curves 100k ... 10M items: build, memory, queries, one worker's rate",
-        "tools.bench.scale:register",
     ),
 }
 

@@ -1,0 +1,33 @@
+"""`annrec bench e2e --via gateway --quick` through the CLI, so the benchmark cannot rot."""
+
+import json
+
+from tests.cli import annrec
+
+
+def test_bench_e2e_via_gateway_quick(services, tmp_path):
+    out, temp = tmp_path / "e2e-gateway", tmp_path / "tmp"
+    temp.mkdir()
+    env = {
+        "ANNREC_KAFKA_BOOTSTRAP": services.kafka_bootstrap,
+        "ANNREC_REDIS_URL": services.redis_url,
+        "ANNREC_STACK_DIR": str(tmp_path / "stack"),
+        "TMPDIR": str(temp),
+    }
+    args = ("bench", "e2e", "--via", "gateway", "--quick", "--rounds", "1", "--out", str(out))
+    result = annrec(*args, extra_env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert list(temp.iterdir()) == []  # its storage and processes' log are gone
+    results = json.loads((out / "e2e_gateway.json").read_text())
+    assert [p["rate"] for p in results["points"]] == [50, 100]
+    for point in results["points"]:
+        for path in ("kafka", "gateway"):
+            assert point[path]["answered"] == point[path]["sent"] == 2 * point["rate"] * 2
+        assert [r["http_codes"] for r in point["rounds"]["gateway"]] == [
+            {"200": 2 * point["rate"]}
+        ] * 2
+        assert point["diff_ms"]["p99"] == round(point["gateway"]["p99"] - point["kafka"]["p99"], 2)
+        # the gateway's bridge reads the direct traffic's replies too (and drops them)
+        assert point["gateway"]["gateway_cpu_share"] > 0
+    assert (out / "e2e_gateway.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "gateway - kafka: p50" in result.stdout
