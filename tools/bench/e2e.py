@@ -11,7 +11,11 @@ each latency from the request's *scheduled* send time, so a stalled system canno
 - `swaps`: 1 worker at a moderate rate while three new versions are published and announced;
 - with `--guarantee exactly-once` (or `both`, side by side with at-least-once): 1 and 2 workers
   running ANNREC_PROCESSING_GUARANTEE=exactly-once, their replies read as read_committed (a
-  reply counts when its transaction is committed).
+  reply counts when its transaction is committed);
+- with `--mix` (and `--zipf`): traffic like a shop's (tools/bench/traffic.py: similar items,
+  recommendations, filtered requests; subjects by Zipf popularity) to `echo`, `1 worker` and
+  `1 worker + reply cache` (ANNREC_SERVE_FROM_CACHE: a repeated question answered from Redis),
+  side by side: whether the cache pays off on that traffic.
 
 A rate counts as sustained when every reply arrived, the backlog at the end of the sending window
 was under one second's worth of requests, and p99 stayed under `--max-p99-ms`.
@@ -43,12 +47,14 @@ from index_builder.announce import announce_version
 from index_builder.progress import progress_bar
 from index_builder.publish import BuildOptions, publish_version
 from index_builder.storage import adopt_version
-from index_builder.synth import synth_factors
+from index_builder.synth import synth_attributes, synth_factors
+from schemas.errors import AnnrecError
 from schemas.events import RecommendRequest
 from schemas.settings import CommonSettings, prefixed_topics, topic_env
 from tools import processes, services
 from tools.bench.cli import add_quick, apply_quick
 from tools.bench.machine import describe, machine_info
+from tools.bench.traffic import DEFAULT_MIX, Mix, mixed_requests
 from tools.client import ReplyWaiter, wait_for_workers
 from worker.parse import AnyRequest
 
@@ -69,13 +75,36 @@ def register(parser: argparse.ArgumentParser) -> None:
         help="the workers' ANNREC_PROCESSING_GUARANTEE; both: 1 and 2 workers each way, side by "
         "side (exactly-once replies are read as read_committed)",
     )
+    parser.add_argument(
+        "--mix",
+        help=f"request kinds by share, e.g. {DEFAULT_MIX} (default: recommend by user_id only)",
+    )
+    parser.add_argument(
+        "--zipf",
+        type=float,
+        default=1.0,
+        help="with --mix: Zipf exponent of subject popularity (0: uniform)",
+    )
     parser.set_defaults(handler=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
     a = apply_quick(args)
     rates = [int(r) for r in a.rates.split(",")]
-    bench_e2e(a.out, rates, a.duration, a.items, max_p99_ms=a.max_p99_ms, guarantee=a.guarantee)
+    try:
+        mix = Mix.parse(a.mix) if a.mix else None
+    except ValueError as exc:
+        raise AnnrecError(str(exc)) from None
+    bench_e2e(
+        a.out,
+        rates,
+        a.duration,
+        a.items,
+        max_p99_ms=a.max_p99_ms,
+        guarantee=a.guarantee,
+        mix=mix,
+        zipf=a.zipf,
+    )
     return 0
 
 
@@ -86,6 +115,7 @@ class Run:
     echo: bool = False
     live_recall: bool = True
     exactly_once: bool = False
+    reply_cache: bool = False
 
 
 RUNS = (
@@ -100,6 +130,11 @@ EXACTLY_ONCE_RUNS = (
     Run("2 workers, exactly-once", 2, exactly_once=True),
 )
 BOTH_RUNS = (Run("1 worker", 1), EXACTLY_ONCE_RUNS[0], Run("2 workers", 2), EXACTLY_ONCE_RUNS[1])
+MIX_RUNS = (
+    Run("echo", 1, echo=True),
+    Run("1 worker", 1),
+    Run("1 worker + reply cache", 1, reply_cache=True),
+)
 
 
 def _runs(guarantee: str) -> tuple[Run, ...]:
@@ -115,6 +150,7 @@ class Served:
     storage: Path
     n_users: int
     max_p99_ms: float
+    traffic: MakeRequest | None = None  # None: recommend by user_id (by_user_id)
 
 
 def bench_e2e(
@@ -126,6 +162,8 @@ def bench_e2e(
     max_p99_ms: float = 1000.0,
     swap_rate: int | None = None,
     guarantee: str = "at-least-once",
+    mix: Mix | None = None,
+    zipf: float = 1.0,
 ) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     # The storage goes after the runs, each of which stops its workers first (_sweep).
@@ -135,12 +173,15 @@ def bench_e2e(
     ):
         storage = Path(tmp)
         factors = synth_factors(n_items, max(1000, n_items // 10), dim, seed=1)
-        publish_version(factors, storage, BuildOptions())
-        served = Served(svc.kafka, svc.redis_url, storage, len(factors.user_ids), max_p99_ms)
+        attributes = synth_attributes(n_items, seed=1) if mix and mix.needs_attributes else None
+        publish_version(factors, storage, BuildOptions(), attributes=attributes)
+        n_users = len(factors.user_ids)
+        traffic = None if mix is None else mixed_requests(mix, zipf, n_items, n_users)
+        served = Served(svc.kafka, svc.redis_url, storage, n_users, max_p99_ms, traffic)
         results: dict[str, Any] = {"runs": {}}
-        for run in _runs(guarantee):
+        for run in MIX_RUNS if mix else _runs(guarantee):
             results["runs"][run.label] = _sweep(served, run, rates, duration_s)
-        if guarantee == "at-least-once":  # the swaps' figure is not the guarantee's
+        if guarantee == "at-least-once" and mix is None:  # the swaps measure recommend
             rate = swap_rate or _highest(results["runs"]["1 worker"]) // 2 or rates[0]
             swaps = _swap_run(served, rate, max(duration_s, 15), n_items, dim)
             results["runs"][SWAP_RUN.label] = swaps
@@ -154,7 +195,9 @@ def bench_e2e(
                 "n_users": served.n_users,
                 "max_p99_ms": max_p99_ms,
                 "guarantee": guarantee,
-                "request": "recommend user_id k=10",
+                "request": "recommend user_id k=10"
+                if mix is None
+                else f"mix {mix.label()}, zipf {zipf}, k=10",
             },
             "command": "annrec " + " ".join(sys.argv[1:]),
             "machine": machine_info(),
@@ -224,7 +267,7 @@ def _sweep(
                 topics,
                 rate,
                 duration_s,
-                by_user_id(served.n_users),
+                served.traffic or by_user_id(served.n_users),
                 served.max_p99_ms,
                 read_committed=run.exactly_once,
             )
@@ -251,6 +294,7 @@ def worker_env(served: Served, run: Run, topics: CommonSettings, tag: str) -> di
         "ANNREC_ECHO": "true" if run.echo else "false",
         **({} if run.live_recall else {"ANNREC_SHADOW_FRACTION": "0"}),
         "ANNREC_PROCESSING_GUARANTEE": "exactly-once" if run.exactly_once else "at-least-once",
+        "ANNREC_SERVE_FROM_CACHE": "true" if run.reply_cache else "false",
     }
 
 
@@ -276,9 +320,11 @@ def open_loop(
     make_request: MakeRequest,
     max_p99_ms: float,
     read_committed: bool = False,
+    on_sent: Callable[[], None] | None = None,
 ) -> tuple[dict[str, Any], npt.NDArray[np.float64]]:
     """`rate` requests/s for `duration_s` (request i is make_request(request_id, i)), each reply's
-    latency from its scheduled send: (the point's figures, every latency in ms)."""
+    latency from its scheduled send: (the point's figures, every latency in ms). `on_sent` runs
+    once the last reply arrived or the wait for them ended (e.g. to read a worker's CPU time)."""
     n = int(rate * duration_s)
     run_id = uuid.uuid4().hex[:6]
     waiter = ReplyWaiter(kafka, topics.topic_replies, read_committed=read_committed)
@@ -315,6 +361,8 @@ def open_loop(
     deadline = sending_ended + 30.0
     done.set()
     collector.join()
+    if on_sent is not None:
+        on_sent()
     waiter.close()
     lat = np.array([(received[r] - scheduled[r]) * 1000 for r in scheduled if r in received])
     return point_figures(rate, n, lat, backlog, max_p99_ms), lat
@@ -358,17 +406,19 @@ def _highest(points: list[dict[str, Any]]) -> int:
 
 
 def _print(results: dict[str, Any]) -> None:
-    print("annrec bench e2e: recommend by user_id, k=10, open loop, latency from scheduled send")
+    print(
+        f"annrec bench e2e: {results['params']['request']}, open loop, latency from scheduled send"
+    )
     print(f"machine: {describe(results['machine'])}")
     print(
-        f"{'configuration':<24} {'rate/s':>7} {'p50':>8} {'p95':>8} {'p99':>8} {'max':>8}  "
+        f"{'configuration':<26} {'rate/s':>7} {'p50':>8} {'p95':>8} {'p99':>8} {'max':>8}  "
         f"{'answered':>9} sustained"
     )
     for label, points in results["runs"].items():
         for p in points:
             lat = p["latency_ms"]
             print(
-                f"{label:<24} {p['rate']:>7} {lat.get('p50', '-'):>8} {lat.get('p95', '-'):>8} "
+                f"{label:<26} {p['rate']:>7} {lat.get('p50', '-'):>8} {lat.get('p95', '-'):>8} "
                 f"{lat.get('p99', '-'):>8} {lat.get('max', '-'):>8}  "
                 f"{p['answered']:>4}/{p['sent']:<4} {'yes' if p['sustained'] else 'no'}"
             )
