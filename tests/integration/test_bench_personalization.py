@@ -29,6 +29,8 @@ def test_bench_personalization_quick(services, tmp_path):
     d = doc["delay"]
     assert d["events"] == 150 and d["reflected"] == 150  # 50/s for 3 s, every one reflected
     assert d["event_to_reflecting_reply_ms"]["p50"] <= d["event_to_reflecting_reply_ms"]["p99"]
+    assert d["request_to_reply_without_events_ms"]["p99"] > 0  # the same load, without events
+    assert d["request_p99_with_vs_without_events"] > 0
     assert (out / "personalization.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "best stream combination" in result.stdout
     assert list(temp.iterdir()) == []

@@ -2,8 +2,8 @@
 next better than the version alone, and how soon does a reply reflect an event?
 
 1. Quality (tools/bench/stream_eval.py): a seeded synthetic log whose users' interests drift
-   (tools/bench/drift.py), or a `user,item,timestamp[,weight]` log given with --log, split in
-   time; ALS trained on the past as `annrec build --interactions --tune` trains it
+   (tools/bench/drift.py), or a `user,item,timestamp[,weight]` log given with --interactions,
+   split in time; ALS trained on the past as `annrec build --interactions --tune` trains it
    (index_builder.tune.train_evaluated); the later events streamed in order, each user's next new
    item predicted before its event is applied. Hit rate@10 and NDCG@10 for popularity, the
    static version, recent_items in the request, and the stream-kept history in each combination
@@ -63,7 +63,11 @@ QUICK = {
 
 def register(parser: argparse.ArgumentParser) -> None:
     add_quick(parser, QUICK)
-    parser.add_argument("--log", type=Path, help="a user,item,timestamp[,weight] .csv/.parquet")
+    parser.add_argument(
+        "--interactions",
+        type=Path,
+        help="a user,item,timestamp[,weight] .csv or .parquet log instead of the synthetic one",
+    )
     parser.add_argument("--users", type=int, default=5_000, help="synthetic log: users")
     parser.add_argument("--items", type=int, default=5_000, help="synthetic log: items")
     parser.add_argument("--seed", type=int, default=0)
@@ -89,7 +93,7 @@ def _run(args: argparse.Namespace) -> int:
         "command": "annrec " + " ".join(sys.argv[1:]),
         "machine": info,
         "quality": quality(
-            a.log, a.users, a.items, a.seed, a.fraction, a.targets, a.budget_s, bounds
+            a.interactions, a.users, a.items, a.seed, a.fraction, a.targets, a.budget_s, bounds
         ),
     }
     _print_quality(result["quality"])
@@ -189,11 +193,14 @@ def _print_quality(q: dict[str, Any]) -> None:
 def _print_delay(d: dict[str, Any]) -> None:
     e = d["event_to_reflecting_reply_ms"]
     r = d["request_to_reply_ms"]
+    w = d["request_to_reply_without_events_ms"]
     print(
         f"delay at {d['rate']} events/s + {d['rate']} requests/s, {d['items']:,} items: "
         f"event -> reflecting reply p50 {e['p50']} ms, p99 {e['p99']} ms, max {e['max']} ms "
         f"({d['reflected']}/{d['events']} events reflected, {d['retries']} requests asked again); "
-        f"request -> reply p50 {r['p50']} ms, p99 {r['p99']} ms"
+        f"request -> reply p50 {r['p50']} ms, p99 {r['p99']} ms "
+        f"(without events: p50 {w['p50']} ms, p99 {w['p99']} ms; "
+        f"p99 {d['request_p99_with_vs_without_events']}x)"
     )
 
 
