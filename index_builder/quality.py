@@ -45,7 +45,7 @@ from schemas.manifest import (
     QualityReport,
     SearchKPoint,
     TableQuality,
-    TwoHopPoint,
+    WalkPoint,
 )
 
 FloatArray = npt.NDArray[np.float32]
@@ -147,30 +147,30 @@ def measure_quality(
     )
 
 
-# k above the table's width where two hops over it are measured (those below the catalogue).
-TWO_HOP_KS = (50, 100, 200)
-TWO_HOP_QUERIES = 100
+# k above the table's width where a walk over it is measured (those below the catalogue).
+WALK_KS = (50, 100, 200)
+WALK_QUERIES = 100
 
 
 def _table_quality(version: VersionSearch, rows: Rows, k: int, target: float) -> TableQuality:
     """The neighbour table: a lookup's recall@k over every sampled item (nothing is tuned on
-    them), and two hops at each k of TWO_HOP_KS above its width, through VersionSearch as the
-    worker calls it. Two hops serve up to the last k that reaches the target (95% lower bound)
+    them), and a walk at each k of WALK_KS above its width, through VersionSearch as the
+    worker calls it. Walks serve up to the last k that reaches the target (95% lower bound)
     in a row."""
     assert version.neighbours is not None
     width = version.neighbours.width
     unit = unit_rows(version.item_factors)
-    plan = ServingPlan(similar=SimilarPlan(table=True, two_hop_max_k=max(TWO_HOP_KS)))
+    plan = ServingPlan(similar=SimilarPlan(table=True, walk_max_k=max(WALK_KS)))
     serving = version.with_plan(plan)
     recall, low, qps = _recall_and_speed(serving, unit, rows, k)
-    two_hop: list[TwoHopPoint] = []
+    walk: list[WalkPoint] = []
     max_k = 0
-    for wide in [w for w in TWO_HOP_KS if width < w < len(unit)] if width else []:
-        hop_recall, hop_low, hop_qps = _recall_and_speed(
-            serving, unit, rows[:TWO_HOP_QUERIES], wide
+    for wide in [w for w in WALK_KS if width < w < len(unit)] if width else []:
+        walk_recall, walk_low, walk_qps = _recall_and_speed(
+            serving, unit, rows[:WALK_QUERIES], wide
         )
-        two_hop.append(TwoHopPoint(k=wide, recall_at_k=hop_recall, queries_per_s=hop_qps))
-        if hop_low < target:
+        walk.append(WalkPoint(k=wide, recall_at_k=walk_recall, queries_per_s=walk_qps))
+        if walk_low < target:
             break
         max_k = wide
     return TableQuality(
@@ -180,8 +180,8 @@ def _table_quality(version: VersionSearch, rows: Rows, k: int, target: float) ->
         recall_low=low,
         queries_per_s=qps,
         serves=low >= target,
-        two_hop=two_hop,
-        two_hop_max_k=max_k,
+        walk=walk,
+        walk_max_k=max_k,
     )
 
 

@@ -40,16 +40,16 @@ DEFAULT_SEARCH_K = -1
 @dataclass(frozen=True)
 class SimilarPlan:
     """item -> items: the neighbour table first when the version has one (k up to its width by
-    a lookup, up to `two_hop_max_k` by two hops over it); what it cannot answer, by the angular
+    a lookup, up to `walk_max_k` by a walk over it); what it cannot answer, by the angular
     index with `search_k`, or an exact scan."""
 
     strategy: Strategy = "ann"
     search_k: int = DEFAULT_SEARCH_K
     filter_threshold: float = DEFAULT_FILTER_THRESHOLD
     # An unmeasured table serves lookups (each row is exact up to the graph's recall, ~0.99),
-    # not two hops (how far they hold is what the quality report measures).
+    # not walks (how far they hold is what the quality report measures).
     table: bool = True
-    two_hop_max_k: int = 0
+    walk_max_k: int = 0
 
 
 @dataclass(frozen=True)
@@ -89,7 +89,7 @@ class ServingPlan:
             "similar_search_k": s.search_k,
             "similar_filter_threshold": s.filter_threshold,
             "similar_table": s.table,
-            "similar_two_hop_max_k": s.two_hop_max_k,
+            "similar_walk_max_k": s.walk_max_k,
             "recommend_strategy": r.strategy,
             "recommend_search_k": r.search_k,
             "recommend_exact_items": r.exact_items,
@@ -101,9 +101,7 @@ class ServingPlan:
 def similar_plan(q: IndexQuality, table: TableQuality | None = None) -> SimilarPlan:
     if table is None:
         return SimilarPlan(q.strategy, q.search_k, q.filter_threshold)
-    return SimilarPlan(
-        q.strategy, q.search_k, q.filter_threshold, table.serves, table.two_hop_max_k
-    )
+    return SimilarPlan(q.strategy, q.search_k, q.filter_threshold, table.serves, table.walk_max_k)
 
 
 def recommend_plan(q: IndexQuality) -> RecommendPlan:
@@ -173,14 +171,14 @@ class VersionSearch:
 
     def from_table(self, row: int, fetch: int, keep: Selection | None = None) -> Ranked | None:
         """The table's answer when the plan lets it give one: a lookup for `fetch` up to its
-        width (None when a filter leaves fewer), two hops up to `two_hop_max_k` unfiltered."""
+        width (None when a filter leaves fewer), a walk up to `walk_max_k` unfiltered."""
         plan = self.plan.similar
         if self.neighbours is None or not plan.table:
             return None
         if fetch <= self.neighbours.width:
             return self.neighbours.lookup(row, fetch, keep)
-        if keep is None and fetch <= plan.two_hop_max_k:
-            return self.neighbours.two_hop(self.item_factors, self.item_norms, row, fetch)
+        if keep is None and fetch <= plan.walk_max_k:
+            return self.neighbours.walk(self.item_factors, self.item_norms, row, fetch)
         return None
 
     def recommend(
@@ -284,7 +282,7 @@ class VersionSearch:
             if not exhaustive and keep is not None:  # the table, then the filter planner
                 return self.similar_items(row, fetch, keep, search_k)
             if not exhaustive:
-                # The neighbour table while it holds `fetch` (a lookup, or two hops where the
+                # The neighbour table while it holds `fetch` (a lookup, or a walk where the
                 # report measured them), the index past it.
                 table = None if search_k is not None else self.from_table(row, fetch)
                 if table is not None:

@@ -184,8 +184,8 @@ class IndexQuality(_Model):
     )
 
 
-class TwoHopPoint(_Model):
-    """Similar items for k above the table's width, from two hops over the table."""
+class WalkPoint(_Model):
+    """Similar items for k above the table's width, from a walk over the table."""
 
     k: int = Field(ge=1)
     recall_at_k: float
@@ -201,14 +201,16 @@ class TableQuality(_Model):
     recall_low: float = Field(description="95% lower bound of that recall (mean - 2 s.e.)")
     queries_per_s: float = Field(description="VersionSearch.similar_items through the table")
     serves: bool = Field(description="the table's recall reached the target: workers use it")
-    two_hop: list[TwoHopPoint] = Field(
-        default_factory=list, description="k above the width: two hops, recall and speed"
+    walk: list[WalkPoint] = Field(
+        default_factory=list,
+        description="k above the width: a walk over the table (two hops, then the best found), "
+        "recall and speed",
     )
-    two_hop_max_k: int = Field(
+    walk_max_k: int = Field(
         0,
         ge=0,
-        description="two hops serve k up to this (every measured k up to it reached the target "
-        "faster than the index); above it the angular index plan does",
+        description="the walk serves k up to this (every measured k up to it reached the "
+        "target); above it the angular index plan does",
     )
 
 

@@ -186,15 +186,15 @@ def _print(r: dict[str, Any]) -> None:
             )
         table = r["quality"].get("neighbour_table")
         if table:
-            hops = ", ".join(
+            walks = ", ".join(
                 f"k={h['k']} {h['recall_at_k']:.3f} at {h['queries_per_s']:.0f} q/s"
-                for h in table["two_hop"]
+                for h in table["walk"]
             )
             print(
                 f"  table          recall@10 {table['recall_at_k']:.3f} (95% low "
                 f"{table['recall_low']:.3f}), {table['queries_per_s']:.0f} q/s, serves "
-                f"{table['serves']}; two hops: {hops or 'none'} (serve up to k="
-                f"{table['two_hop_max_k']})"
+                f"{table['serves']}; walks: {walks or 'none'} (serve up to k="
+                f"{table['walk_max_k']})"
             )
     print("through answer(), one query at a time, against the exact scan of the same queries:")
     for label, f in r["served"].items():

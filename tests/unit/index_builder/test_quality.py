@@ -184,13 +184,13 @@ def test_the_table_is_measured_and_the_worker_serves_what_the_report_chose(tuned
     table = manifest.quality.neighbour_table
     assert manifest.neighbour_table.method == "exact" and table.width == 32
     assert table.recall_at_k == 1.0 and table.serves
-    assert table.two_hop and [p.k for p in table.two_hop] == [50, 100, 200][: len(table.two_hop)]
-    passing = [p.k for p in table.two_hop if p.recall_at_k >= 0.9]
-    assert table.two_hop_max_k <= max(passing, default=0)
+    assert table.walk and [p.k for p in table.walk] == [50, 100, 200][: len(table.walk)]
+    passing = [p.k for p in table.walk if p.recall_at_k >= 0.9]
+    assert table.walk_max_k <= max(passing, default=0)
     v = load_version(storage, manifest.version)
     try:
         assert v.search.plan.similar.table and v.search.neighbours is not None
-        assert v.search.plan.similar.two_hop_max_k == table.two_hop_max_k
+        assert v.search.plan.similar.walk_max_k == table.walk_max_k
         unit = factors.item_factors / np.linalg.norm(factors.item_factors, axis=1)[:, None]
         for row in range(0, 4000, 400):
             rows, _ = v.search.similar_items(row, 11)

@@ -11,7 +11,7 @@ from query_engine.banded import NormBands
 from query_engine.neighbours import NeighbourTable
 from query_engine.plan import ServingPlan, SimilarPlan, VersionSearch
 from query_engine.selection import Selection
-from query_engine.vectors import cosine_scores, top_k
+from query_engine.vectors import cosine_scores, recall_at_k, top_k
 
 N, DIM, WIDTH = 400, 8, 12
 
@@ -86,17 +86,34 @@ def test_a_filtered_lookup_is_exact_or_declines(factors, norms, table):
     assert answered > N // 2 and declined > 0
 
 
-def test_two_hops_rescore_exactly_and_decline_when_too_few(factors, norms, table):
-    rows, scores = table.two_hop(factors, norms, 3, 40)
-    assert len(rows) == 40 and 3 not in rows
+def test_a_walk_rescores_exactly_and_its_first_round_is_two_hops(factors, norms, table):
+    rows, scores = table.walk(factors, norms, 3, 40)
+    assert len(rows) == 40 and 3 not in rows and len(set(rows.tolist())) == 40
     np.testing.assert_allclose(scores, cosine_scores(factors[rows], norms[rows], factors[3]))
     assert (np.diff(scores) <= 0).all()
-    # Two hops hold at most 12 + 144 items: more cannot come from the table.
-    assert table.two_hop(factors, norms, 3, 12 + 144 + 1) is None
+    # One round: exactly the best of the item's neighbours and their neighbours.
+    first = table.rows[3].astype(np.int64)
+    hops = np.setdiff1d(np.union1d(first, table.rows[first].ravel()), [3])
+    want = hops[top_k(cosine_scores(factors[hops], norms[hops], factors[3]), 40)]
+    np.testing.assert_array_equal(table.walk(factors, norms, 3, 40, rounds=1)[0], want)
+    # More rounds reach at least as far, and never past the catalogue.
+    assert len(table.walk(factors, norms, 3, 40, rounds=3)[0]) == 40
+
+
+def test_a_walk_finds_nearly_the_exact_answer_and_declines_past_the_catalogue():
+    """A kNN graph need not reach every item (an item no one lists is reached by no walk), so
+    a walk is approximate: on a small catalogue it finds nearly all of the exact top-k."""
+    small = synth_factors(n_items=60, n_users=2, dim=DIM, n_clusters=3, seed=2).item_factors
+    small_norms = np.linalg.norm(small, axis=1).astype(np.float32)
+    walked, _ = build_neighbour_table(small, 8)
+    for row in (0, 31, 59):
+        rows, _ = walked.walk(small, small_norms, row, 30, rounds=4)
+        assert recall_at_k(rows, exact(small, small_norms, row, 30)[0]) >= 0.85
+    assert walked.walk(small, small_norms, 0, 60) is None  # 59 other items at most
 
 
 def test_the_plan_serves_from_the_table_and_falls_through_beyond_it(factors, norms, table):
-    plan = ServingPlan(similar=SimilarPlan("exact", table=True, two_hop_max_k=0))
+    plan = ServingPlan(similar=SimilarPlan("exact", table=True, walk_max_k=0))
     v = version(factors, norms, table, plan)
     for row in (0, 17, 255):
         for fetch in (WIDTH, 3 * WIDTH):  # a lookup; then k above the width: the exact scan
