@@ -36,6 +36,7 @@ def topic_specs(settings: CommonSettings) -> list[TopicSpec]:
         TopicSpec(settings.topic_dead_letters, 1, {"retention.ms": str(2 * int(_WEEK_MS))}),
         TopicSpec(settings.topic_index_versions, 1, {"cleanup.policy": "compact"}),
         TopicSpec(settings.topic_item_updates, 1, {"cleanup.policy": "compact"}),
+        TopicSpec(settings.topic_item_vectors, 1, {"cleanup.policy": "compact"}),
         # Keyed by user_id: a user's events in order on one partition, partitions shared out
         # over the group like the requests'. Kept a week (the broker's default) for replays.
         TopicSpec(settings.topic_interactions, keys.REQUEST_PARTITIONS),

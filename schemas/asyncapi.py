@@ -19,6 +19,7 @@ from schemas.events import (
     IndexAnnounced,
     Interaction,
     ItemUpdate,
+    ItemVector,
     Reply,
 )
 
@@ -65,6 +66,17 @@ CHANNELS: dict[str, tuple[str, str, TypeAdapter[Any] | type[BaseModel], str, str
         "Compacted topic, key `<attr>:<item_id>`: replayed from the beginning by every worker "
         "at start, applied between batches, folded into the next version by the builder.",
     ),
+    "itemVectors": (
+        keys.TOPIC_ITEM_VECTORS,
+        "ItemVector",
+        ItemVector,
+        "An item added, changed (its factor vector) or removed between builds",
+        "Compacted topic, key: the item_id. Replayed from the beginning by every worker at "
+        "start into its fresh segment (scanned exactly beside the version's indexes), applied "
+        "between batches, folded into the next version by the builder, which records the "
+        "offsets it read (manifest item_vectors_through). Events a version cannot take (another "
+        "dimension, an unknown attribute) go to the dead-letter topic with the reason.",
+    ),
     "interactions": (
         keys.TOPIC_INTERACTIONS,
         "Interaction",
@@ -83,6 +95,7 @@ OPERATIONS = {
     "sendDeadLetter": ("send", "deadLetters"),
     "receiveIndexAnnouncement": ("receive", "indexVersions"),
     "receiveItemUpdate": ("receive", "itemUpdates"),
+    "receiveItemVector": ("receive", "itemVectors"),
     "receiveInteraction": ("receive", "interactions"),
 }
 

@@ -290,6 +290,53 @@ class ItemUpdate(_Event):
         return f"{self.attr}:{self.item_id}"
 
 
+# Attribute values an item-vector event may carry: a category's value (text; integers become
+# their decimal text, as in an attribute table) or a boolean attribute's.
+AttributeValue = Annotated[str, BeforeValidator(_id_to_str), Field(min_length=1, max_length=256)]
+
+
+class ItemVector(_Event):
+    """An item added, changed or removed between builds, on the compacted item-vectors topic,
+    keyed by `item_id` (the newest event per item is what compaction keeps). An upsert carries
+    the item's factor vector (K floats, as a `user_vector`) and optionally its attributes; a
+    removal is `removed: true` (an event, not a null tombstone: Kafka deletes tombstones after
+    delete.retention.ms, and a worker started after that would serve the item again). Every
+    worker serves upserts from a small exact segment beside its version within a batch; the
+    next build folds them into the version."""
+
+    item_id: ExternalId
+    vector: list[VectorValue] | None = Field(
+        None, min_length=1, max_length=MAX_DIM, description="the item's factors (K floats)"
+    )
+    attributes: dict[
+        Annotated[str, Field(pattern=ATTRIBUTE_NAME_PATTERN)], bool | AttributeValue
+    ] = Field(
+        default_factory=dict,
+        max_length=64,
+        description="category values (text) and boolean attributes the version has; an "
+        "attribute not given has no value (it passes no filter on it)",
+    )
+    removed: bool = Field(False, description="true: the item is gone (never returned again)")
+    updated_at: datetime = Field(default_factory=utc_now)
+
+    @model_validator(mode="after")
+    def _upsert_or_removal(self) -> ItemVector:
+        if self.removed and (self.vector is not None or self.attributes):
+            raise ValueError("a removal carries no vector or attributes")
+        if not self.removed and self.vector is None:
+            raise ValueError("give a vector (an upsert) or removed: true")
+        return self
+
+    @property
+    def key(self) -> str:
+        return self.item_id
+
+
+def parse_item_vector(raw: bytes) -> ItemVector:
+    """Bytes -> item-vector event; raises pydantic.ValidationError (or ValueError)."""
+    return ItemVector.model_validate_json(raw)
+
+
 MAX_INTERACTION_WEIGHT = 1e6
 
 

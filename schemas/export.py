@@ -16,6 +16,7 @@ from schemas.events import (
     IndexAnnounced,
     Interaction,
     ItemUpdate,
+    ItemVector,
     Reply,
 )
 
@@ -31,6 +32,7 @@ def json_schemas() -> dict[str, dict[str, Any]]:
         "index_announced": IndexAnnounced.model_json_schema(),
         "item_update": ItemUpdate.model_json_schema(),
         "interaction": Interaction.model_json_schema(),
+        "item_vector": ItemVector.model_json_schema(),
     }
 
 

@@ -22,6 +22,9 @@ TOPIC_INDEX_VERSIONS = "annrec.index-versions"
 # Compacted: per (attribute, item) key only the newest value is kept, so replaying it from the
 # beginning gives the current state of every item's availability.
 TOPIC_ITEM_UPDATES = "annrec.item-updates"
+# Compacted, keyed by item_id: items added, changed or removed since the last build. Every
+# worker replays it into its fresh segment; the next build folds it into the version.
+TOPIC_ITEM_VECTORS = "annrec.item-vectors"
 
 # What users do (views, clicks, purchases), keyed by user_id: every worker of the group reads
 # its share of the partitions and keeps each user's recent history in Redis (history_key).

@@ -414,6 +414,14 @@ class Manifest(_Model):
         description="item-updates topic partition -> the offset the build read up to: workers "
         "apply only updates from there on (none named: all of them)",
     )
+    item_vectors_applied: int = Field(
+        0, ge=0, description="item-vectors events (upserts, removals) folded into the factors"
+    )
+    item_vectors_through: dict[int, int] = Field(
+        default_factory=dict,
+        description="item-vectors topic partition -> the offset the build read up to: a "
+        "worker's fresh segment keeps only events from there on (none named: all of them)",
+    )
 
     @field_validator("format_version")
     @classmethod

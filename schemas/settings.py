@@ -39,6 +39,7 @@ class CommonSettings(BaseSettings):
     topic_dead_letters: str = keys.TOPIC_DEAD_LETTERS
     topic_index_versions: str = keys.TOPIC_INDEX_VERSIONS
     topic_item_updates: str = keys.TOPIC_ITEM_UPDATES
+    topic_item_vectors: str = keys.TOPIC_ITEM_VECTORS
     topic_interactions: str = keys.TOPIC_INTERACTIONS
 
 
@@ -50,6 +51,7 @@ class TopicNames(TypedDict):
     topic_dead_letters: str
     topic_index_versions: str
     topic_item_updates: str
+    topic_item_vectors: str
     topic_interactions: str
 
 

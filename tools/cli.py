@@ -46,6 +46,10 @@ COMMANDS: Table = {
         "publish availability changes (item-updates topic; workers apply)",
         "tools.commands.request:register_item_update",
     ),
+    "item": Command(
+        "add, change or remove items between builds (item-vectors topic; workers serve them)",
+        "tools.commands.item:register",
+    ),
     "interact": Command(
         "publish what a user did (interactions topic; their next recommend reflects it)",
         "tools.commands.request:register_interact",

@@ -53,6 +53,7 @@ def test_document_is_valid_asyncapi_3(doc):
         "annrec.dead-letters",
         "annrec.index-versions",
         "annrec.item-updates",
+        "annrec.item-vectors",
         "annrec.interactions",
     }
 
