@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from index_builder.attributes import read_table
 from index_builder.inputs import Factors, load_factor_arrays, load_factors, save_factors
 from index_builder.publish import BuildOptions, publish_version
 from index_builder.settings import BuilderSettings
+from index_builder.sharded import build_sharded, dask_map, shard_options
 from index_builder.synth import (
     synth_attributes,
     synth_factors,
@@ -113,6 +115,17 @@ def add_build_arguments(build: argparse.ArgumentParser) -> None:
     build.add_argument("--target-recall", type=float, help="recall@10 search_k is tuned for")
     build.add_argument("--min-recall", type=float, help="refuse to publish below this recall@10")
     build.add_argument("--no-quality", action="store_true", help="skip the quality report")
+    shards = build.add_argument_group(
+        "sharded build (needs annrec[shard]): items cut by crc32(id) into --shards versions, "
+        "<storage>/shard-NN each, built in parallel on a Dask cluster (SCALING.md)"
+    )
+    shards.add_argument("--shards", type=int, default=1, help="shards (1: one version)")
+    shards.add_argument(
+        "--cluster", default="local", help="'local' (a LocalCluster here) or a scheduler address"
+    )
+    shards.add_argument(
+        "--cluster-workers", type=int, default=2, help="processes of the local cluster"
+    )
 
 
 def add_versions_arguments(versions: argparse.ArgumentParser) -> None:
@@ -264,6 +277,31 @@ def run_build(
         announce=announce if kafka_conf is not None else None,
         attributes=attributes,
         item_updates=updates,
+    )
+
+
+def run_sharded_build(args: argparse.Namespace, settings: BuilderSettings) -> dict[str, Any]:
+    """`annrec build --shards N`: the factors' items in N versions built on a Dask cluster
+    (index_builder/sharded.py). Directory storage only, not announced: each shard's workers
+    follow their own LATEST."""
+    if args.interactions or args.attributes:
+        raise AnnrecError("--shards takes factors (--factors, --item-factors or --synth) only")
+    target = _target(settings)
+    if target.remote is not None:
+        raise AnnrecError("--shards publishes to a directory (a shared filesystem), not s3://")
+    factors, source, _, _ = _factors(args, settings)
+    options = shard_options(
+        _build_options(settings, quality=not args.no_quality),
+        args.cluster_workers,
+        os.cpu_count() or 1,
+    )
+    return build_sharded(
+        factors,
+        target.build_root,
+        args.shards,
+        options,
+        dask_map(args.cluster, args.cluster_workers),
+        source=source,
     )
 
 

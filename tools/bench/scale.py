@@ -245,7 +245,7 @@ def run_child(
         stdout = out.read().decode()
     failure = None
     if watch.reason is not None:
-        failure = watch.reason
+        failure = f"{watch.reason}; last lines: {_tail(log_path)}"
     elif proc.returncode != 0:
         how = (
             f"killed by {signal.Signals(-proc.returncode).name}"
@@ -270,6 +270,7 @@ class _MemoryWatch:
         self.peak_mib = 0
         self.lowest_gib = float("inf")
         self._done = threading.Event()
+        self._started = time.perf_counter()
         self._thread = threading.Thread(target=self._watch, daemon=True)
 
     def start(self) -> None:
@@ -286,9 +287,13 @@ class _MemoryWatch:
             free = available_gib()
             self.lowest_gib = min(self.lowest_gib, free)
             if free < self.min_free_gib and self.reason is None:
+                own = "?"
+                with contextlib.suppress(OSError):
+                    own = str(memory_status(self.pid).get("VmRSS", "?"))
                 self.reason = (
                     f"stopped: the machine's available memory fell to {free:.1f} GiB "
-                    f"(limit {self.min_free_gib} GiB)"
+                    f"(limit {self.min_free_gib} GiB) with this process at {own} MiB resident, "
+                    f"after {time.perf_counter() - self._started:.0f} s"
                 )
                 _terminate(self.pid)
 

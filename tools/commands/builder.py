@@ -45,6 +45,11 @@ def _build(args: argparse.Namespace) -> int:
     if args.announce and args.no_announce:
         raise AnnrecError("--announce and --no-announce contradict each other: give one")
     settings = builder_cli.builder_settings(args)
+    if args.shards > 1:
+        built = builder_cli.run_sharded_build(args, settings)
+        for shard in built["shards"]:
+            print(f"{shard['storage']} {shard['version']}")
+        return 0
     conf = None if args.no_announce else _announcing_kafka(settings, required=args.announce)
     manifest = builder_cli.run_build(args, settings, conf)
     if conf is None and not args.no_announce:
