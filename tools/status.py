@@ -25,6 +25,7 @@ from adapters.redis_client import redis_refusal
 from adapters.version_storage import open_storage
 from schemas import keys
 from schemas.errors import AnnrecError
+from worker.consumer import interactions_group
 from worker.settings import WorkerSettings
 
 TIMEOUT_S = 10.0
@@ -37,9 +38,8 @@ def collect_status(
     now = time.time() if now is None else now
     workers = _workers(redis_url, settings.group_id)  # Redis first: it fails fast and clearly
     versions = _versions(settings)
-    consumer = Consumer(
-        {**client_config(kafka), "group.id": settings.group_id, "enable.auto.commit": False}
-    )  # never subscribes: it only reads offsets, it does not join the group
+    consumer = _offsets_reader(kafka, settings.group_id)
+    interactions = _offsets_reader(kafka, interactions_group(settings.group_id))
     try:
         return {
             "group": _group(kafka, settings),
@@ -54,6 +54,11 @@ def collect_status(
                 "topic": settings.topic_item_updates,
                 "published": _published(consumer, settings.topic_item_updates),
             },
+            "interactions": {
+                "topic": settings.topic_interactions,
+                "group": interactions_group(settings.group_id),
+                "lag": _lag(interactions, settings.topic_interactions),
+            },
             "at": now,
         }
     except KafkaException as exc:
@@ -63,6 +68,12 @@ def collect_status(
         ) from exc
     finally:
         consumer.close()
+        interactions.close()
+
+
+def _offsets_reader(kafka: dict[str, str], group: str) -> Consumer:
+    """Never subscribes: it only reads the group's offsets, it does not join the group."""
+    return Consumer({**client_config(kafka), "group.id": group, "enable.auto.commit": False})
 
 
 def _group(kafka: dict[str, str], s: WorkerSettings) -> dict[str, Any]:
@@ -196,6 +207,7 @@ def render_status(doc: dict[str, Any]) -> str:
                 if "item_updates_read" in w  # absent from an older worker's heartbeat
                 else ""
             )
+            + (f"  interactions read {w['interactions_read']}" if "interactions_read" in w else "")
         )
     v = doc["versions"]
     latest = v["latest"] or "none (nothing published yet)"
@@ -209,6 +221,10 @@ def render_status(doc: dict[str, Any]) -> str:
     u = doc.get("item_updates")
     if u is not None:
         lines.append(f"item updates published to {u['topic']}: {u['published']}")
+    i = doc.get("interactions")
+    if i is not None:  # worker group <group>.interactions writes them to the users' histories
+        waiting = sum(r["lag"] for r in i["lag"])
+        lines.append(f"interactions ({i['topic']}, group {i['group']}): {waiting} waiting")
     return "\n".join(lines)
 
 

@@ -4,9 +4,14 @@ scenario freezes Redis and restarts the broker, which must not hit the session's
 import json
 import os
 
+import pytest
+
 from tests.cli import annrec
 
 
+# Seven scenarios of seconds each, plus their clusters' start-ups: past pytest's default 300 s on
+# a busy 2-core machine; the command itself is given 1200 s below.
+@pytest.mark.timeout(1200)
 def test_chaos_quick(tmp_path):
     env = {
         k: v
@@ -21,7 +26,15 @@ def test_chaos_quick(tmp_path):
     assert out.exists(), result.stderr[-3000:]
     doc = json.loads(out.read_text())
     runs = doc["scenarios"]
-    assert set(runs) == {"crash", "swaps", "bad-index", "outage", "fuzz", "overload"}
+    assert set(runs) == {
+        "crash",
+        "swaps",
+        "bad-index",
+        "outage",
+        "fuzz",
+        "overload",
+        "interactions",
+    }
     failed = {name: figures for name, figures in runs.items() if not figures["passed"]}
     assert not failed, json.dumps(failed, indent=2)[-4000:]
     assert result.returncode == 0
@@ -50,5 +63,8 @@ def test_chaos_quick(tmp_path):
     assert overload["phases"]["overload"]["statuses"].get("expired", 0) > 0  # it shed
     bound = overload["params"]["deadline_s"] + overload["params"]["slack_s"]
     assert overload["overload_p99_s"] <= bound
+    events = runs["interactions"]
+    assert events["kills"] >= 2 and events["history"]["held"] == events["events_produced"]
+    assert events["history"]["lost"] == events["history"]["double_counted"] == 0
     assert not os.path.exists(tmp_path / "stack" / "stack.json")  # the stack was stopped
     assert list((tmp_path / "tmp").iterdir()) == []  # every scenario removed its folders

@@ -12,10 +12,11 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+from adapters.interactions import publish_interactions
 from adapters.item_updates import publish_item_updates
 from index_builder.publish import BuildOptions, publish_version
 from index_builder.storage import set_latest
-from schemas.events import ItemUpdate, RecommendRequest
+from schemas.events import Interaction, ItemUpdate, RecommendRequest
 from schemas.layout import version_dir
 from schemas.manifest import MANIFEST_NAME
 from schemas.settings import topic_env
@@ -138,6 +139,23 @@ def test_status_lists_live_workers_and_drops_a_crashed_one(
 
         doc = _wait_for(updates_read)
         assert doc["item_updates"] == {"topic": settings.topic_item_updates, "published": 2}
+
+        # Interactions: consumed by the workers' interactions group; status shows its lag.
+        events = [
+            Interaction(user_id=f"u{n}", item_id="i3", timestamp=datetime.now(UTC))
+            for n in range(6)
+        ]
+        publish_interactions(kafka_conf, settings.topic_interactions, events)
+
+        def interactions_read():
+            doc = _status(settings, services)
+            read = sum(w.get("interactions_read", 0) for w in doc["workers"])
+            lag = sum(r["lag"] for r in doc["interactions"]["lag"])
+            return doc if read == 6 and lag == 0 else None
+
+        doc = _wait_for(interactions_read)
+        assert doc["interactions"]["topic"] == settings.topic_interactions
+        assert sum(r["end"] for r in doc["interactions"]["lag"]) == 6
 
         # A damaged version LATEST names (moved there by hand: `annrec versions rollback` would
         # refuse it): both workers refuse it and keep serving, and status says so with the reason.

@@ -128,6 +128,18 @@ def _overload_rows(f: dict[str, Any]) -> Rows:
     return rows
 
 
+def _interactions_rows(f: dict[str, Any]) -> Rows:
+    h = f["history"]
+    return [
+        ("workers killed with SIGKILL (and restarted)", f["kills"]),
+        ("interaction events produced", f["events_produced"]),
+        ("events delivered again after a kill (absorbed by the history)", h["delivered_again"]),
+        ("events held in the users' Redis histories", h["held"]),
+        ("**events lost**", f"**{h['lost']}**"),
+        ("**events double-counted**", f"**{h['double_counted']}**"),
+    ]
+
+
 _SCENARIO_ROWS: dict[str, Callable[[dict[str, Any]], Rows]] = {
     "crash": _crash_rows,
     "swaps": _swaps_rows,
@@ -135,4 +147,5 @@ _SCENARIO_ROWS: dict[str, Callable[[dict[str, Any]], Rows]] = {
     "outage": _outage_rows,
     "fuzz": _fuzz_rows,
     "overload": _overload_rows,
+    "interactions": _interactions_rows,
 }

@@ -39,6 +39,7 @@ QUICK: dict[str, dict[str, Any]] = {
         "deadline_ms": 2000,
         "slack_s": 0.5,
     },
+    "interactions": {"rate": 150, "duration_s": 16, "kill_every_s": 5, "n_items": 2000},
 }
 
 
@@ -46,8 +47,8 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "scenarios",
         nargs="*",
-        default=["crash", "swaps", "bad-index", "outage", "fuzz", "overload"],
-        help="crash, swaps, bad-index, outage, fuzz, overload (default: all)",
+        default=["crash", "swaps", "bad-index", "outage", "fuzz", "overload", "interactions"],
+        help="crash, swaps, bad-index, outage, fuzz, overload, interactions (default: all)",
     )
     parser.add_argument("--quick", action="store_true", help="seconds, not minutes (CI runs it)")
     parser.add_argument("--out", type=Path, help="write the figures to this JSON file")

@@ -6,7 +6,8 @@ prints them and writes them to JSON (RELIABILITY.md quotes them).
 - bad-index: damaged versions announced while one worker serves;
 - outage: Redis frozen, then the broker restarted, under load;
 - fuzz: hostile events interleaved with valid ones;
-- overload: one worker offered twice its capacity (tools/chaos/overload.py).
+- overload: one worker offered twice its capacity (tools/chaos/overload.py);
+- interactions: workers killed while interaction events flow (tools/chaos/interactions.py).
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from tools.chaos.harness import (
     temp_folder,
     wait_until,
 )
+from tools.chaos.interactions import interactions
 from tools.chaos.overload import overload
 from tools.client import ReplyWaiter, wait_for_workers
 from tools.services import Endpoints
@@ -401,6 +403,7 @@ SCENARIOS: dict[str, Callable[..., Figures]] = {
     "outage": outage,
     "fuzz": fuzz,
     "overload": overload,
+    "interactions": interactions,
 }
 
 

@@ -26,11 +26,19 @@ def test_render_names_every_section_and_figure():
         "versions": {"storage": "/s", "versions": ["v0", "v1"], "latest": "v1"},
         "dead_letters_last_hour": 3,
         "item_updates": {"topic": "annrec.item-updates", "published": 7},
+        "interactions": {
+            "topic": "annrec.interactions",
+            "group": "annrec-workers.interactions",
+            "lag": [{"partition": 0, "committed": 3, "end": 7, "lag": 4}],
+        },
     }
     text = render_status(doc)
     assert "consumer group g: stable, 1 member(s)" in text
     assert "partitions 0,1" in text
     assert "lag: 2 request(s) waiting" in text
+    assert (
+        "interactions (annrec.interactions, group annrec-workers.interactions): 4 waiting" in text
+    )
     assert "live recall recommend 0.970 (20)" in text
     assert "* v1" in text and "LATEST v1" in text
     assert "dead letters in the last hour: 3" in text

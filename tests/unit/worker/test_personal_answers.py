@@ -66,3 +66,20 @@ def test_explain_is_refused_for_a_user_id_even_with_a_history(version):
     request = RecommendRequest(request_id="r", user_id="u3", k=5, explain=True)
     reply = answer(request, version, "w", history=HISTORY)
     assert reply.explain_refused and all(i.because is None for i in reply.items)
+
+
+def test_the_other_options_apply_to_a_personalised_vector(version, small_factors):
+    allowed = [f"i{n}" for n in range(0, 300, 3)]
+    request = RecommendRequest(
+        request_id="r", user_id="u3", k=10, allow_items=allowed, exclude_items=["i42"]
+    )
+    reply = answer(request, version, "w", history=HISTORY)
+    got = [i.item_id for i in reply.items]
+    assert reply.history_events == 3 and len(got) == 10
+    assert set(got) <= set(allowed) - {"i42"}
+    rows = [n for n in range(0, 300, 3) if n != 42]
+    unconstrained = answer(
+        RecommendRequest(request_id="r", user_id="u3", k=300), version, "w", history=HISTORY
+    )
+    ranked = [i.item_id for i in unconstrained.items if int(i.item_id[1:]) in rows]
+    assert got == ranked[:10], "the allowed items in the personalised order"
