@@ -112,6 +112,19 @@ class ItemAttributes:
         mask: npt.NDArray[np.bool_] = state == wanted[0] if len(wanted) == 1 else state != UNKNOWN
         return mask
 
+    def values_of(self, row: int) -> dict[str, str | bool]:
+        """One item's attribute values by name (those it has): what an upsert of the item
+        without attributes of its own keeps (query_engine/segment.py)."""
+        out: dict[str, str | bool] = {}
+        for name, c in self._categories.items():
+            code = int(self.value_codes(name)[row])
+            if code >= 0:
+                out[name] = c.spec.values[code]
+        for name, f in self._flags.items():
+            if f.state[row] != UNKNOWN:
+                out[name] = bool(f.state[row] == TRUE)
+        return out
+
     def is_flag(self, name: str) -> bool:
         return name in self._flags
 

@@ -26,6 +26,8 @@ from query_engine.personalize import (
     Personalization,
     personal_vector,
 )
+from query_engine.search import scaled_search_k
+from query_engine.segment import merged, past_hidden, similar_to_vector
 from query_engine.selection import FilterError, Selection, select
 from query_engine.vectors import cosine_scores, explain_scores, fold_in
 from schemas.events import (
@@ -212,7 +214,19 @@ def _selection(request: AnyRequest, v: LoadedVersion) -> Selection | None:
     try:
         return select(v.attributes, request.filter, allow, v.manifest.n_items)
     except FilterError as exc:
+        if v.fresh.ids and v.attributes is not None and _fresh_evaluates(request, v):
+            # A value only items added since the build have (a new brand): none of the
+            # version's items passes.
+            return Selection.of_rows(v.manifest.n_items, np.empty(0, np.int64))
         raise BadRequest(f"filter: {exc} (index {v.version})") from exc
+
+
+def _fresh_evaluates(request: AnyRequest, v: LoadedVersion) -> bool:
+    try:
+        v.fresh.passing(request.filter, request.allow_items)
+    except FilterError:
+        return False
+    return True
 
 
 def _max_per(request: AnyRequest, v: LoadedVersion) -> MaxPer | None:
@@ -259,23 +273,77 @@ def _similar(
 ) -> tuple[list[ScoredItem], set[int]]:
     """(the items, the rows excluded: the item itself and exclude_items)."""
     row = v.item_rows.get(request.item_id)
-    if row is None:
+    local = v.fresh.local(request.item_id)  # upserted since the build: its new vector
+    if local is None and (row is None or request.item_id in v.fresh.removed):
         raise BadRequest(f"unknown item_id {request.item_id!r} in index {v.version}")
-    excluded = _rows(v, request.exclude_items) | {row}
-    if max_per is None:
-        fetch = request.k + len(excluded)
-        rows, scores = v.search.similar_items(row, fetch, keep, request.search_k, exact)
-    else:
-        rows, scores = v.search.similar_items_max_per(
-            row, request.k, max_per, keep, _array(excluded), request.search_k, exact
+    excluded = _rows(v, request.exclude_items) | ({row} if row is not None else set())
+    fetch = request.k + len(excluded)
+    hidden, excluded = v.fresh.hidden, excluded | v.fresh.hidden
+    if local is not None:  # by vector: the index and the table know its old vector, or none
+        query = v.fresh.vector(local)
+        rows, scores = past_hidden(
+            lambda f: _similar_to(v, query, f, keep, request, exact), fetch, hidden
         )
-    query = np.asarray(v.item_factors[row])
+    else:
+        known = int(row)  # type: ignore[arg-type]  # not fresh: the version has it (above)
+        query = np.asarray(v.item_factors[known])
+        if max_per is None:
+            search = v.search.similar_items
+            rows, scores = past_hidden(
+                lambda f: search(known, f, keep, request.search_k, exact), fetch, hidden
+            )
+        else:
+            rows, scores = v.search.similar_items_max_per(
+                known, request.k, max_per, keep, _array(excluded), request.search_k, exact
+            )
 
     def scorer(r: Rows) -> npt.NDArray[np.float32]:
         return cosine_scores(np.asarray(v.item_factors[r]), v.search.item_norms[r], query)
 
     items = _complete(v, rows, scores, excluded, request.k, scorer, keep, max_per)
-    return items, excluded
+    return _with_fresh(v, request, items, query, max_per, similar=True), excluded
+
+
+def _similar_to(
+    v: LoadedVersion,
+    query: npt.NDArray[np.float32],
+    fetch: int,
+    keep: Selection | None,
+    request: SimilarItemsRequest,
+    exact: bool,
+) -> tuple[Rows, npt.NDArray[np.float32]]:
+    """The version's items most similar to a fresh item's vector, as its plan would search."""
+    plan = v.search.plan.similar
+    budget = scaled_search_k(request.search_k or plan.search_k, fetch)
+    exact = exact or (plan.strategy == "exact" and request.search_k is None)
+    s = v.search
+    return similar_to_vector(
+        s.angular, s.item_factors, s.item_norms, query, fetch, keep, budget, exact
+    )
+
+
+def _with_fresh(
+    v: LoadedVersion,
+    request: AnyRequest,
+    items: list[ScoredItem],
+    query: npt.NDArray[np.float32],
+    max_per: MaxPer | None,
+    similar: bool,
+) -> list[ScoredItem]:
+    """The version's items merged with the fresh segment's best (query_engine/segment.py):
+    exact scores, the request's filter, allow list and exclusions applied to them too. Under
+    max_per only the version's items are walked (the constraint counts version rows)."""
+    fresh = v.fresh
+    if not fresh.ids or max_per is not None:
+        return items
+    try:
+        keep = fresh.passing(request.filter, request.allow_items)
+    except FilterError as exc:
+        raise BadRequest(f"filter: {exc} (items added since index {v.version})") from exc
+    exclude = [*request.exclude_items, *([request.subject_id or ""] if similar else [])]
+    find = fresh.similar if similar else fresh.recommend
+    ids, scores = find(query, request.k, keep, exclude)
+    return merged(items, ids, scores, request.k)
 
 
 def _recommend(
@@ -291,6 +359,8 @@ def _recommend(
     query, seen, unknown = _user_vector(request, v, history, policy.personalization)
     exclude_seen = request.exclude_seen or (policy.exclude_history and bool(history))
     excluded = _rows(v, request.exclude_items) | (set(seen.tolist()) if exclude_seen else set())
+    fetch = request.k + len(excluded)
+    hidden, excluded = v.fresh.hidden, excluded | v.fresh.hidden  # removed items never return
     if history:
         base["history_events"] = len(history)
     if query is None:  # cold start: nothing known about this user
@@ -315,8 +385,10 @@ def _recommend(
             **base,
         )
     if max_per is None:
-        fetch = request.k + len(excluded)
-        rows, scores = v.search.recommend(query, fetch, keep, request.search_k, exact)
+        search = v.search.recommend
+        rows, scores = past_hidden(
+            lambda f: search(query, f, keep, request.search_k, exact), fetch, hidden
+        )
     else:
         rows, scores = v.search.recommend_max_per(
             query, request.k, max_per, keep, _array(excluded), request.search_k, exact
@@ -331,6 +403,7 @@ def _recommend(
     refusal = _explain_refusal(request, has_history=len(seen) > 0 and request.user_id is None)
     if request.explain and refusal is None:
         items = _explained(v, items, seen, rows)
+    items = _with_fresh(v, request, items, query, max_per, similar=False)  # not explained
     return Reply(
         status=_status(v, items, request.k, keep, max_per, excluded),
         items=items,

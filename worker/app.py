@@ -25,6 +25,7 @@ from confluent_kafka import Consumer, KafkaException, TopicPartition
 from threadpoolctl import threadpool_limits
 
 from adapters.item_updates import ItemUpdateLog
+from adapters.item_vectors import ItemVectorLog
 from adapters.kafka_log import client_config, link
 from adapters.redis_client import redis_refusal
 from adapters.topics import ensure_topics, topic_specs
@@ -55,6 +56,7 @@ from worker.consumer import (
     shut_down,
     store_offsets,
 )
+from worker.fresh import FreshItems, refused_events
 from worker.heartbeat import Heartbeat
 from worker.history import RedisHistory
 from worker.index_store import IndexStore, LoadedVersion
@@ -142,6 +144,7 @@ class Worker:
         self.assigned: set[int] = set()
         self.http_port: int | None = None
         self.availability: Availability
+        self.fresh: FreshItems
 
     def run(self, stop: threading.Event) -> None:
         s = self.settings
@@ -158,8 +161,10 @@ class Worker:
             # topics lets the assignor balance the partition count, not each topic, so a worker
             # could get every interactions partition and no request partition (seen: with two
             # workers, one answered no request).
+            # The same side consumer reads the item-vectors topic for its dead letters: each
+            # event checked by one worker of the group (every worker's segment reads them all).
             clients.interactions.subscribe(
-                [s.topic_interactions],
+                [s.topic_interactions, s.topic_item_vectors],
                 on_revoke=self._on_interactions_revoke,
                 on_lost=self._on_lost,
             )
@@ -202,6 +207,10 @@ class Worker:
         self.availability = Availability(updates, self.metrics)
         resources.callback(self.availability.close)
         self.availability.replay(s.item_updates_replay_s)
+        vectors = ItemVectorLog(self._kafka_conf, s.topic_item_vectors)
+        self.fresh = FreshItems(vectors, self.metrics, s.fresh_max_items)
+        resources.callback(self.fresh.close)
+        self.fresh.replay(s.item_vectors_replay_s)
         follower = AnnouncementFollower(self._kafka_conf, s.topic_index_versions)
         resources.callback(follower.close)
         self._announced = follower.announced
@@ -283,6 +292,7 @@ class Worker:
         version = self._current(c.store, version)
         # Availability changes land between batches: the next batch sees them all.
         self.availability.refresh(version)
+        self.fresh.refresh(version, self.availability.values)
         if events:
             self._serve(c, events, version, stop)
         else:
@@ -292,9 +302,13 @@ class Worker:
     def _serve(
         self, c: _Clients, events: list[RawEvent], version: LoadedVersion, stop: threading.Event
     ) -> None:
-        request_events, interaction_events = self._by_consumer(events)
+        request_events, side_events = self._by_consumer(events)
+        vector_topic = self.settings.topic_item_vectors
         parsed = parse_batch(request_events)
-        interactions = parse_interactions(interaction_events)
+        interactions = parse_interactions([e for e in side_events if e.topic != vector_topic])
+        refused_vectors = refused_events(
+            [e for e in side_events if e.topic == vector_topic], version
+        )
         try:  # first: this batch's requests see this batch's interactions
             added = c.history.write(interactions.valid)
             histories = c.history.read(_asking_users(parsed))
@@ -304,7 +318,8 @@ class Worker:
         # A personalised reply changes with every interaction: never from (or into) the cache.
         personal = [p for p in parsed if _user_of(p) in histories]
         fixed = [p for p in parsed if _user_of(p) not in histories]
-        hits, misses = c.cache.split(fixed, version.version) if c.cache else ([], fixed)
+        tag = _cache_tag(version)
+        hits, misses = c.cache.split(fixed, tag) if c.cache else ([], fixed)
         shed = self._overload.observe(_youngest_wait_s(events, time.time()), time.monotonic())
         self.metrics.shedding.set(int(shed))
         if self.settings.echo:
@@ -317,11 +332,11 @@ class Worker:
                 self._policy(shed),
                 histories=histories,
             )
-        entries = c.cache.entries(misses, outcome.replies, version.version) if c.cache else []
+        entries = c.cache.entries(misses, outcome.replies, tag) if c.cache else []
         outcome.extend(cached_outcome(hits))
         outcome.dead_letters += [
             dead_letter(event, reason, self.settings.worker_id)
-            for event, reason in interactions.refused
+            for event, reason in interactions.refused + refused_vectors
         ]
         started = time.perf_counter()
         if not self._write_then_store_offsets(c, events, outcome, entries, stop):
@@ -377,9 +392,9 @@ class Worker:
         return True
 
     def _by_consumer(self, events: list[RawEvent]) -> tuple[list[RawEvent], list[RawEvent]]:
-        """(the requests consumer's events, the interactions consumer's)."""
-        topic = self.settings.topic_interactions
-        return [e for e in events if e.topic != topic], [e for e in events if e.topic == topic]
+        """(the requests consumer's events, the side consumer's: interactions, item vectors)."""
+        side = (self.settings.topic_interactions, self.settings.topic_item_vectors)
+        return [e for e in events if e.topic not in side], [e for e in events if e.topic in side]
 
     def _not_written(
         self, c: _Clients, events: list[RawEvent], exc: SinkError, stop: threading.Event
@@ -442,6 +457,8 @@ class Worker:
             "partitions": sorted(self.assigned),
             "live_recall": recall,
             "item_updates_read": self.availability.read,
+            "item_vectors_read": self.fresh.read,
+            "fresh_items": version.fresh.size,
             "interactions_read": self.interactions_read,
             "metrics_port": self.http_port,
             # The versions this worker refused (the last few), with the reason: `annrec status`
@@ -482,6 +499,7 @@ class Worker:
         assert version is not None
         if version.version != serving.version:
             self.availability.adopt(version)
+            self.fresh.adopt(version, self.availability.values)
             self._announce_serving(version, serving.version)
         return version
 
@@ -537,6 +555,7 @@ class Worker:
             version = store.current()
             if version is not None:
                 self.availability.adopt(version)
+                self.fresh.adopt(version, self.availability.values)
                 self._announce_serving(version, None)
                 return version
             if not logged:
@@ -589,6 +608,13 @@ def _user_of(p: Parsed) -> str | None:
 
 def _asking_users(parsed: list[Parsed]) -> set[str]:
     return {u for p in parsed if (u := _user_of(p)) is not None}
+
+
+def _cache_tag(version: LoadedVersion) -> str:
+    """What cached replies are keyed by: the version, and the fresh segment's state once it
+    holds anything (replies change with every item upserted or removed)."""
+    fresh = version.fresh
+    return version.version if not fresh.generation else f"{version.version}+{fresh.generation}"
 
 
 def _youngest_wait_s(events: list[RawEvent], now: float) -> float | None:

@@ -29,6 +29,7 @@ def apply_updates(version: LoadedVersion, updates: Mapping[tuple[str, str], bool
         row = version.item_rows.get(item)
         if row is not None and attrs.is_flag(name):
             changed += attrs.set_flag(name, row, value)
+        changed += version.fresh.set_flag(name, item, value)  # an item upserted since the build
     return changed
 
 
@@ -72,6 +73,11 @@ class Availability:
             self._metrics.item_updates.labels("invalid").inc(self._log.invalid - self._invalid_seen)
             self._invalid_seen = self._log.invalid
         return len(batch)
+
+    @property
+    def values(self) -> Mapping[tuple[str, str], bool]:
+        """The newest value of every (attribute, item) read so far."""
+        return self._log.state.values
 
     @property
     def read(self) -> int:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +32,7 @@ from adapters.version_storage import VersionStorage
 from query_engine.attributes import ItemAttributes
 from query_engine.confidence import FoldInWeights
 from query_engine.plan import ServingPlan, VersionSearch
+from query_engine.segment import Segment
 from query_engine.vectors import item_gramian
 from schemas import manifest as mf
 from schemas.errors import AnnrecError, IndexRejected, VersionMissing
@@ -56,6 +57,9 @@ class LoadedVersion:
     # How recent items are weighted for the fold-in (the version's training weighting).
     fold_in: FoldInWeights
     attributes: ItemAttributes | None = None  # None: published without attributes
+    # Items upserted or removed since the build (the item-vectors topic, worker/fresh.py):
+    # filled by the serving thread between batches; the version's files stay immutable.
+    fresh: Segment = field(default_factory=lambda: Segment(0))
 
     @property
     def version(self) -> str:
@@ -119,6 +123,7 @@ def load_version(
         user_rows=user_rows,
         attributes=attributes,
         fold_in=fold_in,
+        fresh=Segment(manifest.dim, manifest.attributes),
     )
 
 

@@ -50,6 +50,22 @@ class WorkerMetrics:
             registry=r,
         )
         self.cache_hits = Counter("annrec_cache_hits", "Replies served from Redis", registry=r)
+        self.fresh_items = Gauge(
+            "annrec_fresh_items",
+            "Fresh segment: items upserted since the version's build and version items it hides",
+            registry=r,
+        )
+        self.fresh_events = Counter(
+            "annrec_item_vector_events",
+            "Item-vectors events applied to the fresh segment, or skipped as refused",
+            ["result"],  # upsert | removal | refused
+            registry=r,
+        )
+        self.build_overdue = Gauge(
+            "annrec_build_overdue",
+            "1 while the fresh segment is past ANNREC_FRESH_MAX_ITEMS: a build should fold it in",
+            registry=r,
+        )
         self.swaps = Counter("annrec_index_swaps", "Index versions swapped in", registry=r)
         self.refusals = Counter("annrec_index_refusals", "Index versions refused", registry=r)
         self.version = Gauge(

@@ -118,6 +118,16 @@ class WorkerSettings(CommonSettings):
     item_updates_replay_s: float = Field(
         60.0, gt=0, description="longest wait for the item-updates replay at start (else fail)"
     )
+    item_vectors_replay_s: float = Field(
+        60.0, gt=0, description="longest wait for the item-vectors replay at start (else fail)"
+    )
+    fresh_max_items: int = Field(
+        100_000,
+        ge=1,
+        description="items the fresh segment (upserts and removals since the version's build) "
+        "may hold before a build is overdue: past it a log line and annrec_build_overdue say "
+        "so; requests keep being answered (each scans the segment: its cost grows with it)",
+    )
     # Real-time personalization (issue 23): each user's recent interactions, kept in Redis.
     history_length: int = Field(
         50, ge=1, le=10_000, description="recent interactions kept per user (the newest)"

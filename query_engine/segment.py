@@ -1,0 +1,323 @@
+"""The fresh segment: items added, changed or removed since a version was built, served beside it.
+
+An Annoy file cannot take items after it is built, so the items upserted since (the item-vectors
+topic) live in a small in-memory matrix scanned exactly, and their exact scores are merged with
+the version's answer. Version rows that must not be served are `hidden`: removed items, and
+items upserted since the build (their old vector; the new one is scored here). Removed items
+are hidden like exclude_items, so they appear in no answer, popularity fill included.
+
+Mutated by the worker's serving thread only, between two batches (as availability is); the
+version's own files stay immutable. Pure numpy: no Kafka, no I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import TypeVar
+
+import numpy as np
+import numpy.typing as npt
+from annoy import AnnoyIndex
+
+from query_engine.attributes import ItemAttributes
+from query_engine.search import OVERFETCH
+from query_engine.selection import Selection, select
+from query_engine.vectors import cosine_scores, top_k
+from schemas.events import ItemVector, ScoredItem
+from schemas.filters import Filter
+from schemas.manifest import FALSE, TRUE, UNKNOWN, AttributeSpec
+
+FloatArray = npt.NDArray[np.float32]
+Rows = npt.NDArray[np.int64]
+Ranked = tuple[Rows, FloatArray]
+AttributeValues = Mapping[str, str | bool]
+G = TypeVar("G", bound=np.generic)
+
+
+def refusal(event: ItemVector, dim: int, specs: Sequence[AttributeSpec]) -> str | None:
+    """Why a version of dimension `dim` with attributes `specs` cannot take this event (None:
+    it can). The worker dead-letters an event with this reason and its segment skips it."""
+    if event.removed:
+        return None
+    assert event.vector is not None  # the model requires one for an upsert
+    if len(event.vector) != dim:
+        return f"vector has {len(event.vector)} values, the version has K={dim}"
+    by_name = {s.name: s for s in specs}
+    for name, value in event.attributes.items():
+        spec = by_name.get(name)
+        if spec is None:
+            known = ", ".join(sorted(by_name)) or "none"
+            return f"unknown attribute {name!r} (the version has: {known})"
+        if (spec.type == "bool") != isinstance(value, bool):
+            kind = "boolean: true or false" if spec.type == "bool" else "categorical: a string"
+            return f"attribute {name!r} is {kind}"
+    return None
+
+
+class Segment:
+    """The items of one version's fresh segment: their factors (by local row, a removed one
+    kept as a dead row until the next version), attributes, and the version rows hidden."""
+
+    def __init__(self, dim: int, specs: Sequence[AttributeSpec] = ()) -> None:
+        self.dim = dim
+        self._specs = list(specs)
+        self._capacity = 0
+        self._factors = np.empty((0, dim), np.float32)
+        self._norms = np.empty(0, np.float32)
+        self._live = np.empty(0, np.bool_)
+        self.ids: list[str] = []
+        self._local: dict[str, int] = {}
+        # Per attribute, one code per local row: a category's value index (-1 none; values the
+        # version does not know are appended to the segment's own list), a flag's -1/0/1.
+        self._codes: dict[str, npt.NDArray[np.int32]] = {s.name: _codes(0) for s in specs}
+        self._values: dict[str, list[str]] = {s.name: list(s.values) for s in specs}
+        self._attributes: ItemAttributes | None = None  # built from the codes on first use
+        self.hidden: set[int] = set()
+        self.removed: set[str] = set()  # ids removed (of the version or of the segment)
+        self.generation = 0  # changes with every event applied: answers may differ after it
+
+    def __len__(self) -> int:
+        """Items served from the segment (upserted and not removed since)."""
+        return int(self._live[: len(self.ids)].sum())
+
+    @property
+    def size(self) -> int:
+        """What the segment holds: its live items and the version rows it hides (what a build
+        folding it in would change); the figure the size bound applies to."""
+        return len(self) + len(self.hidden)
+
+    def local(self, item_id: str) -> int | None:
+        """The live local row of a fresh item (None: not in the segment, or removed)."""
+        row = self._local.get(item_id)
+        return row if row is not None and self._live[row] else None
+
+    def vector(self, local: int) -> FloatArray:
+        row: FloatArray = self._factors[local]
+        return row
+
+    def upsert(
+        self,
+        item_id: str,
+        vector: Sequence[float],
+        attributes: AttributeValues,
+        version_row: int | None,
+    ) -> None:
+        """Add an item, or replace its vector and attributes (`version_row`: its row in the
+        version, now hidden; None for a new item). Validated first (`refusal`)."""
+        row = self._local.get(item_id)
+        if row is None:
+            row = len(self.ids)
+            self._grow(row + 1)
+            self.ids.append(item_id)
+            self._local[item_id] = row
+        self._factors[row] = np.asarray(vector, dtype=np.float32)
+        self._norms[row] = np.linalg.norm(self._factors[row])
+        self._live[row] = True
+        for name, codes in self._codes.items():
+            codes[row] = self._code(name, attributes.get(name))
+        self.removed.discard(item_id)
+        if version_row is not None:
+            self.hidden.add(version_row)
+        self._attributes = None
+        self.generation += 1
+
+    def remove(self, item_id: str, version_row: int | None) -> None:
+        """The item is gone: never served again from the segment or the version."""
+        row = self._local.get(item_id)
+        if row is not None:
+            self._live[row] = False
+        if version_row is not None:
+            self.hidden.add(version_row)
+        self.removed.add(item_id)
+        self.generation += 1
+
+    def set_flag(self, name: str, item_id: str, value: bool) -> bool:
+        """An availability update of a fresh item; True when it changed."""
+        row = self._local.get(item_id)
+        codes = self._codes.get(name)
+        if row is None or codes is None or self._spec(name).type != "bool":
+            return False
+        new = TRUE if value else FALSE
+        if codes[row] == new:
+            return False
+        codes[row] = new
+        self._attributes = None
+        self.generation += 1
+        return True
+
+    def recommend(
+        self,
+        query: FloatArray,
+        k: int,
+        keep: npt.NDArray[np.bool_] | None = None,
+        exclude: Iterable[str] = (),
+    ) -> tuple[list[str], FloatArray]:
+        """The k fresh items with the largest inner product with `query`, best first."""
+        n = len(self.ids)
+        return self._best((self._factors[:n] @ query).astype(np.float32), k, keep, exclude)
+
+    def similar(
+        self,
+        query: FloatArray,
+        k: int,
+        keep: npt.NDArray[np.bool_] | None = None,
+        exclude: Iterable[str] = (),
+    ) -> tuple[list[str], FloatArray]:
+        """The k fresh items with the largest cosine with `query`, best first."""
+        n = len(self.ids)
+        scores = cosine_scores(self._factors[:n], self._norms[:n], query)
+        return self._best(scores, k, keep, exclude)
+
+    def passing(
+        self, flt: Filter | None, allow_items: Sequence[str] | None
+    ) -> npt.NDArray[np.bool_] | None:
+        """Which local rows pass a request's filter and allow list (None: it has neither).
+        Raises selection.FilterError as the version's own evaluation does."""
+        allow = None
+        if allow_items is not None:
+            allow = np.asarray(
+                [r for i in allow_items if (r := self._local.get(i)) is not None], np.int64
+            )
+        attributes = self.attributes() if self._specs else None
+        selection = select(attributes, flt, allow, len(self.ids))
+        return None if selection is None else selection.mask
+
+    def attributes(self) -> ItemAttributes:
+        """The segment's attributes as a version's (the same filter evaluation applies)."""
+        if self._attributes is None:
+            n = len(self.ids)
+            specs, arrays = [], {}
+            for spec in self._specs:
+                codes = self._codes[spec.name][:n]
+                if spec.type == "bool":
+                    arrays[spec.rows_file] = codes.astype(np.int8)
+                    specs.append(spec)
+                    continue
+                values = self._values[spec.name]
+                order = np.argsort(codes, kind="stable")
+                order = order[codes[order] >= 0]
+                counts = np.bincount(codes[order], minlength=len(values))
+                arrays[spec.rows_file] = order.astype(np.int32)
+                arrays[spec.offsets_file or ""] = np.concatenate(([0], np.cumsum(counts)))
+                specs.append(spec.model_copy(update={"values": values}))
+            self._attributes = ItemAttributes.from_arrays(specs, n, arrays)
+        return self._attributes
+
+    def _best(
+        self,
+        scores: FloatArray,
+        k: int,
+        keep: npt.NDArray[np.bool_] | None,
+        exclude: Iterable[str],
+    ) -> tuple[list[str], FloatArray]:
+        n = len(self.ids)
+        eligible = self._live[:n].copy()
+        if keep is not None:
+            eligible &= keep
+        for item_id in exclude:
+            row = self._local.get(item_id)
+            if row is not None:
+                eligible[row] = False
+        rows = np.flatnonzero(eligible)
+        best = rows[top_k(scores[rows], min(k, len(rows)))]
+        return [self.ids[r] for r in best.tolist()], scores[best]
+
+    def _grow(self, n: int) -> None:
+        if n <= self._capacity:
+            return
+        capacity = max(64, 2 * self._capacity, n)
+        self._factors = _resized(self._factors, capacity)
+        self._norms = _resized(self._norms, capacity)
+        self._live = _resized(self._live, capacity)
+        self._codes = {name: _resized(c, capacity, -1) for name, c in self._codes.items()}
+        self._capacity = capacity
+
+    def _spec(self, name: str) -> AttributeSpec:
+        return next(s for s in self._specs if s.name == name)
+
+    def _code(self, name: str, value: str | bool | None) -> int:
+        if value is None:
+            return UNKNOWN if self._spec(name).type == "bool" else -1
+        if isinstance(value, bool):
+            return TRUE if value else FALSE
+        values = self._values[name]
+        try:
+            return values.index(value)
+        except ValueError:
+            values.append(value)  # a value the version does not know yet (a new brand)
+            return len(values) - 1
+
+
+def _codes(n: int) -> npt.NDArray[np.int32]:
+    return np.full(n, -1, np.int32)
+
+
+def _resized(a: npt.NDArray[G], n: int, fill: int = 0) -> npt.NDArray[G]:
+    out = np.full((n, *a.shape[1:]), fill, dtype=a.dtype)
+    out[: len(a)] = a
+    return out
+
+
+def past_hidden(search: Callable[[int], Ranked], fetch: int, hidden: set[int]) -> Ranked:
+    """The version's answer for `fetch` results that are not hidden: `search(n)` asked again
+    with more while hidden rows took places in it (the index knows nothing of the segment)."""
+    wanted = fetch
+    while True:
+        rows, scores = search(fetch)
+        if not hidden:
+            return rows, scores
+        taken = sum(1 for r in rows.tolist() if r in hidden)
+        if len(rows) - taken >= wanted or len(rows) < fetch:
+            return rows, scores
+        fetch = max(2 * fetch, wanted + 2 * taken)
+
+
+def similar_to_vector(
+    angular: AnnoyIndex,
+    item_factors: FloatArray,
+    item_norms: FloatArray,
+    query: FloatArray,
+    fetch: int,
+    keep: Selection | None = None,
+    search_k: int = -1,
+    exact: bool = False,
+) -> Ranked:
+    """The version's items most similar to a vector it does not hold (a fresh item), best
+    first, exact cosine: the angular index's candidates by vector rescored, or an exact scan
+    (`exact`, a search_k of 0, or a filter the candidates do not satisfy)."""
+    n = len(item_norms)
+    if not exact and search_k != 0:
+        fraction = 1.0 if keep is None else max(keep.fraction, 1e-6)
+        pool = min(n, int((fetch + 1) * OVERFETCH / fraction))
+        found = np.asarray(angular.get_nns_by_vector(query, pool, search_k), dtype=np.int64)
+        if keep is not None:
+            found = found[keep.passes(found)]
+        if len(found) >= fetch or (keep is None and len(found) == n):
+            scores = cosine_scores(np.asarray(item_factors[found]), item_norms[found], query)
+            best = top_k(scores, min(fetch, len(found)))
+            return found[best], scores[best]
+    rows = np.arange(n, dtype=np.int64) if keep is None else keep.rows
+    scores = cosine_scores(np.asarray(item_factors[rows]), item_norms[rows], query)
+    best = top_k(scores, min(fetch, len(rows)))
+    return rows[best], scores[best]
+
+
+def merged(
+    items: Sequence[ScoredItem], fresh_ids: Sequence[str], fresh_scores: FloatArray, k: int
+) -> list[ScoredItem]:
+    """The version's items and the fresh ones by score, best first, k of them; items filled
+    from the popularity list (no rank of their own) come last, only where k is not reached."""
+    ranked = [i for i in items if not i.filled]
+    filled = [i for i in items if i.filled]
+    fresh = [
+        ScoredItem(item_id=i, score=float(s))
+        for i, s in zip(fresh_ids, fresh_scores.tolist(), strict=True)
+    ]
+    taken = {i.item_id for i in fresh}
+    # A fresh id the version also returned is the same item's new vector: the fresh one counts.
+    both = sorted(
+        [i for i in ranked if i.item_id not in taken] + fresh,
+        key=lambda i: -(i.score if i.score is not None else -np.inf),
+    )[:k]
+    chosen = {i.item_id for i in both}
+    return both + [i for i in filled if i.item_id not in chosen][: k - len(both)]
