@@ -16,6 +16,7 @@ from typing import Any
 import structlog
 
 from adapters.item_updates import read_item_updates
+from adapters.item_vectors import read_item_vectors
 from index_builder.announce import announce_version
 from index_builder.attributes import read_table
 from index_builder.inputs import Factors, load_factor_arrays, load_factors, save_factors
@@ -115,6 +116,12 @@ def add_build_arguments(build: argparse.ArgumentParser) -> None:
     build.add_argument("--target-recall", type=float, help="recall@10 search_k is tuned for")
     build.add_argument("--min-recall", type=float, help="refuse to publish below this recall@10")
     build.add_argument("--no-quality", action="store_true", help="skip the quality report")
+    build.add_argument(
+        "--no-item-vectors",
+        action="store_true",
+        help="do not fold the item-vectors topic (items upserted or removed since the last "
+        "build) into this version; by default a build that reads Kafka folds them in",
+    )
     shards = build.add_argument_group(
         "sharded build (needs annrec[shard]): items cut by crc32(id) into --shards versions, "
         "<storage>/shard-NN each, built in parallel on a Dask cluster (SCALING.md)"
@@ -260,6 +267,13 @@ def run_build(
         if kafka_conf is not None and attributes is not None
         else None
     )
+    # Items added, changed or removed since the last build: folded in by default (workers then
+    # empty their fresh segment), so the segment stays small (docs/fresh-items.md).
+    vectors = (
+        read_item_vectors(kafka_conf, settings.topic_item_vectors)
+        if kafka_conf is not None and not getattr(args, "no_item_vectors", False)
+        else None
+    )
 
     def announce(manifest: Manifest) -> None:
         assert kafka_conf is not None
@@ -277,6 +291,7 @@ def run_build(
         announce=announce if kafka_conf is not None else None,
         attributes=attributes,
         item_updates=updates,
+        item_vectors=vectors,
     )
 
 

@@ -24,10 +24,12 @@ from adapters.index_files import (
     load_neighbour_table,
 )
 from adapters.item_updates import UpdatesSnapshot
+from adapters.item_vectors import VectorsSnapshot
 from adapters.object_store import ObjectStore
 from index_builder import storage
 from index_builder.attributes import AttributeTable, write_attributes
 from index_builder.build import build_annoy, build_mips_bands
+from index_builder.fold_vectors import fold_item_vectors
 from index_builder.inputs import Factors
 from index_builder.neighbours import DEFAULT_WIDTH, build_neighbour_table
 from index_builder.quality import measure_quality
@@ -77,14 +79,20 @@ def publish_version(
     remote: ObjectStore | None = None,
     attributes: AttributeTable | None = None,
     item_updates: UpdatesSnapshot | None = None,
+    item_vectors: VectorsSnapshot | None = None,
 ) -> mf.Manifest:
     """Build, verify and publish one version; returns its manifest.
 
     With `remote`, storage_root is a local build area and the verified version is uploaded to
     the object store, whose LATEST then moves. `attributes` are published with the version,
     with `item_updates` ((attribute, item id) -> value, from the item-updates topic) folded in.
+    `item_vectors` (items added, changed or removed since, from the item-vectors topic) are
+    folded into the factors and attributes first (index_builder/fold_vectors.py).
     """
     opts = options or BuildOptions()
+    vectors = item_vectors or VectorsSnapshot({}, {})
+    folded = fold_item_vectors(factors, attributes, vectors.events)
+    factors, attributes = folded.factors, folded.attributes
     version = storage.new_version_name()
     staging = storage.start_staging(storage_root, version)
     started = time.perf_counter()
@@ -98,6 +106,7 @@ def publish_version(
             training,
             attributes,
             item_updates or UpdatesSnapshot({}, {}),
+            (folded.applied, vectors.through),
         )
         storage.commit_staging(storage_root, staging, version)
     except BaseException:
@@ -132,6 +141,7 @@ def _build_version(
     training: mf.TrainParams | None,
     attributes: AttributeTable | None,
     item_updates: UpdatesSnapshot,
+    item_vectors: tuple[int, dict[int, int]],  # (events folded in, the offsets read to)
 ) -> mf.Manifest:
     phase = _PhaseTimer()
     attribute_specs, updates_applied = _write_attributes(
@@ -162,6 +172,8 @@ def _build_version(
         attributes=attribute_specs,
         item_updates_applied=updates_applied,
         item_updates_through=item_updates.through if attributes is not None else {},
+        item_vectors_applied=item_vectors[0],
+        item_vectors_through=item_vectors[1],
     )
     manifest = _verify_and_measure(manifest, staging, factors, opts, phase)
     manifest = manifest.model_copy(
