@@ -43,6 +43,7 @@ from schemas.manifest import (
     FilterPoint,
     IndexQuality,
     QualityReport,
+    RefinePoint,
     SearchKPoint,
     TableQuality,
     WalkPoint,
@@ -150,6 +151,8 @@ def measure_quality(
 # k above the table's width where a walk over it is measured (those below the catalogue).
 WALK_KS = (50, 100, 200)
 WALK_QUERIES = 100
+# Rounds of a walk refining a lookup (k within the width) the report tries, fewest first.
+REFINE_ROUNDS = (0, 1, 2)
 
 
 def _table_quality(version: VersionSearch, rows: Rows, k: int, target: float) -> TableQuality:
@@ -160,26 +163,39 @@ def _table_quality(version: VersionSearch, rows: Rows, k: int, target: float) ->
     assert version.neighbours is not None
     width = version.neighbours.width
     unit = unit_rows(version.item_factors)
+    refine_curve: list[RefinePoint] = []
+    for rounds in REFINE_ROUNDS:
+        refined = version.with_plan(ServingPlan(similar=SimilarPlan(table=True, refine=rounds)))
+        point = RefinePoint(rounds=rounds, **_recall_and_speed(refined, unit, rows, k))
+        refine_curve.append(point)
+        if point.recall_low >= target:
+            break  # the fewest rounds reaching the target: more only cost time
+    chosen = refine_curve[-1]
     plan = ServingPlan(similar=SimilarPlan(table=True, walk_max_k=max(WALK_KS)))
     serving = version.with_plan(plan)
-    recall, low, qps = _recall_and_speed(serving, unit, rows, k)
     walk: list[WalkPoint] = []
     max_k = 0
     for wide in [w for w in WALK_KS if width < w < len(unit)] if width else []:
-        walk_recall, walk_low, walk_qps = _recall_and_speed(
-            serving, unit, rows[:WALK_QUERIES], wide
+        measured = _recall_and_speed(serving, unit, rows[:WALK_QUERIES], wide)
+        walk.append(
+            WalkPoint(
+                k=wide,
+                recall_at_k=measured["recall_at_k"],
+                queries_per_s=measured["queries_per_s"],
+            )
         )
-        walk.append(WalkPoint(k=wide, recall_at_k=walk_recall, queries_per_s=walk_qps))
-        if walk_low < target:
+        if measured["recall_low"] < target:
             break
         max_k = wide
     return TableQuality(
         width=width,
         heldout_queries=len(rows),
-        recall_at_k=recall,
-        recall_low=low,
-        queries_per_s=qps,
-        serves=low >= target,
+        refine=chosen.rounds,
+        refine_curve=refine_curve,
+        recall_at_k=chosen.recall_at_k,
+        recall_low=chosen.recall_low,
+        queries_per_s=chosen.queries_per_s,
+        serves=chosen.recall_low >= target,
         walk=walk,
         walk_max_k=max_k,
     )
@@ -187,8 +203,8 @@ def _table_quality(version: VersionSearch, rows: Rows, k: int, target: float) ->
 
 def _recall_and_speed(
     version: VersionSearch, unit: npt.NDArray[np.floating[Any]], rows: Rows, k: int
-) -> tuple[float, float, float]:
-    """(mean recall@k, its 95% lower bound, queries/s) of version.similar_items on `rows`."""
+) -> dict[str, float]:
+    """Mean recall@k, its 95% lower bound and queries/s of version.similar_items on `rows`."""
     truth = _exact(unit, unit[rows], k, exclude=rows)
     found: dict[int, Rows] = {}
 
@@ -197,7 +213,7 @@ def _recall_and_speed(
 
     qps = _queries_per_s(run, np.arange(len(rows)))
     recall, low = _mean_and_low([recall_at_k(found[q], truth[q]) for q in range(len(rows))])
-    return recall, low, qps
+    return {"recall_at_k": recall, "recall_low": low, "queries_per_s": qps}
 
 
 def _similar_quality(

@@ -50,6 +50,9 @@ class SimilarPlan:
     # not walks (how far they hold is what the quality report measures).
     table: bool = True
     walk_max_k: int = 0
+    # k within the width: rounds of a walk refining the item's row (0: the row alone). One round
+    # finds most of what an approximate graph's row missed, among the rows of its best items.
+    refine: int = 0
 
 
 @dataclass(frozen=True)
@@ -90,6 +93,7 @@ class ServingPlan:
             "similar_filter_threshold": s.filter_threshold,
             "similar_table": s.table,
             "similar_walk_max_k": s.walk_max_k,
+            "similar_refine": s.refine,
             "recommend_strategy": r.strategy,
             "recommend_search_k": r.search_k,
             "recommend_exact_items": r.exact_items,
@@ -101,7 +105,14 @@ class ServingPlan:
 def similar_plan(q: IndexQuality, table: TableQuality | None = None) -> SimilarPlan:
     if table is None:
         return SimilarPlan(q.strategy, q.search_k, q.filter_threshold)
-    return SimilarPlan(q.strategy, q.search_k, q.filter_threshold, table.serves, table.walk_max_k)
+    return SimilarPlan(
+        q.strategy,
+        q.search_k,
+        q.filter_threshold,
+        table.serves,
+        table.walk_max_k,
+        table.refine,
+    )
 
 
 def recommend_plan(q: IndexQuality) -> RecommendPlan:
@@ -171,11 +182,16 @@ class VersionSearch:
 
     def from_table(self, row: int, fetch: int, keep: Selection | None = None) -> Ranked | None:
         """The table's answer when the plan lets it give one: a lookup for `fetch` up to its
-        width (None when a filter leaves fewer), a walk up to `walk_max_k` unfiltered."""
+        width (None when a filter leaves fewer; refined by `refine` rounds of a walk when
+        unfiltered), a walk up to `walk_max_k` unfiltered."""
         plan = self.plan.similar
         if self.neighbours is None or not plan.table:
             return None
         if fetch <= self.neighbours.width:
+            if keep is None and plan.refine:
+                return self.neighbours.walk(
+                    self.item_factors, self.item_norms, row, fetch, plan.refine
+                )
             return self.neighbours.lookup(row, fetch, keep)
         if keep is None and fetch <= plan.walk_max_k:
             return self.neighbours.walk(self.item_factors, self.item_norms, row, fetch)

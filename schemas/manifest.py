@@ -192,12 +192,30 @@ class WalkPoint(_Model):
     queries_per_s: float
 
 
+class RefinePoint(_Model):
+    """k within the table's width: the item's row refined by `rounds` rounds of a walk."""
+
+    rounds: int = Field(ge=0, description="0: the row alone (a lookup)")
+    recall_at_k: float
+    recall_low: float
+    queries_per_s: float
+
+
 class TableQuality(_Model):
     """item -> items from the neighbour table, measured on held-out items against exact scans."""
 
     width: int = Field(ge=0, description="M: the neighbours each item has in the table")
     heldout_queries: int
-    recall_at_k: float = Field(description="held-out recall@k of a table lookup")
+    refine: int = Field(
+        0,
+        ge=0,
+        description="rounds of a walk refining a lookup that workers run: the fewest whose recall "
+        "reached the target (0: the row alone)",
+    )
+    refine_curve: list[RefinePoint] = Field(
+        default_factory=list, description="every number of rounds measured, in order"
+    )
+    recall_at_k: float = Field(description="held-out recall@k of what is served (refine rounds)")
     recall_low: float = Field(description="95% lower bound of that recall (mean - 2 s.e.)")
     queries_per_s: float = Field(description="VersionSearch.similar_items through the table")
     serves: bool = Field(description="the table's recall reached the target: workers use it")

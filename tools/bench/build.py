@@ -192,7 +192,8 @@ def _print(r: dict[str, Any]) -> None:
             )
             print(
                 f"  table          recall@10 {table['recall_at_k']:.3f} (95% low "
-                f"{table['recall_low']:.3f}), {table['queries_per_s']:.0f} q/s, serves "
+                f"{table['recall_low']:.3f}) refined by {table.get('refine', 0)} round(s), "
+                f"{table['queries_per_s']:.0f} q/s, serves "
                 f"{table['serves']}; walks: {walks or 'none'} (serve up to k="
                 f"{table['walk_max_k']})"
             )

@@ -184,6 +184,8 @@ def test_the_table_is_measured_and_the_worker_serves_what_the_report_chose(tuned
     table = manifest.quality.neighbour_table
     assert manifest.neighbour_table.method == "exact" and table.width == 32
     assert table.recall_at_k == 1.0 and table.serves
+    # The exact graph's rows need no refining: the first point, 0 rounds, reached the target.
+    assert table.refine == 0 and [p.rounds for p in table.refine_curve] == [0]
     assert table.walk and [p.k for p in table.walk] == [50, 100, 200][: len(table.walk)]
     passing = [p.k for p in table.walk if p.recall_at_k >= 0.9]
     assert table.walk_max_k <= max(passing, default=0)

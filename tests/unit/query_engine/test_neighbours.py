@@ -137,3 +137,23 @@ def test_a_plan_without_the_table_never_reads_it(factors, norms, table):
     rows, _ = served.similar_items(9, 5, search_k=N * 10 * 10)
     np.testing.assert_array_equal(rows, exact(factors, norms, 9, 5)[0])
     assert served.from_table(9, 5) is not None  # the poisoned table would have answered
+
+
+def test_a_refined_lookup_finds_what_a_damaged_row_lost(factors, norms, table):
+    """An approximate graph's row misses some true neighbours; one round of a walk over the rows
+    of its best items finds them. A filtered request keeps the plain lookup."""
+    wider, _ = build_neighbour_table(factors, WIDTH + 1)
+    # Every row without its best neighbour (which the rows of its other neighbours list).
+    damaged = NeighbourTable(wider.rows[:, 1:].copy(), wider.scores[:, 1:].copy())
+    lookup = version(factors, norms, damaged, ServingPlan(similar=SimilarPlan("exact")))
+    refined = version(factors, norms, damaged, ServingPlan(similar=SimilarPlan("exact", refine=1)))
+    lost = found = 0
+    for row in range(0, N, 5):
+        want = exact(factors, norms, row, 5)[0]
+        lost += 5 - len(set(lookup.similar_items(row, 5)[0].tolist()) & set(want.tolist()))
+        found += len(set(refined.similar_items(row, 5)[0].tolist()) & set(want.tolist()))
+    assert lost > 0 and found >= 0.97 * 5 * len(range(0, N, 5))
+    keep = Selection.of_mask(np.ones(N, np.bool_))
+    np.testing.assert_array_equal(
+        refined.similar_items(7, 5, keep)[0], lookup.similar_items(7, 5, keep)[0]
+    )
