@@ -47,6 +47,7 @@ from tools.client import wait_for_workers
 
 TARGET_P99_DIFF_MS = 5.0  # issue 19: through the gateway, p99 within 5 ms of straight to Kafka
 WORKER = e2e.Run("1 worker", 1)
+WORKER_READY_S = 900.0
 
 
 def register(parser: argparse.ArgumentParser) -> None:
@@ -133,8 +134,15 @@ def _compare(
         stderr=subprocess.STDOUT,
     )
     try:
+        # A 1M version with its neighbour table took over the default 2 minutes to load on a
+        # busy 2-core machine (the first 1M run stopped there).
         wait_for_workers(
-            served.kafka, topics.topic_requests, topics.topic_replies, served.n_users, 1
+            served.kafka,
+            topics.topic_requests,
+            topics.topic_replies,
+            served.n_users,
+            1,
+            timeout_s=WORKER_READY_S,
         )
         with _gateway(env, log) as (base, pid):
             make = e2e.by_user_id(served.n_users)
