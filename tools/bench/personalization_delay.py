@@ -16,7 +16,6 @@ counts every one.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import tempfile
@@ -38,8 +37,9 @@ from adapters.topics import ensure_topics, topic_specs
 from index_builder.publish import BuildOptions, publish_version
 from index_builder.synth import synth_factors
 from schemas.events import Interaction, RecommendRequest, Reply
-from schemas.settings import CommonSettings, prefixed_topics, topic_env
+from schemas.settings import CommonSettings, prefixed_topics
 from tools import processes, services
+from tools.bench.e2e import Run, Served, worker_env
 from tools.client import wait_for_workers
 
 DRAIN_S = 30.0  # after sending: how long events may take to be reflected
@@ -60,14 +60,9 @@ def measure_delay(
         publish_version(factors, storage, BuildOptions())
         topics = CommonSettings(**prefixed_topics(f"bench{tag}"))
         ensure_topics(svc.kafka, topic_specs(topics))
-        env = {
-            **os.environ,
-            "ANNREC_KAFKA_BOOTSTRAP": svc.kafka["bootstrap.servers"],
-            "ANNREC_REDIS_URL": svc.redis_url,
-            "ANNREC_STORAGE": str(storage),
-            **topic_env(topics),
-            "ANNREC_GROUP_ID": f"bench{tag}",
-            "ANNREC_METRICS_PORT": "-1",
+        served = Served(svc.kafka, svc.redis_url, storage, len(users), max_p99_ms=1000.0)
+        env = {  # a worker on the defaults, as `annrec bench e2e` starts one
+            **worker_env(served, Run("personalization", 1), topics, tag),
             "ANNREC_HISTORY_LENGTH": str(history_length),
         }
         log = (storage / "worker.log").open("ab")
