@@ -17,12 +17,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
 import numpy as np
+import numpy.typing as npt
 import structlog
 
 from index_builder.attributes import AttributeTable, Column
 from index_builder.inputs import Factors
+from query_engine.vectors import fold_in, item_gramian
 from schemas.events import ItemVector
-from schemas.manifest import FALSE, TRUE, UNKNOWN
+from schemas.manifest import FALSE, TRUE, UNKNOWN, FoldIn
 
 log = structlog.get_logger(__name__)
 
@@ -36,26 +38,19 @@ class Folded:
 
 
 def fold_item_vectors(
-    factors: Factors, attributes: AttributeTable | None, events: Mapping[str, ItemVector]
+    factors: Factors,
+    attributes: AttributeTable | None,
+    events: Mapping[str, ItemVector],
+    fold_in_spec: FoldIn | None = None,
 ) -> Folded:
     """The factors (and attribute table) with `events` (item id -> its newest event) applied:
-    upserted items' rows replaced or appended, removed items' rows dropped."""
+    upserted items' rows replaced or appended, removed items' rows dropped. An item given by
+    its users gets the ALS item step over their factors with `fold_in_spec`'s regularization
+    and alpha, as the worker computes it (worker/fresh.py)."""
     if not events:
         return Folded(factors, attributes, 0, 0)  # no copy of the factors
-    columns = {} if attributes is None else {c.name: c for c in attributes.columns}
-    usable, skipped = {}, 0
-    for item, event in events.items():
-        if event.vector is not None and (
-            len(event.vector) != factors.dim
-            or not set(event.attributes) <= set(columns)
-            or any(
-                (columns[name].type == "bool") != isinstance(value, bool)
-                for name, value in event.attributes.items()
-            )
-        ):
-            skipped += 1
-            continue
-        usable[item] = event
+    given, skipped = _vectors(factors, attributes, events, fold_in_spec)
+    usable = {i: e for i, e in events.items() if e.removed or i in given}
     row_of = {str(x): i for i, x in enumerate(factors.item_ids.tolist())}
     removed = {row_of[i] for i, e in usable.items() if e.removed and i in row_of}
     new = [i for i, e in usable.items() if not e.removed and i not in row_of]
@@ -67,8 +62,8 @@ def fold_item_vectors(
     ids = np.concatenate([factors.item_ids[keep].astype(str), np.asarray(new, dtype=str)])
     at = {str(x): i for i, x in enumerate(ids.tolist())}
     for item, event in usable.items():
-        if event.vector is not None:
-            vectors[at[item]] = np.asarray(event.vector, dtype=np.float32)
+        if not event.removed:
+            vectors[at[item]] = given[item]
     popularity = factors.item_popularity
     if popularity is not None:  # an added item has no interactions yet: ranked last
         popularity = np.concatenate([popularity[keep], np.zeros(len(new))])
@@ -77,22 +72,63 @@ def fold_item_vectors(
         folded_table = AttributeTable(
             len(ids), [_fold_column(c, keep, len(new), at, usable) for c in attributes.columns]
         )
-    fold_in = factors.fold_in
-    if fold_in is not None and fold_in.item_lengths is not None:
-        lengths = np.concatenate([fold_in.item_lengths[keep], np.zeros(len(new), np.float32)])
-        fold_in = replace(fold_in, item_lengths=lengths.astype(np.float32))
+    weights = factors.fold_in
+    if weights is not None and weights.item_lengths is not None:
+        lengths = np.concatenate([weights.item_lengths[keep], np.zeros(len(new), np.float32)])
+        weights = replace(weights, item_lengths=lengths.astype(np.float32))
     out = replace(
         factors,
         item_factors=np.ascontiguousarray(vectors, dtype=np.float32),
         item_ids=ids,
         item_popularity=popularity,
-        fold_in=fold_in,
+        fold_in=weights,
     )
     applied = sum(1 for i, e in usable.items() if not e.removed or i in row_of)
     log.info(
         "item_vectors_folded", applied=applied, skipped=skipped, removed=len(removed), new=len(new)
     )
     return Folded(out, folded_table, applied, skipped)
+
+
+def _vectors(
+    factors: Factors,
+    attributes: AttributeTable | None,
+    events: Mapping[str, ItemVector],
+    fold_in_spec: FoldIn | None,
+) -> tuple[dict[str, npt.NDArray[np.float32]], int]:
+    """(each usable upsert's vector, the number of upserts skipped: another dimension, an
+    unknown attribute or one of the wrong type, or no known user to fold it in from)."""
+    columns = {} if attributes is None else {c.name: c for c in attributes.columns}
+    users = {str(x): i for i, x in enumerate(factors.user_ids.tolist())}
+    given: dict[str, npt.NDArray[np.float32]] = {}
+    gramian = None
+    skipped = 0
+    for item, event in events.items():
+        if event.removed:
+            continue
+        if event.users is not None:
+            rows = [users[u] for u in event.users if u in users]
+            if not rows or fold_in_spec is None:
+                skipped += 1
+                continue
+            if gramian is None:
+                gramian = item_gramian(factors.user_factors)
+            seen = factors.user_factors[rows]
+            vector = fold_in(gramian, seen, fold_in_spec.regularization, fold_in_spec.alpha)
+        else:
+            vector = np.asarray(event.vector, dtype=np.float32)
+        if (
+            len(vector) != factors.dim
+            or not set(event.attributes) <= set(columns)
+            or any(
+                (columns[name].type == "bool") != isinstance(value, bool)
+                for name, value in event.attributes.items()
+            )
+        ):
+            skipped += 1
+            continue
+        given[item] = vector
+    return given, skipped
 
 
 def _fold_column(

@@ -91,7 +91,8 @@ def publish_version(
     """
     opts = options or BuildOptions()
     vectors = item_vectors or VectorsSnapshot({}, {})
-    folded = fold_item_vectors(factors, attributes, vectors.events)
+    spec = fold_in_spec(factors, training, opts) if vectors.events else None
+    folded = fold_item_vectors(factors, attributes, vectors.events, spec)
     factors, attributes = folded.factors, folded.attributes
     version = storage.new_version_name()
     staging = storage.start_staging(storage_root, version)

@@ -39,8 +39,7 @@ def refusal(event: ItemVector, dim: int, specs: Sequence[AttributeSpec]) -> str 
     it can). The worker dead-letters an event with this reason and its segment skips it."""
     if event.removed:
         return None
-    assert event.vector is not None  # the model requires one for an upsert
-    if len(event.vector) != dim:
+    if event.vector is not None and len(event.vector) != dim:
         return f"vector has {len(event.vector)} values, the version has K={dim}"
     by_name = {s.name: s for s in specs}
     for name, value in event.attributes.items():
@@ -82,9 +81,9 @@ class Segment:
 
     @property
     def size(self) -> int:
-        """What the segment holds: its live items and the version rows it hides (what a build
-        folding it in would change); the figure the size bound applies to."""
-        return len(self) + len(self.hidden)
+        """The items it has events for (upserted, changed or removed): what a build folding it
+        in would change; the figure the size bound applies to."""
+        return len(self._local) + sum(1 for i in self.removed if i not in self._local)
 
     def local(self, item_id: str) -> int | None:
         """The live local row of a fresh item (None: not in the segment, or removed)."""
@@ -98,7 +97,7 @@ class Segment:
     def upsert(
         self,
         item_id: str,
-        vector: Sequence[float],
+        vector: npt.ArrayLike,
         attributes: AttributeValues,
         version_row: int | None,
     ) -> None:

@@ -316,15 +316,22 @@ class ItemVector(_Event):
         description="category values (text) and boolean attributes the version has; an "
         "attribute not given has no value (it passes no filter on it)",
     )
+    users: list[ExternalId] | None = Field(
+        None,
+        min_length=1,
+        max_length=MAX_LIST,
+        description="instead of a vector: users who interacted with the item (a new item's "
+        "first ones); its vector is folded in by the ALS item step over their factors",
+    )
     removed: bool = Field(False, description="true: the item is gone (never returned again)")
     updated_at: datetime = Field(default_factory=utc_now)
 
     @model_validator(mode="after")
     def _upsert_or_removal(self) -> ItemVector:
-        if self.removed and (self.vector is not None or self.attributes):
-            raise ValueError("a removal carries no vector or attributes")
-        if not self.removed and self.vector is None:
-            raise ValueError("give a vector (an upsert) or removed: true")
+        if self.removed and (self.vector is not None or self.users or self.attributes):
+            raise ValueError("a removal carries no vector, users or attributes")
+        if not self.removed and (self.vector is None) == (self.users is None):
+            raise ValueError("give a vector or users (an upsert), or removed: true")
         return self
 
     @property

@@ -13,11 +13,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 
+import numpy as np
+import numpy.typing as npt
 import structlog
 from pydantic import ValidationError
 
 from adapters.item_vectors import ItemVectorLog
 from query_engine.segment import refusal
+from query_engine.vectors import fold_in, item_gramian
 from schemas.errors import describe
 from schemas.events import MAX_REQUEST_BYTES, ItemVector, parse_item_vector
 from worker.index_store import LoadedVersion
@@ -31,7 +34,28 @@ Availability = Mapping[tuple[str, str], bool]  # (attribute, item id) -> value
 
 def vector_refusal(version: LoadedVersion, event: ItemVector) -> str | None:
     """Why `version` cannot take the event (None: it can)."""
+    if event.users is not None and not len(version.user_rows.rows(event.users)[0]):
+        return "none of its users is known to the version: no vector to fold in"
     return refusal(event, version.manifest.dim, version.manifest.attributes)
+
+
+def item_vector(version: LoadedVersion, event: ItemVector) -> npt.NDArray[np.float32]:
+    """The event's vector, or for an item given by its users, the ALS item step over the users
+    the version knows (the item-side twin of `recent_items`: each user one interaction of
+    confidence alpha; users' Gramian X^T X computed once per version)."""
+    if event.vector is not None:
+        return np.asarray(event.vector, dtype=np.float32)
+    assert event.users is not None  # an upsert has a vector or users (the model checks)
+    rows = version.user_rows.rows(event.users)[0]
+    gramian = _USER_GRAMIANS.get(version.version)
+    if gramian is None:
+        gramian = _USER_GRAMIANS[version.version] = item_gramian(version.user_factors)
+    spec = version.manifest.fold_in
+    return fold_in(gramian, np.asarray(version.user_factors[rows]), spec.regularization, spec.alpha)
+
+
+# Per version name (K x K each): X^T X of its users, for items folded in from their users.
+_USER_GRAMIANS: dict[str, npt.NDArray[np.float64]] = {}
 
 
 def refused_events(
@@ -75,11 +99,10 @@ def apply_event(
     if event.removed:
         version.fresh.remove(event.item_id, row)
         return "removal"
-    assert event.vector is not None  # an upsert has one (the model checks)
     attributes = dict(event.attributes)
     if not attributes and row is not None and version.attributes is not None:
         attributes = version.attributes.values_of(row)
-    version.fresh.upsert(event.item_id, event.vector, attributes, row)
+    version.fresh.upsert(event.item_id, item_vector(version, event), attributes, row)
     for spec in version.manifest.attributes:
         value = None if availability is None else availability.get((spec.name, event.item_id))
         if value is not None:

@@ -52,7 +52,7 @@ class WorkerMetrics:
         self.cache_hits = Counter("annrec_cache_hits", "Replies served from Redis", registry=r)
         self.fresh_items = Gauge(
             "annrec_fresh_items",
-            "Fresh segment: items upserted since the version's build and version items it hides",
+            "Fresh segment: items upserted, changed or removed since the version's build",
             registry=r,
         )
         self.fresh_events = Counter(

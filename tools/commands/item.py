@@ -21,10 +21,15 @@ def register(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="item_action", required=True)
     put = sub.add_parser("put", help="add an item, or replace an item's vector and attributes")
     put.add_argument("--item-id", required=True)
-    put.add_argument(
-        "--vector",
-        required=True,
-        help="the item's K factors: a JSON list or comma-separated numbers",
+    given = put.add_mutually_exclusive_group(required=True)
+    given.add_argument(
+        "--vector", help="the item's K factors: a JSON list or comma-separated numbers"
+    )
+    given.add_argument(
+        "--users",
+        nargs="+",
+        metavar="USER_ID",
+        help="instead of a vector: users who interacted with it (the ALS item step)",
     )
     put.add_argument(
         "--attr",
@@ -72,7 +77,8 @@ def run_put(args: argparse.Namespace) -> int:
     try:
         event = ItemVector(
             item_id=args.item_id,
-            vector=parse_vector(args.vector),
+            vector=None if args.vector is None else parse_vector(args.vector),
+            users=args.users,
             attributes=parse_attributes(args.attr),
         )
     except ValidationError as exc:

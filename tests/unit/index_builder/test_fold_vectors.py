@@ -43,3 +43,20 @@ def test_no_events_changes_nothing():
     factors = synth_factors(n_items=10, n_users=3, dim=4, n_clusters=2, seed=1)
     folded = fold_item_vectors(factors, None, {})
     assert folded.factors is factors and folded.applied == 0
+
+
+def test_an_item_given_by_its_users_is_folded_in_as_the_worker_folds_it():
+    from query_engine.vectors import fold_in, item_gramian
+    from schemas.manifest import FoldIn
+
+    factors = synth_factors(n_items=20, n_users=6, dim=4, n_clusters=2, seed=1)
+    spec = FoldIn(regularization=0.1, alpha=2.0)
+    events = {
+        "n1": ItemVector(item_id="n1", users=["u0", "u3", "stranger"]),
+        "n2": ItemVector(item_id="n2", users=["stranger"]),  # nobody known: skipped
+    }
+    folded = fold_item_vectors(factors, None, events, spec)
+    assert folded.applied == 1 and folded.skipped == 1
+    assert folded.factors.item_ids.tolist()[-1] == "n1"
+    expected = fold_in(item_gramian(factors.user_factors), factors.user_factors[[0, 3]], 0.1, 2.0)
+    np.testing.assert_allclose(folded.factors.item_factors[-1], expected, rtol=1e-6)

@@ -16,14 +16,16 @@ def test_an_upsert_carries_a_vector_and_attributes_and_is_keyed_by_item():
 
 def test_a_removal_carries_nothing_else():
     assert parse_item_vector(b'{"item_id": "i1", "removed": true}').removed
-    with pytest.raises(ValidationError, match="a removal carries no vector"):
+    with pytest.raises(ValidationError, match="a removal carries no vector, users"):
         ItemVector(item_id="i1", removed=True, vector=[1.0])
 
 
 @pytest.mark.parametrize(
     ("raw", "why"),
     [
-        (b'{"item_id": "i1"}', "give a vector"),
+        (b'{"item_id": "i1"}', "give a vector or users"),
+        (b'{"item_id": "i1", "vector": [1], "users": ["u1"]}', "give a vector or users"),
+        (b'{"item_id": "i1", "users": []}', "at least 1"),
         (b'{"item_id": "i1", "vector": [NaN]}', "finite"),
         (b'{"item_id": "i1", "vector": [1e40]}', "less than or equal"),
         (b'{"item_id": "i1", "vector": []}', "at least 1"),

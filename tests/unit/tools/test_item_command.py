@@ -27,6 +27,8 @@ def test_item_put_and_remove_parse():
         ["item", "put", "--item-id", "n1", "--vector", "1,2"]
     )
     assert args.item_id == "n1" and args.handler.__name__ == "run_put"
+    words = ["item", "put", "--item-id", "n2", "--users", "u1", "u2"]
+    assert build_parser(words).parse_args(words).users == ["u1", "u2"]
     words = ["item", "remove", "a", "b"]
     args = build_parser(words).parse_args(words)
     assert args.item_ids == ["a", "b"] and args.handler.__name__ == "run_remove"

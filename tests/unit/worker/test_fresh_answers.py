@@ -13,7 +13,7 @@ from query_engine.vectors import cosine_scores
 from schemas.events import ItemVector, parse_request
 from worker.answer import BadRequest, answer
 from worker.availability import apply_updates
-from worker.fresh import apply_event
+from worker.fresh import apply_event, vector_refusal
 from worker.index_store import load_version
 
 N = 300
@@ -147,3 +147,26 @@ def test_filters_exclusions_and_availability_apply_to_fresh_items(fresh):
     assert best_fresh not in _ids(in_stock)
     allowed = _ask(v, user_id="u4", k=2, allow_items=[best_fresh, "i5"])
     assert best_fresh in _ids(allowed)
+
+
+def test_an_item_given_by_its_first_users_gets_the_als_item_step(published):
+    storage, name, factors = published
+    v = load_version(storage, name)
+    try:
+        users = ["u1", "u2", "u5", "nobody"]  # an unknown user is ignored
+        apply_event(v, ItemVector(item_id="by-users", users=users))
+        local = v.fresh.local("by-users")
+        assert local is not None
+        # The implicit ALS item step, written out: (X^T X + X_u^T (C - I) X_u + reg I) y =
+        # X_u^T C 1, each known user one interaction of confidence alpha.
+        x = factors.user_factors.astype(np.float64)
+        xu = x[[1, 2, 5]]
+        spec = v.manifest.fold_in
+        a = x.T @ x + (spec.alpha - 1) * xu.T @ xu + spec.regularization * np.eye(8)
+        expected = np.linalg.solve(a, spec.alpha * xu.sum(axis=0))
+        np.testing.assert_allclose(v.fresh.vector(local), expected, rtol=1e-4, atol=1e-6)
+        refused = ItemVector(item_id="lonely", users=["nobody"])
+        assert "none of its users is known" in (vector_refusal(v, refused) or "")
+        assert apply_event(v, refused) == "refused" and v.fresh.local("lonely") is None
+    finally:
+        v.close()
