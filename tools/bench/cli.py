@@ -41,6 +41,10 @@ KINDS: Table = {
         "event -> reflecting reply delay",
         "tools.bench.personalization:register",
     ),
+    "freshness": Command(
+        "items upserted between builds: the fresh segment's recall and cost, upsert -> reply",
+        "tools.bench.freshness:register",
+    ),
     "scale": Command(
         "cost curves 100k ... 10M items: build, memory, queries, one worker's rate",
         "tools.bench.scale:register",
