@@ -120,5 +120,11 @@ def test_bench_scale_quick(services, tmp_path):
             assert search["points"] and all(p["answered"] == p["sent"] for p in search["points"])
             assert all(p["core_ms_per_request"] > 0 for p in search["points"])
     assert summary["growth"]["disk_mib"]["exponent"] > 0.8  # disk grows about linearly
+    # the fan-out simulated from the distributions measured, for each size and kind
+    simulated = summary["fanout"]["shards"]
+    assert {"5000 recommend", "15000 similar_items", "echo (no search)"} <= set(simulated)
+    for entry in simulated.values():
+        p99s = [row["p99_ms"] for row in entry["rows"]]
+        assert p99s == sorted(p99s)  # waiting for more shards never makes the tail shorter
     assert (out / "scale.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "| items | build s |" in printed and "growth (log-log least squares)" in printed

@@ -444,11 +444,15 @@ def _rate_search(worker: _Worker, make_request: MakeRequest, limits: Limits) -> 
     if held and failed and attempt(mid := (held + failed) // 2):
         held = mid
     best = next((p for p in points if p["rate"] == held and p["sustained"]), None)
+    # The fan-out simulation's per-shard distribution: at the highest rate that held, else at
+    # the lowest rate tried (every request of it answered, the bound missed).
+    lowest = min(points, key=lambda p: p["rate"])
     return {
         "points": [{k: v for k, v in p.items() if k != "latency_quantiles_ms"} for p in points],
         "max_rate_at_p99": held,
         "p99_bound_ms": limits.p99_ms,
         "at_max_rate": best,
+        "latency_reference": best or lowest,
     }
 
 
