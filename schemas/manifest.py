@@ -210,7 +210,7 @@ class TableQuality(_Model):
         0,
         ge=0,
         description="rounds of a walk refining a lookup that workers run: the fewest whose recall "
-        "reached the target (0: the row alone)",
+        "reached the table's aim, the version's target but at least 0.99 (0: the row alone)",
     )
     refine_curve: list[RefinePoint] = Field(
         default_factory=list, description="every number of rounds measured, in order"
