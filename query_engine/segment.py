@@ -64,6 +64,7 @@ class Segment:
         self._factors = np.empty((0, dim), np.float32)
         self._norms = np.empty(0, np.float32)
         self._live = np.empty(0, np.bool_)
+        self._dead = 0  # removed rows among them (kept until the next version)
         self.ids: list[str] = []
         self._local: dict[str, int] = {}
         # Per attribute, one code per local row: a category's value index (-1 none; values the
@@ -104,6 +105,7 @@ class Segment:
         """Add an item, or replace its vector and attributes (`version_row`: its row in the
         version, now hidden; None for a new item). Validated first (`refusal`)."""
         row = self._local.get(item_id)
+        added = row is None
         if row is None:
             row = len(self.ids)
             self._grow(row + 1)
@@ -111,6 +113,8 @@ class Segment:
             self._local[item_id] = row
         self._factors[row] = np.asarray(vector, dtype=np.float32)
         self._norms[row] = np.linalg.norm(self._factors[row])
+        if not added and not self._live[row]:
+            self._dead -= 1  # a removed item upserted again
         self._live[row] = True
         for name, codes in self._codes.items():
             codes[row] = self._code(name, attributes.get(name))
@@ -123,8 +127,9 @@ class Segment:
     def remove(self, item_id: str, version_row: int | None) -> None:
         """The item is gone: never served again from the segment or the version."""
         row = self._local.get(item_id)
-        if row is not None:
+        if row is not None and self._live[row]:
             self._live[row] = False
+            self._dead += 1
         if version_row is not None:
             self.hidden.add(version_row)
         self.removed.add(item_id)
@@ -153,7 +158,8 @@ class Segment:
     ) -> tuple[list[str], FloatArray]:
         """The k fresh items with the largest inner product with `query`, best first."""
         n = len(self.ids)
-        return self._best((self._factors[:n] @ query).astype(np.float32), k, keep, exclude)
+        scores = np.asarray(self._factors[:n] @ query, dtype=np.float32)  # its own array
+        return self._best(scores, k, keep, exclude)
 
     def similar(
         self,
@@ -209,16 +215,19 @@ class Segment:
         keep: npt.NDArray[np.bool_] | None,
         exclude: Iterable[str],
     ) -> tuple[list[str], FloatArray]:
+        # What may not be returned scores -inf in place (`scores` is this call's own array): no
+        # index arrays over the whole segment per request.
         n = len(self.ids)
-        eligible = self._live[:n].copy()
+        if self._dead:
+            scores[~self._live[:n]] = -np.inf
         if keep is not None:
-            eligible &= keep
+            scores[~keep] = -np.inf
         for item_id in exclude:
             row = self._local.get(item_id)
             if row is not None:
-                eligible[row] = False
-        rows = np.flatnonzero(eligible)
-        best = rows[top_k(scores[rows], min(k, len(rows)))]
+                scores[row] = -np.inf
+        best = top_k(scores, min(k, n))
+        best = best[np.isfinite(scores[best])]
         return [self.ids[r] for r in best.tolist()], scores[best]
 
     def _grow(self, n: int) -> None:

@@ -56,6 +56,10 @@ def test_segment_upserts_removals_hidden_rows_and_its_own_filter():
     assert s.recommend(np.array([1.0, 0.5], np.float32), 5, keep)[0] == ["n1"]
     assert s.set_flag("in_stock", "n1", False) and not s.set_flag("in_stock", "n1", False)
     assert s.similar(np.array([1.0, 0.0], np.float32), 5, exclude=["n1"])[0] == ["i5"]
+    s.upsert("n2", [3.0, 3.0], {}, None)  # removed, then upserted again: served again
+    assert s.recommend(np.array([1.0, 0.5], np.float32), 1)[0] == ["n2"] and len(s) == 3
+    s.remove("n1", None)
+    assert s.recommend(np.array([1.0, 0.0], np.float32), 5)[0] == ["n2", "i5"]
 
 
 def test_merged_ranks_by_score_and_fills_last():
