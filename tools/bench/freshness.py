@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 from confluent_kafka import Producer
+from threadpoolctl import threadpool_limits
 
 from adapters.kafka_log import client_config
 from adapters.reply_topic import replies_from_now
@@ -82,7 +83,10 @@ def _run(args: argparse.Namespace) -> int:
         whole = synth_factors(a.items + a.fresh, max(1000, a.items // 10), a.dim, seed=a.seed)
         version, fresh = split(whole, a.items)
         publish_version(version, storage, BuildOptions())
-        result["segment"] = segment_cost(storage, version, fresh, a.queries, a.seed)
+        # One BLAS thread, as a worker runs (worker/app.py): several threads spinning on two
+        # shared cores made a 10k x 64 product measure 10 ms instead of 0.2.
+        with threadpool_limits(limits=1, user_api="blas"):
+            result["segment"] = segment_cost(storage, version, fresh, a.queries, a.seed)
         _print_segment(result["segment"])
         result["freshness"] = freshness(storage, version, a.rate, a.upserts, a.duration, a.seed)
         _print_freshness(result["freshness"])
@@ -187,8 +191,14 @@ def freshness(
         try:
             wait_for_workers(svc.kafka, topics.topic_requests, topics.topic_replies, 10, 1)
             args = (svc.kafka, topics, factors, rate, duration_s, seed)
-            without = _load(*args, upserts=0)
-            figures = _load(*args, upserts=upserts)
+            # A discarded warm-up first: the first seconds fault the version's pages in, which
+            # would land on whichever phase ran first.
+            warm = (svc.kafka, topics, factors, rate, min(duration_s, 5.0), seed + 1)
+            _load(*warm, upserts=upserts, produce=False)
+            # The same request stream without and with the upserts: the probes' user_vector
+            # requests are sent in both (once each without), so only the upserts differ.
+            without = _load(*args, upserts=upserts, produce=False)
+            figures = _load(*args, upserts=upserts, produce=True)
         finally:
             processes.stop([worker])
             log.close()
@@ -214,8 +224,10 @@ def _load(
     seed: int,
     *,
     upserts: int,
+    produce: bool,
 ) -> dict[str, Any]:
-    """`rate` requests/s for duration_s; every rate/upserts-th one an upsert + its probe."""
+    """`rate` requests/s for duration_s; every rate/upserts-th one a probe: a recommend by the
+    vector a new item is built for, after that item's upsert when `produce`."""
     rng = np.random.default_rng(seed + upserts)
     n = int(rate * duration_s)
     every = max(1, rate // upserts) if upserts else 0
@@ -231,8 +243,12 @@ def _load(
             query = rng.normal(size=factors.dim).astype(np.float32)
             query /= np.linalg.norm(query)
             item = f"fresh-{probe.run}-{i}"
-            event = ItemVector(item_id=item, vector=(query * top).tolist())
-            probe.upsert(event, topics.topic_item_vectors, query.tolist())
+            if produce:
+                event = ItemVector(item_id=item, vector=(query * top).tolist())
+                probe.upsert(event, topics.topic_item_vectors, query.tolist())
+            else:
+                request = RecommendRequest(request_id=f"{item}-0", user_vector=query.tolist())
+                probe.ask(request, None)
         else:
             user = str(factors.user_ids[rng.integers(len(factors.user_ids))])
             probe.ask(RecommendRequest(request_id=f"{probe.run}-r{i}", user_id=user), None)
@@ -241,7 +257,7 @@ def _load(
     delays = np.asarray(list(probe.delays.values()))
     return {
         "rate": rate,
-        "upserts_per_s": upserts,
+        "upserts_per_s": upserts if produce else 0,
         "duration_s": duration_s,
         "upserts": len(probe.produced_at),
         "visible": len(delays),
