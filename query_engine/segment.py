@@ -187,6 +187,15 @@ class Segment:
         selection = select(attributes, flt, allow, len(self.ids))
         return None if selection is None else selection.mask
 
+    def new_values(self) -> set[str]:
+        """ "attr=value" of the category values only the segment's items have (a new brand):
+        the version's filter evaluation matches none of its items by them
+        (selection.select's known_elsewhere) instead of refusing the filter."""
+        out = set()
+        for spec in self._specs:
+            out |= {f"{spec.name}={v}" for v in self._values[spec.name][len(spec.values) :]}
+        return out
+
     def attributes(self) -> ItemAttributes:
         """The segment's attributes as a version's (the same filter evaluation applies)."""
         if self._attributes is None:

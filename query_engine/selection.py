@@ -7,7 +7,7 @@ its strategy. Pure: no I/O; the attribute arrays come from attributes.py.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Sequence, Set
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -96,15 +96,18 @@ def select(
     flt: Filter | None,
     allow_rows: Rows | None,
     n_items: int,
+    known_elsewhere: Set[str] = frozenset(),
 ) -> Selection | None:
-    """The selection of a filter and an allow list; None when the request has neither."""
+    """The selection of a filter and an allow list; None when the request has neither.
+    `known_elsewhere`: "attr=value" pairs these attributes lack but items served beside them
+    have (the fresh segment's new values): matched by none of these items, not an error."""
     if flt is None and allow_rows is None:
         return None
     selection = None
     if flt is not None:
         if attributes is None:
             raise FilterError("this version has no item attributes: filters cannot be applied")
-        selection = _evaluate(attributes, flt)
+        selection = _evaluate(attributes, flt, known_elsewhere)
     if allow_rows is not None:
         allowed = np.unique(np.asarray(allow_rows, dtype=np.int64))
         if selection is None:
@@ -113,14 +116,14 @@ def select(
     return selection
 
 
-def _evaluate(attrs: ItemAttributes, f: Filter) -> Selection:
+def _evaluate(attrs: ItemAttributes, f: Filter, elsewhere: Set[str] = frozenset()) -> Selection:
     if isinstance(f, AttrEquals):
-        return _leaf(attrs, f.attr, [f.eq])
+        return _leaf(attrs, f.attr, [f.eq], elsewhere)
     if isinstance(f, AttrIn):
-        return _leaf(attrs, f.attr, f.in_)
+        return _leaf(attrs, f.attr, f.in_, elsewhere)
     if isinstance(f, NotOf):
-        return Selection.of_mask(~_evaluate(attrs, f.not_).mask)
-    parts = [_evaluate(attrs, c) for c in children(f)]
+        return Selection.of_mask(~_evaluate(attrs, f.not_, elsewhere).mask)
+    parts = [_evaluate(attrs, c, elsewhere) for c in children(f)]
     if len(parts) == 1:
         return parts[0]
     combine = np.logical_and if isinstance(f, AllOf) else np.logical_or
@@ -130,7 +133,12 @@ def _evaluate(attrs: ItemAttributes, f: Filter) -> Selection:
     return Selection.of_mask(mask)
 
 
-def _leaf(attrs: ItemAttributes, name: str, values: Sequence[str | bool | int]) -> Selection:
+def _leaf(
+    attrs: ItemAttributes,
+    name: str,
+    values: Sequence[str | bool | int],
+    elsewhere: Set[str] = frozenset(),
+) -> Selection:
     spec = attrs.spec(name)
     if spec is None:
         known = ", ".join(attrs.names()) or "none"
@@ -141,7 +149,8 @@ def _leaf(attrs: ItemAttributes, name: str, values: Sequence[str | bool | int]) 
         return Selection.of_mask(attrs.bool_mask(name, {bool(v) for v in values}))
     if any(isinstance(v, bool) for v in values):
         raise FilterError(f"attribute {name!r} is categorical: compare it with strings")
-    wanted = [str(v) for v in values]
+    # A value only items served beside these have (elsewhere) passes none of these.
+    wanted = [str(v) for v in values if f"{name}={v}" not in elsewhere]
     unknown = [v for v in wanted if not attrs.has_value(name, v)]
     if unknown:
         raise FilterError(f"attribute {name!r} has no value {unknown[0]!r} in this version")

@@ -212,21 +212,12 @@ def _selection(request: AnyRequest, v: LoadedVersion) -> Selection | None:
     if request.allow_items is not None:
         allow = np.unique(v.item_rows.rows(request.allow_items)[0])
     try:
-        return select(v.attributes, request.filter, allow, v.manifest.n_items)
+        # A value only items added since the build have (a new brand) matches none of the
+        # version's items: not an unknown value.
+        fresh = v.fresh.new_values() if v.fresh.ids else frozenset()
+        return select(v.attributes, request.filter, allow, v.manifest.n_items, fresh)
     except FilterError as exc:
-        if v.fresh.ids and v.attributes is not None and _fresh_evaluates(request, v):
-            # A value only items added since the build have (a new brand): none of the
-            # version's items passes.
-            return Selection.of_rows(v.manifest.n_items, np.empty(0, np.int64))
         raise BadRequest(f"filter: {exc} (index {v.version})") from exc
-
-
-def _fresh_evaluates(request: AnyRequest, v: LoadedVersion) -> bool:
-    try:
-        v.fresh.passing(request.filter, request.allow_items)
-    except FilterError:
-        return False
-    return True
 
 
 def _max_per(request: AnyRequest, v: LoadedVersion) -> MaxPer | None:

@@ -139,6 +139,9 @@ def test_filters_exclusions_and_availability_apply_to_fresh_items(fresh):
         reply = _ask(v, user_id="u4", k=10, filter={"attr": "color", "eq": color})
         passing = {i for i in vectors if colors[i] == color}
         assert _ids(reply) == _truth(vectors, user, 10, keep=passing.__contains__)
+    not_violet = _ask(v, user_id="u4", k=10, filter={"not": {"attr": "color", "eq": "violet"}})
+    passing = {i for i in vectors if colors[i] != "violet"}
+    assert _ids(not_violet) == _truth(vectors, user, 10, keep=passing.__contains__)
     best_fresh = next(i for i in _ids(_ask(v, user_id="u4", k=50)) if i.startswith("n"))
     excluded = _ask(v, user_id="u4", k=50, exclude_items=[best_fresh])
     assert best_fresh not in _ids(excluded)
