@@ -131,14 +131,20 @@ def mean_recall(found: list[IntArray] | IntArray, truth: IntArray) -> float:
 
 
 def point(param: Param, recall: float, qps: float) -> dict[str, Any]:
-    return {"param": param, "recall_at_10": round(recall, 4), "queries_per_s": round(qps, 1)}
+    return {"param": param, "recall_at_10": round(recall, 4), "queries_per_s": _significant(qps)}
 
 
 def add_speedups(methods: list[dict[str, Any]], single_qps: float, batched_qps: float) -> None:
     for method in methods:
         for p in method["points"]:
-            p["speedup_vs_single"] = round(p["queries_per_s"] / single_qps, 2)
-            p["speedup_vs_batched"] = round(p["queries_per_s"] / batched_qps, 2)
+            p["speedup_vs_single"] = _significant(p["queries_per_s"] / single_qps)
+            p["speedup_vs_batched"] = _significant(p["queries_per_s"] / batched_qps)
+
+
+def _significant(value: float) -> float:
+    """Three significant figures: a slow point on a loaded machine (a speed-up of 0.004) must
+    not round to 0, which reads as "never answered"."""
+    return float(f"{value:.3g}")
 
 
 def pareto(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
