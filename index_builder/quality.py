@@ -175,7 +175,7 @@ def _table_quality(version: VersionSearch, rows: Rows, k: int, target: float) ->
         refine_curve.append(point)
         if point.recall_low >= aim:
             break  # the fewest rounds reaching the aim: more only cost time
-    chosen = refine_curve[-1]
+    chosen = _cheapest_reaching(refine_curve, aim, target)
     plan = ServingPlan(similar=SimilarPlan(table=True, walk_max_k=max(WALK_KS)))
     serving = version.with_plan(plan)
     walk: list[WalkPoint] = []
@@ -204,6 +204,17 @@ def _table_quality(version: VersionSearch, rows: Rows, k: int, target: float) ->
         walk=walk,
         walk_max_k=max_k,
     )
+
+
+def _cheapest_reaching(curve: list[RefinePoint], aim: float, target: float) -> RefinePoint:
+    """The fewest rounds reaching the aim; else the fewest reaching the target; else the best
+    recall. Rounds that do not reach the aim are not worth their cost: on 1M synthetic items
+    two rounds took recall@10 from 0.970 to 0.972 at a 30th of the lookup's speed."""
+    for bar in (aim, target):
+        reaching = [p for p in curve if p.recall_low >= bar]
+        if reaching:
+            return reaching[0]
+    return max(curve, key=lambda p: p.recall_at_k)
 
 
 def _recall_and_speed(

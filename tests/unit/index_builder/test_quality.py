@@ -200,3 +200,22 @@ def test_the_table_is_measured_and_the_worker_serves_what_the_report_chose(tuned
             assert recall_at_k(rows, exact_inner_product_top_k(unit, unit[row], 12)[1:]) == 1.0
     finally:
         v.close()
+
+
+def test_refining_rounds_are_chosen_only_when_they_reach_the_aim():
+    from index_builder.quality import _cheapest_reaching
+    from schemas.manifest import RefinePoint
+
+    def curve(*lows):
+        return [
+            RefinePoint(
+                rounds=i, recall_at_k=low + 0.005, recall_low=low, queries_per_s=1000 / (i + 1)
+            )
+            for i, low in enumerate(lows)
+        ]
+
+    assert _cheapest_reaching(curve(0.95, 0.991, 0.995), 0.99, 0.95).rounds == 1
+    # None reaches the aim: the fewest rounds that reach the target, not the slowest.
+    assert _cheapest_reaching(curve(0.963, 0.964, 0.965), 0.99, 0.95).rounds == 0
+    assert _cheapest_reaching(curve(0.90, 0.96, 0.97), 0.99, 0.95).rounds == 1
+    assert _cheapest_reaching(curve(0.80, 0.85, 0.84), 0.99, 0.95).rounds == 1  # best recall
