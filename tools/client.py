@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 import uuid
 
-from confluent_kafka import Producer
+from confluent_kafka import Message, Producer
 
 from adapters.kafka_log import client_config
 from adapters.reply_topic import replies_from_now
@@ -47,11 +47,18 @@ class ReplyWaiter:
         """Request ids of the replies that have arrived, waiting up to timeout_s for the first
         (load generators: no parsing, and no waiting for a full batch, which would add up to
         timeout_s to every latency measured)."""
+        return [k.decode() for m in self._arrived(timeout_s) if (k := m.key())]
+
+    def drain_replies(self, timeout_s: float) -> list[Reply]:
+        """The replies that have arrived, parsed, waiting up to timeout_s for the first."""
+        return [Reply.model_validate_json(m.value() or b"") for m in self._arrived(timeout_s)]
+
+    def _arrived(self, timeout_s: float) -> list[Message]:
         first = self._consumer.poll(timeout_s)
         if first is None:
             return []
         messages = [first, *self._consumer.consume(num_messages=1000, timeout=0)]
-        return [k.decode() for m in messages if m.error() is None and (k := m.key())]
+        return [m for m in messages if m.error() is None]
 
     def close(self) -> None:
         self._consumer.close()

@@ -1,10 +1,23 @@
-"""Stopping the worker processes the demo, the benchmarks and the fault suite start."""
+"""Starting and stopping the worker processes the demo, the benchmarks and the fault suite run."""
 
 from __future__ import annotations
 
 import signal
 import subprocess
-from collections.abc import Iterable
+import sys
+from collections.abc import Iterable, Mapping
+from typing import IO
+
+
+def start_worker(env: Mapping[str, str], log: IO[bytes]) -> subprocess.Popen[bytes]:
+    """`annrec worker` in a child process configured by `env`, warnings and errors (and
+    anything on stdout or stderr) appended to `log`."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "tools.cli", "--log-level", "WARNING", "worker"],
+        env=dict(env),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
 
 
 def stop(procs: Iterable[subprocess.Popen[bytes]], timeout_s: float = 60.0) -> None:

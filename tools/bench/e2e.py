@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import threading
@@ -237,12 +236,7 @@ def _sweep(
     ensure_topics(served.kafka, topic_specs(topics))
     log = (served.storage / f"workers-{tag}.log").open("ab")
     workers = [
-        subprocess.Popen(
-            [sys.executable, "-m", "tools.cli", "--log-level", "WARNING", "worker"],
-            env=worker_env(served, run, topics, tag),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+        processes.start_worker(worker_env(served, run, topics, tag), log)
         for _ in range(run.workers)
     ]
     try:

@@ -127,12 +127,7 @@ def _compare(
     ensure_topics(served.kafka, topic_specs(topics))
     env = e2e.worker_env(served, WORKER, topics, tag)
     log = (served.storage / f"processes-{tag}.log").open("ab")
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "tools.cli", "--log-level", "WARNING", "worker"],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+    worker = processes.start_worker(env, log)
     try:
         # A 1M version with its neighbour table took over the default 2 minutes to load on a
         # busy 2-core machine (the first 1M run stopped there).

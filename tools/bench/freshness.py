@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
 import threading
@@ -35,7 +34,6 @@ from confluent_kafka import Producer
 from threadpoolctl import threadpool_limits
 
 from adapters.kafka_log import client_config
-from adapters.reply_topic import replies_from_now
 from adapters.topics import ensure_topics, topic_specs
 from index_builder.inputs import Factors
 from index_builder.publish import BuildOptions, publish_version
@@ -48,7 +46,7 @@ from tools.bench.cli import add_quick, apply_quick
 from tools.bench.e2e import Run, Served, worker_env
 from tools.bench.machine import describe, machine_info
 from tools.bench.personalization_delay import _percentiles
-from tools.client import wait_for_workers
+from tools.client import ReplyWaiter, wait_for_workers
 from worker.answer import answer
 from worker.fresh import apply_event
 from worker.index_store import LoadedVersion, load_version
@@ -182,12 +180,7 @@ def freshness(
         ensure_topics(svc.kafka, topic_specs(topics))
         served = Served(svc.kafka, svc.redis_url, storage, len(factors.user_ids), 1000.0)
         log = (storage / "worker.log").open("ab")
-        worker = subprocess.Popen(
-            [sys.executable, "-m", "tools.cli", "--log-level", "WARNING", "worker"],
-            env=worker_env(served, Run("freshness", 1), topics, tag),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+        worker = processes.start_worker(worker_env(served, Run("freshness", 1), topics, tag), log)
         try:
             wait_for_workers(svc.kafka, topics.topic_requests, topics.topic_replies, 10, 1)
             args = (svc.kafka, topics, factors, rate, duration_s, seed)
@@ -278,7 +271,7 @@ class _Probe:
         self.producer = Producer(
             {**client_config(kafka), "linger.ms": 1, "enable.idempotence": True}
         )
-        self.replies = replies_from_now(kafka, topics.topic_replies)
+        self.replies = ReplyWaiter(kafka, topics.topic_replies)
         self.topic = topics.topic_requests
         self.run = uuid.uuid4().hex[:6]
         self.produced_at: dict[str, float] = {}
@@ -308,12 +301,8 @@ class _Probe:
 
     def collect(self) -> None:
         while not (self._done.is_set() and (not self._asked or time.perf_counter() > self._end)):
-            first = self.replies.poll(0.1)
-            if first is None:
-                continue
-            for m in [first, *self.replies.consume(num_messages=1000, timeout=0)]:
-                if m.error() is None:
-                    self._on_reply(Reply.model_validate_json(m.value() or b""))
+            for reply in self.replies.drain_replies(0.1):
+                self._on_reply(reply)
             self.producer.poll(0)
 
     def _on_reply(self, reply: Reply) -> None:

@@ -16,8 +16,6 @@ counts every one.
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -32,7 +30,6 @@ from confluent_kafka import Producer
 
 from adapters.interactions import interaction_message
 from adapters.kafka_log import client_config
-from adapters.reply_topic import replies_from_now
 from adapters.topics import ensure_topics, topic_specs
 from index_builder.publish import BuildOptions, publish_version
 from index_builder.synth import synth_factors
@@ -40,7 +37,7 @@ from schemas.events import Interaction, RecommendRequest, Reply
 from schemas.settings import CommonSettings, prefixed_topics
 from tools import processes, services
 from tools.bench.e2e import Run, Served, worker_env
-from tools.client import wait_for_workers
+from tools.client import ReplyWaiter, wait_for_workers
 
 DRAIN_S = 30.0  # after sending: how long events may take to be reflected
 
@@ -66,12 +63,7 @@ def measure_delay(
             "ANNREC_HISTORY_LENGTH": str(history_length),
         }
         log = (storage / "worker.log").open("ab")
-        worker = subprocess.Popen(
-            [sys.executable, "-m", "tools.cli", "--log-level", "WARNING", "worker"],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+        worker = processes.start_worker(env, log)
         try:
             wait_for_workers(svc.kafka, topics.topic_requests, topics.topic_replies, 10, 1)
             # Side by side in one run: the same requests without events first (the cost of
@@ -155,7 +147,7 @@ class _Probe:
         self.producer = Producer(
             {**client_config(kafka), "linger.ms": 1, "enable.idempotence": True}
         )
-        self.replies = replies_from_now(kafka, topics.topic_replies)
+        self.replies = ReplyWaiter(kafka, topics.topic_replies)
         self.topic = topics.topic_requests
         self.who = who
         self.run = uuid.uuid4().hex[:6]
@@ -181,12 +173,8 @@ class _Probe:
             self._done.is_set()
             and (np.isfinite(self.delays).all() or time.perf_counter() > self._end)
         ):
-            first = self.replies.poll(0.1)
-            if first is None:
-                continue
-            for m in [first, *self.replies.consume(num_messages=1000, timeout=0)]:
-                if m.error() is None:
-                    self._on_reply(Reply.model_validate_json(m.value() or b""))
+            for reply in self.replies.drain_replies(0.1):
+                self._on_reply(reply)
             self.producer.poll(0)
 
     def _on_reply(self, reply: Reply) -> None:

@@ -360,12 +360,7 @@ class _Worker:
     def __enter__(self) -> _Worker:
         ensure_topics(self.kafka, topic_specs(self.topics))
         with self._log.open("ab") as log_file:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "tools.cli", "--log-level", "WARNING", "worker"],
-                env=self._env,
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-            )
+            self.proc = processes.start_worker(self._env, log_file)
         try:
             # A 10M version takes minutes to verify and fault in before the worker answers.
             wait_for_workers(
