@@ -31,6 +31,7 @@ import argparse
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -38,6 +39,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -123,20 +125,79 @@ def bench_scale(
     out: Path, sizes: list[int], dim: int, queries: int, limits: Limits, work: Path | None
 ) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    with services.configured_or_local() as svc:
-        for i, n in enumerate(progress_bar(sizes, desc="scale", unit="size", file=sys.stderr)):
-            result = {
-                "n_items": n,
-                "dim": dim,
-                **_measure_size(n, dim, queries, limits, work, svc, i == 0),
-            }
-            result["machine"] = machine_info()
-            result["command"] = "annrec " + " ".join(sys.argv[1:])
-            result["commit"] = _commit()
-            size_file(out, n).write_text(json.dumps(result, indent=2))
-            if "stopped" in result:
-                log.warning("scale_stopped", n_items=n, reason=result["stopped"])
-                break  # a larger catalogue stops there too
+    for i, n in enumerate(progress_bar(sizes, desc="scale", unit="size", file=sys.stderr)):
+        status = RunningStatus(running_file(out, n), n)
+        result = {
+            "n_items": n,
+            "dim": dim,
+            **_measure_size(n, dim, queries, limits, work, i == 0, status),
+            **_provenance(),
+        }
+        size_file(out, n).write_text(json.dumps(result, indent=2))
+        status.path.unlink(missing_ok=True)  # superseded by the size's own file
+        if "stopped" in result:
+            log.warning("scale_stopped", n_items=n, reason=result["stopped"])
+            break  # a larger catalogue stops there too
+
+
+def _provenance() -> dict[str, Any]:
+    return {
+        "machine": machine_info(),
+        "command": "annrec " + " ".join(sys.argv[1:]),
+        "commit": _commit(),
+    }
+
+
+def running_file(out: Path, n_items: int) -> Path:
+    return out / f"running-{n_items}.json"
+
+
+class RunningStatus:
+    """`<out>/running-<n>.json`: where a size's measurement is, rewritten at every stage and
+    every POLL_S of a build (its phases finished so far with their wall time, CPU time and
+    peak memory, the phase running, the child's peak, the machine's lowest available memory).
+    A run killed from outside (the machine's OOM killer, the end of a session) has no chance to
+    write its size file: this one then says where and after how long it stopped."""
+
+    POLL_S = 30.0
+
+    def __init__(self, path: Path, n_items: int) -> None:
+        self.path, self.n_items = path, n_items
+        self.started = time.time()
+        self.fields: dict[str, Any] = {}
+
+    def update(self, **fields: Any) -> None:
+        self.fields.update(fields)
+        status = {
+            "n_items": self.n_items,
+            "started_at": _utc(self.started),
+            "updated_at": _utc(time.time()),
+            "elapsed_s": round(time.time() - self.started),
+            "load_average": _load_average(),
+            **self.fields,
+            **_provenance(),
+        }
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(status, indent=2))
+        tmp.replace(self.path)
+
+
+def _utc(t: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
+
+
+@contextlib.contextmanager
+def _size_dir(work: Path | None, n: int) -> Iterator[tuple[Path, bool]]:
+    """Where a size's factors, version and logs go, and whether it is kept: under `--work` a
+    directory per size that outlives the run (a 10M size takes hours: a later run resumes from
+    what it holds), else a temporary one."""
+    if work is None:
+        with tempfile.TemporaryDirectory(prefix="annrec-scale-") as tmp:
+            yield Path(tmp), False
+    else:
+        directory = work / f"n{n}"
+        directory.mkdir(parents=True, exist_ok=True)
+        yield directory, True
 
 
 def _measure_size(
@@ -145,24 +206,33 @@ def _measure_size(
     queries: int,
     limits: Limits,
     work: Path | None,
-    svc: services.Endpoints,
     with_echo: bool,
+    status: RunningStatus,
 ) -> dict[str, Any]:
-    with tempfile.TemporaryDirectory(prefix="annrec-scale-", dir=work) as tmp:
-        factors, storage = Path(tmp) / "factors.npz", Path(tmp) / "storage"
-        started = time.perf_counter()
-        write_synth_factors(factors, n, max(1000, n // 10), dim, seed=0)
-        result: dict[str, Any] = {"factors_s": round(time.perf_counter() - started, 1)}
-        build = run_child(
-            ["build", "--factors", str(factors), "--storage", str(storage), "--no-announce"],
-            Path(tmp) / "build.log",
-            limits.min_free_gib,
-        )
-        factors.unlink()  # the build read it; 10M x 64 is 2.6 GB of disk
-        result["build"] = build.summary()
-        result["load_average"] = {"build": _load_average()}
-        if build.failure is not None:
-            return {**result, "stopped": f"build: {build.failure}"}
+    with _size_dir(work, n) as (tmp, kept):
+        done = _Stages(tmp / "stages.json" if kept else None)
+        factors, storage = tmp / "factors.npz", tmp / "storage"
+        result: dict[str, Any] = {}
+        if "factors" not in done:
+            status.update(stage="factors")
+            started = time.perf_counter()
+            partial = tmp / "factors-partial.npz"
+            write_synth_factors(partial, n, max(1000, n // 10), dim, seed=0)
+            partial.replace(factors)
+            done.record("factors", {"factors_s": round(time.perf_counter() - started, 1)})
+        result.update(done["factors"])
+        if "build" not in done or read_latest(storage) is None:
+            status.update(stage="build")
+            build = _build(factors, storage, tmp / "build.log", limits, status)
+            if "failure" in build:
+                return {**result, "build": build, "stopped": f"build: {build['failure']}"}
+            done.record("build", build)
+        else:
+            result["resumed"] = "factors and build from " + str(tmp)
+        result["build"] = done["build"]
+        result["load_average"] = {"build": result["build"].pop("load_average")}
+        if not kept:
+            factors.unlink()  # the build read it; 10M x 64 is 2.6 GB of disk
         version = read_latest(storage)
         assert version is not None  # the build exited 0: it published
         directory = version_dir(storage, version)
@@ -172,9 +242,10 @@ def _measure_size(
         result["disk_mib"] = {
             p.name: round(p.stat().st_size / 2**20, 1) for p in sorted(directory.iterdir())
         }
+        status.update(stage="worker probe", build=result["build"])
         probe = run_child(
             ["-m", "tools.bench.scale_probe", str(storage), version, "--queries", str(queries)],
-            Path(tmp) / "probe.log",
+            tmp / "probe.log",
             limits.min_free_gib,
             module=True,
         )
@@ -182,9 +253,84 @@ def _measure_size(
             return {**result, "stopped": f"worker probe: {probe.failure}"}
         result["worker"] = {**json.loads(probe.stdout), "peak_rss_mib": probe.peak_rss_mib}
         result["load_average"]["probe"] = _load_average()
-        result["kafka"] = _through_kafka(svc, storage, manifest, limits, with_echo)
+        status.update(stage="kafka", worker=result["worker"])
+        # Kafka and Redis only now: a local stack is not held through a build of hours.
+        with services.configured_or_local() as svc:
+            result["kafka"] = _through_kafka(svc, storage, manifest, limits, with_echo)
         result["load_average"]["kafka"] = _load_average()
         return result
+
+
+def _build(
+    factors: Path, storage: Path, log_path: Path, limits: Limits, status: RunningStatus
+) -> dict[str, Any]:
+    """The default `annrec build` of `factors` into a fresh `storage`: its summary, the phases
+    it finished (from its log, also when it failed) and the phase it was in."""
+    shutil.rmtree(storage, ignore_errors=True)  # a killed build's staging: not resumed
+
+    def report(child: _MemoryWatch) -> None:
+        status.update(
+            build_running={
+                "peak_rss_mib": child.peak_mib,
+                "machine_available_gib_lowest": round(child.lowest_gib, 2),
+                **build_phases(log_path),
+            }
+        )
+
+    command = ["--log-json", "build", "--factors", str(factors), "--storage", str(storage)]
+    build = run_child(
+        [*command, "--no-announce"],
+        log_path,
+        limits.min_free_gib,
+        on_poll=report,
+    )
+    return {
+        **build.summary(),
+        "load_average": _load_average(),
+        **build_phases(log_path),
+    }
+
+
+def build_phases(log_path: Path) -> dict[str, Any]:
+    """From a build's JSON log lines: each finished phase's wall time, CPU time (every thread:
+    above the wall time, it ran on more than one core) and the process's peak memory at its
+    end, and the phase started but not finished (where a stopped build was)."""
+    finished: dict[str, dict[str, Any]] = {}
+    running = None
+    with contextlib.suppress(OSError):
+        for line in log_path.read_text(errors="replace").splitlines():
+            with contextlib.suppress(ValueError):
+                event = json.loads(line)
+                if event.get("event") == "build_phase_started":
+                    running = event["phase"]
+                elif event.get("event") == "build_phase_done":
+                    keep = ("seconds", "cpu_s", "peak_rss_mib")
+                    finished[event["phase"]] = {k: event[k] for k in keep}
+                    running = None
+    return {"phases_done": finished, "phase_running": running}
+
+
+class _Stages:
+    """What a kept size directory has finished (stages.json): the factors written and the
+    build published, with their figures, so a later run starts after them. Without a file
+    (a temporary directory) nothing is remembered."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self.done: dict[str, dict[str, Any]] = (
+            json.loads(path.read_text()) if path is not None and path.exists() else {}
+        )
+
+    def __contains__(self, stage: str) -> bool:
+        return stage in self.done
+
+    def __getitem__(self, stage: str) -> dict[str, Any]:
+        return dict(self.done[stage])
+
+    def record(self, stage: str, figures: dict[str, Any]) -> None:
+        self.done[stage] = figures
+        if self.path is not None:
+            self.path.write_text(json.dumps(self.done, indent=2))
 
 
 def _load_average() -> list[float]:
@@ -223,7 +369,11 @@ class ChildRun:
 
 
 def run_child(
-    args: list[str], log_path: Path, min_free_gib: float, module: bool = False
+    args: list[str],
+    log_path: Path,
+    min_free_gib: float,
+    module: bool = False,
+    on_poll: Callable[[_MemoryWatch], None] | None = None,
 ) -> ChildRun:
     """`annrec <args>` (or `python <args>` with `module`) as a child: wall time, its own peak RSS
     and why it failed (exit code or signal with the log's last lines, or the memory watch
@@ -235,7 +385,7 @@ def run_child(
     started = time.perf_counter()
     with log_path.open("wb") as err, tempfile.TemporaryFile() as out:
         proc = subprocess.Popen(command, stdout=out, stderr=err, env=env)
-        watch = _MemoryWatch(proc.pid, min_free_gib)
+        watch = _MemoryWatch(proc.pid, min_free_gib, on_poll)
         watch.start()
         _, status = os.waitpid(proc.pid, 0)
         proc.returncode = os.waitstatus_to_exitcode(status)
@@ -264,8 +414,16 @@ class _MemoryWatch:
 
     POLL_S = 0.25
 
-    def __init__(self, pid: int, min_free_gib: float) -> None:
+    def __init__(
+        self,
+        pid: int,
+        min_free_gib: float,
+        on_poll: Callable[[_MemoryWatch], None] | None = None,
+        report_every_s: float = 30.0,
+    ) -> None:
         self.pid, self.min_free_gib = pid, min_free_gib
+        # Called every report_every_s while the child runs, and once more when it has ended.
+        self.on_poll, self.report_every_s = on_poll, report_every_s
         self.reason: str | None = None
         self.peak_mib = 0
         self.lowest_gib = float("inf")
@@ -279,9 +437,15 @@ class _MemoryWatch:
     def stop(self) -> None:
         self._done.set()
         self._thread.join()
+        if self.on_poll is not None:
+            self.on_poll(self)
 
     def _watch(self) -> None:
+        reported = time.perf_counter()
         while not self._done.wait(self.POLL_S):
+            if self.on_poll is not None and time.perf_counter() - reported >= self.report_every_s:
+                self.on_poll(self)
+                reported = time.perf_counter()
             with contextlib.suppress(OSError):  # exited between two looks
                 self.peak_mib = max(self.peak_mib, memory_status(self.pid).get("VmHWM", 0))
             free = available_gib()
