@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import fcntl
 import json
 import os
 import shutil
@@ -98,6 +99,13 @@ def register(parser: argparse.ArgumentParser) -> None:
         help="where factors and versions go while measured (default: the system's temp dir); "
         "10M x 64 needs about 15 GB",
     )
+    parser.add_argument(
+        "--lock",
+        type=Path,
+        help="hold this lock file (flock) through each size's Kafka stage: on a machine "
+        "shared with other benchmarks (/tmp/annrec-bench.lock) the rate search waits for "
+        "theirs instead of measuring beside them; the builds, hours long at 10M, do not hold it",
+    )
     parser.add_argument("--summary-only", action="store_true", help="redraw from <out>/size-*.json")
     parser.set_defaults(handler=_run)
 
@@ -106,7 +114,7 @@ def _run(args: argparse.Namespace) -> int:
     a = apply_quick(args)
     if not a.summary_only:
         sizes = [int(s) for s in a.sizes.split(",")]
-        limits = Limits(a.p99_ms, a.rate_s, a.start_rate, a.max_rate, a.min_free_gib)
+        limits = Limits(a.p99_ms, a.rate_s, a.start_rate, a.max_rate, a.min_free_gib, a.lock)
         bench_scale(a.out, sizes, a.dim, a.queries, limits, a.work)
     summarize(a.out)
     return 0
@@ -119,6 +127,7 @@ class Limits:
     start_rate: int
     max_rate: int
     min_free_gib: float
+    lock: Path | None = None
 
 
 def bench_scale(
@@ -184,6 +193,18 @@ class RunningStatus:
 
 def _utc(t: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
+
+
+@contextlib.contextmanager
+def _held(lock: Path | None) -> Iterator[float]:
+    """An exclusive flock on `lock` (None: no lock) for the block; yields the seconds waited."""
+    if lock is None:
+        yield 0.0
+        return
+    started = time.perf_counter()
+    with lock.open("a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)  # released when the file closes
+        yield round(time.perf_counter() - started, 1)
 
 
 @contextlib.contextmanager
@@ -253,10 +274,13 @@ def _measure_size(
             return {**result, "stopped": f"worker probe: {probe.failure}"}
         result["worker"] = {**json.loads(probe.stdout), "peak_rss_mib": probe.peak_rss_mib}
         result["load_average"]["probe"] = _load_average()
-        status.update(stage="kafka", worker=result["worker"])
+        status.update(worker=result["worker"])
         # Kafka and Redis only now: a local stack is not held through a build of hours.
-        with services.configured_or_local() as svc:
+        status.update(stage="kafka: waiting for the lock" if limits.lock else "kafka")
+        with _held(limits.lock) as waited_s, services.configured_or_local() as svc:
+            status.update(stage="kafka", lock_waited_s=waited_s)
             result["kafka"] = _through_kafka(svc, storage, manifest, limits, with_echo)
+            result["kafka"]["lock_waited_s"] = waited_s
         result["load_average"]["kafka"] = _load_average()
         return result
 
