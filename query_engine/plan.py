@@ -18,7 +18,7 @@ import numpy.typing as npt
 from annoy import AnnoyIndex
 
 from query_engine import banded, banded_max_per, diversity, filtered, search
-from query_engine.neighbours import NeighbourTable
+from query_engine.neighbours import WALK_BEAM, NeighbourTable
 from query_engine.selection import Selection
 from query_engine.vectors import cosine_scores, exact_cosine, exact_max_inner_product, top_k
 from schemas.manifest import (
@@ -50,8 +50,9 @@ class SimilarPlan:
     # not walks (how far they hold is what the quality report measures).
     table: bool = True
     walk_max_k: int = 0
-    # k within the width: rounds of a walk refining the item's row (0: the row alone). One round
-    # finds most of what an approximate graph's row missed, among the rows of its best items.
+    walk_beam: int = WALK_BEAM
+    # k within the width: the beam (multiples of k) of a search refining the item's row (0: the
+    # row alone), for a graph whose rows miss what their neighbours' rows hold.
     refine: int = 0
 
 
@@ -93,6 +94,7 @@ class ServingPlan:
             "similar_filter_threshold": s.filter_threshold,
             "similar_table": s.table,
             "similar_walk_max_k": s.walk_max_k,
+            "similar_walk_beam": s.walk_beam,
             "similar_refine": s.refine,
             "recommend_strategy": r.strategy,
             "recommend_search_k": r.search_k,
@@ -111,6 +113,7 @@ def similar_plan(q: IndexQuality, table: TableQuality | None = None) -> SimilarP
         q.filter_threshold,
         table.serves,
         table.walk_max_k,
+        table.walk_beam,
         table.refine,
     )
 
@@ -139,6 +142,15 @@ class VersionSearch:
 
     def with_plan(self, plan: ServingPlan) -> VersionSearch:
         return replace(self, plan=plan)
+
+    def warm(self) -> None:
+        """Compile the table's search now when the plan walks it, so that the first request
+        that walks does not pay the compilation (seconds the first time, then numba's cache)."""
+        plan = self.plan.similar
+        if self.neighbours is None or not plan.table or not (plan.walk_max_k or plan.refine):
+            return
+        if len(self.item_factors) > 1 and self.neighbours.width:
+            self.neighbours.walk(self.item_factors, self.item_norms, 0, 1)
 
     def similar_items(
         self,
@@ -182,7 +194,7 @@ class VersionSearch:
 
     def from_table(self, row: int, fetch: int, keep: Selection | None = None) -> Ranked | None:
         """The table's answer when the plan lets it give one: a lookup for `fetch` up to its
-        width (None when a filter leaves fewer; refined by `refine` rounds of a walk when
+        width (None when a filter leaves fewer; refined by a search of beam `refine` when
         unfiltered), a walk up to `walk_max_k` unfiltered."""
         plan = self.plan.similar
         if self.neighbours is None or not plan.table:
@@ -194,7 +206,9 @@ class VersionSearch:
                 )
             return self.neighbours.lookup(row, fetch, keep)
         if keep is None and fetch <= plan.walk_max_k:
-            return self.neighbours.walk(self.item_factors, self.item_norms, row, fetch)
+            return self.neighbours.walk(
+                self.item_factors, self.item_norms, row, fetch, plan.walk_beam
+            )
         return None
 
     def recommend(

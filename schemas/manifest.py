@@ -185,17 +185,21 @@ class IndexQuality(_Model):
 
 
 class WalkPoint(_Model):
-    """Similar items for k above the table's width, from a walk over the table."""
+    """Similar items for k above the table's width, from a best-first search of the table."""
 
     k: int = Field(ge=1)
+    beam: int = Field(2, ge=1, description="items the search keeps, in multiples of k")
     recall_at_k: float
     queries_per_s: float
 
 
 class RefinePoint(_Model):
-    """k within the table's width: the item's row refined by `rounds` rounds of a walk."""
+    """k within the table's width: the item's row refined by a best-first search of the table."""
 
-    rounds: int = Field(ge=0, description="0: the row alone (a lookup)")
+    # Named `rounds` since the first versions (a round-based walk); versions keep loading.
+    rounds: int = Field(
+        ge=0, description="the search's beam, in multiples of k; 0: the row alone (a lookup)"
+    )
     recall_at_k: float
     recall_low: float
     queries_per_s: float
@@ -209,19 +213,20 @@ class TableQuality(_Model):
     refine: int = Field(
         0,
         ge=0,
-        description="rounds of a walk refining a lookup that workers run: the fewest whose recall "
-        "reached the table's aim, the version's target but at least 0.99 (0: the row alone)",
+        description="the beam (multiples of k) of the search refining a lookup that workers run: "
+        "the smallest whose recall reached the table's aim, the version's target but at least "
+        "0.99 (0: the row alone)",
     )
     refine_curve: list[RefinePoint] = Field(
-        default_factory=list, description="every number of rounds measured, in order"
+        default_factory=list, description="every refining beam measured, in order"
     )
-    recall_at_k: float = Field(description="held-out recall@k of what is served (refine rounds)")
+    recall_at_k: float = Field(description="held-out recall@k of what is served (refined)")
     recall_low: float = Field(description="95% lower bound of that recall (mean - 2 s.e.)")
     queries_per_s: float = Field(description="VersionSearch.similar_items through the table")
     serves: bool = Field(description="the table's recall reached the target: workers use it")
     walk: list[WalkPoint] = Field(
         default_factory=list,
-        description="k above the width: a walk over the table (two hops, then the best found), "
+        description="k above the width: a best-first search of the table at each beam tried, "
         "recall and speed",
     )
     walk_max_k: int = Field(
@@ -229,6 +234,9 @@ class TableQuality(_Model):
         ge=0,
         description="the walk serves k up to this (every measured k up to it reached the "
         "target); above it the angular index plan does",
+    )
+    walk_beam: int = Field(
+        2, ge=1, description="the beam walks are served with: the smallest that reached the target"
     )
 
 

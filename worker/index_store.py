@@ -147,7 +147,7 @@ def _load_search(
     if warm and neighbours is not None:
         for arr in (neighbours.rows, neighbours.scores):
             _touch_pages(arr)
-    return VersionSearch(
+    search = VersionSearch(
         angular=angular,
         mips=mips,
         item_factors=item_factors,
@@ -155,6 +155,9 @@ def _load_search(
         plan=ServingPlan.from_quality(manifest.quality),
         neighbours=neighbours,
     )
+    if warm:
+        search.warm()
+    return search
 
 
 def _touch_pages(arr: npt.NDArray[np.generic]) -> None:

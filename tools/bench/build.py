@@ -187,15 +187,16 @@ def _print(r: dict[str, Any]) -> None:
         table = r["quality"].get("neighbour_table")
         if table:
             walks = ", ".join(
-                f"k={h['k']} {h['recall_at_k']:.3f} at {h['queries_per_s']:.0f} q/s"
+                f"k={h['k']} beam {h.get('beam', 2)} {h['recall_at_k']:.3f} at "
+                f"{h['queries_per_s']:.0f} q/s"
                 for h in table["walk"]
             )
             print(
                 f"  table          recall@10 {table['recall_at_k']:.3f} (95% low "
-                f"{table['recall_low']:.3f}) refined by {table.get('refine', 0)} round(s), "
+                f"{table['recall_low']:.3f}) refining beam {table.get('refine', 0)}, "
                 f"{table['queries_per_s']:.0f} q/s, serves "
                 f"{table['serves']}; walks: {walks or 'none'} (serve up to k="
-                f"{table['walk_max_k']})"
+                f"{table['walk_max_k']}, beam {table.get('walk_beam', 2)})"
             )
     print("through answer(), one query at a time, against the exact scan of the same queries:")
     for label, f in r["served"].items():

@@ -86,30 +86,48 @@ def test_a_filtered_lookup_is_exact_or_declines(factors, norms, table):
     assert answered > N // 2 and declined > 0
 
 
-def test_a_walk_rescores_exactly_and_its_first_round_is_two_hops(factors, norms, table):
+def reachable(table, start):
+    """Every item a search from `start` can reach over the table's rows (breadth first)."""
+    seen, frontier = {start}, [start]
+    while frontier:
+        nxt = {int(r) for f in frontier for r in table.rows[f]} - seen
+        seen |= nxt
+        frontier = list(nxt)
+    return np.array(sorted(seen - {start}), np.int64)
+
+
+def test_a_walk_rescores_exactly_and_a_beam_past_the_catalogue_is_exact(factors, norms, table):
     rows, scores = table.walk(factors, norms, 3, 40)
     assert len(rows) == 40 and 3 not in rows and len(set(rows.tolist())) == 40
-    np.testing.assert_allclose(scores, cosine_scores(factors[rows], norms[rows], factors[3]))
+    np.testing.assert_array_equal(scores, cosine_scores(factors[rows], norms[rows], factors[3]))
     assert (np.diff(scores) <= 0).all()
-    # One round: exactly the best of the item's neighbours and their neighbours.
-    first = table.rows[3].astype(np.int64)
-    hops = np.setdiff1d(np.union1d(first, table.rows[first].ravel()), [3])
-    want = hops[top_k(cosine_scores(factors[hops], norms[hops], factors[3]), 40)]
-    np.testing.assert_array_equal(table.walk(factors, norms, 3, 40, rounds=1)[0], want)
-    # More rounds reach at least as far, and never past the catalogue.
-    assert len(table.walk(factors, norms, 3, 40, rounds=3)[0]) == 40
+    for start in (3, 150, 399):
+        # A beam that never fills expands everything the table reaches: the exact top-k of it.
+        found = reachable(table, start)
+        want = found[top_k(cosine_scores(factors[found], norms[found], factors[start]), 40)]
+        np.testing.assert_array_equal(table.walk(factors, norms, start, 40, beam=N)[0], want)
 
 
 def test_a_walk_finds_nearly_the_exact_answer_and_declines_past_the_catalogue():
     """A kNN graph need not reach every item (an item no one lists is reached by no walk), so
-    a walk is approximate: on a small catalogue it finds nearly all of the exact top-k."""
-    small = synth_factors(n_items=60, n_users=2, dim=DIM, n_clusters=3, seed=2).item_factors
+    a walk is approximate: on a small catalogue it finds nearly all of the exact top-k, more
+    with a wider beam."""
+    small = synth_factors(n_items=600, n_users=2, dim=DIM, n_clusters=3, seed=2).item_factors
     small_norms = np.linalg.norm(small, axis=1).astype(np.float32)
     walked, _ = build_neighbour_table(small, 8)
-    for row in (0, 31, 59):
-        rows, _ = walked.walk(small, small_norms, row, 30, rounds=4)
-        assert recall_at_k(rows, exact(small, small_norms, row, 30)[0]) >= 0.85
-    assert walked.walk(small, small_norms, 0, 60) is None  # 59 other items at most
+    recall = {}
+    for beam in (1, 4):
+        recall[beam] = np.mean(
+            [
+                recall_at_k(
+                    walked.walk(small, small_norms, row, 30, beam=beam)[0],
+                    exact(small, small_norms, row, 30)[0],
+                )
+                for row in range(0, 600, 20)
+            ]
+        )
+    assert recall[4] >= 0.9 and recall[4] > recall[1]
+    assert walked.walk(small, small_norms, 0, 600) is None  # 599 other items at most
 
 
 def test_the_plan_serves_from_the_table_and_falls_through_beyond_it(factors, norms, table):
