@@ -107,6 +107,26 @@ def test_one_shard_is_the_measured_distribution_and_more_shards_cost_more():
     assert fanout.simulate([5.0] * 11, [2.0] * 11, 0.5, 8)["p99_ms"] == pytest.approx(7.5)
 
 
+def test_drawing_from_quantiles_is_their_linear_interpolation():
+    q = fanout.quantiles(np.random.default_rng(2).lognormal(1.0, 0.7, 10_000))
+    u = np.random.default_rng(3).random(5_000)
+    u[:3] = [0.0, 1.0, 0.5]  # both ends of the grid and a point on it
+    expected = np.interp(u, np.linspace(0, 1, len(q)), q)
+    assert np.allclose(fanout.draw(q, u), expected, rtol=1e-12, atol=1e-12)
+
+
+def test_the_slowest_shard_drawn_at_once_matches_the_max_of_each_shards_draw():
+    # simulate draws max(S draws) as one draw at a uniform^(1/S); the explicit max of S
+    # independent draws must have the same quantiles.
+    q = fanout.quantiles(np.random.default_rng(4).lognormal(1.0, 0.6, 50_000))
+    rng = np.random.default_rng(5)
+    for s in (2, 8, 16):
+        explicit = fanout.draw(q, rng.random((200_000, s))).max(axis=1)
+        simulated = fanout.simulate(q, [0.0, 0.0], 0.0, s, seed=6)
+        assert simulated["p50_ms"] == pytest.approx(np.percentile(explicit, 50), rel=0.02)
+        assert simulated["p99_ms"] == pytest.approx(np.percentile(explicit, 99), rel=0.03)
+
+
 def test_merge_takes_the_best_k_of_all_shards():
     rng = np.random.default_rng(2)
     partials, everything = [], []
