@@ -46,6 +46,10 @@ class SimilarPlan:
     strategy: Strategy = "ann"
     search_k: int = DEFAULT_SEARCH_K
     filter_threshold: float = DEFAULT_FILTER_THRESHOLD
+    # The index's search_k grows with k (search.scaled_search_k) and its cost with it, while a
+    # scan costs about the same for any k: above this k the exact scan is the faster path (0:
+    # no limit). From the report's own figures, see index_max_k().
+    index_max_k: int = 0
     # An unmeasured table serves lookups (each row is exact up to the graph's recall, ~0.99),
     # not walks (how far they hold is what the quality report measures).
     table: bool = True
@@ -92,6 +96,7 @@ class ServingPlan:
             "similar_strategy": s.strategy,
             "similar_search_k": s.search_k,
             "similar_filter_threshold": s.filter_threshold,
+            "similar_index_max_k": s.index_max_k,
             "similar_table": s.table,
             "similar_walk_max_k": s.walk_max_k,
             "similar_walk_beam": s.walk_beam,
@@ -106,16 +111,31 @@ class ServingPlan:
 
 def similar_plan(q: IndexQuality, table: TableQuality | None = None) -> SimilarPlan:
     if table is None:
-        return SimilarPlan(q.strategy, q.search_k, q.filter_threshold)
+        return SimilarPlan(q.strategy, q.search_k, q.filter_threshold, index_max_k(q))
     return SimilarPlan(
         q.strategy,
         q.search_k,
         q.filter_threshold,
+        index_max_k(q),
         table.serves,
         table.walk_max_k,
         table.walk_beam,
         table.refine,
     )
+
+
+def index_max_k(q: IndexQuality) -> int:
+    """The largest k the angular index answers faster than the exact scan, 0 for any k.
+
+    The report times both at search_k tuned for TUNED_K results; a larger k scales search_k
+    and the index's time with it, while the scan's stays: the index is taken to win while k x
+    its time stays under the scan's. The true growth is slower than linear (1M items: k=50 took
+    2.7x and k=100 4.9x the time of k=10, where the index served k=50 at 1.05x and k=100 at
+    0.55x the scan's speed), so this hands k to the scan (recall 1) somewhat early, where the
+    scan is at most a little slower; it never keeps a k on an index several times slower."""
+    if q.strategy != "ann" or q.search_k < 0 or q.brute_force_queries_per_s <= 0:
+        return 0
+    return max(search.TUNED_K, int(search.TUNED_K * q.queries_per_s / q.brute_force_queries_per_s))
 
 
 def recommend_plan(q: IndexQuality) -> RecommendPlan:
@@ -169,7 +189,8 @@ class VersionSearch:
             found = self.from_table(row, fetch, keep)
             if found is not None:
                 return found
-        if exact or (plan.strategy == "exact" and search_k is None):
+        scan_is_faster = plan.strategy == "exact" or 0 < plan.index_max_k < fetch
+        if exact or (scan_is_faster and search_k is None):
             if keep is None:
                 query = np.asarray(self.item_factors[row])
                 return exact_cosine(self.item_factors, self.item_norms, query, fetch, exclude=row)

@@ -9,9 +9,10 @@ from index_builder.neighbours import build_neighbour_table
 from index_builder.synth import synth_factors
 from query_engine.banded import NormBands
 from query_engine.neighbours import NeighbourTable
-from query_engine.plan import ServingPlan, SimilarPlan, VersionSearch
+from query_engine.plan import ServingPlan, SimilarPlan, VersionSearch, similar_plan
 from query_engine.selection import Selection
 from query_engine.vectors import cosine_scores, recall_at_k, top_k
+from schemas.manifest import IndexQuality
 
 N, DIM, WIDTH = 400, 8, 12
 
@@ -175,3 +176,37 @@ def test_a_refined_lookup_finds_what_a_damaged_row_lost(factors, norms, table):
     np.testing.assert_array_equal(
         refined.similar_items(7, 5, keep)[0], lookup.similar_items(7, 5, keep)[0]
     )
+
+
+def test_above_the_k_where_the_index_loses_to_the_scan_the_scan_serves(factors, norms):
+    """The index's search_k (and time) grows with k, the scan's time does not: a report that
+    timed the index at 1.6x the scan for k=10 has the scan serve k above 16."""
+    report = IndexQuality(
+        tuning_queries=10,
+        curve=[],
+        search_k=30,
+        reached_target=True,
+        heldout_queries=10,
+        recall_at_k=0.95,
+        queries_per_s=52.0,
+        brute_force_queries_per_s=31.0,
+        strategy="ann",
+    )
+    plan = similar_plan(report)
+    assert plan.index_max_k == 16
+    one_tree = AnnoyIndex(DIM, "angular")
+    for i, row in enumerate(factors):
+        one_tree.add_item(i, row)
+    one_tree.build(1)
+    v = version(factors, norms, None, ServingPlan(similar=plan), one_tree)
+    missed = 0
+    for row in range(0, N, 40):
+        for k in (16, 17, 40):
+            rows, _ = v.similar_items(row, k)
+            if k > 16:
+                np.testing.assert_array_equal(rows, exact(factors, norms, row, k)[0])
+            else:  # the index: one tree at a small search_k misses some
+                missed += not np.array_equal(rows, exact(factors, norms, row, k)[0])
+    assert missed
+    # A report whose index lost to the scan at k=10 already serves every k by the scan.
+    assert similar_plan(report.model_copy(update={"strategy": "exact"})).index_max_k == 0
