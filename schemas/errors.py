@@ -78,7 +78,11 @@ def describe(
 
 def _sentence(err: ErrorDetails, whole: str, label: Callable[[str], str]) -> str:
     where = label(".".join(str(p) for p in err["loc"])) if err["loc"] else whole
-    template = _MUST.get(err["type"])
+    kind = err["type"]
+    if kind in ("too_short", "too_long") and isinstance(err.get("input"), str):
+        # A length constraint after a BeforeValidator is reported as a sequence's, on a string.
+        kind = f"string_{kind}"
+    template = _MUST.get(kind)
     if template is None:  # a validator's own message, or a type without a sentence here
         return f"{where}: {err['msg'].removeprefix('Value error, ')}"
     must = template.format_map(_Context(err.get("ctx") or {}))

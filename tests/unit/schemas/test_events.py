@@ -45,3 +45,17 @@ def test_malformed_requests_are_refused_with_the_field_named(raw, fragment):
     with pytest.raises(ValidationError) as info:
         parse_request(raw)
     assert fragment in str(info.value).lower()
+
+
+def test_a_too_long_id_is_worded_in_characters_and_a_too_long_list_in_items():
+    from schemas.errors import describe
+
+    with pytest.raises(ValidationError) as long_id:
+        SimilarItemsRequest.model_validate({"request_id": "r", "item_id": "x" * 300, "k": 5})
+    assert describe(long_id.value).startswith("item_id must have at most 256 characters")
+    with pytest.raises(ValidationError) as long_list:
+        SimilarItemsRequest.model_validate(
+            {"request_id": "r", "item_id": "i", "k": 5, "exclude_items": ["a"] * 100_000}
+        )
+    assert describe(long_list.value).startswith("exclude_items must have at most")
+    assert "items" in describe(long_list.value)
