@@ -57,6 +57,22 @@ class ObjectStore:
             raise AnnrecError(f"{self.url}/{LATEST} holds {name!r}, which is not a version name")
         return name
 
+    def read_state(self, name: str) -> bytes | None:
+        """A small state object at the root (EXPERIMENT, PINNED); None when absent."""
+        try:
+            raw: bytes = self.fs.cat_file(self.key(name))
+        except FileNotFoundError:
+            return None
+        return raw
+
+    def list_children(self, folder: str) -> list[str]:
+        """Names directly under a folder of the root (the models under models/)."""
+        try:
+            entries = self.fs.ls(self.key(folder), detail=False, refresh=True)
+        except FileNotFoundError:
+            return []
+        return sorted(e.rstrip("/").rsplit("/", 1)[-1] for e in entries)
+
     def list_versions(self) -> list[str]:
         """Complete versions only: those whose manifest was uploaded."""
         try:

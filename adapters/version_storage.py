@@ -6,6 +6,10 @@ which one LATEST names) and both hand a reader a local directory holding a compl
 A reader only ever maps files that are complete and never rewritten: a downloaded version is
 written into a staging directory, verified against its manifest's sha256s, and renamed into the
 cache. The builder adds the writes (LATEST, gc, upload) on top (index_builder/targets.py).
+
+Each model (schemas/layout.py) is such a storage of its own, rooted at its model root: the
+model `default` at the setting's root, another one at <root>/models/<name>/. `ModelCatalog`
+finds the models a setting holds and opens each.
 """
 
 from __future__ import annotations
@@ -19,8 +23,24 @@ from typing import Any, Protocol
 from adapters.index_files import check_files
 from adapters.object_store import ObjectStore, is_remote
 from schemas.errors import AnnrecError, VersionMissing
-from schemas.layout import list_versions, read_latest, version_dir
-from schemas.manifest import MANIFEST_NAME, Manifest
+from schemas.experiments import Experiment, Pins
+from schemas.layout import (
+    DEFAULT_MODEL,
+    EXPERIMENT,
+    MODELS,
+    PINNED,
+    list_models,
+    list_versions,
+    model_path,
+    model_root,
+    parse_experiment,
+    parse_pins,
+    read_experiment,
+    read_latest,
+    read_pins,
+    version_dir,
+)
+from schemas.manifest import MANIFEST_NAME, Manifest, is_model_name
 
 
 class VersionStorage(Protocol):
@@ -38,6 +58,14 @@ class VersionStorage(Protocol):
         """A local root under which versions/<version>/ is complete; may download."""
         ...
 
+    def experiment(self) -> Experiment | None:
+        """The model's running experiment; None when none runs."""
+        ...
+
+    def pins(self) -> Pins:
+        """The versions registered as pinned."""
+        ...
+
 
 class DirectoryStorage:
     def __init__(self, root: Path) -> None:
@@ -53,6 +81,12 @@ class DirectoryStorage:
     def materialize(self, version: str) -> Path:
         return self.root
 
+    def experiment(self) -> Experiment | None:
+        return read_experiment(self.root)
+
+    def pins(self) -> Pins:
+        return read_pins(self.root)
+
 
 class ObjectStorage:
     def __init__(self, store: ObjectStore, cache_dir: Path | None = None) -> None:
@@ -65,6 +99,14 @@ class ObjectStorage:
 
     def versions(self) -> list[str]:
         return self.store.list_versions()
+
+    def experiment(self) -> Experiment | None:
+        raw = self.store.read_state(EXPERIMENT)
+        return None if raw is None else parse_experiment(raw, f"{self.url}/{EXPERIMENT}")
+
+    def pins(self) -> Pins:
+        raw = self.store.read_state(PINNED)
+        return Pins() if raw is None else parse_pins(raw, f"{self.url}/{PINNED}")
 
     def materialize(self, version: str) -> Path:
         if self.cache_dir is None:
@@ -93,12 +135,45 @@ class ObjectStorage:
 
 
 def open_storage(
-    storage: str, options: dict[str, Any], cache_dir: Path | None = None
+    storage: str,
+    options: dict[str, Any],
+    cache_dir: Path | None = None,
+    model: str = DEFAULT_MODEL,
 ) -> DirectoryStorage | ObjectStorage:
-    """The storage a setting names; `cache_dir`: where object-storage versions are downloaded."""
+    """A model's storage under the setting (the model `default`: the setting's root itself);
+    `cache_dir`: where object-storage versions are downloaded."""
     if is_remote(storage):
-        return ObjectStorage(ObjectStore(storage, options), cache_dir)
-    return DirectoryStorage(local_root(storage))
+        path = model_path(model)
+        url = f"{storage.rstrip('/')}/{path}" if path else storage
+        cache = None if cache_dir is None else model_root(cache_dir, model)
+        return ObjectStorage(ObjectStore(url, options), cache)
+    return DirectoryStorage(model_root(local_root(storage), model))
+
+
+class ModelCatalog:
+    """Every model one storage setting holds, each opened once."""
+
+    def __init__(
+        self, storage: str, options: dict[str, Any], cache_dir: Path | None = None
+    ) -> None:
+        self.url = storage
+        self._options = options
+        self._cache_dir = cache_dir
+        self._opened: dict[str, DirectoryStorage | ObjectStorage] = {}
+
+    def models(self) -> list[str]:
+        """Models with a version or a LATEST, `default` first."""
+        if not is_remote(self.url):
+            return list_models(local_root(self.url))
+        root = self.model(DEFAULT_MODEL)
+        assert isinstance(root, ObjectStorage)
+        found = [DEFAULT_MODEL] if root.latest() or root.versions() else []
+        return found + [m for m in root.store.list_children(MODELS) if is_model_name(m)]
+
+    def model(self, name: str) -> DirectoryStorage | ObjectStorage:
+        if name not in self._opened:
+            self._opened[name] = open_storage(self.url, self._options, self._cache_dir, name)
+        return self._opened[name]
 
 
 def local_root(storage: str) -> Path:

@@ -1,4 +1,5 @@
-"""The arguments and work of `annrec synth`, `annrec build` and `annrec versions`.
+"""The arguments and work of `annrec synth`, `annrec build`, `annrec versions` and
+`annrec experiment`.
 
 tools/commands/builder.py registers them as sub-commands (with the Kafka and local-stack wiring a
 build's announcement needs); nothing here is imported unless one of them runs.
@@ -17,6 +18,7 @@ import structlog
 
 from adapters.item_updates import read_item_updates
 from adapters.item_vectors import read_item_vectors
+from index_builder import experiments
 from index_builder.announce import announce_version
 from index_builder.attributes import read_table
 from index_builder.inputs import Factors, load_factor_arrays, load_factors, save_factors
@@ -33,7 +35,8 @@ from index_builder.targets import DirectoryTarget, ObjectStoreTarget, publish_ta
 from index_builder.train import Interactions, load_interactions
 from index_builder.tune import AlsConfig, EvalOptions, TuneReason, train_evaluated
 from schemas.errors import AnnrecError
-from schemas.layout import version_dir
+from schemas.experiments import Experiment
+from schemas.layout import DEFAULT_MODEL, version_dir
 from schemas.manifest import MANIFEST_NAME, WEIGHTINGS, Manifest, TrainParams
 
 log = structlog.get_logger(__name__)
@@ -104,6 +107,7 @@ def add_build_arguments(build: argparse.ArgumentParser) -> None:
     build.add_argument("--user-ids", type=Path, help=".npy user ids (default: row numbers)")
     _synth_flags(build)
     build.add_argument("--storage", help="directory or s3://bucket/prefix (ANNREC_STORAGE)")
+    _model_flag(build)
     build.add_argument("--trees", type=int, help="angular index trees (ANNREC_N_TREES)")
     build.add_argument("--mips-trees", type=int, help="trees per MIPS band (ANNREC_MIPS_TREES)")
     build.add_argument(
@@ -149,16 +153,102 @@ def add_versions_arguments(versions: argparse.ArgumentParser) -> None:
     )
     rollback = vsub.add_parser("rollback", help="point LATEST at an older version")
     rollback.add_argument("version")
-    for p in (vlist, gc, rollback):
+    pin = vsub.add_parser(
+        "pin", help="keep a version held by every worker and out of gc (requests may pin it)"
+    )
+    pin.add_argument("version")
+    unpin = vsub.add_parser("unpin", help="drop a pin (gc may then remove the version)")
+    unpin.add_argument("version")
+    for p in (vlist, gc, rollback, pin, unpin):
         p.add_argument("--storage", help="directory or s3://bucket/prefix (ANNREC_STORAGE)")
+        _model_flag(p)
 
 
-def _target(settings: BuilderSettings) -> DirectoryTarget | ObjectStoreTarget:
-    return publish_target(settings.storage, settings.storage_options, settings.build_dir)
+def add_experiment_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="experiment_action", required=True)
+    start = sub.add_parser(
+        "start", help="split a model's traffic between LATEST and candidate versions"
+    )
+    start.add_argument("name", help="the experiment's name (also salts the users' assignment)")
+    start.add_argument(
+        "--candidate",
+        action="append",
+        required=True,
+        metavar="[ARM=]VERSION:PERCENT",
+        help="a candidate version and its share in percent (repeatable); LATEST gets the rest",
+    )
+    status = sub.add_parser("status", help="the running experiment, its arms and LATEST")
+    status.add_argument("--json", action="store_true")
+    sub.add_parser("stop", help="end the experiment: every user served by LATEST again")
+    promote = sub.add_parser("promote", help="LATEST moves to an arm's version; the end")
+    promote.add_argument("arm", help="the arm to promote (e.g. candidate)")
+    for p in sub.choices.values():
+        p.add_argument("--storage", help="directory or s3://bucket/prefix (ANNREC_STORAGE)")
+        _model_flag(p)
+
+
+def _model_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--model",
+        default=DEFAULT_MODEL,
+        help="the model (its own versions, LATEST and experiment; default: %(default)s)",
+    )
+
+
+def _target(settings: BuilderSettings, model: str) -> DirectoryTarget | ObjectStoreTarget:
+    return publish_target(settings.storage, settings.storage_options, settings.build_dir, model)
+
+
+def run_experiment(args: argparse.Namespace, settings: BuilderSettings) -> int:
+    cat = _target(settings, args.model)
+    action = args.experiment_action
+    if action == "start":
+        started = experiments.start(cat, cat.storage, args.model, args.name, args.candidate)
+        log.info("experiment_started", model=args.model, **_arms(started))
+        print(started.name)
+    elif action == "stop":
+        stopped = experiments.stop(cat, cat.storage, args.model)
+        log.info("experiment_stopped", model=args.model, experiment=stopped.name)
+    elif action == "promote":
+        promoted = experiments.promote(cat, cat.storage, args.model, args.arm)
+        log.info("experiment_promoted", model=args.model, arm=args.arm, latest=promoted)
+        print(promoted)
+    else:
+        running = cat.storage.experiment()
+        latest = cat.storage.latest()
+        if args.json:
+            doc = {
+                "model": args.model,
+                "latest": latest,
+                "experiment": None if running is None else running.model_dump(mode="json"),
+            }
+            print(json.dumps(doc, indent=2))
+        elif running is None:
+            print(f"model {args.model}: no experiment; LATEST {latest}")
+        else:
+            print(f"model {args.model}: experiment {running.name} since {running.started_at}")
+            for arm in running.arms:
+                served = arm.version or f"LATEST ({latest})"
+                print(f"  {arm.name:<16} {arm.share * 100:6.2f}%  {served}")
+    return 0
+
+
+def _arms(experiment: Experiment) -> dict[str, str]:
+    return {
+        "experiment": experiment.name,
+        "arms": ",".join(
+            f"{a.name}={a.version or 'LATEST'}:{a.share * 100:g}%" for a in experiment.arms
+        ),
+    }
 
 
 def run_versions(args: argparse.Namespace, settings: BuilderSettings) -> int:
-    cat = _target(settings)
+    cat = _target(settings, args.model)
+    if args.versions_action in ("pin", "unpin"):
+        change = experiments.pin if args.versions_action == "pin" else experiments.unpin
+        pins = change(cat, cat.storage, args.model, args.version)
+        log.info("versions_pinned", model=args.model, pinned=",".join(pins.versions))
+        return 0
     if args.versions_action == "gc":
         removed = cat.gc(args.keep, args.grace_s)
         log.info("versions_removed", count=len(removed), versions=removed)
@@ -171,17 +261,30 @@ def run_versions(args: argparse.Namespace, settings: BuilderSettings) -> int:
         print(args.version)
         return 0
     latest = cat.storage.latest()
+    pinned = set(cat.storage.pins().versions)
+    running = cat.storage.experiment()
+    in_experiment = set(running.candidates) if running else set()
     rows = [(v, v == latest, _evaluation(cat, v)) for v in cat.storage.versions()]
     if args.json:
         print(
             json.dumps(
-                [{"name": v, "latest": is_latest, "evaluation": e} for v, is_latest, e in rows],
+                [
+                    {
+                        "name": v,
+                        "latest": is_latest,
+                        "pinned": v in pinned,
+                        "experiment": v in in_experiment,
+                        "evaluation": e,
+                    }
+                    for v, is_latest, e in rows
+                ],
                 indent=2,
             )
         )
     else:
         for v, is_latest, e in rows:
-            print(f"{'*' if is_latest else ' '} {v}{_describe(e)}")
+            marks = "  pinned" * (v in pinned) + "  experiment" * (v in in_experiment)
+            print(f"{'*' if is_latest else ' '} {v}{_describe(e)}{marks}")
     return 0
 
 
@@ -277,10 +380,15 @@ def run_build(
 
     def announce(manifest: Manifest) -> None:
         assert kafka_conf is not None
-        announce_version(kafka_conf, settings.topic_index_versions, manifest)
-        log.info("version_announced", version=manifest.version, topic=settings.topic_index_versions)
+        announce_version(kafka_conf, settings.topic_index_versions, manifest, model=args.model)
+        log.info(
+            "version_announced",
+            version=manifest.version,
+            model=args.model,
+            topic=settings.topic_index_versions,
+        )
 
-    target = _target(settings)
+    target = _target(settings, args.model)
     return publish_version(
         factors,
         target.build_root,
@@ -301,7 +409,7 @@ def run_sharded_build(args: argparse.Namespace, settings: BuilderSettings) -> di
     follow their own LATEST."""
     if args.interactions or args.attributes:
         raise AnnrecError("--shards takes factors (--factors, --item-factors or --synth) only")
-    target = _target(settings)
+    target = _target(settings, args.model)
     if target.remote is not None:
         raise AnnrecError("--shards publishes to a directory (a shared filesystem), not s3://")
     factors, source, _, _ = _factors(args, settings)

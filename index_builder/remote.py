@@ -15,7 +15,7 @@ import structlog
 
 from adapters.object_store import ObjectStore
 from schemas.errors import AnnrecError
-from schemas.layout import LATEST, version_dir
+from schemas.layout import EXPERIMENT, LATEST, PINNED, parse_experiment, parse_pins, version_dir
 from schemas.manifest import MANIFEST_NAME, Manifest
 
 log = structlog.get_logger(__name__)
@@ -45,17 +45,36 @@ def gc_remote_versions(store: ObjectStore, keep: int, grace_s: float) -> list[st
     if keep < 1:
         raise AnnrecError("gc keeps at least one version")
     latest = store.read_latest()
+    kept = remote_protected_versions(store)
     removed = []
     for name in store.list_versions()[:-keep]:
         manifest = Manifest.model_validate_json(
             store.fs.cat_file(store.version_key(name, MANIFEST_NAME))
         )
-        if name == latest or _age_s(manifest.created_at) < grace_s:
+        if name == latest or name in kept or _age_s(manifest.created_at) < grace_s:
             continue
         store.fs.rm_file(store.version_key(name, MANIFEST_NAME))
         store.fs.rm(store.version_key(name), recursive=True)
         removed.append(name)
     return removed
+
+
+def remote_protected_versions(store: ObjectStore) -> set[str]:
+    """As storage.protected_versions: what an experiment serves or a pin registered."""
+    raw_pins, raw_experiment = store.read_state(PINNED), store.read_state(EXPERIMENT)
+    kept = set(parse_pins(raw_pins, PINNED).versions) if raw_pins else set()
+    if raw_experiment:
+        kept |= set(parse_experiment(raw_experiment, EXPERIMENT).candidates)
+    return kept
+
+
+def write_remote_state(store: ObjectStore, name: str, text: str | None) -> None:
+    """A state object (EXPERIMENT, PINNED) replaced by one PUT (atomic), or removed."""
+    if text is None:
+        if store.fs.exists(store.key(name)):
+            store.fs.rm_file(store.key(name))
+    else:
+        store.fs.pipe_file(store.key(name), text.encode())
 
 
 def _age_s(created: datetime) -> float:

@@ -18,7 +18,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from schemas.errors import AnnrecError
-from schemas.layout import LATEST, STAGING, list_versions, read_latest, version_dir
+from schemas.layout import (
+    LATEST,
+    STAGING,
+    list_versions,
+    read_experiment,
+    read_latest,
+    read_pins,
+    version_dir,
+)
 from schemas.manifest import MANIFEST_NAME, Manifest
 
 
@@ -61,18 +69,41 @@ def set_latest(storage: Path, version: str, *, allow_older: bool = False) -> boo
         current = read_latest(storage)
         if current is not None and version <= current and not allow_older:
             return False
-        tmp = storage / f".{LATEST}.{secrets.token_hex(4)}"
-        tmp.write_text(version + "\n")
-        _fsync(tmp)
-        os.replace(tmp, storage / LATEST)
-        _fsync(storage)
+        _replace_file(storage, LATEST, version + "\n")
         return True
+
+
+def write_state(storage: Path, name: str, text: str | None) -> None:
+    """Replace (None: remove) a small state file of the root (EXPERIMENT, PINNED) atomically,
+    under the lock gc holds: a gc never reads a half-written experiment or list of pins."""
+    with _locked(storage):
+        if text is None:
+            (storage / name).unlink(missing_ok=True)
+            _fsync(storage)
+        else:
+            _replace_file(storage, name, text)
+
+
+def protected_versions(storage: Path) -> set[str]:
+    """Versions gc never removes whatever their age: those an experiment serves or a pin
+    registered (a request may name them at any time)."""
+    experiment = read_experiment(storage)
+    return set(read_pins(storage).versions) | set(experiment.candidates if experiment else [])
+
+
+def _replace_file(storage: Path, name: str, text: str) -> None:
+    tmp = storage / f".{name}.{secrets.token_hex(4)}"
+    tmp.write_text(text)
+    _fsync(tmp)
+    os.replace(tmp, storage / name)
+    _fsync(storage)
 
 
 def gc_versions(storage: Path, keep: int, grace_s: float, now: float | None = None) -> list[str]:
     """Remove all but the `keep` newest versions; returns the removed names.
 
-    Never removed: the version LATEST names, and any version (or staging directory) younger than
+    Never removed: the version LATEST names, the versions an experiment serves or a pin
+    registered (protected_versions), and any version (or staging directory) younger than
     `grace_s`, since a worker may still be loading it or a builder writing it. A removed version
     is first renamed out of versions/, so no reader ever sees one with files missing; workers
     that still have its files mapped keep reading them (unlinked files live until unmapped).
@@ -82,10 +113,11 @@ def gc_versions(storage: Path, keep: int, grace_s: float, now: float | None = No
     now = time.time() if now is None else now
     with _locked(storage):
         latest = read_latest(storage)
+        kept = protected_versions(storage)
         removed = []
         for name in list_versions(storage)[:-keep]:
             path = version_dir(storage, name)
-            if name == latest or now - path.stat().st_mtime < grace_s:
+            if name == latest or name in kept or now - path.stat().st_mtime < grace_s:
                 continue
             trash = storage / STAGING / f".trash-{name}"
             trash.parent.mkdir(exist_ok=True)

@@ -13,7 +13,8 @@ from adapters.index_files import read_manifest, verify_version
 from adapters.object_store import ObjectStore
 from adapters.version_storage import DirectoryStorage, ObjectStorage, open_storage
 from index_builder import remote, storage
-from schemas.layout import version_dir
+from schemas.experiments import Experiment, Pins
+from schemas.layout import DEFAULT_MODEL, EXPERIMENT, PINNED, model_root, version_dir
 from schemas.manifest import Manifest
 
 
@@ -40,6 +41,13 @@ class DirectoryTarget:
     def gc(self, keep: int, grace_s: float) -> list[str]:
         return storage.gc_versions(self.storage.root, keep, grace_s)
 
+    def write_experiment(self, experiment: Experiment | None) -> None:
+        text = None if experiment is None else experiment.model_dump_json(indent=2)
+        storage.write_state(self.storage.root, EXPERIMENT, text)
+
+    def write_pins(self, pins: Pins) -> None:
+        storage.write_state(self.storage.root, PINNED, pins.model_dump_json(indent=2))
+
 
 @dataclass(frozen=True)
 class ObjectStoreTarget:
@@ -63,11 +71,19 @@ class ObjectStoreTarget:
     def gc(self, keep: int, grace_s: float) -> list[str]:
         return remote.gc_remote_versions(self.storage.store, keep, grace_s)
 
+    def write_experiment(self, experiment: Experiment | None) -> None:
+        text = None if experiment is None else experiment.model_dump_json(indent=2)
+        remote.write_remote_state(self.storage.store, EXPERIMENT, text)
+
+    def write_pins(self, pins: Pins) -> None:
+        remote.write_remote_state(self.storage.store, PINNED, pins.model_dump_json(indent=2))
+
 
 def publish_target(
-    storage_url: str, options: dict[str, Any], build_dir: Path
+    storage_url: str, options: dict[str, Any], build_dir: Path, model: str = DEFAULT_MODEL
 ) -> DirectoryTarget | ObjectStoreTarget:
-    opened = open_storage(storage_url, options)
+    """Where a model's versions are published (its model root under the setting)."""
+    opened = open_storage(storage_url, options, model=model)
     if isinstance(opened, ObjectStorage):
-        return ObjectStoreTarget(opened, build_dir)
+        return ObjectStoreTarget(opened, model_root(build_dir, model))
     return DirectoryTarget(opened)

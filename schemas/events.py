@@ -23,7 +23,13 @@ from pydantic import (
 )
 
 from schemas.filters import Filter, check_shape
-from schemas.manifest import ATTRIBUTE_NAME_PATTERN, Manifest
+from schemas.manifest import (
+    ATTRIBUTE_NAME_PATTERN,
+    DEFAULT_MODEL,
+    MODEL_PATTERN,
+    VERSION_PATTERN,
+    Manifest,
+)
 
 MAX_K = 1000
 MAX_LIST = 1000  # exclude_items, recent_items
@@ -73,6 +79,24 @@ class MaxPer(_Event):
 
 class _RequestOptions(_Event):
     request_id: RequestId
+    model: str = Field(
+        DEFAULT_MODEL,
+        pattern=MODEL_PATTERN,
+        description="the model asked (its own catalogue and versions); an unknown model gets "
+        "an error reply and a dead letter",
+    )
+    version: str | None = Field(
+        None,
+        pattern=VERSION_PATTERN,
+        description="a pin: answered by exactly this version of the model (no experiment "
+        "applies), or an error reply with the reason when the worker cannot load it",
+    )
+    subject: ExternalId | None = Field(
+        None,
+        description="who is asking when there is no user_id (a session or device id): the key "
+        "an experiment assigns the request's arm by; without user_id or subject, the "
+        "request is served by the control arm (LATEST) and counted in no arm",
+    )
     k: int = Field(10, ge=1, le=MAX_K, description="results wanted")
     exclude_items: list[ExternalId] = Field(
         default_factory=list, max_length=MAX_LIST, description="never return these items"
@@ -208,7 +232,12 @@ class Reply(_Event):
     kind: Literal["similar_items", "recommend"] | None = None
     subject_id: str | None = None
     items: list[ScoredItem] = Field(default_factory=list)
-    index_version: str | None = None
+    model: str | None = Field(None, description="the model that answered")
+    index_version: str | None = Field(None, description="the version that computed the reply")
+    variant: str | None = Field(
+        None, description="the experiment arm the request was assigned to, when one runs"
+    )
+    pinned: bool = Field(False, description="answered by the version the request pinned")
     error: str | None = None
     fallback: Literal["cold_start"] | None = Field(
         None, description="cold_start: the user is unknown to this version; popular items"
@@ -272,6 +301,7 @@ class IndexAnnounced(_Event):
 
     version: str
     manifest: Manifest
+    model: str = Field(DEFAULT_MODEL, pattern=MODEL_PATTERN)
     announced_at: datetime = Field(default_factory=utc_now)
 
 

@@ -45,8 +45,12 @@ def reply_key(request_id: str) -> str:
     return f"{REDIS_PREFIX}:reply:{request_id}"
 
 
-def result_key(kind: str, subject_id: str) -> str:
-    return f"{REDIS_PREFIX}:result:{kind}:{subject_id}"
+def result_key(kind: str, subject_id: str, model: str = "default") -> str:
+    """The latest answer for a subject; another model's answers have keys of their own (the
+    model `default` keeps the key it had before there were several)."""
+    if model == "default":
+        return f"{REDIS_PREFIX}:result:{kind}:{subject_id}"
+    return f"{REDIS_PREFIX}:result:{model}:{kind}:{subject_id}"
 
 
 def history_key(user_id: str) -> str:
@@ -76,6 +80,12 @@ def recall_key(version: str) -> str:
 
 # Key of every announcement on the compacted index-versions topic: compaction keeps the newest.
 ANNOUNCE_KEY = "items"
+
+
+def announce_key(model: str) -> str:
+    """The model `default` keeps ANNOUNCE_KEY; another model's newest announcement is kept under
+    a key of its own."""
+    return ANNOUNCE_KEY if model == "default" else f"{ANNOUNCE_KEY}:{model}"
 
 
 def cache_key(version: str, request: BaseModel) -> str:

@@ -28,6 +28,20 @@ def is_version_name(name: str) -> bool:
     return bool(_VERSION_RE.fullmatch(name))
 
 
+# A model's name (schemas/layout.py): lower-case letters, digits, '-' and '_', starting with a
+# letter or digit; a plain file-name component by construction (no '/', no '..'), so a model
+# name cannot escape the storage root either.
+MODEL_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
+# The model a request names when it names none: the storage root's own versions, so the layout
+# and requests of before there were several models keep their meaning.
+DEFAULT_MODEL = "default"
+_MODEL_RE = re.compile(MODEL_PATTERN)
+
+
+def is_model_name(name: str) -> bool:
+    return bool(_MODEL_RE.fullmatch(name))
+
+
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 

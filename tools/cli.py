@@ -31,6 +31,10 @@ COMMANDS: Table = {
     "versions": Command(
         "list, garbage-collect or roll back versions", "tools.commands.builder:register_versions"
     ),
+    "experiment": Command(
+        "A/B test: split a model's traffic between LATEST and candidate versions",
+        "tools.commands.builder:register_experiment",
+    ),
     "worker": Command("serve requests from Kafka", "tools.commands.worker:register"),
     "gateway": Command(
         "HTTP for frontends, and the explorer page", "tools.commands.gateway:register"

@@ -41,8 +41,9 @@ from schemas.events import (
     ScoredItem,
     SimilarItemsRequest,
 )
-from worker.index_store import LoadedVersion
+from worker.index_store import LoadedVersion, NotServed
 from worker.parse import AnyRequest, Parsed, RawEvent, readable_request_id
+from worker.routing import Route, Router
 
 log = structlog.get_logger(__name__)
 
@@ -76,6 +77,9 @@ class Served:
     outcome: str  # ok | error | expired | dead_letter
     queue_s: float | None
     compute_s: float
+    model: str = "default"  # the model asked ("" when the event did not parse)
+    variant: str = ""  # the experiment arm, "" when none assigned it
+    fallback: str = ""  # the reply's fallback (cold_start), "" when none
 
 
 @dataclass
@@ -93,7 +97,7 @@ class Outcome:
 
 def answer_batch(
     parsed: Sequence[Parsed],
-    version: LoadedVersion,
+    target: LoadedVersion | Router,
     worker_id: str,
     policy: Policy = Policy(),
     now: float | None = None,
@@ -103,9 +107,15 @@ def answer_batch(
     for, worker/history.py); a bad one becomes a dead letter (plus an error reply when it has a
     readable request_id, so a caller waiting for the reply is not left to time out).
 
+    `target`: the router of the batch's snapshot (worker/routing.py: each request's model, pin
+    or experiment arm), or one version served as the model `default`. A request for a model or
+    version it cannot serve is refused like a bad one, with the reason.
+
     Deadlines are checked against the clock when each request's turn comes (`now`, when given,
     fixes it for the whole batch): under overload a request that passes its deadline while the
     batch is being answered is expired, not computed."""
+    router = target if isinstance(target, Router) else Router.single(target)
+    version = router.primary  # what a refusal's reply names when no route was found
     outcome = Outcome()
     fixed = now
     for p in parsed:
@@ -113,26 +123,37 @@ def answer_batch(
         now = time.time() if fixed is None else fixed
         queue_s = _queue_s(p, now)
         kind = p.request.kind if p.request else "unparsed"
+        model = p.request.model if p.request else ""
+        variant = fallback = ""
         if p.request is None:
             _refuse(outcome, p.event, p.reason or "invalid request", worker_id, version)
             result = "dead_letter"
         else:
             try:
+                route = router.route(p.request)
                 history = _history_of(p.request, histories)
                 reply = answer(
-                    p.request, version, worker_id, policy, _sent_at(p), now, history=history
+                    p.request,
+                    route.version,
+                    worker_id,
+                    policy,
+                    _sent_at(p),
+                    now,
+                    history=history,
+                    route=route,
                 )
                 outcome.replies.append(reply)
-                result = reply.status
-            except BadRequest as exc:
-                _refuse(outcome, p.event, str(exc), worker_id, version)
+                result, variant, fallback = reply.status, route.variant or "", reply.fallback or ""
+            except (BadRequest, NotServed) as exc:
+                _refuse(outcome, p.event, str(exc), worker_id, version, model)
                 result = "dead_letter"
             except Exception as exc:  # a bug must not poison the partition: dead-letter, go on
                 log.exception("answer_failed", offset=p.event.offset, partition=p.event.partition)
                 reason = f"internal error: {type(exc).__name__}: {exc}"
-                _refuse(outcome, p.event, reason, worker_id, version)
+                _refuse(outcome, p.event, reason, worker_id, version, model)
                 result = "dead_letter"
-        outcome.served.append(Served(kind, result, queue_s, time.perf_counter() - started))
+        compute_s = time.perf_counter() - started
+        outcome.served.append(Served(kind, result, queue_s, compute_s, model, variant, fallback))
     return outcome
 
 
@@ -166,17 +187,21 @@ def answer(
     now: float | None = None,
     exact: bool = False,
     history: Sequence[HistoryEvent] = (),
+    route: Route | None = None,
 ) -> Reply:
     """The reply to one request. `exact`: by exact scans whatever the version's strategy (the
     live recall sampler's reference answer). `history`: the user's recent interactions, for
-    recommend by user_id."""
+    recommend by user_id. `route`: how the version was chosen (the reply names the arm)."""
     base: dict[str, object] = {
         "request_id": request.request_id,
         "kind": request.kind,
         "subject_id": request.subject_id,
+        "model": request.model,
         "index_version": version.version,
         "worker_id": worker_id,
     }
+    if route is not None:
+        base.update(variant=route.variant, pinned=route.pinned)
     deadline_ms = (
         request.deadline_ms if request.deadline_ms is not None else policy.default_deadline_ms
     )
@@ -622,7 +647,12 @@ def dead_letter(
 
 
 def _refuse(
-    outcome: Outcome, event: RawEvent, reason: str, worker_id: str, version: LoadedVersion
+    outcome: Outcome,
+    event: RawEvent,
+    reason: str,
+    worker_id: str,
+    version: LoadedVersion,
+    model: str | None = None,
 ) -> None:
     payload = event.value or b""
     request_id = readable_request_id(payload) if len(payload) <= MAX_REQUEST_BYTES else None
@@ -633,6 +663,7 @@ def _refuse(
                 request_id=request_id,
                 status="error",
                 error=reason,
+                model=model or None,
                 index_version=version.version,
                 worker_id=worker_id,
             )

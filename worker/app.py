@@ -29,9 +29,10 @@ from adapters.item_vectors import ItemVectorLog
 from adapters.kafka_log import client_config, link
 from adapters.redis_client import redis_refusal
 from adapters.topics import ensure_topics, topic_specs
-from adapters.version_storage import open_storage
+from adapters.version_storage import ModelCatalog
 from schemas import keys
 from schemas.errors import AnnrecError
+from schemas.events import Reply
 from worker.announcements import AnnouncementFollower
 from worker.answer import (
     Outcome,
@@ -59,11 +60,12 @@ from worker.consumer import (
 from worker.fresh import FreshItems, refused_events
 from worker.heartbeat import Heartbeat
 from worker.history import RedisHistory
-from worker.index_store import IndexStore, LoadedVersion
+from worker.index_store import IndexStore, LoadedVersion, NotServed
 from worker.interactions import parse_interactions
 from worker.metrics import HealthState, WorkerMetrics, serve_http
 from worker.parse import Parsed, RawEvent, parse_batch
 from worker.progress import PartitionProgress
+from worker.routing import Router
 from worker.settings import WorkerSettings
 from worker.shadow import Publish, ShadowSampler
 from worker.shedding import OverloadDetector
@@ -254,11 +256,14 @@ class Worker:
     def _start_store(self, follower: AnnouncementFollower) -> IndexStore:
         s = self.settings
         store = IndexStore(
-            open_storage(s.storage, s.storage_options, s.cache_dir),
+            ModelCatalog(s.storage, s.storage_options, s.cache_dir),
             poll_interval_s=s.index_poll_interval_s,
             checksums=s.verify_checksums,
             wakeup=follower.wait,
             on_refused=lambda _v, _r: self.metrics.refusals.inc(),
+            memory_budget_bytes=s.memory_budget_mb << 20,
+            models=s.models,
+            max_adhoc_pins=s.max_pinned_versions,
         )
         store.start()
         return store
@@ -318,8 +323,8 @@ class Worker:
         # A personalised reply changes with every interaction: never from (or into) the cache.
         personal = [p for p in parsed if _user_of(p) in histories]
         fixed = [p for p in parsed if _user_of(p) not in histories]
-        tag = _cache_tag(version)
-        hits, misses = c.cache.split(fixed, tag) if c.cache else ([], fixed)
+        router = Router(c.store.serving(), c.store.pinned)
+        hits, misses, groups = _cache_split(c.cache, fixed, router)
         shed = self._overload.observe(_youngest_wait_s(events, time.time()), time.monotonic())
         self.metrics.shedding.set(int(shed))
         if self.settings.echo:
@@ -327,12 +332,16 @@ class Worker:
         else:
             outcome = answer_batch(
                 misses + personal,
-                version,
+                router,
                 self.settings.worker_id,
                 self._policy(shed),
                 histories=histories,
             )
-        entries = c.cache.entries(misses, outcome.replies, tag) if c.cache else []
+        entries = (
+            [e for tag, group in groups for e in c.cache.entries(group, outcome.replies, tag)]
+            if c.cache
+            else []
+        )
         outcome.extend(cached_outcome(hits))
         outcome.dead_letters += [
             dead_letter(event, reason, self.settings.worker_id)
@@ -341,7 +350,7 @@ class Worker:
         started = time.perf_counter()
         if not self._write_then_store_offsets(c, events, outcome, entries, stop):
             return
-        self._sample(misses, outcome, version)  # personalised ones: the sampler has no history
+        self._sample(misses, outcome, router)  # personalised ones: the sampler has no history
         self._count(events, outcome, time.perf_counter() - started, len(hits))
         self._count_interactions(len(interactions.valid), added, len(interactions.refused))
 
@@ -422,15 +431,17 @@ class Worker:
                 offset=dead.source_offset,
             )
 
-    def _sample(self, answered: list[Parsed], outcome: Outcome, version: LoadedVersion) -> None:
-        """Offer computed answers to the live recall sampler (after the write: never delays);
-        answers from the cache were sampled when they were computed."""
+    def _sample(self, answered: list[Parsed], outcome: Outcome, router: Router) -> None:
+        """Offer computed answers to the live recall sampler (after the write: never delays),
+        each with the version that computed it (its recall is kept per version, so each arm of
+        an experiment has its own); answers from the cache were sampled when computed."""
         if self.shadow is None:
             return
         requests = {p.request.request_id: p.request for p in answered if p.request is not None}
         for reply in outcome.replies:
             request = requests.get(reply.request_id)
-            if request is not None and not reply.from_cache:
+            version = router.version_named(reply.index_version)
+            if request is not None and version is not None and not reply.from_cache:
                 self.shadow.offer(request, reply, version)
 
     def _status(self, refused: dict[str, str]) -> dict[str, Any] | None:
@@ -610,11 +621,32 @@ def _asking_users(parsed: list[Parsed]) -> set[str]:
     return {u for p in parsed if (u := _user_of(p)) is not None}
 
 
-def _cache_tag(version: LoadedVersion) -> str:
-    """What cached replies are keyed by: the version, and the fresh segment's state once it
-    holds anything (replies change with every item upserted or removed)."""
-    fresh = version.fresh
-    return version.version if not fresh.generation else f"{version.version}+{fresh.generation}"
+def _cache_split(
+    cache: ReplyCache | None, parsed: list[Parsed], router: Router
+) -> tuple[list[tuple[Parsed, Reply]], list[Parsed], list[tuple[str, list[Parsed]]]]:
+    """(hits, misses, the misses by cache tag): each request is looked up under the tag of the
+    version its route names (worker/routing.py: model, pin or experiment arm). Requests that
+    route nowhere (an unknown model) are misses: answer_batch refuses them with the reason."""
+    if cache is None:
+        return [], parsed, []
+    by_tag: dict[str, list[Parsed]] = {}
+    unrouted: list[Parsed] = []
+    for p in parsed:
+        try:
+            tag = router.route(p.request).cache_tag if p.request is not None else None
+        except NotServed:
+            tag = None
+        if tag is None:
+            unrouted.append(p)
+        else:
+            by_tag.setdefault(tag, []).append(p)
+    hits: list[tuple[Parsed, Reply]] = []
+    groups: list[tuple[str, list[Parsed]]] = []
+    for tag, group in by_tag.items():
+        found, missed = cache.split(group, tag)
+        hits += found
+        groups.append((tag, missed))
+    return hits, unrouted + [p for _, g in groups for p in g], groups
 
 
 def _youngest_wait_s(events: list[RawEvent], now: float) -> float | None:

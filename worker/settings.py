@@ -158,6 +158,22 @@ class WorkerSettings(CommonSettings):
         description="local copies of versions from object storage",
     )
     retry_backoff_s: float = Field(1.0, gt=0, description="wait after a failed write")
+    models: list[str] = Field(
+        default_factory=list,
+        description="the models this worker serves, JSON list (empty: every model in storage)",
+    )
+    memory_budget_mb: int = Field(
+        0,
+        ge=0,
+        description="most a worker maps of versions (their files' sizes), 0: no bound; LATESTs "
+        "first, then experiment candidates and pins; requests beyond get an error reply",
+    )
+    max_pinned_versions: int = Field(
+        4,
+        ge=0,
+        description="versions loaded for requests' pins (beyond LATEST, candidates and "
+        "registered pins) kept at once; the least recently used is dropped",
+    )
 
     @model_validator(mode="after")
     def _valid_personalization(self) -> WorkerSettings:

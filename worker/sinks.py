@@ -47,9 +47,17 @@ class RedisSink:
             doc = reply.model_dump_json()
             pipe.set(keys.reply_key(reply.request_id), doc, ex=self._reply_ttl_s)
             # The per-subject result is "recommended for you": a filtered (or max_per) answer
-            # is not that.
-            if reply.status == "ok" and reply.kind and reply.subject_id and reply.unconstrained:
-                pipe.set(keys.result_key(reply.kind, reply.subject_id), doc, ex=self._result_ttl_s)
+            # is not that, nor is the answer of a version a request pinned. Each model has its
+            # own key (the model `default` the key it always had).
+            if (
+                reply.status == "ok"
+                and reply.kind
+                and reply.subject_id
+                and reply.unconstrained
+                and not reply.pinned
+            ):
+                key = keys.result_key(reply.kind, reply.subject_id, reply.model or "default")
+                pipe.set(key, doc, ex=self._result_ttl_s)
         try:
             pipe.execute()
         except redis.RedisError as exc:

@@ -36,6 +36,15 @@ def register_versions(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(handler=_versions)
 
 
+def register_experiment(parser: argparse.ArgumentParser) -> None:
+    builder_cli.add_experiment_arguments(parser)
+    parser.set_defaults(handler=_experiment)
+
+
+def _experiment(args: argparse.Namespace) -> int:
+    return builder_cli.run_experiment(args, builder_cli.builder_settings(args))
+
+
 def _synth(args: argparse.Namespace) -> int:
     builder_cli.run_synth(args)
     return 0
