@@ -14,7 +14,14 @@ from collections.abc import Callable, Hashable, Mapping
 from typing import Generic, TypeVar
 
 import structlog
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    TopicPartition,
+)
 from pydantic import ValidationError
 
 from adapters.kafka_log import client_config
@@ -25,6 +32,42 @@ log = structlog.get_logger(__name__)
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
 E = TypeVar("E")
+
+
+# Between tries of a retriable error reading a partition's end.
+RETRY_PAUSE_S = 0.2
+# Errors of a partition that has no leader yet: librdkafka does not flag them retriable() on
+# the watermark call, so they are named.
+_LEADERLESS = {
+    KafkaError.NOT_LEADER_FOR_PARTITION,
+    KafkaError.LEADER_NOT_AVAILABLE,
+    KafkaError.UNKNOWN_TOPIC_OR_PART,
+}
+
+
+def end_offset(consumer: Consumer, partition: TopicPartition, deadline: float) -> int:
+    """The partition's high watermark, retrying what the broker says is retriable until
+    `deadline` (time.monotonic): a topic created a moment ago has partitions without a leader
+    yet (NOT_LEADER_FOR_PARTITION, LEADER_NOT_AVAILABLE), which made a worker starting beside
+    its creation exit. Anything else, or the deadline, raises AnnrecError."""
+    while True:
+        left = deadline - time.monotonic()
+        try:
+            _low, high = consumer.get_watermark_offsets(
+                partition, timeout=max(left, 0.1), cached=False
+            )
+            return int(high)
+        except KafkaException as exc:
+            error = exc.args[0] if exc.args else None
+            retriable = isinstance(error, KafkaError) and (
+                error.retriable() or error.code() in _LEADERLESS
+            )
+            if not retriable or time.monotonic() + RETRY_PAUSE_S > deadline:
+                raise AnnrecError(
+                    f"{partition.topic}[{partition.partition}]: end offset not read: {error}"
+                ) from exc
+            log.info("end_offset_retry", topic=partition.topic, error=str(error))
+            time.sleep(RETRY_PAUSE_S)
 
 
 class KeyedState(Generic[K, V]):
@@ -107,13 +150,11 @@ class CompactedLog(Generic[E, K, V]):
         """Read up to the end the topic had when called; (the state, partition -> next offset)
         then. Raises AnnrecError when the end is not reached within timeout_s (a worker must not
         serve stale state)."""
-        ends = {}
-        for p in self._partitions:
-            _low, high = self._consumer.get_watermark_offsets(
-                TopicPartition(self._topic, p), timeout=timeout_s, cached=False
-            )
-            ends[p] = high
         deadline = time.monotonic() + timeout_s
+        ends = {
+            p: end_offset(self._consumer, TopicPartition(self._topic, p), deadline)
+            for p in self._partitions
+        }
         while self._behind(ends):
             if time.monotonic() > deadline:
                 raise AnnrecError(f"{self._topic}: not replayed to its end in {timeout_s:.0f}s")
