@@ -28,10 +28,12 @@ import redis
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import TypeAdapter, ValidationError
 from sse_starlette.sse import EventSourceResponse
 from starlette.concurrency import run_in_threadpool
+from starlette.routing import Route
 
 from adapters.redis_client import redis_refusal
 from adapters.version_storage import VersionStorage, open_storage
@@ -273,20 +275,31 @@ def create_app(
             gw.bridge.stop()
             gw.redis.close()
 
-    app = FastAPI(
+    # /docs (Swagger UI) and /redoc with their JavaScript and CSS served by the gateway itself
+    # (fastapi-offline bundles them): FastAPI's own pages load them from a CDN, blank for users
+    # behind a firewall without internet.
+    app = FastAPIOffline(
         title="annrec gateway",
         summary="Recommendations over HTTP: request events in, their replies out",
         version="1",
         lifespan=lifespan,
     )
     app.state.gateway = gw
-    for path, kind, summary in (
+    kinds: tuple[tuple[str, Kind, str], ...] = (
         ("/v1/recommend", "recommend", "Items for a user (user_id, user_vector or recent_items)"),
         ("/v1/similar-items", "similar_items", "Items most similar to an item"),
-    ):
+    )
+    for path, kind, summary in kinds:
+        handler = gw.counted(path, gw.one(kind))
+        # Served by a plain Starlette route placed ahead of the FastAPI route that documents it
+        # (the first route matching a request answers it): FastAPI's per-request route
+        # machinery (solving dependencies, wrapping the response) made the same trivial handler
+        # cost 207 us a request against 92 us as a Starlette route in one FastAPI app (side by
+        # side, in process, 2 shared cores): about a fifth of the gateway's CPU per request.
+        app.router.routes.append(Route(path, handler, methods=["POST"]))
         app.add_api_route(
             path,
-            gw.counted(path, gw.one(kind)),  # type: ignore[arg-type]
+            handler,
             methods=["POST"],
             summary=summary,
             openapi_extra={"x-annrec-kind": kind},

@@ -93,13 +93,15 @@ def parse_doc(doc: Any, kind: Kind | None, deadlines: Deadlines) -> AnyRequest:
             "deadline_ms",
             request_id,
         )
-    filled = {
-        "request_id": uuid.uuid4().hex,
-        "deadline_ms": deadlines.default_ms,
+    filled = {k: v for k, v in doc.items() if v is not None or k not in _DEFAULTED}
+    # Computed only when missing (a uuid and a clock read per request otherwise, on the hot path).
+    if filled.get("request_id") is None:
+        filled["request_id"] = uuid.uuid4().hex
+    if filled.get("deadline_ms") is None:
+        filled["deadline_ms"] = deadlines.default_ms
+    if filled.get("sent_at") is None:
         # The worker measures the deadline from here: the request expires for both at once.
-        "sent_at": datetime.now(UTC).isoformat(),
-        **{k: v for k, v in doc.items() if v is not None or k not in _DEFAULTED},
-    }
+        filled["sent_at"] = datetime.now(UTC).isoformat()
     try:
         return model.model_validate(filled)
     except ValidationError as exc:

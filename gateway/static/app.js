@@ -56,7 +56,19 @@ function notes(reply) {
   return out.map((n) => el("div", {class: "note"}, n));
 }
 
-function showReply(target, result, onItem, selected) {
+// The item last clicked: its row is highlighted wherever it is listed (the user's list keeps the
+// mark while its similar items show beside it; a similar-items reply never lists the item itself).
+let clicked = null;
+
+function highlightClicked() {
+  for (const row of document.querySelectorAll("tr[data-item]")) {
+    const on = row.dataset.item === clicked;
+    row.classList.toggle("selected", on);
+    if (on) row.setAttribute("aria-current", "true"); else row.removeAttribute("aria-current");
+  }
+}
+
+function showReply(target, result, onItem) {
   const {doc, code} = result;
   target.replaceChildren();
   if (!doc.items) {  // the gateway's own error body (invalid, timeout, busy, ...)
@@ -80,15 +92,19 @@ function showReply(target, result, onItem, selected) {
     if (item.filled) badges.push(el("span", {class: "badge filled"}, "filled"));
     if (doc.fallback === "cold_start") badges.push(el("span", {class: "badge cold"}, "cold start"));
     const button = el("button", {class: "item", type: "button", "data-item": item.item_id}, item.item_id);
-    button.addEventListener("click", () => onItem(item.item_id));
-    const row = el("tr", {class: item.item_id === selected ? "selected" : ""},
+    button.addEventListener("click", () => {
+      clicked = item.item_id;
+      highlightClicked();
+      onItem(item.item_id);
+    });
+    return el("tr", {"data-item": item.item_id},
       el("td", {}, i + 1), el("td", {}, button, ...badges),
       el("td", {class: "score"}, item.score == null ? "–" : item.score.toFixed(4)));
-    return row;
   });
   target.append(el("table", {},
     el("thead", {}, el("tr", {}, el("th", {}, "#"), el("th", {}, "item"), el("th", {}, "score"))),
     el("tbody", {}, ...rows)));
+  highlightClicked();
 }
 
 function options() {
@@ -114,7 +130,7 @@ async function similar(itemId) {
   try { body = {...options(), item_id: itemId}; } catch (e) {
     target.replaceChildren(el("div", {class: "error"}, e.message)); return;
   }
-  showReply(target, await ask("/v1/similar-items", body), similar, itemId);
+  showReply(target, await ask("/v1/similar-items", body), similar);
 }
 
 async function recommend(event) {

@@ -43,6 +43,17 @@ def _rows(driver: WebDriver, panel: str) -> list:
     return driver.find_elements(By.CSS_SELECTOR, f"#{panel} tbody tr")
 
 
+def _highlighted(driver: WebDriver) -> list[str]:
+    return [
+        r.get_attribute("data-item")
+        for r in driver.find_elements(By.CSS_SELECTOR, "tr.selected[aria-current=true]")
+    ]
+
+
+def _listed(driver: WebDriver, panel: str) -> set[str]:
+    return {r.get_attribute("data-item") for r in _rows(driver, panel)}
+
+
 def test_the_page_shows_k_items_for_a_user_and_a_click_shows_similar_items(
     settings, kafka_conf, services, small_factors, browser, tmp_path
 ):
@@ -79,6 +90,13 @@ def test_the_page_shows_k_items_for_a_user_and_a_click_shows_similar_items(
         assert f"like {item}" in similar.find_element(By.CLASS_NAME, "meta").text
         shown = [b.text for b in similar.find_elements(By.CSS_SELECTOR, "button.item")]
         assert item not in shown and len(set(shown)) == 7  # the item itself is excluded
+        assert _highlighted(browser) == [item]  # the clicked row, and only it
+
+        # a click in the similar items moves the mark there (it is not in the user's list)
+        nxt = next(i for i in shown if i not in _listed(browser, "rec-result"))
+        similar.find_element(By.CSS_SELECTOR, f'button.item[data-item="{nxt}"]').click()
+        wait.until(lambda d: f"like {nxt}" in d.find_element(By.ID, "similar-result").text)
+        assert _highlighted(browser) == []  # nxt is in no list shown now
 
         # the serving status: the version, its worker (heartbeats come every second)
         wait.until(lambda d: served.version in d.find_element(By.ID, "status").text)
@@ -88,3 +106,18 @@ def test_the_page_shows_k_items_for_a_user_and_a_click_shows_similar_items(
         assert browser.save_screenshot(str(screenshot))
     print(f"\nexplorer screenshot: {screenshot}")
     assert screenshot.stat().st_size > 10_000
+
+
+def test_the_api_docs_render_without_internet(settings, kafka_conf, services, browser):
+    """/docs (Swagger UI) loads its JavaScript from the gateway, not from a CDN: the machine the
+    tests run on has no internet, so a page that needed one would stay blank."""
+    with running_gateway(gateway_settings(settings), kafka_conf, services.redis_url) as base:
+        browser.get(f"{base}/docs")
+        wait = WebDriverWait(browser, WAIT_S)
+        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, ".swagger-ui .info .title"))
+        assert "annrec gateway" in browser.find_element(By.CSS_SELECTOR, ".info .title").text
+        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, ".opblock-summary-path"))
+        paths = {e.text for e in browser.find_elements(By.CSS_SELECTOR, ".opblock-summary-path")}
+        assert {"/v1/recommend", "/v1/similar-items"} <= paths
+        scripts = [s.get_attribute("src") for s in browser.find_elements(By.TAG_NAME, "script")]
+        assert all(src.startswith(base) for src in scripts if src), scripts
