@@ -209,6 +209,7 @@ def render_status(doc: dict[str, Any]) -> str:
             )
             + (f"  interactions read {w['interactions_read']}" if "interactions_read" in w else "")
         )
+        lines += _model_lines(w.get("models", {}))  # absent from an older worker's heartbeat
     v = doc["versions"]
     latest = v["latest"] or "none (nothing published yet)"
     lines.append(f"versions in {v['storage']}: {len(v['versions'])}, LATEST {latest}")
@@ -226,6 +227,28 @@ def render_status(doc: dict[str, Any]) -> str:
         waiting = sum(r["lag"] for r in i["lag"])
         lines.append(f"interactions ({i['topic']}, group {i['group']}): {waiting} waiting")
     return "\n".join(lines)
+
+
+def _model_lines(models: dict[str, Any]) -> list[str]:
+    """A worker's models: LATEST, and per experiment arm its share, version and requests, so
+    the two arms of a test are compared side by side."""
+    lines = []
+    for name, m in models.items():
+        if "unavailable" in m:
+            lines.append(f"    model {name}: not served: {m['unavailable']}")
+            continue
+        line = f"    model {name}: LATEST {m['latest']}, {m['requests']} request(s)"
+        if m["experiment"]:
+            arms = ", ".join(
+                f"{arm} {a['share'] * 100:g}% {a['version']} {a['requests']} request(s)"
+                for arm, a in m["arms"].items()
+            )
+            line += f"; experiment {m['experiment']}: {arms}"
+        pinned = [v for v in m["held"] if v != m["latest"]]
+        if pinned:
+            line += f"; also held {', '.join(pinned)}"
+        lines.append(line)
+    return lines
 
 
 def _list(values: list[int]) -> str:

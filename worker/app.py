@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,9 +60,9 @@ from worker.consumer import (
 from worker.fresh import FreshItems, refused_events
 from worker.heartbeat import Heartbeat
 from worker.history import RedisHistory
-from worker.index_store import IndexStore, LoadedVersion, NotServed
+from worker.index_store import IndexStore, LoadedVersion, NotServed, Serving
 from worker.interactions import parse_interactions
-from worker.metrics import HealthState, WorkerMetrics, serve_http
+from worker.metrics import HealthState, WorkerMetrics, held_versions, serve_http
 from worker.parse import Parsed, RawEvent, parse_batch
 from worker.progress import PartitionProgress
 from worker.routing import Router
@@ -144,6 +144,9 @@ class Worker:
         self.interactions_read = 0  # valid interaction events written to the history
         self.batch_sizes: deque[int] = deque(maxlen=10_000)  # recent ones, for tests and benches
         self.assigned: set[int] = set()
+        self._snapshot: Serving | None = None  # what the last batch was answered with
+        # requests answered per (model, experiment arm; "none": no experiment assigned it)
+        self.arm_requests: Counter[tuple[str, str]] = Counter()
         self.http_port: int | None = None
         self.availability: Availability
         self.fresh: FreshItems
@@ -295,6 +298,7 @@ class Worker:
         self.metrics.last_poll.set_to_current_time()
         events = raw_events(messages)
         version = self._current(c.store, version)
+        self._follow(c.store.serving())
         # Availability changes land between batches: the next batch sees them all.
         self.availability.refresh(version)
         self.fresh.refresh(version, self.availability.values)
@@ -416,8 +420,18 @@ class Worker:
         rewind(c.interactions, interactions)
         stop.wait(self.settings.retry_backoff_s)
 
+    def _follow(self, serving: Serving) -> None:
+        """A new snapshot (a model's LATEST, an experiment or a pin changed): the versions held
+        and their arms into annrec_model_version_info."""
+        if serving is self._snapshot:
+            return
+        before = held_versions(self._snapshot) if self._snapshot else set()
+        self.metrics.holding(held_versions(serving), before)
+        self._snapshot = serving
+
     def _count(self, events: list[RawEvent], outcome: Outcome, write_s: float, hits: int) -> None:
         self.metrics.record_batch(len(events), outcome, write_s)
+        self.arm_requests.update((s.model, s.variant or "none") for s in outcome.served if s.model)
         self.metrics.cache_hits.inc(hits)
         self.batch_sizes.append(len(events))
         self.served += sum(1 for r in outcome.replies if r.status != "error")
@@ -475,7 +489,37 @@ class Worker:
             # The versions this worker refused (the last few), with the reason: `annrec status`
             # says so when LATEST names one of them.
             "refused": dict(list(dict(refused).items())[-REFUSED_SHOWN:]),
+            "models": self._models_status(),
         }
+
+    def _models_status(self) -> dict[str, Any]:
+        """Every model served: LATEST, the experiment's arms with the version each serves and
+        the requests this worker answered in each, the versions held; and the models not served
+        (with the reason)."""
+        snapshot = self._snapshot
+        if snapshot is None:
+            return {}
+        counts = dict(self.arm_requests)
+        doc: dict[str, Any] = {}
+        for name, m in snapshot.models.items():
+            arms = m.experiment.arms if m.experiment else []
+            doc[name] = {
+                "latest": m.latest.version,
+                "experiment": m.experiment.name if m.experiment else None,
+                "arms": {
+                    a.name: {
+                        "version": m.arm_version(a).version,
+                        "share": a.share,
+                        "requests": counts.get((name, a.name), 0),
+                    }
+                    for a in arms
+                },
+                "requests": sum(n for (model, _), n in counts.items() if model == name),
+                "held": sorted(m.held),
+            }
+        for name, reason in snapshot.unavailable.items():
+            doc[name] = {"unavailable": reason}
+        return doc
 
     def _flush_last(self, producer: StoppableProducer) -> None:
         """Whatever is still queued belongs to a batch whose offsets were not stored."""

@@ -21,6 +21,7 @@ from prometheus_client import (
 )
 
 from worker.answer import Outcome
+from worker.index_store import Serving
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 _BATCH_BUCKETS = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000)
@@ -118,6 +119,35 @@ class WorkerMetrics:
             "expire past ANNREC_SHED_WAIT_MS)",
             registry=r,
         )
+        # Per model and experiment arm (variant "none": no experiment assigned the request), so
+        # the two arms of a test can be compared: requests, fallbacks, compute time; which
+        # version each arm serves is annrec_model_version_info (live recall is per version).
+        self.model_requests = Counter(
+            "annrec_model_requests",
+            "Requests handled per model and experiment arm",
+            ["model", "variant", "kind", "outcome"],
+            registry=r,
+        )
+        self.model_fallbacks = Counter(
+            "annrec_model_fallbacks",
+            "Replies that fell back (cold_start: popular items) per model and experiment arm",
+            ["model", "variant", "fallback"],
+            registry=r,
+        )
+        self.model_compute = Histogram(
+            "annrec_model_compute_seconds",
+            "Per request compute time, per model and experiment arm",
+            ["model", "variant"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.model_version = Gauge(
+            "annrec_model_version_info",
+            "1 per version a worker holds: its model, role (latest, candidate, pinned) and the "
+            "experiment arm serving it (none outside experiments)",
+            ["model", "version", "role", "variant"],
+            registry=r,
+        )
         self.stalled = Gauge(
             "annrec_stalled_partitions",
             "Assigned partitions with requests waiting and no progress for the stall window",
@@ -131,11 +161,26 @@ class WorkerMetrics:
             self.queue_wait.set(max(max(waits), 0.0))
         for s in outcome.served:
             self.requests.labels(s.kind, s.outcome).inc()
+            if s.model:  # a parsed request: its model and arm
+                variant = s.variant or "none"
+                self.model_requests.labels(s.model, variant, s.kind, s.outcome).inc()
+                self.model_compute.labels(s.model, variant).observe(s.compute_s)
+                if s.fallback:
+                    self.model_fallbacks.labels(s.model, variant, s.fallback).inc()
             self.latency.labels("compute").observe(s.compute_s)
             self.latency.labels("write").observe(write_s)
             if s.queue_s is not None:
                 self.latency.labels("queue").observe(max(s.queue_s, 0.0))
         self.dead_letters.inc(len(outcome.dead_letters))
+
+    def holding(
+        self, now: set[tuple[str, str, str, str]], before: set[tuple[str, str, str, str]]
+    ) -> None:
+        """annrec_model_version_info follows the snapshot: rows gone removed, new ones set."""
+        for row in before - now:
+            self.model_version.remove(*row)
+        for row in now - before:
+            self.model_version.labels(*row).set(1)
 
     def serving(self, version: str, created_at: float, previous: str | None) -> None:
         if previous is not None:
@@ -143,6 +188,22 @@ class WorkerMetrics:
             self.swaps.inc()
         self.version.labels(version).set(1)
         self.version_created.set(created_at)
+
+
+def held_versions(serving: Serving) -> set[tuple[str, str, str, str]]:
+    """(model, version, role, variant) of every version a snapshot holds."""
+    rows = set()
+    for model, m in serving.models.items():
+        arms = {
+            a.version or m.latest.version: a.name
+            for a in (m.experiment.arms if m.experiment else [])
+        }
+        for name in m.held:
+            role = "latest" if name == m.latest.version else "pinned"
+            if m.experiment and name in m.experiment.candidates:
+                role = "candidate"
+            rows.add((model, name, role, arms.get(name, "none")))
+    return rows
 
 
 class HealthState:

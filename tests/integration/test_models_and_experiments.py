@@ -7,6 +7,7 @@ and stopping an experiment under load loses no request and every reply names its
 import threading
 import time
 from pathlib import Path
+from urllib.request import urlopen
 
 import redis
 from confluent_kafka import Producer
@@ -125,8 +126,25 @@ def test_assignment_is_sticky_across_workers_and_restarts(
         while not (a.assigned and b.assigned) and time.monotonic() < deadline:
             time.sleep(0.1)
         two = ask("two")
-    with running_worker(other, kafka_conf, services.redis_url):  # a restart, alone
+    with running_worker(other, kafka_conf, services.redis_url) as w:  # a restart, alone
         again = ask("again")
+        status = w._status({})
+        metrics = urlopen(f"http://127.0.0.1:{w.http_port}/metrics").read().decode()
+
+    # the arms, measured apart: annrec status and /metrics
+    in_candidate = sum(experiment.arm_for(u).name == "candidate" for u in users)
+    doc = status["models"]["default"]
+    assert doc["experiment"] == "t" and doc["arms"]["candidate"]["version"] == candidate
+    assert doc["arms"]["candidate"]["requests"] == in_candidate
+    assert doc["arms"]["control"]["requests"] == len(users) - in_candidate
+    assert (
+        'annrec_model_requests_total{kind="recommend",model="default",outcome="ok",'
+        f'variant="candidate"}} {float(in_candidate)}'
+    ) in metrics
+    assert (
+        f'annrec_model_version_info{{model="default",role="candidate",variant="candidate",'
+        f'version="{candidate}"}} 1.0'
+    ) in metrics
 
     assert {r.worker_id for r in two.values()} == {settings.worker_id, other.worker_id}
     for u in users:

@@ -110,3 +110,26 @@ def test_status_says_which_workers_refuse_what_latest_names():
     assert "* v2" in text
     assert "LATEST refused by w1 (still serving v1): v2: file a.ann has 3 bytes" in text
     assert "refused" not in render_status(_doc(versions=versions))
+
+
+def test_a_workers_models_and_experiment_arms_are_shown_side_by_side():
+    from tools.status import _model_lines
+
+    models = {
+        "default": {
+            "latest": "v2",
+            "experiment": "ranker",
+            "arms": {
+                "control": {"version": "v2", "share": 0.9, "requests": 91},
+                "candidate": {"version": "v3", "share": 0.1, "requests": 9},
+            },
+            "requests": 100,
+            "held": ["v1", "v2", "v3"],
+        },
+        "eu": {"unavailable": "version v9 of model eu maps 900 MiB; ... budget"},
+    }
+    assert _model_lines(models) == [
+        "    model default: LATEST v2, 100 request(s); experiment ranker: control 90% v2 91 "
+        "request(s), candidate 10% v3 9 request(s); also held v1, v3",
+        "    model eu: not served: version v9 of model eu maps 900 MiB; ... budget",
+    ]
