@@ -45,6 +45,10 @@ KINDS: Table = {
         "items upserted between builds: the fresh segment's recall and cost, upsert -> reply",
         "tools.bench.freshness:register",
     ),
+    "models": Command(
+        "one worker serving two models vs one (p99 side by side, resident memory)",
+        "tools.bench.models:register",
+    ),
     "scale": Command(
         "cost curves 100k ... 10M items: build, memory, queries, one worker's rate",
         "tools.bench.scale:register",
