@@ -29,5 +29,12 @@ def test_bench_e2e_via_gateway_quick(services, tmp_path):
         assert point["diff_ms"]["p99"] == round(point["gateway"]["p99"] - point["kafka"]["p99"], 2)
         # the gateway's bridge reads the direct traffic's replies too (and drops them)
         assert point["gateway"]["gateway_cpu_share"] > 0
+        # vegeta kept to its schedule (open loop): no request started a second late
+        assert 0 <= point["gateway"]["schedule_lag_ms"]["max"] < 1000
+    # every 10th request of the last round times out, and no waiter is left behind
+    tenth = results["tenth_time_out"]
+    assert tenth["http_codes"] == {"200": 180, "504": 20}
+    assert tenth["after"]["annrec_gateway_waiting_requests"] == 0
     assert (out / "e2e_gateway.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "gateway - kafka: p50" in result.stdout
+    assert "0 waiting requests (target 0)" in result.stdout

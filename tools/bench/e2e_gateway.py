@@ -15,7 +15,6 @@ Kafka rounds its bridge reads every reply of the direct traffic and drops it.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import socket
@@ -26,6 +25,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +40,7 @@ from index_builder.synth import synth_factors
 from schemas.errors import AnnrecError
 from schemas.settings import CommonSettings, prefixed_topics
 from tools import processes, services
-from tools.bench import e2e
+from tools.bench import e2e, vegeta
 from tools.bench.cli import apply_quick
 from tools.bench.machine import describe, machine_info
 from tools.client import wait_for_workers
@@ -48,6 +48,8 @@ from tools.client import wait_for_workers
 TARGET_P99_DIFF_MS = 5.0  # issue 19: through the gateway, p99 within 5 ms of straight to Kafka
 WORKER = e2e.Run("1 worker", 1)
 WORKER_READY_S = 900.0
+# The waiting-requests check (issue 19): a round in which every 10th request times out.
+TIMEOUT_EVERY = 10
 
 
 def register(parser: argparse.ArgumentParser) -> None:
@@ -61,13 +63,28 @@ def register(parser: argparse.ArgumentParser) -> None:
         "gateway`, side by side (default rates 500; --rounds turns each)",
     )
     parser.add_argument("--rounds", type=int, default=2, help="--via gateway: ABBA pairs per rate")
+    parser.add_argument(
+        "--storage",
+        type=Path,
+        help="--via gateway: keep the built version here and reuse it when a later run asks for "
+        "the same catalogue (a 1M build takes 12-25 minutes on a shared machine)",
+    )
+    parser.add_argument(
+        "--build-only", action="store_true", help="--via gateway: build (or find) it and stop"
+    )
 
     def run(args: argparse.Namespace) -> int:
         if args.via == "kafka":
             return straight(args)
         a = apply_quick(args)
         rates = [500] if a.rates == parser.get_default("rates") else _rates(a.rates)
-        bench_via_gateway(a.out, rates, a.duration, a.items, a.max_p99_ms, a.rounds)
+        if a.build_only:
+            storage = a.storage or a.out / "storage"
+            print(f"version {catalogue(storage, a.items)} in {storage}")
+            return 0
+        bench_via_gateway(
+            a.out, rates, a.duration, a.items, a.max_p99_ms, a.rounds, storage=a.storage
+        )
         return 0
 
     parser.set_defaults(handler=run)
@@ -85,20 +102,23 @@ def bench_via_gateway(
     max_p99_ms: float = 1000.0,
     rounds: int = 2,
     dim: int = 64,
+    storage: Path | None = None,
 ) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
+    load_generator = vegeta.find_vegeta()  # before a long build: fails in seconds if it cannot
     with (
         services.configured_or_local() as svc,
         tempfile.TemporaryDirectory(prefix="annrec-e2e-gw-") as tmp,
     ):
-        storage = Path(tmp)
-        factors = synth_factors(n_items, max(1000, n_items // 10), dim, seed=1)
-        publish_version(factors, storage, BuildOptions())
-        served = e2e.Served(svc.kafka, svc.redis_url, storage, len(factors.user_ids), max_p99_ms)
-        points = _compare(served, rates, duration_s, rounds)
+        where = storage or Path(tmp)
+        version = catalogue(where, n_items, dim)
+        n_users = _users(n_items)
+        served = e2e.Served(svc.kafka, svc.redis_url, where, n_users, max_p99_ms)
+        points, timeouts = _compare(served, rates, duration_s, rounds, load_generator)
     results = {
         "points": points,
-        "target": {"p99_diff_ms": TARGET_P99_DIFF_MS},
+        "tenth_time_out": timeouts,
+        "target": {"p99_diff_ms": TARGET_P99_DIFF_MS, "waiting_after_timeouts": 0},
         "params": {
             "rates": rates,
             "duration_s": duration_s,
@@ -106,9 +126,12 @@ def bench_via_gateway(
             "n_items": n_items,
             "dim": dim,
             "n_users": served.n_users,
+            "version": version,
             "workers": 1,
             "request": "recommend user_id k=10",
-            "http": "HTTP/1.1 keep-alive, httpx.AsyncClient, JSON body, POST /v1/recommend",
+            "http": f"HTTP/1.1 keep-alive, vegeta {vegeta.VERSION} (open loop), JSON body, "
+            "POST /v1/recommend",
+            "kafka": "Python producer (linger.ms 1) + reply-topic consumer, open loop",
         },
         "command": "annrec " + " ".join(sys.argv[1:]),
         "machine": machine_info(),
@@ -119,9 +142,28 @@ def bench_via_gateway(
     return results
 
 
+def _users(n_items: int) -> int:
+    return max(1000, n_items // 10)
+
+
+def catalogue(storage: Path, n_items: int, dim: int = 64) -> str:
+    """The benchmark's version in `storage` (synthetic factors, seed 1: the same as `bench
+    e2e`'s), built unless a version of the same catalogue is there already: its name."""
+    built = storage / "bench-catalogue.json"
+    wanted = {"items": n_items, "users": _users(n_items), "dim": dim, "seed": 1}
+    if not (built.exists() and json.loads(built.read_text()) == wanted):
+        storage.mkdir(parents=True, exist_ok=True)
+        factors = synth_factors(n_items, _users(n_items), dim, seed=1)
+        publish_version(factors, storage, BuildOptions())
+        built.write_text(json.dumps(wanted))
+    return (storage / "LATEST").read_text().strip()
+
+
 def _compare(
-    served: e2e.Served, rates: list[int], duration_s: float, rounds: int
-) -> list[dict[str, Any]]:
+    served: e2e.Served, rates: list[int], duration_s: float, rounds: int, load_generator: Path
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Each rate's ABBA rounds, then one gateway round at the last rate in which every tenth
+    request times out: (the points, that round's figures with the waiting gauge after it)."""
     tag = uuid.uuid4().hex[:8]
     topics = CommonSettings(**prefixed_topics(f"bench{tag}"))
     ensure_topics(served.kafka, topic_specs(topics))
@@ -139,36 +181,65 @@ def _compare(
             1,
             timeout_s=WORKER_READY_S,
         )
-        with _gateway(env, log) as (base, pid):
+        with _gateway(env, log, load_generator) as gw:
             make = e2e.by_user_id(served.n_users)
             points = []
             for rate in progress_bar(rates, desc="kafka vs gateway", unit="rate", file=sys.stderr):
                 runs: dict[str, list[dict[str, Any]]] = {"kafka": [], "gateway": []}
                 pooled: dict[str, list[npt.NDArray[np.float64]]] = {"kafka": [], "gateway": []}
                 for path in ["kafka", "gateway", "gateway", "kafka"] * rounds:
-                    cpu_before, started = _cpu_s(pid), time.perf_counter()
-                    if path == "kafka":
-                        figures, lat = e2e.open_loop(
-                            served.kafka, topics, rate, duration_s, make, served.max_p99_ms
-                        )
-                    else:
-                        figures, lat = http_open_loop(
-                            base, rate, duration_s, make, served.max_p99_ms
-                        )
-                    wall = time.perf_counter() - started
-                    figures["gateway_cpu_share"] = round((_cpu_s(pid) - cpu_before) / wall, 3)
+                    figures, lat = _round(served, topics, gw, path, rate, duration_s, make)
                     runs[path].append(figures)
                     pooled[path].append(lat)
                 points.append(_point(rate, runs, pooled))
-            return points
+            timeouts, _ = _round(
+                served, topics, gw, "gateway", rates[-1], duration_s, make, TIMEOUT_EVERY
+            )
+            timeouts["after"] = waiting_requests(gw.base)
+            return points, timeouts
     finally:
         processes.stop([worker])
         log.close()
 
 
+def _round(
+    served: e2e.Served,
+    topics: CommonSettings,
+    gw: GatewayProcess,
+    path: str,
+    rate: int,
+    duration_s: float,
+    make: e2e.MakeRequest,
+    timeout_every: int = 0,
+) -> tuple[dict[str, Any], npt.NDArray[np.float64]]:
+    """One path at one rate: its figures (with the gateway's CPU and the load average) and
+    latencies."""
+    cpu_before, started = _cpu_s(gw.pid), time.perf_counter()
+    load_before = os.getloadavg()[0]
+    if path == "kafka":
+        figures, lat = e2e.open_loop(
+            served.kafka, topics, rate, duration_s, make, served.max_p99_ms
+        )
+    else:
+        figures, lat = http_open_loop(gw, rate, duration_s, make, served.max_p99_ms, timeout_every)
+    wall = time.perf_counter() - started
+    cpu = _cpu_s(gw.pid) - cpu_before
+    figures["gateway_cpu_share"] = round(cpu / wall, 3)
+    figures["gateway_cpu_ms_per_request"] = round(cpu * 1000 / max(figures["sent"], 1), 3)
+    figures["load_average_1m"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
+    return figures, lat
+
+
+@dataclass(frozen=True)
+class GatewayProcess:
+    base: str  # http://127.0.0.1:<port>
+    pid: int
+    vegeta: Path  # the load generator's binary
+
+
 @contextmanager
-def _gateway(env: dict[str, str], log: Any) -> Iterator[tuple[str, int]]:
-    """`annrec gateway` in a process of its own on a free port: (base URL, pid) once healthy."""
+def _gateway(env: dict[str, str], log: Any, load_generator: Path) -> Iterator[GatewayProcess]:
+    """`annrec gateway` in a process of its own on a free port, once healthy."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -194,7 +265,7 @@ def _gateway(env: dict[str, str], log: Any) -> Iterator[tuple[str, int]]:
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise AnnrecError(f"annrec gateway did not become healthy (see {log.name})")
             time.sleep(0.2)
-        yield base, proc.pid
+        yield GatewayProcess(base, proc.pid, load_generator)
     finally:
         processes.stop([proc])
 
@@ -213,77 +284,67 @@ def _cpu_s(pid: int) -> float:
 
 
 def http_open_loop(
-    base: str, rate: int, duration_s: float, make_request: e2e.MakeRequest, max_p99_ms: float
+    gw: GatewayProcess,
+    rate: int,
+    duration_s: float,
+    make_request: e2e.MakeRequest,
+    max_p99_ms: float,
+    timeout_every: int = 0,
 ) -> tuple[dict[str, Any], npt.NDArray[np.float64]]:
-    """What e2e.open_loop does, through the gateway: `rate` POSTs/s on keep-alive connections,
-    each latency from its scheduled send to its response; (figures, latencies in ms)."""
-    return asyncio.run(_http_load(base, rate, duration_s, make_request, max_p99_ms))
-
-
-# Connections the load generator keeps open (HTTP/1.1: one request at a time on each). Each
-# sender coroutine uses one; requests wait for a free sender in a queue, in schedule order, their
-# latency still counted from the scheduled send (open loop, as wrk2 does). A task per request on
-# one pool collapsed (thousands queued in httpcore's pool cost the client more CPU than it
-# measured); and more connections cost this Python client more than they help: at 500/s on 5k
-# items, p50 41 / 13.5 / 23 ms with 8 / 16 / 32 connections, 100/s p99 17 ms with 16 and
-# 360-460 ms with 64 (same gateway, one after the other).
-CONNECTIONS = 16
-
-
-async def _http_load(
-    base: str, rate: int, duration_s: float, make_request: e2e.MakeRequest, max_p99_ms: float
-) -> tuple[dict[str, Any], npt.NDArray[np.float64]]:
+    """What e2e.open_loop does, through the gateway with vegeta (tools/bench/vegeta.py): `rate`
+    POSTs/s on keep-alive connections, each latency from its scheduled send to its response;
+    (figures, latencies in ms of the 200s). timeout_every n: every n-th request carries
+    deadline_ms 1, less than any Kafka round trip, so the gateway answers it 504 (the
+    waiting-requests gauge is read after the run: every waiter must be gone)."""
     n = int(rate * duration_s)
     run_id = uuid.uuid4().hex[:6]
-    limits = httpx.Limits(max_connections=CONNECTIONS, max_keepalive_connections=CONNECTIONS)
-    latencies: dict[int, float] = {}
-    inside: dict[int, float] = {}  # the gateway's own time (Server-Timing): produce -> reply
-    codes: dict[int, int] = {}
-    due: asyncio.Queue[tuple[int, float] | None] = asyncio.Queue()
-    async with httpx.AsyncClient(base_url=base, limits=limits, timeout=30) as http:
-
-        async def one(i: int, at: float) -> None:
-            request = make_request(f"{run_id}-{i}", i)
-            path = "/v1/recommend" if request.kind == "recommend" else "/v1/similar-items"
-            response = await http.post(
-                path,
-                content=request.model_dump_json(exclude_none=True),
-                headers={"Content-Type": "application/json"},
-            )
-            codes[response.status_code] = codes.get(response.status_code, 0) + 1
-            if response.status_code == 200 and i >= 0:
-                latencies[i] = (time.perf_counter() - at) * 1000
-                timing = response.headers.get("server-timing", "")
-                inside[i] = float(timing.partition("dur=")[2] or "nan")
-
-        async def sender() -> None:
-            while (item := await due.get()) is not None:
-                await one(*item)
-
-        # Open every connection before the clock starts (not measured).
-        await asyncio.gather(*(one(-1 - j, time.perf_counter()) for j in range(CONNECTIONS)))
-        codes.clear()
-        senders = [asyncio.ensure_future(sender()) for _ in range(CONNECTIONS)]
-        start = time.perf_counter() + 0.2
-        for i in range(n):
-            at = start + i / rate
-            if (wait := at - time.perf_counter()) > 0:
-                await asyncio.sleep(wait)
-            due.put_nowait((i, at))
-        backlog = n - len(latencies)
-        for _ in senders:
-            due.put_nowait(None)
-        await asyncio.wait(senders, timeout=30)
-        for task in senders:
-            task.cancel()
-    lat = np.array([latencies[i] for i in sorted(latencies)])
+    targets = []
+    for i in range(n):
+        request = make_request(f"{run_id}-{i}", i)
+        if timeout_every and i % timeout_every == 0:
+            request = request.model_copy(update={"deadline_ms": 1})
+        path = "/v1/recommend" if request.kind == "recommend" else "/v1/similar-items"
+        body = request.model_dump_json(exclude_none=True).encode()
+        targets.append(vegeta.Target(f"{gw.base}{path}", body))
+    with tempfile.TemporaryDirectory(prefix="annrec-vegeta-run-") as tmp:
+        hits = vegeta.attack(gw.vegeta, targets, rate, duration_s, Path(tmp))
+    ok = hits.code == 200
+    lat = hits.from_schedule_ms(rate)[ok]
+    # Not answered: no response at all, or the gateway's own refusals (503 busy, 504 timeout).
+    backlog = n - int(ok.sum()) - (int((hits.code == 504).sum()) if timeout_every else 0)
     figures = e2e.point_figures(rate, n, lat, backlog, max_p99_ms)
-    figures["http_codes"] = {str(c): k for c, k in sorted(codes.items())}
-    own = np.array(list(inside.values()))
+    codes, counts = np.unique(hits.code, return_counts=True)
+    figures["http_codes"] = {str(c): int(k) for c, k in zip(codes, counts, strict=True)}
+    figures["errors"] = hits.errors
+    lag = hits.lag_ms(rate)
+    figures["schedule_lag_ms"] = {
+        "p50": round(float(np.percentile(lag, 50)), 2),
+        "p99": round(float(np.percentile(lag, 99)), 2),
+        "max": round(float(lag.max()), 2),
+    }
+    own = hits.server_ms[ok]
     figures["inside_gateway_ms"] = {
         f"p{q}": round(float(np.nanpercentile(own, q)), 2) for q in (50, 99) if len(own)
     }
     return figures, lat
+
+
+def waiting_requests(base: str) -> dict[str, float]:
+    """The gateway's waiting-requests gauge and timeouts counter, read from its /metrics."""
+    text = httpx.get(f"{base}/metrics", timeout=10).text
+    wanted = ("annrec_gateway_waiting_requests", "annrec_gateway_timeouts_total")
+    return {
+        name: float(value)
+        for name, _, value in (line.partition(" ") for line in text.splitlines())
+        if name in wanted
+    }
+
+
+PERCENTILES = (50, 95, 99, 99.9)
+
+
+def _pct_key(q: float) -> str:
+    return f"p{q:g}"
 
 
 def _point(
@@ -298,20 +359,30 @@ def _point(
         point[path] = {
             "answered": len(lat),
             "sent": sum(r["sent"] for r in runs[path]),
-            **{f"p{q}": round(float(np.percentile(lat, q)), 2) for q in (50, 95, 99)},
+            **{_pct_key(q): round(float(np.percentile(lat, q)), 2) for q in PERCENTILES},
             "max": round(float(lat.max()), 2),
             "gateway_cpu_share": round(
                 float(np.mean([r["gateway_cpu_share"] for r in runs[path]])), 3
             ),
+            "gateway_cpu_ms_per_request": round(
+                float(np.mean([r["gateway_cpu_ms_per_request"] for r in runs[path]])), 3
+            ),
+            "load_average_1m": [
+                min(r["load_average_1m"][0] for r in runs[path]),
+                max(r["load_average_1m"][1] for r in runs[path]),
+            ],
         }
+    gw = point["gateway"]
     # From the gateway's Server-Timing: the part of a request spent from its parse to its
     # reply (produce, Kafka, worker, reply topic); the rest is HTTP, client and server.
-    point["gateway"]["inside_gateway_p50_ms"] = round(
+    gw["inside_gateway_p50_ms"] = round(
         float(np.median([r["inside_gateway_ms"]["p50"] for r in runs["gateway"]])), 2
     )
-    point["diff_ms"] = {
-        q: round(point["gateway"][q] - point["kafka"][q], 2) for q in ("p50", "p95", "p99")
+    # The load generator kept to its schedule: the worst round's lag percentiles.
+    gw["schedule_lag_ms"] = {
+        q: max(r["schedule_lag_ms"][q] for r in runs["gateway"]) for q in ("p50", "p99", "max")
     }
+    point["diff_ms"] = {k: round(gw[k] - point["kafka"][k], 2) for k in map(_pct_key, PERCENTILES)}
     point["p99_within_target"] = point["diff_ms"]["p99"] <= TARGET_P99_DIFF_MS
     return point
 
@@ -320,30 +391,47 @@ def _print(results: dict[str, Any]) -> None:
     p = results["params"]
     print(
         f"annrec bench e2e --via gateway: recommend by user_id, k=10, {p['n_items']:,} items, "
-        f"1 worker, open loop, {p['rounds']} ABBA rounds of {p['duration_s']} s per path"
+        f"1 worker, open loop, {p['rounds']} ABBA rounds of {p['duration_s']} s per path; "
+        f"HTTP: {p['http']}"
     )
     print(f"machine: {describe(results['machine'])}")
     print(
-        f"{'rate/s':>7} {'path':<8} {'p50':>8} {'p95':>8} {'p99':>8} {'max':>8} "
-        f"{'answered':>12} {'gateway CPU':>12}"
+        f"{'rate/s':>7} {'path':<8} {'p50':>8} {'p95':>8} {'p99':>8} {'p99.9':>8} {'max':>8} "
+        f"{'answered':>12} {'gateway CPU':>12} {'ms CPU/req':>10} {'load avg':>10}"
     )
     for point in results["points"]:
         for path in ("kafka", "gateway"):
             f = point[path]
+            load = "-".join(f"{x:.1f}" for x in f["load_average_1m"])
             print(
                 f"{point['rate']:>7} {path:<8} {f['p50']:>8} {f['p95']:>8} {f['p99']:>8} "
-                f"{f['max']:>8} {f['answered']:>5}/{f['sent']:<6} {f['gateway_cpu_share']:>11.0%}"
+                f"{f['p99.9']:>8} {f['max']:>8} {f['answered']:>5}/{f['sent']:<6} "
+                f"{f['gateway_cpu_share']:>11.0%} {f['gateway_cpu_ms_per_request']:>10} "
+                f"{load:>10}"
             )
+        gw = point["gateway"]
+        lag = gw["schedule_lag_ms"]
         print(
             f"{point['rate']:>7} inside the gateway (produce -> reply), p50 of the rounds: "
-            f"{point['gateway']['inside_gateway_p50_ms']} ms"
+            f"{gw['inside_gateway_p50_ms']} ms; vegeta's lag behind its schedule (worst round): "
+            f"p50 {lag['p50']} ms, p99 {lag['p99']} ms, max {lag['max']} ms"
         )
         d = point["diff_ms"]
         verdict = "within" if point["p99_within_target"] else "NOT within"
         print(
             f"{point['rate']:>7} gateway - kafka: p50 {d['p50']:+.2f} ms, p95 {d['p95']:+.2f} ms, "
-            f"p99 {d['p99']:+.2f} ms ({verdict} the {TARGET_P99_DIFF_MS:.0f} ms target)"
+            f"p99 {d['p99']:+.2f} ms, p99.9 {d['p99.9']:+.2f} ms ({verdict} the "
+            f"{TARGET_P99_DIFF_MS:.0f} ms p99 target)"
         )
+    t = results["tenth_time_out"]
+    after = t["after"]
+    print(
+        f"{t['rate']:>7} gateway, every {TIMEOUT_EVERY}th request deadline_ms 1: HTTP codes "
+        f"{t['http_codes']}; after the run: "
+        f"{after.get('annrec_gateway_waiting_requests', float('nan')):.0f} waiting requests "
+        f"(target 0), {after.get('annrec_gateway_timeouts_total', float('nan')):.0f} timeouts "
+        "counted by the gateway since it started"
+    )
 
 
 def _plot(results: dict[str, Any], path: Path) -> None:
@@ -355,10 +443,9 @@ def _plot(results: dict[str, Any], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(8, 4.5))
     for point in results["points"]:
         for name in ("kafka", "gateway"):
-            qs = [50, 95, 99]
             ax.plot(
-                qs,
-                [point[name][f"p{q}"] for q in qs],
+                [str(q) for q in PERCENTILES],
+                [point[name][_pct_key(q)] for q in PERCENTILES],
                 marker="o",
                 label=f"{point['rate']}/s {name}",
             )
