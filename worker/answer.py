@@ -614,7 +614,11 @@ def cached_outcome(hits: Sequence[tuple[Parsed, Reply]], now: float | None = Non
     now = time.time() if now is None else now
     for p, reply in hits:
         outcome.replies.append(reply)
-        outcome.served.append(Served(reply.kind or "unparsed", reply.status, _queue_s(p, now), 0.0))
+        # counted under the model and arm the cached reply names (the cache is keyed per route)
+        model, variant, fallback = reply.model or "", reply.variant or "", reply.fallback or ""
+        queue_s = _queue_s(p, now)
+        kind = reply.kind or "unparsed"
+        outcome.served.append(Served(kind, reply.status, queue_s, 0.0, model, variant, fallback))
     return outcome
 
 

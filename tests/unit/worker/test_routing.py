@@ -10,7 +10,7 @@ from index_builder import storage
 from index_builder.publish import BuildOptions, publish_version
 from index_builder.synth import synth_factors
 from query_engine.vectors import exact_inner_product_top_k
-from schemas.events import RecommendRequest, SimilarItemsRequest
+from schemas.events import RecommendRequest, Reply, SimilarItemsRequest
 from schemas.experiments import Arm, Experiment, Pins
 from schemas.layout import EXPERIMENT, PINNED, model_root
 from worker.answer import answer_batch
@@ -199,3 +199,20 @@ def test_registered_pins_are_held_before_any_request_names_them(two_models):
         assert route.pinned and route.version.version == first["default"]
     finally:
         store.stop()
+
+
+def test_replies_from_the_cache_are_counted_under_their_model_and_arm():
+    from worker.answer import cached_outcome
+    from worker.metrics import WorkerMetrics
+
+    [parsed] = _batch([_recommend("c", "u1", model="eu")])
+    reply = Reply(
+        request_id="c", status="ok", kind="recommend", model="eu", variant="new", worker_id="w"
+    )
+    outcome = cached_outcome([(parsed, reply)])
+    [served] = outcome.served
+    assert (served.model, served.variant, served.kind) == ("eu", "new", "recommend")
+    metrics = WorkerMetrics()
+    metrics.record_batch(1, outcome, 0.0)
+    counted = metrics.model_requests.labels("eu", "new", "recommend", "ok")._value.get()
+    assert counted == 1
