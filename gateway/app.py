@@ -4,6 +4,7 @@
     POST /v1/stream                              many requests -> Server-Sent Events, one per reply
     GET  /v1/replies/{request_id}                a reply already written to Redis
     GET  /v1/status                              serving versions, live recall, freshness
+    GET  /v1/models                              models, versions, experiment arms, pins
     GET  /healthz, GET /metrics                  like the worker's /health and /metrics
     GET  /explorer/                              the explorer page (static files, no build step)
 
@@ -36,14 +37,14 @@ from starlette.concurrency import run_in_threadpool
 from starlette.routing import Route
 
 from adapters.redis_client import redis_refusal
-from adapters.version_storage import VersionStorage, open_storage
+from adapters.version_storage import ModelCatalog, VersionStorage, open_storage
 from gateway.bridge import AnyRequest, KafkaBridge, NotSent
 from gateway.metrics import GatewayMetrics
 from gateway.openapi import add_request_bodies, reply_responses
 from gateway.pending import AlreadyWaiting, UnreadableReply
 from gateway.requests import Deadlines, Invalid, Kind, parse_body, parse_doc, parse_stream, wait_s
 from gateway.settings import GatewaySettings
-from gateway.status import serving_status
+from gateway.status import models_status, serving_status
 from schemas import keys
 from schemas.errors import AnnrecError
 from schemas.events import MAX_REQUEST_BYTES, RequestId
@@ -101,6 +102,7 @@ class Gateway:
         self.redis_url = redis_url
         self.redis = redis.Redis.from_url(redis_url, socket_timeout=s.redis_timeout_s)
         self.catalogue = storage or open_storage(s.storage, s.storage_options)
+        self.models = ModelCatalog(s.storage, s.storage_options)
         self.deadlines = Deadlines(s.gateway_deadline_ms, s.gateway_max_deadline_ms)
 
     async def ask(self, request: AnyRequest) -> Response:
@@ -220,6 +222,16 @@ class Gateway:
             ) from exc
         return JSONResponse(doc)
 
+    def model_list(self) -> Response:
+        """Models, their versions, experiment arms and pins (the explorer compares two)."""
+        try:
+            doc = models_status(self.models)
+        except (OSError, AnnrecError) as exc:
+            raise Refused(
+                HttpError(status="unavailable", error=f"storage {self.settings.storage}: {exc}")
+            ) from exc
+        return JSONResponse(doc)
+
     def healthz(self) -> JSONResponse:
         """200 while the reply consumer polls; 503 (with why) otherwise."""
         gap = time.monotonic() - self.bridge.counters.last_poll
@@ -324,6 +336,12 @@ def create_app(
         responses=reply_responses(not_found=True),
     )
     app.add_api_route("/v1/status", gw.counted("/v1/status", gw.status), methods=["GET"])
+    app.add_api_route(
+        "/v1/models",
+        gw.counted("/v1/models", gw.model_list),
+        methods=["GET"],
+        summary="Models, their LATEST and newest versions, experiment arms and pins",
+    )
     app.add_api_route("/healthz", gw.healthz, methods=["GET"])
     app.add_api_route("/metrics", gw.prometheus, methods=["GET"])
     app.add_api_route("/", lambda: RedirectResponse("/explorer/"), include_in_schema=False)

@@ -1,6 +1,9 @@
 """GET /v1/status: what the explorer page shows of the serving side, from what `annrec status`
 reads: the workers' heartbeats in Redis (serving version, live recall) and LATEST in storage.
-Freshness is the serving version's age and whether every worker serves LATEST."""
+Freshness is the serving version's age and whether every worker serves LATEST.
+
+GET /v1/models: what the explorer's side-by-side comparison picks from, read from storage:
+each model's LATEST, its newest versions, its running experiment's arms and its pins."""
 
 from __future__ import annotations
 
@@ -11,7 +14,11 @@ from typing import Any
 import redis
 
 from adapters.heartbeats import read_heartbeats
-from adapters.version_storage import VersionStorage
+from adapters.version_storage import ModelCatalog, VersionStorage
+
+# Versions listed per model, newest first: enough to pick from; older ones can still be typed
+# into a request's `version`.
+LISTED_VERSIONS = 20
 
 
 def serving_status(
@@ -44,3 +51,36 @@ def serving_status(
         "serving_latest": bool(workers) and all(w["version"] == latest for w in workers),
         "at": now,
     }
+
+
+def models_status(catalog: ModelCatalog) -> dict[str, Any]:
+    """Every model with its LATEST, newest versions, experiment (each arm's version: the
+    control's is LATEST) and pinned versions."""
+    models = []
+    for name in catalog.models():
+        storage = catalog.model(name)
+        latest = storage.latest()
+        experiment = storage.experiment()
+        models.append(
+            {
+                "model": name,
+                "latest": latest,
+                "versions": sorted(storage.versions(), reverse=True)[:LISTED_VERSIONS],
+                "pinned": list(storage.pins().versions),
+                "experiment": None
+                if experiment is None
+                else {
+                    "name": experiment.name,
+                    "arms": [
+                        {
+                            "name": a.name,
+                            "version": a.version or latest,
+                            "control": a.version is None,
+                            "share": a.share,
+                        }
+                        for a in experiment.arms
+                    ],
+                },
+            }
+        )
+    return {"models": models}

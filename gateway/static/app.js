@@ -1,5 +1,5 @@
 // The explorer page: plain DOM, no build step. It calls the gateway's own endpoints only:
-// POST /v1/recommend, POST /v1/similar-items, GET /v1/status. Ids are shown with textContent
+// POST /v1/recommend, POST /v1/similar-items, GET /v1/status, GET /v1/models. Ids are shown with textContent
 // (never as HTML): an item id is data.
 "use strict";
 
@@ -84,7 +84,10 @@ function showReply(target, result, onItem) {
   target.append(
     el("div", {class: "meta"},
       el("b", {}, doc.kind === "recommend" ? `for ${doc.subject_id ?? "a vector"}` : `like ${doc.subject_id}`),
-      ` · status ${doc.status} · version `, el("b", {class: "version"}, doc.index_version),
+      ` · status ${doc.status}`,
+      doc.model && doc.model !== "default" ? ` · model ${doc.model}` : "",
+      " · version ", el("b", {class: "version"}, doc.index_version),
+      doc.variant ? ` · arm ${doc.variant}` : "", doc.pinned ? " (pinned)" : "",
       ` · worker ${doc.worker_id} · latency `, el("b", {class: "latency"}, latency)),
     ...notes(doc));
   const rows = doc.items.map((item, i) => {
@@ -108,7 +111,7 @@ function showReply(target, result, onItem) {
 }
 
 function options() {
-  const body = {k: Number($("k").value) || 10};
+  const body = {k: Number($("k").value) || 10, model: $("model").value || "default"};
   const filter = $("filter").value.trim();
   if (filter) {
     try { body.filter = JSON.parse(filter); } catch (e) { throw new Error(`filter is not JSON: ${e.message}`); }
@@ -144,6 +147,79 @@ async function recommend(event) {
   showReply(target, await ask("/v1/recommend", body), similar);
 }
 
+// GET /v1/models: each model's LATEST, newest versions, experiment arms and pins.
+let models = [];
+
+async function loadModels() {
+  try {
+    const response = await fetch("/v1/models");
+    if (!response.ok) return;
+    models = (await response.json()).models;
+  } catch (e) { return; }
+  const chosen = $("model").value;
+  $("model").replaceChildren(...models.map((m) => el("option", {value: m.model}, m.model)));
+  if (models.some((m) => m.model === chosen)) $("model").value = chosen;
+  fillSides();
+}
+
+// The versions one side of the comparison can take: the experiment's arms first, then LATEST,
+// then every listed version. Each is asked with `version` pinned, so LATEST is pinned too (an
+// unpinned request would follow the user's arm).
+function sideChoices(model) {
+  const out = [];
+  for (const arm of model.experiment?.arms || []) {
+    if (!arm.version) continue;
+    const share = `${Math.round(arm.share * 100)}%`;
+    out.push({version: arm.version, label: `arm ${arm.name} (${share}): ${arm.version}`});
+  }
+  if (model.latest) out.push({version: model.latest, label: `LATEST: ${model.latest}`});
+  for (const v of model.versions) {
+    out.push({version: v, label: v + (model.pinned.includes(v) ? " (pinned)" : "")});
+  }
+  return out;
+}
+
+function fillSides() {
+  const model = models.find((m) => m.model === $("model").value);
+  const choices = model ? sideChoices(model) : [];
+  for (const id of ["cmp-a", "cmp-b"]) {
+    $(id).replaceChildren(...choices.map((c) => el("option", {value: c.version}, c.label)));
+  }
+  const distinct = [...new Set(choices.map((c) => c.version))];
+  $("compare").disabled = distinct.length < 2;
+  $("cmp-summary").textContent = distinct.length < 2
+    ? "this model has one version: nothing to compare yet" : "";
+  if (distinct.length >= 2) {
+    $("cmp-a").value = distinct[0];
+    $("cmp-b").value = distinct[1];
+  }
+}
+
+async function compare(event) {
+  event.preventDefault();
+  const sides = [["A", $("cmp-a").value, $("cmp-result-a")], ["B", $("cmp-b").value, $("cmp-result-b")]];
+  let body;
+  try { body = {...options(), user_id: $("user-id").value.trim()}; } catch (e) {
+    $("cmp-summary").replaceChildren(el("div", {class: "error"}, e.message)); return;
+  }
+  $("cmp-summary").textContent = "asking both…";
+  const results = await Promise.all(sides.map(([, version]) => ask("/v1/recommend", {...body, version})));
+  const lists = results.map((r) => new Set((r.doc.items || []).map((i) => i.item_id)));
+  sides.forEach(([name, , target], i) => {
+    showReply(target, results[i], similar);
+    const other = lists[1 - i];
+    for (const row of target.querySelectorAll("tr[data-item]")) {
+      if (!other.has(row.dataset.item)) {
+        row.classList.add("only");
+        row.cells[1].append(el("span", {class: "badge only"}, `only in ${name}`));
+      }
+    }
+  });
+  const shared = [...lists[0]].filter((id) => lists[1].has(id)).length;
+  $("cmp-summary").textContent = results.every((r) => r.doc.items)
+    ? `A and B share ${shared} of their ${lists[0].size} and ${lists[1].size} items` : "";
+}
+
 function age(seconds) {
   if (seconds == null) return "?";
   if (seconds < 120) return `${Math.round(seconds)} s`;
@@ -174,6 +250,9 @@ async function refreshStatus() {
 }
 
 $("recommend-form").addEventListener("submit", recommend);
+$("compare-form").addEventListener("submit", compare);
+$("model").addEventListener("change", fillSides);
+loadModels();
 $("example-users").append(...[0, 1, 2, 3, 42].map((u) => el("option", {value: `u${u}`})));
 refreshStatus();
 setInterval(refreshStatus, 5000);

@@ -15,6 +15,7 @@ from selenium.webdriver.support.ui import WebDriverWait
 
 from index_builder.announce import announce_version
 from index_builder.publish import BuildOptions, publish_version
+from index_builder.synth import synth_factors
 from tests.integration.gateway_server import gateway_settings, running_gateway
 from tests.integration.helpers import running_worker
 
@@ -31,7 +32,7 @@ def browser():
     options.binary_location = CHROMIUM
     for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"):
         options.add_argument(flag)
-    options.add_argument("--window-size=1280,860")
+    options.add_argument("--window-size=1280,1500")  # the whole page, comparison included
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
     try:
         yield driver
@@ -50,11 +51,15 @@ def _highlighted(driver: WebDriver) -> list[str]:
     ]
 
 
+def _selected(driver: WebDriver, select_id: str) -> str | None:
+    return driver.find_element(By.ID, select_id).get_attribute("value")
+
+
 def _listed(driver: WebDriver, panel: str) -> set[str]:
     return {r.get_attribute("data-item") for r in _rows(driver, panel)}
 
 
-def test_the_page_shows_k_items_for_a_user_and_a_click_shows_similar_items(
+def test_the_page_shows_k_items_for_a_user_a_click_shows_similar_items_and_compares_versions(
     settings, kafka_conf, services, small_factors, browser, tmp_path
 ):
     served = publish_version(
@@ -100,6 +105,45 @@ def test_the_page_shows_k_items_for_a_user_and_a_click_shows_similar_items(
 
         # the serving status: the version, its worker (heartbeats come every second)
         wait.until(lambda d: served.version in d.find_element(By.ID, "status").text)
+        assert "serving LATEST" in browser.find_element(By.ID, "status").text
+
+        # A second version from another catalogue: the page compares it with the first, both
+        # asked at once and each pinned to its version.
+        newer = publish_version(
+            synth_factors(n_items=300, n_users=40, dim=8, n_clusters=6, seed=4),
+            Path(settings.storage),
+            BuildOptions(n_trees=10, quality=False),
+            announce=lambda m: announce_version(kafka_conf, settings.topic_index_versions, m),
+        )
+        browser.refresh()  # the page reads the models and versions when it loads
+        for field, value in (("user-id", "u3"), ("k", "7")):
+            browser.find_element(By.ID, field).clear()
+            browser.find_element(By.ID, field).send_keys(value)
+        wait.until(lambda d: _selected(d, "cmp-b") == served.version)
+        assert _selected(browser, "cmp-a") == newer.version  # LATEST first
+        browser.find_element(By.ID, "compare").click()
+        wait.until(lambda d: all(len(_rows(d, p)) == 7 for p in ("cmp-result-a", "cmp-result-b")))
+        for panel, version in (("cmp-result-a", newer.version), ("cmp-result-b", served.version)):
+            meta = browser.find_element(By.CSS_SELECTOR, f"#{panel} .meta").text
+            assert f"version {version}" in meta and "(pinned)" in meta
+        a, b = _listed(browser, "cmp-result-a"), _listed(browser, "cmp-result-b")
+        assert a != b  # two catalogues
+        only_a = {
+            r.get_attribute("data-item")
+            for r in _rows(browser, "cmp-result-a")
+            if "only in A" in r.text
+        }
+        assert only_a == a - b
+        summary = browser.find_element(By.ID, "cmp-summary").text
+        assert summary == f"A and B share {len(a & b)} of their 7 and 7 items"
+
+        # every panel filled for the screenshot (README's docs/explorer.png is one)
+        browser.find_element(By.ID, "recommend").click()
+        wait.until(lambda d: len(_rows(d, "rec-result")) == 7)
+        browser.find_element(By.CSS_SELECTOR, "#rec-result button.item").click()
+        wait.until(lambda d: len(_rows(d, "similar-result")) == 7)
+        # the status line follows the swap (heartbeats every second, the page reads every 5 s)
+        wait.until(lambda d: f"serving {newer.version}" in d.find_element(By.ID, "status").text)
         assert "serving LATEST" in browser.find_element(By.ID, "status").text
 
         screenshot = tmp_path / "explorer.png"
