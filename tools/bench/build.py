@@ -2,7 +2,8 @@
 version serves, per request.
 
 The build runs as a child process (exactly the command a user runs), so its peak resident memory
-is the child's own (getrusage of children), not that of this process, which generated the data.
+is the child's own (its VmHWM, followed while it runs: getrusage of children would start from this
+process's size at the fork, and this process holds the generated data).
 Then the version is loaded as a worker loads it and both queries go through `answer()` beside the
 exact scan of the same run (tools/bench/served.py): recall, latency, and the ratio to the scan.
 
@@ -15,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import time
@@ -30,6 +30,7 @@ from schemas.manifest import Manifest
 from tools.bench.ann import dataset
 from tools.bench.cli import add_catalogue, add_quick, apply_quick
 from tools.bench.machine import describe, machine_info
+from tools.bench.procstat import PeakWatch
 from tools.bench.served import measure_served
 
 QUICK = {"items": 5_000, "users": 500, "dim": 16, "trees": 5, "mips_trees": 5, "queries": 50}
@@ -110,7 +111,7 @@ def bench_build(
         "--no-announce",
         *([] if neighbours is None else ["--neighbours", str(neighbours)]),
     ]
-    wall, peak_kib = _run_build(build_args)
+    wall, peak_mib = _run_build(build_args)
     version = read_latest(storage)
     assert version is not None
     directory = version_dir(storage, version)
@@ -128,7 +129,7 @@ def bench_build(
             "seed": seed,
         },
         "wall_s": round(wall, 1),
-        "peak_rss_mib": round(peak_kib / 1024),
+        "peak_rss_mib": peak_mib,
         "phases_s": manifest.build.timings_s,
         "version_bytes": sum(f.stat().st_size for f in directory.iterdir()),
         "quality": manifest.quality.model_dump() if manifest.quality else None,
@@ -141,13 +142,17 @@ def bench_build(
 
 
 def _run_build(build_args: list[str]) -> tuple[float, int]:
-    """`annrec <build_args>` in a child process: its wall time (s) and peak RSS (KiB)."""
+    """`annrec <build_args>` in a child process: its wall time (s) and peak RSS (MiB)."""
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "tools.cli", *build_args], check=False)
+    proc = subprocess.Popen([sys.executable, "-m", "tools.cli", *build_args])
+    watch = PeakWatch(proc.pid, min_free_gib=0.0)
+    watch.start()
+    returncode = proc.wait()
+    watch.stop()
     wall = time.perf_counter() - start
-    if proc.returncode != 0:
-        raise AnnrecError(f"annrec build failed with exit code {proc.returncode}")
-    return wall, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    if returncode != 0:
+        raise AnnrecError(f"annrec build failed with exit code {returncode}")
+    return wall, watch.peak_mib
 
 
 def _print(r: dict[str, Any]) -> None:

@@ -4,7 +4,12 @@ depending on what this process happens to hold."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -61,3 +66,68 @@ def available_gib() -> float:
         if line.startswith("MemAvailable:"):
             return int(line.split()[1]) / 2**20
     raise OSError("/proc/meminfo has no MemAvailable")
+
+
+class PeakWatch:
+    """Follows a child's peak resident memory (VmHWM: a high-water mark, so polling misses only
+    what it reaches in its last POLL_S), and stops it (SIGTERM, then SIGKILL) when the machine's
+    available memory falls below `min_free_gib`: other people share the machine, and the
+    kernel's OOM killer may pick any process."""
+
+    POLL_S = 0.25
+
+    def __init__(
+        self,
+        pid: int,
+        min_free_gib: float,
+        on_poll: Callable[[PeakWatch], None] | None = None,
+        report_every_s: float = 30.0,
+    ) -> None:
+        self.pid, self.min_free_gib = pid, min_free_gib
+        # Called every report_every_s while the child runs, and once more when it has ended.
+        self.on_poll, self.report_every_s = on_poll, report_every_s
+        self.reason: str | None = None
+        self.peak_mib = 0
+        self.lowest_gib = float("inf")
+        self._done = threading.Event()
+        self._started = time.perf_counter()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._done.set()
+        self._thread.join()
+        if self.on_poll is not None:
+            self.on_poll(self)
+
+    def _watch(self) -> None:
+        reported = time.perf_counter()
+        while not self._done.wait(self.POLL_S):
+            if self.on_poll is not None and time.perf_counter() - reported >= self.report_every_s:
+                self.on_poll(self)
+                reported = time.perf_counter()
+            with contextlib.suppress(OSError):  # exited between two looks
+                self.peak_mib = max(self.peak_mib, memory_status(self.pid).get("VmHWM", 0))
+            free = available_gib()
+            self.lowest_gib = min(self.lowest_gib, free)
+            if free < self.min_free_gib and self.reason is None:
+                own = "?"
+                with contextlib.suppress(OSError):
+                    own = str(memory_status(self.pid).get("VmRSS", "?"))
+                self.reason = (
+                    f"stopped: the machine's available memory fell to {free:.1f} GiB "
+                    f"(limit {self.min_free_gib} GiB) with this process at {own} MiB resident, "
+                    f"after {time.perf_counter() - self._started:.0f} s"
+                )
+                terminate(self.pid)
+
+
+def terminate(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGTERM)
+        time.sleep(5)
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
