@@ -27,7 +27,7 @@ from adapters.index_files import (
 from adapters.item_updates import UpdatesSnapshot
 from adapters.item_vectors import VectorsSnapshot
 from adapters.object_store import ObjectStore
-from index_builder import storage
+from index_builder import resume, storage
 from index_builder.attributes import AttributeTable, write_attributes
 from index_builder.build import build_annoy, build_mips_bands
 from index_builder.fold_vectors import fold_item_vectors
@@ -35,6 +35,7 @@ from index_builder.inputs import Factors
 from index_builder.neighbours import DEFAULT_WIDTH, build_neighbour_table
 from index_builder.quality import measure_quality
 from index_builder.remote import set_remote_latest, upload_version
+from index_builder.resume import resume_key
 from schemas import manifest as mf
 from schemas.errors import AnnrecError
 
@@ -67,6 +68,19 @@ class BuildOptions:
     # The ALS user step for `recent_items` requests; trained versions use their own values.
     fold_in_regularization: float = 0.01
     fold_in_alpha: float = 1.0
+    # Keep the staging directory of a build that stops and continue it in a later resumable
+    # build of the same factors and options, skipping the long phases it finished
+    # (index_builder/resume.py): for builds of hours.
+    resume: bool = False
+
+    def resume_options(self) -> dict[str, object]:
+        """The options that change what the checkpointed phases write."""
+        return {
+            "n_trees": self.n_trees,
+            "mips_trees": self.mips_trees,
+            "seed": self.seed,
+            "neighbours": self.neighbours,
+        }
 
 
 def publish_version(
@@ -96,7 +110,12 @@ def publish_version(
     folded = fold_item_vectors(factors, attributes, vectors.events, spec)
     factors, attributes = folded.factors, folded.attributes
     version = storage.new_version_name()
-    staging = storage.start_staging(storage_root, version)
+    checkpoints = None
+    if opts.resume:
+        key = resume_key(factors.checksum(), opts.resume_options())
+        staging, checkpoints = resume.start(storage_root, version, key)
+    else:
+        staging = storage.start_staging(storage_root, version)
     started = time.perf_counter()
     try:
         manifest = _build_version(
@@ -109,11 +128,17 @@ def publish_version(
             attributes,
             item_updates or UpdatesSnapshot({}, {}),
             (folded.applied, vectors.through),
+            checkpoints,
         )
         storage.commit_staging(storage_root, staging, version)
     except BaseException:
-        storage.discard_staging(staging)
+        if checkpoints is None:
+            storage.discard_staging(staging)
+        else:
+            log.warning("build_kept_for_resume", staging=str(staging))
         raise
+    if checkpoints is not None:
+        resume.finish(checkpoints)
     moved = storage.set_latest(storage_root, version)
     if remote is not None:
         upload_version(remote, storage_root, version)
@@ -144,8 +169,9 @@ def _build_version(
     attributes: AttributeTable | None,
     item_updates: UpdatesSnapshot,
     item_vectors: tuple[int, dict[int, int]],  # (events folded in, the offsets read to)
+    checkpoints: resume.Checkpoints | None = None,
 ) -> mf.Manifest:
-    phase = _PhaseTimer()
+    phase = _PhaseTimer(checkpoints)
     attribute_specs, updates_applied = _write_attributes(
         attributes, item_updates, factors, staging, phase
     )
@@ -256,7 +282,8 @@ def _build_indexes(
     angular = mf.AnnoySpec(
         file=mf.ANGULAR_FILE, metric="angular", dim=factors.dim, n_trees=opts.n_trees
     )
-    with phase("angular_index"):
+
+    def angular_index() -> dict[str, object]:
         build_annoy(
             factors.item_factors,
             staging / angular.file,
@@ -266,14 +293,20 @@ def _build_indexes(
             n_jobs=opts.n_jobs,
             label="angular",
         )
-    with phase("mips_index"):
-        mips = build_mips_bands(
+        return {}
+
+    def mips_index() -> dict[str, object]:
+        bands = build_mips_bands(
             factors.item_factors,
             staging,
             n_trees=opts.mips_trees,
             seed=opts.seed,
             n_jobs=opts.n_jobs,
         )
+        return bands.model_dump(mode="json")
+
+    phase.resumable("angular_index", angular_index)
+    mips = mf.MipsSpec.model_validate(phase.resumable("mips_index", mips_index))
     return angular, mips
 
 
@@ -282,18 +315,22 @@ def _write_neighbour_table(
 ) -> mf.NeighbourTableSpec | None:
     if opts.neighbours <= 0:
         return None
-    with phase("neighbour_table"):
+
+    def neighbour_table() -> dict[str, object]:
         table, method = build_neighbour_table(
             factors.item_factors, opts.neighbours, seed=opts.seed, n_jobs=opts.n_jobs
         )
         np.save(staging / mf.NEIGHBOURS_FILE, table.rows)
         np.save(staging / mf.NEIGHBOUR_SCORES_FILE, table.scores)
-    return mf.NeighbourTableSpec(
-        rows_file=mf.NEIGHBOURS_FILE,
-        scores_file=mf.NEIGHBOUR_SCORES_FILE,
-        width=table.width,
-        method=method,
-    )
+        spec = mf.NeighbourTableSpec(
+            rows_file=mf.NEIGHBOURS_FILE,
+            scores_file=mf.NEIGHBOUR_SCORES_FILE,
+            width=table.width,
+            method=method,
+        )
+        return spec.model_dump(mode="json")
+
+    return mf.NeighbourTableSpec.model_validate(phase.resumable("neighbour_table", neighbour_table))
 
 
 def _verify_and_measure(
@@ -349,8 +386,9 @@ class _PhaseTimer:
     so far: a build that is stopped or killed half-way (a 10M build runs for hours) leaves in
     its log what it finished and what that cost, which the manifest never gets to say."""
 
-    def __init__(self) -> None:
+    def __init__(self, checkpoints: resume.Checkpoints | None = None) -> None:
         self.seconds: dict[str, float] = {}
+        self.checkpoints = checkpoints
 
     @contextmanager
     def __call__(self, name: str) -> Iterator[None]:
@@ -369,6 +407,21 @@ class _PhaseTimer:
     def run(self, name: str, fn: Callable[[], T]) -> T:
         with self(name):
             return fn()
+
+    def resumable(self, name: str, fn: Callable[[], dict[str, object]]) -> dict[str, object]:
+        """A long phase whose result (JSON) a resumable build checkpoints: taken from the
+        checkpoint when an earlier build finished it (timed as 0 s: this build did no work)."""
+        if self.checkpoints is None:
+            return self.run(name, fn)
+        done = self.checkpoints.finished(name)
+        if done is not None:
+            log.info("build_phase_resumed", phase=name)
+            self.seconds[name] = 0.0
+            return done
+        started_ns = time.time_ns()
+        result = self.run(name, fn)
+        self.checkpoints.record(name, started_ns, result)
+        return result
 
 
 def _peak_rss_mib() -> int:

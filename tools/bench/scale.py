@@ -2,12 +2,12 @@
 
 Per catalogue size (seeded synthetic factors, `--dim` 64, a user per 10 items):
 
-1. **build**: `annrec build --factors F --storage S --no-announce` with the default options, in a
-   child process (exactly what a user runs; index_builder/publish.py): its wall time, its peak
-   resident memory (the child's own VmHWM) and the phases the build itself timed
-   (the manifest's build.timings_s: whatever phases the default build has). While it runs, the
-   machine's available memory is watched: below `--min-free-gib` the build is stopped and the
-   size recorded as where this machine stops, with the reason;
+1. **build**: the default build (`annrec build --factors F --storage S --no-announce`'s options),
+   resumable, in a child process (tools/bench/scale_build.py): its wall time, its peak
+   resident memory (the child's own VmHWM) and each phase's wall time, CPU time and peak as
+   the build logs it when the phase ends. While it runs, the machine's available memory is
+   watched: below `--min-free-gib` the build is stopped and the size recorded as where this
+   machine stops, with the reason;
 2. **size on disk** per file of the version;
 3. **a worker's memory and both queries** (tools/bench/scale_probe.py, a child process): loaded as
    a worker loads it, its resident and mapped memory; recall@10 and time of both kinds through
@@ -20,9 +20,14 @@ Per catalogue size (seeded synthetic factors, `--dim` 64, a user per 10 items):
    once per run, an echo worker's (the Kafka hop without computing).
 
 Each size is written to `<out>/size-<n>.json` as soon as it is measured (a run that stops at a
-size keeps the ones before); the summary (`scale.json`, `scale.png`, the printed table, growth
-exponents, the fan-out simulation) is made from every size file in `<out>`, so 3M and 10M run
-by hand later (`--sizes 3000000`) join the same curves. `--summary-only` redraws it.
+size keeps the ones before); while a size runs, `<out>/running-<n>.json` says where it is (for a
+build, the phases finished with their figures), so a run killed from outside leaves that. With
+`--work` each size's factors, version and logs stay in `<work>/n<n>/` and the same command
+continues a stopped run: the factors and a published version are reused (stages.json), and a
+stopped build continues after the phases it finished (index_builder/resume.py). The summary
+(`scale.json`, `scale.png`, the printed table, growth exponents, the fan-out simulation) is made
+from every size file in `<out>`, so 3M and 10M run by hand later (`--sizes 3000000`) join the
+same curves. `--summary-only` redraws it.
 """
 
 from __future__ import annotations
@@ -32,11 +37,11 @@ import contextlib
 import fcntl
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -58,7 +63,7 @@ from tools.bench import fanout
 from tools.bench.cli import add_quick, apply_quick
 from tools.bench.e2e import MakeRequest, Run, Served, open_loop, worker_env
 from tools.bench.machine import machine_info
-from tools.bench.procstat import PeakWatch, cpu_seconds
+from tools.bench.procstat import available_gib, cpu_seconds, memory_status
 from tools.bench.scale_report import size_file, summarize
 from tools.client import wait_for_workers
 from worker.parse import AnyRequest
@@ -116,6 +121,12 @@ def register(parser: argparse.ArgumentParser) -> None:
         "shared with other benchmarks (/tmp/annrec-bench.lock) the rate search waits for "
         "theirs instead of measuring beside them; the builds, hours long at 10M, do not hold it",
     )
+    parser.add_argument(
+        "--neighbours",
+        type=int,
+        help="the builds' neighbour table width M (default: the build's; 0: no table, similar "
+        "items from the angular index); give such runs their own --out",
+    )
     parser.add_argument("--summary-only", action="store_true", help="redraw from <out>/size-*.json")
     parser.set_defaults(handler=_run)
 
@@ -133,6 +144,7 @@ def _run(args: argparse.Namespace) -> int:
             lock=a.lock,
             min_rate=a.min_rate,
             tries=a.tries,
+            neighbours=a.neighbours,
         )
         bench_scale(a.out, sizes, a.dim, a.queries, limits, a.work)
     summarize(a.out)
@@ -149,6 +161,7 @@ class Limits:
     lock: Path | None = None
     min_rate: int = 25
     tries: int = 2
+    neighbours: int | None = None  # None: the build's default
 
 
 def bench_scale(
@@ -161,6 +174,7 @@ def bench_scale(
             "n_items": n,
             "dim": dim,
             **_measure_size(n, dim, queries, limits, work, i == 0, status),
+            **({} if limits.neighbours is None else {"neighbours": limits.neighbours}),
             **_provenance(),
         }
         size_file(out, n).write_text(json.dumps(result, indent=2))
@@ -229,7 +243,9 @@ def _held(lock: Path | None) -> Iterator[float]:
 
 
 @contextlib.contextmanager
-def _size_dir(work: Path | None, n: int) -> Iterator[tuple[Path, bool]]:
+def _size_dir(
+    work: Path | None, n: int, neighbours: int | None = None
+) -> Iterator[tuple[Path, bool]]:
     """Where a size's factors, version and logs go, and whether it is kept: under `--work` a
     directory per size that outlives the run (a 10M size takes hours: a later run resumes from
     what it holds), else a temporary one."""
@@ -237,7 +253,7 @@ def _size_dir(work: Path | None, n: int) -> Iterator[tuple[Path, bool]]:
         with tempfile.TemporaryDirectory(prefix="annrec-scale-") as tmp:
             yield Path(tmp), False
     else:
-        directory = work / f"n{n}"
+        directory = work / (f"n{n}" if neighbours is None else f"n{n}-m{neighbours}")
         directory.mkdir(parents=True, exist_ok=True)
         yield directory, True
 
@@ -251,7 +267,7 @@ def _measure_size(
     with_echo: bool,
     status: RunningStatus,
 ) -> dict[str, Any]:
-    with _size_dir(work, n) as (tmp, kept):
+    with _size_dir(work, n, limits.neighbours) as (tmp, kept):
         done = _Stages(tmp / "stages.json" if kept else None)
         factors, storage = tmp / "factors.npz", tmp / "storage"
         result: dict[str, Any] = {}
@@ -265,10 +281,11 @@ def _measure_size(
         result.update(done["factors"])
         if "build" not in done or read_latest(storage) is None:
             status.update(stage="build")
-            build = _build(factors, storage, tmp / "build.log", limits, status)
+            build = _build(factors, storage, tmp / "build.log", limits, status, limits.neighbours)
             if "failure" in build:
+                done.append("build_attempts", build)  # a later run continues it
                 return {**result, "build": build, "stopped": f"build: {build['failure']}"}
-            done.record("build", build)
+            done.record("build", combine_attempts(build, done.list("build_attempts")))
         else:
             result["resumed"] = "factors and build from " + str(tmp)
         result["build"] = done["build"]
@@ -279,7 +296,9 @@ def _measure_size(
         assert version is not None  # the build exited 0: it published
         directory = version_dir(storage, version)
         manifest = Manifest.model_validate_json((directory / MANIFEST_NAME).read_text())
-        result["build"]["phases_s"] = manifest.build.timings_s
+        # A resumed build's manifest times the phases it took over as 0 s; the logs have them.
+        from_logs = {k: v["seconds"] for k, v in result["build"].get("phases_done", {}).items()}
+        result["build"]["phases_s"] = {**manifest.build.timings_s, **from_logs}
         result["quality"] = _served_quality(manifest)
         result["disk_mib"] = {
             p.name: round(p.stat().st_size / 2**20, 1) for p in sorted(directory.iterdir())
@@ -307,52 +326,97 @@ def _measure_size(
 
 
 def _build(
-    factors: Path, storage: Path, log_path: Path, limits: Limits, status: RunningStatus
+    factors: Path,
+    storage: Path,
+    log_path: Path,
+    limits: Limits,
+    status: RunningStatus,
+    neighbours: int | None = None,
 ) -> dict[str, Any]:
-    """The default `annrec build` of `factors` into a fresh `storage`: its summary, the phases
-    it finished (from its log, also when it failed) and the phase it was in."""
-    shutil.rmtree(storage, ignore_errors=True)  # a killed build's staging: not resumed
+    """The default build of `factors` into `storage`, resumable (tools/bench/scale_build.py):
+    its summary, the phases finished (from its logs, this attempt's and those of earlier
+    attempts it continued from: build.log.1, .2, ...) and the phase it was in."""
+    earlier = _keep_earlier_log(log_path)
 
-    def report(child: PeakWatch) -> None:
+    def report(child: _MemoryWatch) -> None:
         status.update(
             build_running={
                 "peak_rss_mib": child.peak_mib,
                 "machine_available_gib_lowest": round(child.lowest_gib, 2),
-                **build_phases(log_path),
+                **build_phases([*earlier, log_path]),
             }
         )
 
-    command = ["--log-json", "build", "--factors", str(factors), "--storage", str(storage)]
+    width = [] if neighbours is None else ["--neighbours", str(neighbours)]
     build = run_child(
-        [*command, "--no-announce"],
+        ["-m", "tools.bench.scale_build", str(factors), str(storage), *width],
         log_path,
         limits.min_free_gib,
+        module=True,
         on_poll=report,
     )
     return {
         **build.summary(),
         "load_average": _load_average(),
-        **build_phases(log_path),
+        "attempt": len(earlier) + 1,
+        **build_phases([*earlier, log_path]),
     }
 
 
-def build_phases(log_path: Path) -> dict[str, Any]:
-    """From a build's JSON log lines: each finished phase's wall time, CPU time (every thread:
-    above the wall time, it ran on more than one core) and the process's peak memory at its
-    end, and the phase started but not finished (where a stopped build was)."""
+def combine_attempts(last: dict[str, Any], earlier: list[dict[str, Any]]) -> dict[str, Any]:
+    """A build finished after `earlier` stopped attempts: its wall time as if it had run in one
+    go (every finished phase once, from the attempt that finished it, plus the last attempt's
+    time outside the phases it ran), its peak over all attempts, and each attempt's wall."""
+    if not earlier:
+        return last
+    phases = last["phases_done"]
+    this_attempt = sum(v["seconds"] for v in phases.values() if v["attempt"] == last["attempt"])
+    work = sum(v["seconds"] for v in phases.values()) + last["wall_s"] - this_attempt
+    return {
+        **last,
+        "wall_s": round(work, 1),
+        "peak_rss_mib": max(a["peak_rss_mib"] for a in [*earlier, last]),
+        "attempts_wall_s": [a["wall_s"] for a in [*earlier, last]],
+    }
+
+
+def _keep_earlier_log(log_path: Path) -> list[Path]:
+    """An earlier attempt's log moved to the next free build.log.<k>; every earlier log, oldest
+    first."""
+    if log_path.exists():
+        k = 1
+        while log_path.with_name(f"{log_path.name}.{k}").exists():
+            k += 1
+        log_path.rename(log_path.with_name(f"{log_path.name}.{k}"))
+    numbered = log_path.parent.glob(f"{log_path.name}.*")
+    return sorted(numbered, key=lambda p: int(p.suffix[1:]))
+
+
+def build_phases(log_paths: list[Path]) -> dict[str, Any]:
+    """From builds' JSON log lines (attempts in order, each continuing the one before): each
+    finished phase's wall time, CPU time (every thread: above the wall time, it ran on more
+    than one core), the process's peak memory at its end and the attempt that ran it, and the
+    phase started but not finished (where a stopped build was)."""
     finished: dict[str, dict[str, Any]] = {}
     running = None
-    with contextlib.suppress(OSError):
-        for line in log_path.read_text(errors="replace").splitlines():
-            with contextlib.suppress(ValueError):
-                event = json.loads(line)
-                if event.get("event") == "build_phase_started":
-                    running = event["phase"]
-                elif event.get("event") == "build_phase_done":
-                    keep = ("seconds", "cpu_s", "peak_rss_mib")
-                    finished[event["phase"]] = {k: event[k] for k in keep}
-                    running = None
+    for attempt, log_path in enumerate(log_paths, start=1):
+        with contextlib.suppress(OSError):
+            running = _read_phases(log_path, attempt, finished)
     return {"phases_done": finished, "phase_running": running}
+
+
+def _read_phases(log_path: Path, attempt: int, finished: dict[str, dict[str, Any]]) -> str | None:
+    running = None
+    for line in log_path.read_text(errors="replace").splitlines():
+        with contextlib.suppress(ValueError):
+            event = json.loads(line)
+            if event.get("event") == "build_phase_started":
+                running = event["phase"]
+            elif event.get("event") == "build_phase_done":
+                keep = ("seconds", "cpu_s", "peak_rss_mib")
+                finished[event["phase"]] = {k: event[k] for k in keep} | {"attempt": attempt}
+                running = None
+    return running
 
 
 class _Stages:
@@ -362,7 +426,7 @@ class _Stages:
 
     def __init__(self, path: Path | None) -> None:
         self.path = path
-        self.done: dict[str, dict[str, Any]] = (
+        self.done: dict[str, Any] = (
             json.loads(path.read_text()) if path is not None and path.exists() else {}
         )
 
@@ -372,10 +436,17 @@ class _Stages:
     def __getitem__(self, stage: str) -> dict[str, Any]:
         return dict(self.done[stage])
 
-    def record(self, stage: str, figures: dict[str, Any]) -> None:
+    def list(self, stage: str) -> list[dict[str, Any]]:
+        entries: list[dict[str, Any]] = self.done.get(stage, [])
+        return entries
+
+    def record(self, stage: str, figures: Any) -> None:
         self.done[stage] = figures
         if self.path is not None:
             self.path.write_text(json.dumps(self.done, indent=2))
+
+    def append(self, stage: str, figures: dict[str, Any]) -> None:
+        self.record(stage, [*self.list(stage), figures])
 
 
 def _load_average() -> list[float]:
@@ -418,7 +489,7 @@ def run_child(
     log_path: Path,
     min_free_gib: float,
     module: bool = False,
-    on_poll: Callable[[PeakWatch], None] | None = None,
+    on_poll: Callable[[_MemoryWatch], None] | None = None,
 ) -> ChildRun:
     """`annrec <args>` (or `python <args>` with `module`) as a child: wall time, its own peak RSS
     and why it failed (exit code or signal with the log's last lines, or the memory watch
@@ -430,7 +501,7 @@ def run_child(
     started = time.perf_counter()
     with log_path.open("wb") as err, tempfile.TemporaryFile() as out:
         proc = subprocess.Popen(command, stdout=out, stderr=err, env=env)
-        watch = PeakWatch(proc.pid, min_free_gib, on_poll)
+        watch = _MemoryWatch(proc.pid, min_free_gib, on_poll)
         watch.start()
         _, status = os.waitpid(proc.pid, 0)
         proc.returncode = os.waitstatus_to_exitcode(status)
@@ -449,6 +520,71 @@ def run_child(
         )
         failure = f"{how}; last lines: {_tail(log_path)}"
     return ChildRun(wall, watch.peak_mib, proc.returncode, failure, stdout)
+
+
+class _MemoryWatch:
+    """Follows a child's peak resident memory (VmHWM: a high-water mark, so polling misses only
+    what it reaches in its last POLL_S), and stops it (SIGTERM, then SIGKILL) when the machine's
+    available memory falls below `min_free_gib`: other people share the machine, and the
+    kernel's OOM killer may pick any process."""
+
+    POLL_S = 0.25
+
+    def __init__(
+        self,
+        pid: int,
+        min_free_gib: float,
+        on_poll: Callable[[_MemoryWatch], None] | None = None,
+        report_every_s: float = 30.0,
+    ) -> None:
+        self.pid, self.min_free_gib = pid, min_free_gib
+        # Called every report_every_s while the child runs, and once more when it has ended.
+        self.on_poll, self.report_every_s = on_poll, report_every_s
+        self.reason: str | None = None
+        self.peak_mib = 0
+        self.lowest_gib = float("inf")
+        self._done = threading.Event()
+        self._started = time.perf_counter()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._done.set()
+        self._thread.join()
+        if self.on_poll is not None:
+            self.on_poll(self)
+
+    def _watch(self) -> None:
+        reported = time.perf_counter()
+        while not self._done.wait(self.POLL_S):
+            if self.on_poll is not None and time.perf_counter() - reported >= self.report_every_s:
+                self.on_poll(self)
+                reported = time.perf_counter()
+            with contextlib.suppress(OSError):  # exited between two looks
+                self.peak_mib = max(self.peak_mib, memory_status(self.pid).get("VmHWM", 0))
+            free = available_gib()
+            self.lowest_gib = min(self.lowest_gib, free)
+            if free < self.min_free_gib and self.reason is None:
+                own = "?"
+                with contextlib.suppress(OSError):
+                    own = str(memory_status(self.pid).get("VmRSS", "?"))
+                self.reason = (
+                    f"stopped: the machine's available memory fell to {free:.1f} GiB "
+                    f"(limit {self.min_free_gib} GiB) with this process at {own} MiB resident, "
+                    f"after {time.perf_counter() - self._started:.0f} s"
+                )
+                _terminate(self.pid)
+
+
+def _terminate(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGTERM)
+        time.sleep(5)
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
 
 
 def _tail(path: Path, lines: int = 3) -> str:

@@ -107,6 +107,17 @@ def load_sizes(out: Path) -> list[dict[str, Any]]:
     return [json.loads(p.read_text()) for p in files]
 
 
+def load_running(out: Path) -> dict[int, dict[str, Any]]:
+    """The sizes whose last word is a running-<n>.json (bench scale's status while a size runs):
+    still running, or killed from outside before it could write its size file."""
+    keep = ("updated_at", "elapsed_s", "stage", "build_running", "load_average", "commit")
+    found = {}
+    for path in out.glob("running-*.json"):
+        status = json.loads(path.read_text())
+        found[int(status["n_items"])] = {k: status[k] for k in keep if k in status}
+    return dict(sorted(found.items()))
+
+
 def summarize(out: Path) -> dict[str, Any]:
     sizes = load_sizes(out)
     if not sizes:
@@ -120,8 +131,9 @@ def summarize(out: Path) -> dict[str, Any]:
         if fit is not None and not name.endswith("_recall"):
             fits[name] = fit
     stopped = {s["n_items"]: s["stopped"] for s in sizes if "stopped" in s}
+    kept = ("wall_s", "peak_rss_mib", "phases_done", "phase_running")
     stopped_build = {
-        s["n_items"]: {k: v for k, v in s["build"].items() if k in ("wall_s", "peak_rss_mib")}
+        s["n_items"]: {k: v for k, v in s["build"].items() if k in kept}
         | {"factors_s": s.get("factors_s"), "load_average": s.get("load_average")}
         for s in sizes
         if "stopped" in s
@@ -139,6 +151,7 @@ def summarize(out: Path) -> dict[str, Any]:
         "fanout": _fanout(sizes),
         "machine": sizes[-1]["machine"],
         "commits": sorted({str(s.get("commit")) for s in sizes}),
+        "unfinished": load_running(out),
     }
     (out / "scale.json").write_text(json.dumps(summary, indent=2))
     _plot(summary, out / "scale.png")
@@ -212,6 +225,21 @@ def markdown(summary: dict[str, Any]) -> str:
         for name, value in summary["projected"][n].items():
             label, unit = METRICS[name]
             lines.append(f"  {label}: {value:,.1f} {unit}")
+    for n, status in summary.get("unfinished", {}).items():
+        build = status.get("build_running", {})
+        done = ", ".join(
+            f"{name} {p['seconds']:,.0f} s ({p['cpu_s']:,.0f} CPU s, "
+            f"peak {p['peak_rss_mib']:,} MiB)"
+            for name, p in build.get("phases_done", {}).items()
+        )
+        lines += [
+            "",
+            f"unfinished at {int(n):,} items (running, or killed without a word): last seen "
+            f"{status['updated_at']} after {status['elapsed_s']:,} s in {status['stage']}"
+            + (f", phase {build['phase_running']}" if build.get("phase_running") else "")
+            + (f", peak {build['peak_rss_mib']:,} MiB" if build else ""),
+            f"  phases finished: {done or 'none'}",
+        ]
     if summary["fanout"].get("shards"):
         hop = summary["fanout"]["hop_p50_ms"]
         lines += ["", f"fan-out, simulated (first merger hop p50 {hop} ms; p50 / p99 ms):"]

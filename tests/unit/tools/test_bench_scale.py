@@ -168,7 +168,22 @@ def test_summary_fits_the_sizes_and_projects_the_one_that_stopped(tmp_path, caps
         (tmp_path / f"size-{n}.json").write_text(json.dumps(size))
     stopped = _size(3_000_000, 0, 0, stopped="build: killed by SIGKILL")
     (tmp_path / "size-3000000.json").write_text(json.dumps(stopped))
+    # 10M's run was killed from outside: only its running file says where it was
+    phase = {"seconds": 1070.2, "cpu_s": 308.8, "peak_rss_mib": 7521, "attempt": 1}
+    running = {
+        "n_items": 10_000_000,
+        "updated_at": "2026-12-02T02:00:00Z",
+        "elapsed_s": 2400,
+        "stage": "build",
+        "build_running": {
+            "peak_rss_mib": 8379,
+            "phases_done": {"angular_index": phase},
+            "phase_running": "mips_index",
+        },
+    }
+    (tmp_path / "running-10000000.json").write_text(json.dumps(running))
     summary = summarize(tmp_path)
+    assert summary["unfinished"][10_000_000]["build_running"]["phase_running"] == "mips_index"
     assert summary["growth"]["build_wall_s"]["exponent"] == pytest.approx(1.1, abs=0.01)
     assert summary["growth"]["build_peak_rss_mib"]["exponent"] == pytest.approx(1.0, abs=0.01)
     assert summary["stopped"] == {3_000_000: "build: killed by SIGKILL"}
@@ -178,6 +193,8 @@ def test_summary_fits_the_sizes_and_projects_the_one_that_stopped(tmp_path, caps
     printed = capsys.readouterr().out
     assert "| 1,000,000 |" in printed and "stopped at 3,000,000 items" in printed
     assert "projected at 3,000,000 (from the fits, not measured)" in printed
+    assert "unfinished at 10,000,000 items" in printed and "phase mips_index" in printed
+    assert "angular_index 1,070 s (309 CPU s, peak 7,521 MiB)" in printed
     assert (tmp_path / "scale.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert json.loads((tmp_path / "scale.json").read_text())["growth"]
 
@@ -210,3 +227,63 @@ def test_quick_stops_at_300k_whatever_the_command_line_says():
     register(parser)
     args = apply_quick(parser.parse_args(["--out", "x", "--quick", "--sizes", "10000000"]))
     assert max(int(n) for n in args.sizes.split(",")) <= 300_000 and args.queries < 200
+
+
+def _log_line(event, phase, **fields):
+    return json.dumps({"event": event, "phase": phase, "level": "info", **fields})
+
+
+def test_build_phases_are_read_across_the_attempts_that_continued_each_other(tmp_path):
+    from tools.bench.scale import build_phases, combine_attempts
+
+    first, second = tmp_path / "build.log.1", tmp_path / "build.log"
+    done = {"cpu_s": 50.0, "peak_rss_mib": 700}
+    first.write_text(
+        "\n".join(
+            [
+                _log_line("build_phase_started", "angular_index"),
+                _log_line("build_phase_done", "angular_index", seconds=100.0, **done),
+                _log_line("build_phase_started", "mips_index"),
+                "not json: a librdkafka line",
+            ]
+        )
+    )
+    stopped = build_phases([first])
+    assert stopped["phase_running"] == "mips_index"
+    assert stopped["phases_done"]["angular_index"] == {"seconds": 100.0, **done, "attempt": 1}
+    second.write_text(
+        "\n".join(
+            [
+                _log_line("build_phase_started", "mips_index"),
+                _log_line("build_phase_done", "mips_index", seconds=40.0, **done),
+                _log_line("build_phase_started", "verify"),
+                _log_line("build_phase_done", "verify", seconds=5.0, **done),
+            ]
+        )
+    )
+    both = build_phases([first, second])
+    assert both["phase_running"] is None
+    assert {k: v["attempt"] for k, v in both["phases_done"].items()} == {
+        "angular_index": 1,
+        "mips_index": 2,
+        "verify": 2,
+    }
+    last = {"wall_s": 60.0, "peak_rss_mib": 900, "attempt": 2, **both}
+    earlier = [{"wall_s": 130.0, "peak_rss_mib": 1200}]
+    combined = combine_attempts(last, earlier)
+    # the phases once each (100 + 40 + 5) plus the last attempt's 15 s outside its phases
+    assert combined["wall_s"] == 160.0
+    assert combined["peak_rss_mib"] == 1200 and combined["attempts_wall_s"] == [130.0, 60.0]
+    assert combine_attempts(last, []) == last
+
+
+def test_an_earlier_attempts_log_is_kept_under_the_next_number(tmp_path):
+    from tools.bench.scale import _keep_earlier_log
+
+    log = tmp_path / "build.log"
+    assert _keep_earlier_log(log) == []
+    for text in ("first", "second"):
+        log.write_text(text)
+        kept = _keep_earlier_log(log)
+    assert [p.name for p in kept] == ["build.log.1", "build.log.2"]
+    assert [p.read_text() for p in kept] == ["first", "second"] and not log.exists()
