@@ -135,12 +135,17 @@ class Gateway:
             ) from exc
         except (NotSent, UnreadableReply) as exc:
             raise Refused(HttpError(status="unavailable", error=str(exc), request_id=rid)) from exc
-        took_ms = (time.perf_counter() - started) * 1000
+        now = time.perf_counter()
+        took_ms, handover_ms = (now - started) * 1000, (now - delivered.read_at) * 1000
+        self.metrics.handover.observe(handover_ms / 1000)
+        # gateway: from the parsed body to the reply (produce, Kafka, worker, reply topic);
+        # handover: its last part, from the reply thread reading it to this request resumed.
+        timing = f"gateway;dur={took_ms:.1f}, handover;dur={handover_ms:.2f}"
         return Response(
             delivered.raw,
             REPLY_CODES[delivered.reply.status],
             media_type="application/json",
-            headers={"X-Request-Id": rid, "Server-Timing": f"gateway;dur={took_ms:.1f}"},
+            headers={"X-Request-Id": rid, "Server-Timing": timing},
         )
 
     def _check_room(self, n: int, request_id: str | None = None) -> None:

@@ -142,6 +142,7 @@ class KafkaBridge:
 
     def _hand_over(self, messages: list[Message]) -> None:
         """The messages some request of this replica waits for, to the event loop in one call."""
+        read_at = time.perf_counter()
         mine: list[tuple[str, bytes]] = []
         for m in messages:
             key = m.key() if m.error() is None else None
@@ -152,4 +153,4 @@ class KafkaBridge:
                 self.counters.replies_ignored += 1
         if mine and self._loop is not None:
             self.counters.replies_routed += len(mine)
-            self._loop.call_soon_threadsafe(self.pending.deliver, mine)
+            self._loop.call_soon_threadsafe(self.pending.deliver, mine, read_at)

@@ -8,6 +8,7 @@ reply, a timeout, a cancelled client or an error alike: the `waiting` gauge retu
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -19,10 +20,12 @@ from schemas.events import Reply
 
 @dataclass(frozen=True)
 class Delivered:
-    """A reply as it came off the topic (the exact bytes, answered as they are) and parsed."""
+    """A reply as it came off the topic (the exact bytes, answered as they are) and parsed;
+    `read_at`: time.perf_counter() when the reply thread read it off the topic."""
 
     raw: bytes
     reply: Reply
+    read_at: float
 
 
 class AlreadyWaiting(Exception):
@@ -58,16 +61,18 @@ class PendingReplies:
             if self._waiting.get(request_id) is future:
                 del self._waiting[request_id]
 
-    def deliver(self, messages: Iterable[tuple[str, bytes]]) -> int:
+    def deliver(self, messages: Iterable[tuple[str, bytes]], read_at: float | None = None) -> int:
         """Fill the futures of the (request_id, reply bytes) given; on the event loop. Returns
-        how many found a waiting request (the rest arrived after it gave up)."""
+        how many found a waiting request (the rest arrived after it gave up). read_at: when
+        they were read off the topic (default: now)."""
+        read_at = time.perf_counter() if read_at is None else read_at
         delivered = 0
         for request_id, raw in messages:
             future = self._waiting.get(request_id)
             if future is None or future.done():
                 continue
             try:
-                future.set_result(Delivered(raw, Reply.model_validate_json(raw)))
+                future.set_result(Delivered(raw, Reply.model_validate_json(raw), read_at))
             except ValidationError as exc:
                 future.set_exception(UnreadableReply(f"reply to {request_id}: {exc}"))
             delivered += 1

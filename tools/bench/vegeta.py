@@ -106,7 +106,8 @@ class Hits:
     started_ns: npt.NDArray[np.int64]  # when a worker took the request's tick (Unix ns)
     latency_ms: npt.NDArray[np.float64]  # from that start to the whole response read
     code: npt.NDArray[np.int64]  # HTTP status; 0 when no response (an error)
-    server_ms: npt.NDArray[np.float64]  # the gateway's Server-Timing dur, nan without one
+    server_ms: npt.NDArray[np.float64]  # the gateway's Server-Timing `gateway` dur, or nan
+    handover_ms: npt.NDArray[np.float64]  # its `handover` dur (reply thread -> request), or nan
     errors: dict[str, int]  # vegeta's error text (a failed connection, a timeout) -> count
 
     def __len__(self) -> int:
@@ -134,24 +135,32 @@ def parse_results_csv(text: str) -> Hits:
     for r in rows:
         if r[5] and r[1] in ("", "0"):
             errors[r[5]] = errors.get(r[5], 0) + 1
+    timings = [_server_timing(r[11]) for r in rows]
     return Hits(
         seq=np.array([int(r[8]) for r in rows], dtype=np.int64),
         started_ns=np.array([int(r[0]) for r in rows], dtype=np.int64),
         latency_ms=np.array([int(r[2]) / 1e6 for r in rows], dtype=np.float64),
         code=np.array([int(r[1]) for r in rows], dtype=np.int64),
-        server_ms=np.array([_server_timing_ms(r[11]) for r in rows], dtype=np.float64),
+        server_ms=np.array([t.get("gateway", np.nan) for t in timings], dtype=np.float64),
+        handover_ms=np.array([t.get("handover", np.nan) for t in timings], dtype=np.float64),
         errors=errors,
     )
 
 
-def _server_timing_ms(headers_b64: str) -> float:
-    """The dur of a `Server-Timing: gateway;dur=<ms>` header in vegeta's encoded headers."""
+def _server_timing(headers_b64: str) -> dict[str, float]:
+    """The durations (ms) of a `Server-Timing: gateway;dur=3.1, handover;dur=0.12` header in
+    vegeta's encoded headers, by metric name."""
+    out: dict[str, float] = {}
     for line in base64.b64decode(headers_b64).decode("latin-1").splitlines():
         name, _, value = line.partition(":")
-        if name.strip().lower() == "server-timing":
-            dur = value.partition("dur=")[2].split(",")[0].strip()
-            return float(dur) if dur else float("nan")
-    return float("nan")
+        if name.strip().lower() != "server-timing":
+            continue
+        for metric in value.split(","):
+            label, _, params = metric.strip().partition(";")
+            dur = params.partition("dur=")[2].split(";")[0].strip()
+            if label and dur:
+                out[label] = float(dur)
+    return out
 
 
 def attack(

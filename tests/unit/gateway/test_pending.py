@@ -17,9 +17,10 @@ def test_a_reply_reaches_its_waiter_and_the_entry_goes():
         pending = PendingReplies()
         with pending.waiting("r1") as future:
             assert "r1" in pending and len(pending) == 1
-            assert pending.deliver([("other", b"{}"), ("r1", REPLY)]) == 1
+            assert pending.deliver([("other", b"{}"), ("r1", REPLY)], read_at=12.5) == 1
             delivered = await future
         assert delivered.raw == REPLY and delivered.reply.request_id == "r1"
+        assert delivered.read_at == 12.5  # when the reply thread read it: the hand-over's start
         assert len(pending) == 0 and "r1" not in pending
 
     asyncio.run(run())

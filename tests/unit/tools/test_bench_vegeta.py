@@ -14,6 +14,9 @@ from tools.bench import vegeta
 from tools.bench.vegeta import Target, parse_results_csv, targets_jsonl
 
 T0 = 1_764_000_000_000_000_000  # Unix ns
+HEADERS = (
+    "Server-Timing: gateway;dur=3.5, handover;dur=0.25\r\nContent-Type: application/json\r\n\r\n"
+)
 
 
 def _row(
@@ -22,7 +25,7 @@ def _row(
     latency_ms: float,
     code: int = 200,
     error: str = "",
-    headers: str = "Server-Timing: gateway;dur=3.5\r\nContent-Type: application/json\r\n\r\n",
+    headers: str = HEADERS,
 ) -> str:
     """One line as `vegeta encode --to csv` writes it (12 columns, headers base64)."""
     cols = [
@@ -56,6 +59,7 @@ def test_latency_counts_from_the_scheduled_send_and_the_lag_is_reported():
     assert hits.from_schedule_ms(500) == pytest.approx([2, 4, 4, 1.5])
     assert hits.latency_ms == pytest.approx([2, 4, 1, 1.5])
     assert hits.server_ms == pytest.approx([3.5] * 4)
+    assert hits.handover_ms == pytest.approx([0.25] * 4)
 
 
 def test_the_first_send_is_the_earliest_on_its_schedule_even_when_request_0_was_late():
@@ -73,7 +77,7 @@ def test_codes_errors_and_a_missing_server_timing():
     hits = parse_results_csv(text)
     assert hits.code.tolist() == [0, 504, 0]
     assert hits.errors == {'Post "http://x": connection refused': 2}
-    assert np.isnan(hits.server_ms).all()
+    assert np.isnan(hits.server_ms).all() and np.isnan(hits.handover_ms).all()
 
 
 def test_targets_are_vegetas_json_format_with_the_body_base64():
