@@ -17,12 +17,14 @@ from typing import TypeVar
 
 import numpy as np
 import numpy.typing as npt
-from annoy import AnnoyIndex
 
 from query_engine.attributes import ItemAttributes
-from query_engine.search import OVERFETCH
-from query_engine.selection import Selection, select
-from query_engine.vectors import cosine_scores, top_k
+from query_engine.diversity import MaxPer
+from query_engine.plan import VersionSearch
+from query_engine.segment_neighbours import SegmentNeighbours, key_of_fresh
+from query_engine.segment_order import NormOrder
+from query_engine.selection import select
+from query_engine.vectors import top_k
 from schemas.events import ItemVector, ScoredItem
 from schemas.filters import Filter
 from schemas.manifest import FALSE, TRUE, UNKNOWN, AttributeSpec
@@ -63,7 +65,14 @@ class Segment:
         self._capacity = 0
         self._factors = np.empty((0, dim), np.float32)
         self._norms = np.empty(0, np.float32)
+        # The same rows scaled to length 1, one contiguous block: cosine is one product.
+        self._units = np.empty((0, dim), np.float32)
         self._live = np.empty(0, np.bool_)
+        # What keeps a request from scanning every row: recommend's norm order (stops at the
+        # norm bound); similar items' candidates, found at the upsert (segment_neighbours.py;
+        # needs the version's indexes: `upsert(..., search)`).
+        self._order = NormOrder(dim)
+        self.neighbours = SegmentNeighbours()
         self._dead = 0  # removed rows among them (kept until the next version)
         self.ids: list[str] = []
         self._local: dict[str, int] = {}
@@ -101,9 +110,12 @@ class Segment:
         vector: npt.ArrayLike,
         attributes: AttributeValues,
         version_row: int | None,
+        search: VersionSearch | None = None,
     ) -> None:
         """Add an item, or replace its vector and attributes (`version_row`: its row in the
-        version, now hidden; None for a new item). Validated first (`refusal`)."""
+        version, now hidden; None for a new item). Validated first (`refusal`). `search`: the
+        version's indexes, to find the item's neighbours now rather than per request (without
+        it, its similar items and the items it is similar to are found by scans)."""
         row = self._local.get(item_id)
         added = row is None
         if row is None:
@@ -112,10 +124,17 @@ class Segment:
             self.ids.append(item_id)
             self._local[item_id] = row
         self._factors[row] = np.asarray(vector, dtype=np.float32)
-        self._norms[row] = np.linalg.norm(self._factors[row])
+        self._norms[row] = norm = np.linalg.norm(self._factors[row])
+        self._units[row] = self._factors[row] / norm if norm > 0 else 0.0
         if not added and not self._live[row]:
             self._dead -= 1  # a removed item upserted again
         self._live[row] = True
+        self._order.changed(row)
+        if search is not None:
+            n = len(self.ids)
+            self.neighbours.add(row, self._factors[row], search, self._units[:n], self._live[:n])
+        else:
+            self.neighbours.withdraw(row)
         for name, codes in self._codes.items():
             codes[row] = self._code(name, attributes.get(name))
         self.removed.discard(item_id)
@@ -130,6 +149,8 @@ class Segment:
         if row is not None and self._live[row]:
             self._live[row] = False
             self._dead += 1
+            self._order.changed(row)
+            self.neighbours.withdraw(row)
         if version_row is not None:
             self.hidden.add(version_row)
         self.removed.add(item_id)
@@ -155,11 +176,20 @@ class Segment:
         k: int,
         keep: npt.NDArray[np.bool_] | None = None,
         exclude: Iterable[str] = (),
+        floor: float = -np.inf,
+        exact: bool = False,
     ) -> tuple[list[str], FloatArray]:
-        """The k fresh items with the largest inner product with `query`, best first."""
+        """The k fresh items with the largest inner product with `query` scoring above `floor`
+        (the k-th score of the answer they are merged into), best first: the norm-ordered scan
+        that stops at the bound (query_engine/segment_order.py), or every row (`exact`)."""
         n = len(self.ids)
-        scores = np.asarray(self._factors[:n] @ query, dtype=np.float32)  # its own array
-        return self._best(scores, k, keep, exclude)
+        if exact:
+            scores = np.asarray(self._factors[:n] @ query, dtype=np.float32)  # its own array
+            return self._best(scores, k, keep, exclude, floor)
+        if self._order.outdated():
+            self._order.sort(self._factors[:n], self._norms[:n], self._live[:n])
+        rows, scores = self._order.top(self._factors, query, k, floor, self._allowed(keep, exclude))
+        return [self.ids[r] for r in rows.tolist()], scores
 
     def similar(
         self,
@@ -167,11 +197,45 @@ class Segment:
         k: int,
         keep: npt.NDArray[np.bool_] | None = None,
         exclude: Iterable[str] = (),
+        floor: float = -np.inf,
+        subject: int | None = None,
+        exact: bool = False,
     ) -> tuple[list[str], FloatArray]:
-        """The k fresh items with the largest cosine with `query`, best first."""
+        """The k fresh items with the largest cosine with `query` scoring above `floor`, best
+        first. `subject`: the asked item's key (a version row, or key_of_fresh(local)): when
+        `floor` lets it, only the candidates found at the upserts are read (segment_neighbours);
+        else, or `exact`, every row is scanned."""
+        found = None
+        if subject is not None and not exact:
+            found = self.neighbours.candidates(subject, floor)
+        if found is not None:
+            norm = float(np.linalg.norm(query))
+            scores = np.asarray(self._units[found] @ (query / norm), dtype=np.float32)
+            above = np.flatnonzero(scores > floor)  # mostly none: few numpy calls past here
+            if not len(above):
+                return [], scores[above]
+            rows, scores = found[above], scores[above]
+            ok = self._allowed(keep, exclude)(rows)
+            rows, first = np.unique(rows[ok], return_index=True)  # found twice: once
+            scores = scores[ok][first]
+            best = np.lexsort((rows, -scores))[:k]
+            return [self.ids[r] for r in rows[best].tolist()], scores[best]
         n = len(self.ids)
-        scores = cosine_scores(self._factors[:n], self._norms[:n], query)
-        return self._best(scores, k, keep, exclude)
+        norm = float(np.linalg.norm(query))
+        unit = query / norm if norm > 0 else query
+        scores = np.asarray(self._units[:n] @ unit, dtype=np.float32)
+        return self._best(scores, k, keep, exclude, floor)
+
+    def value_codes(self, attr: str, ids: Sequence[str]) -> npt.NDArray[np.int32]:
+        """The value index of a categorical attribute for fresh items (-1: none), in the
+        version's numbering (values only the segment has come after the version's)."""
+        codes = self._codes[attr]
+        return np.asarray([codes[self._local[i]] for i in ids], np.int32)
+
+    def key(self, item_id: str, version_row: int | None) -> int | None:
+        """The key of an item's candidates in `neighbours` (None: the segment hides it)."""
+        local = self.local(item_id)
+        return key_of_fresh(local) if local is not None else version_row
 
     def passing(
         self, flt: Filter | None, allow_items: Sequence[str] | None
@@ -217,12 +281,29 @@ class Segment:
             self._attributes = ItemAttributes.from_arrays(specs, n, arrays)
         return self._attributes
 
+    def _allowed(
+        self, keep: npt.NDArray[np.bool_] | None, exclude: Iterable[str]
+    ) -> Callable[[Rows], npt.NDArray[np.bool_]]:
+        """Which local rows may be returned: live, passing `keep`, not excluded."""
+        excluded = [r for i in exclude if (r := self._local.get(i)) is not None]
+
+        def allowed(rows: Rows) -> npt.NDArray[np.bool_]:
+            ok = self._live[rows]
+            if keep is not None:
+                ok &= keep[rows]
+            if excluded:
+                ok &= ~np.isin(rows, excluded)
+            return ok
+
+        return allowed
+
     def _best(
         self,
         scores: FloatArray,
         k: int,
         keep: npt.NDArray[np.bool_] | None,
         exclude: Iterable[str],
+        floor: float = -np.inf,
     ) -> tuple[list[str], FloatArray]:
         # What may not be returned scores -inf in place (`scores` is this call's own array): no
         # index arrays over the whole segment per request.
@@ -236,7 +317,7 @@ class Segment:
             if row is not None:
                 scores[row] = -np.inf
         best = top_k(scores, min(k, n))
-        best = best[np.isfinite(scores[best])]
+        best = best[scores[best] > floor]
         return [self.ids[r] for r in best.tolist()], scores[best]
 
     def _grow(self, n: int) -> None:
@@ -245,6 +326,7 @@ class Segment:
         capacity = max(64, 2 * self._capacity, n)
         self._factors = _resized(self._factors, capacity)
         self._norms = _resized(self._norms, capacity)
+        self._units = _resized(self._units, capacity)
         self._live = _resized(self._live, capacity)
         self._codes = {name: _resized(c, capacity, -1) for name, c in self._codes.items()}
         self._capacity = capacity
@@ -289,36 +371,6 @@ def past_hidden(search: Callable[[int], Ranked], fetch: int, hidden: set[int]) -
         fetch = max(2 * fetch, wanted + 2 * taken)
 
 
-def similar_to_vector(
-    angular: AnnoyIndex,
-    item_factors: FloatArray,
-    item_norms: FloatArray,
-    query: FloatArray,
-    fetch: int,
-    keep: Selection | None = None,
-    search_k: int = -1,
-    exact: bool = False,
-) -> Ranked:
-    """The version's items most similar to a vector it does not hold (a fresh item), best
-    first, exact cosine: the angular index's candidates by vector rescored, or an exact scan
-    (`exact`, a search_k of 0, or a filter the candidates do not satisfy)."""
-    n = len(item_norms)
-    if not exact and search_k != 0:
-        fraction = 1.0 if keep is None else max(keep.fraction, 1e-6)
-        pool = min(n, int((fetch + 1) * OVERFETCH / fraction))
-        found = np.asarray(angular.get_nns_by_vector(query, pool, search_k), dtype=np.int64)
-        if keep is not None:
-            found = found[keep.passes(found)]
-        if len(found) >= fetch or (keep is None and len(found) == n):
-            scores = cosine_scores(np.asarray(item_factors[found]), item_norms[found], query)
-            best = top_k(scores, min(fetch, len(found)))
-            return found[best], scores[best]
-    rows = np.arange(n, dtype=np.int64) if keep is None else keep.rows
-    scores = cosine_scores(np.asarray(item_factors[rows]), item_norms[rows], query)
-    best = top_k(scores, min(fetch, len(rows)))
-    return rows[best], scores[best]
-
-
 def merged(
     items: Sequence[ScoredItem], fresh_ids: Sequence[str], fresh_scores: FloatArray, k: int
 ) -> list[ScoredItem]:
@@ -338,3 +390,33 @@ def merged(
     )[:k]
     chosen = {i.item_id for i in both}
     return both + [i for i in filled if i.item_id not in chosen][: k - len(both)]
+
+
+def merged_within(
+    items: Sequence[ScoredItem],
+    codes: npt.NDArray[np.int32],
+    fresh_ids: Sequence[str],
+    fresh_scores: FloatArray,
+    fresh_codes: npt.NDArray[np.int32],
+    n: int,
+    k: int,
+) -> list[ScoredItem]:
+    """merged() under max_per: the greedy walk (query_engine/diversity.py), at most n items of
+    a value, over the version's answer under the constraint (`codes`: its items' values) and
+    the fresh items above its k-th score, by score. Exact over both: an item the walk over
+    everything takes is taken by the walk over its own side (each side's items of a value
+    above it are as many as the whole's, or more), so the union of the two sides' answers
+    holds the whole answer; and no fresh item at or below the version's k-th score can
+    displace one (the walk's i-th score only grows when items are added)."""
+    fresh = [
+        ScoredItem(item_id=i, score=float(s))
+        for i, s in zip(fresh_ids, fresh_scores.tolist(), strict=True)
+    ]
+    taken = {i.item_id for i in fresh}
+    pool = [
+        (i, int(c)) for i, c in zip(items, codes.tolist(), strict=True) if i.item_id not in taken
+    ]
+    pool += list(zip(fresh, fresh_codes.tolist(), strict=True))
+    pool.sort(key=lambda p: -(p[0].score if p[0].score is not None else -np.inf))
+    walk = MaxPer(np.asarray([c for _, c in pool], np.int32), n)
+    return [pool[j][0] for j in walk.pick(np.arange(len(pool)), k).tolist()]

@@ -102,7 +102,9 @@ def apply_event(
     attributes = dict(event.attributes)
     if not attributes and row is not None and version.attributes is not None:
         attributes = version.attributes.values_of(row)
-    version.fresh.upsert(event.item_id, item_vector(version, event), attributes, row)
+    version.fresh.upsert(
+        event.item_id, item_vector(version, event), attributes, row, version.search
+    )
     for spec in version.manifest.attributes:
         value = None if availability is None else availability.get((spec.name, event.item_id))
         if value is not None:

@@ -9,6 +9,7 @@ import pytest
 
 from index_builder.attributes import table_from_columns
 from index_builder.publish import BuildOptions, publish_version
+from query_engine import segment_neighbours
 from query_engine.vectors import cosine_scores
 from schemas.events import ItemVector, parse_request
 from worker.answer import BadRequest, answer
@@ -173,3 +174,82 @@ def test_an_item_given_by_its_first_users_gets_the_als_item_step(published):
         assert apply_event(v, refused) == "refused" and v.fresh.local("lonely") is None
     finally:
         v.close()
+
+
+def _similar(v, item, k=8, exact=False, **fields):
+    doc = {"request_id": "r", "kind": "similar_items", "item_id": item, "k": k, **fields}
+    return answer(parse_request(json.dumps(doc).encode()), v, "w", exact=exact)
+
+
+@pytest.mark.parametrize("pending", [0, 1000])
+def test_similar_items_read_the_fresh_items_found_at_their_upsert(fresh, monkeypatch, pending):
+    """Every item's similar items (version and fresh items) are brute force over version +
+    segment - removals, and almost all of them come from the candidates found at the upserts
+    (segment_neighbours), not from a scan: from the sorted attachments (pending 0: sorted at
+    each request) or from the items not sorted in yet. A fresh item moved next to another by a
+    new vector is withdrawn from its old places."""
+    monkeypatch.setattr(segment_neighbours, "PENDING", pending)
+    v, _, vectors, _, _ = fresh
+    near = next(i for i in vectors if i.startswith("i") and v.fresh.local(i) is None)
+    nudge = np.random.default_rng(11).normal(size=8) * 0.05 * np.linalg.norm(vectors[near])
+    twin = (vectors[near] + nudge).astype(np.float32)  # not parallel: no tie with `near`
+    apply_event(v, ItemVector(item_id="n0", vector=twin.tolist()))
+    vectors["n0"] = twin
+    found = v.fresh.neighbours.candidates(v.item_rows.get(near), np.inf)
+    assert v.fresh.local("n0") in found.tolist()
+    looked_up = []
+    candidates = v.fresh.neighbours.candidates
+
+    def counted(key, floor):
+        found = candidates(key, floor)
+        looked_up.append(found is not None)
+        return found
+
+    monkeypatch.setattr(v.fresh.neighbours, "candidates", counted)
+    for item in vectors:
+        truth = _truth(vectors, vectors[item], 8, cosine=True, exclude={item})
+        assert _ids(_similar(v, item)) == truth
+        assert _ids(_similar(v, item, exact=True)) == truth
+    assert sum(looked_up) >= 0.8 * len(vectors)
+    assert _ids(_similar(v, near))[0] == "n0"
+
+
+def _greedy(vectors, colors, query, k, n, cosine=False, exclude=()):
+    taken, count = [], {}
+    for item in _truth(vectors, query, len(vectors), cosine=cosine, exclude=exclude):
+        if count.get(colors[item], 0) < n:
+            taken.append(item)
+            count[colors[item]] = count.get(colors[item], 0) + 1
+    return taken[:k]
+
+
+@pytest.mark.parametrize(("n", "k"), [(1, 4), (2, 7)])
+def test_max_per_counts_fresh_items_with_the_versions(fresh, n, k):
+    """max_per over version + segment: the fresh items' values (a colour only they have
+    included) share the places with the version's items, brute force's greedy walk."""
+    v, factors, vectors, colors, _ = fresh
+    max_per = {"attr": "color", "n": n}
+    with_fresh = 0
+    for u in range(15):
+        reply = _ask(v, user_id=f"u{u}", k=k, max_per=max_per)
+        truth = _greedy(vectors, colors, factors.user_factors[u], k, n)
+        assert _ids(reply) == truth
+        with_fresh += any(i.startswith("n") for i in truth)
+    for item in [i for i in vectors if i.startswith(("i", "n"))][::15]:
+        reply = _similar(v, item, k=k, max_per=max_per)
+        assert _ids(reply) == _greedy(
+            vectors, colors, vectors[item], k, n, cosine=True, exclude={item}
+        )
+    assert with_fresh >= 5  # the fresh items took places
+
+
+def test_explain_covers_fresh_items(fresh):
+    """A fresh item in an explained reply has its score decomposed like a version item's: the
+    contributions of the recent items add up to its score (with its new vector)."""
+    v, _, _, _, _ = fresh
+    reply = _ask(v, recent_items=["i11", "i12"], k=60, explain=True)
+    fresh_items = [i for i in reply.items if v.fresh.local(i.item_id) is not None]
+    assert fresh_items
+    for item in reply.items:
+        assert item.because, item.item_id
+        assert sum(c.score for c in item.because) == pytest.approx(item.score, rel=1e-3, abs=1e-5)

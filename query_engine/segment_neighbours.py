@@ -1,0 +1,221 @@
+"""Which fresh items can enter an item's similar items: found when a fresh item arrives, so
+that a request reads a few candidates instead of scanning the segment.
+
+A fresh item x enters item i's top k over (version + segment) only if cos(i, x) beats the k-th
+score of i's answer from the version. When x arrives:
+
+- its row: its nearest version items by the version's angular index, exact cosine (what a
+  version item's neighbour-table row is; its own similar items for k within it are a lookup);
+- x is attached to each version item of its row;
+- by an exact scan of the segment's unit rows, x is entered under every fresh item whose
+  threshold (its row's last score: the least k-th score a lookup can give) it beats, and every
+  fresh item beating x's threshold under x.
+
+A request for a version item i reads the fresh items attached to i and to the items of i's
+table row, and scores them exactly. The attachments are kept as one sorted array (version row
+-> fresh items, CSR) rebuilt once more than PENDING fresh items arrived since; those are read
+by every request until then (a lookup in a dict per table neighbour cost more than the rest of
+the request). "x in i's top k" is not symmetric: i may rank deep in x's
+own list while x is near i's neighbours (at 100k items, x in i's top 10: i among x's 64 nearest
+for 75% of such pairs, i or one of its 32 table neighbours for 99.5%). This part is approximate;
+`annrec bench freshness` measures the recall against brute force. A request for a fresh item
+reads the fresh items entered under it: exact.
+
+Only where the version's answer reaches as deep as the row (its k-th score at least the row's
+last: k within the row, a filter that leaves enough of it) are candidates read this way; any
+other request (k past the row, a selective filter, an exact answer, a version without a table)
+scans the segment, as before.
+
+Pure numpy + Annoy; the segment (query_engine/segment.py) owns it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+from annoy import AnnoyIndex
+
+from query_engine.plan import VersionSearch
+from query_engine.search import OVERFETCH
+from query_engine.segment_order import BoolMask
+from query_engine.selection import Selection
+from query_engine.vectors import cosine_scores, top_k
+
+FloatArray = npt.NDArray[np.float32]
+Rows = npt.NDArray[np.int64]
+Ranked = tuple[Rows, FloatArray]
+
+# Version items kept as a fresh item's row (and attached to it): its similar items for k up to
+# this (less the exclusions and hidden rows) are a lookup; the table's width (32) plus room.
+ROW_WIDTH = 64
+# Fresh items arrived since the attachments were last sorted, read by every request meanwhile:
+# sorting 10,000 x 64 attachments costs ~40 ms, once per PENDING upserts.
+PENDING = 256
+
+
+def key_of_fresh(local: int) -> int:
+    """The key of a fresh item (by local row) among items' keys; version items are their row."""
+    return -1 - local
+
+
+class SegmentNeighbours:
+    """Per fresh item its row of nearest version items; per version item the fresh items
+    attached to it; per fresh item the fresh items that can enter its answer."""
+
+    def __init__(self) -> None:
+        self._rows: dict[int, Ranked] = {}  # fresh local row -> version rows, cosine, best first
+        # version row v -> the fresh items attached to it: _members[_offsets[v]:_offsets[v+1]]
+        # (removed or moved items stay until the next sort: candidates are rescored and
+        # checked by the caller); the items since that sort are _pending.
+        self._offsets = np.zeros(1, np.int64)
+        self._members = np.empty(0, np.int64)
+        self._pending: dict[int, None] = {}
+        self._table_rows: npt.NDArray[np.int32] | None = None  # views of the version's table
+        self._table_last: FloatArray | None = None  # (its rows' last score)
+        self._entering: dict[int, set[int]] = {}  # fresh local -> fresh locals that can enter
+        self._placed: dict[int, list[int]] = {}  # fresh local -> keys it was placed under
+        self._thresholds = np.empty(0, np.float32)  # by fresh local row (inf: none)
+        self._search: VersionSearch | None = None
+
+    def add(
+        self,
+        local: int,
+        vector: FloatArray,
+        search: VersionSearch,
+        units: FloatArray,
+        live: BoolMask,
+    ) -> None:
+        """Find fresh item `local`'s row, attach it, and enter it where it can be similar
+        (`units`: the segment's unit rows by local row, `live` which of them are served)."""
+        self.withdraw(local)
+        if self._search is not search:
+            self._search = search
+            self._offsets = np.zeros(len(search.item_norms) + 1, np.int64)
+            table = search.neighbours
+            if table is not None:  # plain views: a memmap's indexing costs microseconds
+                self._table_rows = np.asarray(table.rows)
+                self._table_last = np.ascontiguousarray(table.scores[:, -1])
+        if len(self._thresholds) < len(units):
+            grown = np.full(max(len(units), 2 * len(self._thresholds)), np.inf, np.float32)
+            grown[: len(self._thresholds)] = self._thresholds
+            self._thresholds = grown
+        rows, scores = self._version_row(search, vector)
+        self._rows[local] = rows, scores
+        own = float(scores[-1]) if len(scores) else -np.inf
+        self._thresholds[local] = own
+        self._pending[local] = None
+        placed = self._placed.setdefault(local, [])
+        n = len(live)
+        norm = float(np.linalg.norm(vector))
+        cos = units[:n] @ (vector / norm) if norm > 0 else np.zeros(n, np.float32)
+        others = live.copy()
+        others[local] = False
+        for g in np.flatnonzero(others & (cos > self._thresholds[:n])).tolist():
+            self._entering.setdefault(g, set()).add(local)
+            placed.append(key_of_fresh(g))
+        self._entering[local] = set(np.flatnonzero(others & (cos > own)).tolist())
+
+    def withdraw(self, local: int) -> None:
+        """Fresh item `local` is removed or gets a new vector: out of every list."""
+        for key in self._placed.pop(local, ()):
+            self._entering.get(-1 - key, set()).discard(local)
+        self._entering.pop(local, None)
+        self._pending.pop(local, None)
+        self._rows.pop(local, None)
+        if local < len(self._thresholds):
+            self._thresholds[local] = np.inf
+
+    def lookup(self, local: int, fetch: int, keep: Selection | None = None) -> Ranked | None:
+        """The `fetch` version items most similar to fresh item `local` among `keep`, from its
+        row; None when fewer pass (the caller searches the index by its vector)."""
+        found = self._rows.get(local)
+        if found is None:
+            return None
+        rows, scores = found
+        if keep is not None:
+            passing = keep.passes(rows)
+            rows, scores = rows[passing], scores[passing]
+        if len(rows) < fetch:
+            return None
+        return rows[:fetch], scores[:fetch]
+
+    def candidates(self, key: int, floor: float) -> Rows | None:
+        """The fresh items (local rows) that can enter the answer of item `key` whose k-th
+        score from the version is `floor`; None when `floor` is below what the lists cover
+        (the row's last score): scan instead."""
+        if key < 0:
+            local = -1 - key
+            if floor < float(self._thresholds[local]):
+                return None
+            return np.fromiter(self._entering.get(local, ()), np.int64)
+        if self._table_rows is None or self._table_last is None:
+            return None
+        if floor < float(self._table_last[key]):
+            return None
+        if len(self._pending) > PENDING:
+            self._sort()
+        near = np.append(self._table_rows[key], key)
+        starts, stops = self._offsets[near], self._offsets[near + 1]
+        sizes = stops - starts
+        at = np.repeat(starts - np.cumsum(sizes) + sizes, sizes) + np.arange(sizes.sum())
+        pending = np.fromiter(self._pending, np.int64, len(self._pending))
+        return np.concatenate([self._members[at], pending])
+
+    def _sort(self) -> None:
+        """Every fresh item's row as one array sorted by version row."""
+        n = 0 if self._search is None else len(self._search.item_norms)
+        locals_ = np.fromiter(self._rows, np.int64, len(self._rows))
+        rows = [self._rows[i][0] for i in locals_.tolist()]
+        version = np.concatenate(rows) if rows else np.empty(0, np.int64)
+        owners = np.repeat(locals_, [len(r) for r in rows])
+        order = np.argsort(version, kind="stable")
+        self._members = owners[order]
+        self._offsets = np.concatenate([[0], np.cumsum(np.bincount(version, minlength=n))])
+        self._pending.clear()
+
+    @staticmethod
+    def _version_row(search: VersionSearch, vector: FloatArray) -> Ranked:
+        # The plan's budget for k=10, not scaled to the row's 64: a fresh item's row costs
+        # one search at the upsert (~0.5 ms at 100k), and its last places are the least used.
+        plan = search.plan.similar
+        fetch = min(ROW_WIDTH, len(search.item_norms))
+        return similar_to_vector(
+            search.angular,
+            search.item_factors,
+            search.item_norms,
+            vector,
+            fetch,
+            None,
+            plan.search_k,
+            plan.strategy == "exact",
+        )
+
+
+def similar_to_vector(
+    angular: AnnoyIndex,
+    item_factors: FloatArray,
+    item_norms: FloatArray,
+    query: FloatArray,
+    fetch: int,
+    keep: Selection | None = None,
+    search_k: int = -1,
+    exact: bool = False,
+) -> Ranked:
+    """The version's items most similar to a vector it does not hold (a fresh item), best
+    first, exact cosine: the angular index's candidates by vector rescored, or an exact scan
+    (`exact`, a search_k of 0, or a filter the candidates do not satisfy)."""
+    n = len(item_norms)
+    if not exact and search_k != 0:
+        fraction = 1.0 if keep is None else max(keep.fraction, 1e-6)
+        pool = min(n, int((fetch + 1) * OVERFETCH / fraction))
+        found = np.asarray(angular.get_nns_by_vector(query, pool, search_k), dtype=np.int64)
+        if keep is not None:
+            found = found[keep.passes(found)]
+        if len(found) >= fetch or (keep is None and len(found) == n):
+            scores = cosine_scores(np.asarray(item_factors[found]), item_norms[found], query)
+            best = top_k(scores, min(fetch, len(found)))
+            return found[best], scores[best]
+    rows = np.arange(n, dtype=np.int64) if keep is None else keep.rows
+    scores = cosine_scores(np.asarray(item_factors[rows]), item_norms[rows], query)
+    best = top_k(scores, min(fetch, len(rows)))
+    return rows[best], scores[best]
