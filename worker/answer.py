@@ -19,6 +19,7 @@ import structlog
 
 from query_engine.confidence import fold_in_confidences
 from query_engine.diversity import MaxPer, max_per_of
+from query_engine.diversity import top_k as constrained_top_k
 from query_engine.explanations import top_contributions
 from query_engine.personalize import (
     DEFAULT_PERSONALIZATION,
@@ -27,7 +28,8 @@ from query_engine.personalize import (
     personal_vector,
 )
 from query_engine.search import scaled_search_k
-from query_engine.segment import merged, past_hidden, similar_to_vector
+from query_engine.segment import merged, merged_within, past_hidden
+from query_engine.segment_neighbours import similar_to_vector
 from query_engine.selection import FilterError, Selection, select
 from query_engine.vectors import cosine_scores, explain_scores, fold_in
 from schemas.events import (
@@ -297,9 +299,17 @@ def _similar(
     hidden, excluded = v.fresh.hidden, excluded | v.fresh.hidden
     if local is not None:  # by vector: the index and the table know its old vector, or none
         query = v.fresh.vector(local)
-        rows, scores = past_hidden(
-            lambda f: _similar_to(v, query, f, keep, request, exact), fetch, hidden
-        )
+
+        def by_vector(f: int, exhaustive: bool = False) -> tuple[Rows, npt.NDArray[np.float32]]:
+            return _similar_to(v, local, f, keep, request, exact or exhaustive)
+
+        if max_per is None:
+            rows, scores = past_hidden(by_vector, fetch, hidden)
+        else:  # the greedy walk over the search by its vector, as for a version item
+            available = v.manifest.n_items if keep is None else keep.count
+            rows, scores = constrained_top_k(
+                by_vector, request.k, max_per, _array(excluded), available, exact
+            )
     else:
         known = int(row)  # type: ignore[arg-type]  # not fresh: the version has it (above)
         query = np.asarray(v.item_factors[known])
@@ -317,18 +327,25 @@ def _similar(
         return cosine_scores(np.asarray(v.item_factors[r]), v.search.item_norms[r], query)
 
     items = _complete(v, rows, scores, excluded, request.k, scorer, keep, max_per)
-    return _with_fresh(v, request, items, query, max_per, similar=True), excluded
+    subject = v.fresh.key(request.item_id, row)
+    return _with_fresh(v, request, items, query, max_per, True, exact, subject), excluded
 
 
 def _similar_to(
     v: LoadedVersion,
-    query: npt.NDArray[np.float32],
+    local: int,
     fetch: int,
     keep: Selection | None,
     request: SimilarItemsRequest,
     exact: bool,
 ) -> tuple[Rows, npt.NDArray[np.float32]]:
-    """The version's items most similar to a fresh item's vector, as its plan would search."""
+    """The version's items most similar to fresh item `local`: its row, found when it arrived
+    (query_engine/segment_neighbours.py), while it holds `fetch`; else as the plan searches."""
+    if not exact and request.search_k is None:
+        found = v.fresh.neighbours.lookup(local, fetch, keep)
+        if found is not None:
+            return found
+    query = v.fresh.vector(local)
     plan = v.search.plan.similar
     budget = scaled_search_k(request.search_k or plan.search_k, fetch)
     exact = exact or (plan.strategy == "exact" and request.search_k is None)
@@ -345,21 +362,40 @@ def _with_fresh(
     query: npt.NDArray[np.float32],
     max_per: MaxPer | None,
     similar: bool,
+    exact: bool = False,
+    subject: int | None = None,
 ) -> list[ScoredItem]:
-    """The version's items merged with the fresh segment's best (query_engine/segment.py):
-    exact scores, the request's filter, allow list and exclusions applied to them too. Under
-    max_per only the version's items are walked (the constraint counts version rows)."""
+    """The version's items merged with the fresh items that can enter them
+    (query_engine/segment.py): exact scores, the request's filter, allow list and exclusions
+    applied to them too, only those above the k-th score of the version's answer looked at.
+    Under max_per, the greedy walk over both (the fresh items' values counted with the
+    version's)."""
     fresh = v.fresh
-    if not fresh.ids or max_per is not None:
+    if not fresh.ids:
         return items
     try:
         keep = fresh.passing(request.filter, request.allow_items)
     except FilterError as exc:
         raise BadRequest(f"filter: {exc} (items added since index {v.version})") from exc
     exclude = [*request.exclude_items, *([request.subject_id or ""] if similar else [])]
-    find = fresh.similar if similar else fresh.recommend
-    ids, scores = find(query, request.k, keep, exclude)
-    return merged(items, ids, scores, request.k)
+    ranked = [i.score for i in items if not i.filled and i.score is not None]
+    floor = ranked[request.k - 1] if len(ranked) >= request.k else -np.inf
+    # Under max_per a fresh item past the k-th fresh one can still be taken (its value's
+    # places are not all taken): every one above the floor is a candidate.
+    fetch = request.k if max_per is None else len(fresh.ids)
+    if similar:
+        ids, scores = fresh.similar(query, fetch, keep, exclude, floor, subject, exact)
+    else:
+        ids, scores = fresh.recommend(query, fetch, keep, exclude, floor, exact)
+    if not ids:
+        return items
+    if max_per is None or request.max_per is None:
+        return merged(items, ids, scores, request.k)
+    attr = request.max_per.attr
+    codes = max_per.codes[v.item_rows.rows([i.item_id for i in items])[0]]
+    return merged_within(
+        items, codes, ids, scores, fresh.value_codes(attr, ids), request.max_per.n, request.k
+    )
 
 
 def _recommend(
@@ -417,9 +453,9 @@ def _recommend(
     # A user_id's history is not what its vector is explained by (the long-term factors are
     # part of it): explained only for recent_items.
     refusal = _explain_refusal(request, has_history=len(seen) > 0 and request.user_id is None)
+    items = _with_fresh(v, request, items, query, max_per, False, exact)
     if request.explain and refusal is None:
         items = _explained(v, items, seen, rows)
-    items = _with_fresh(v, request, items, query, max_per, similar=False)  # not explained
     return Reply(
         status=_status(v, items, request.k, keep, max_per, excluded),
         items=items,
@@ -512,13 +548,18 @@ def _explained(
     row_of = dict(zip(v.item_ids[searched].tolist(), searched.tolist(), strict=True))
     found = [row_of.get(items[i].item_id, -1) for i in at]
     targets = np.asarray(found, dtype=np.int64)
-    if -1 in found:  # filled items: looked up by id
-        targets = v.item_rows.rows([items[i].item_id for i in at])[0]
+    if -1 in found:  # filled or fresh items: looked up by id
+        targets = np.asarray([v.item_rows.get(items[i].item_id, 0) for i in at], np.int64)
+    vectors = np.asarray(v.item_factors[targets])
+    for j, i in enumerate(at):  # items added or changed since the build: their new vector
+        local = v.fresh.local(items[i].item_id) if v.fresh.ids else None
+        if local is not None:
+            vectors[j] = v.fresh.vector(local)
     rows, confidence = fold_in_confidences(v.fold_in, seen)  # the fold-in's own system
     terms = explain_scores(
         v.gramian,
         np.asarray(v.item_factors[rows]),
-        np.asarray(v.item_factors[targets]),
+        vectors,
         v.manifest.fold_in.regularization,
         confidence,
     )
