@@ -164,8 +164,8 @@ def _table_quality(version: VersionSearch, rows: Rows, k: int, target: float) ->
     """The neighbour table: a lookup's recall@k over every sampled item (nothing is tuned on
     them), refined by searches of growing beam until one reaches the aim; and a walk at each k
     of WALK_KS above its width with growing beams, through VersionSearch as the worker calls
-    it. Walks serve up to the last k that reaches the target (95% lower bound) in a row, with
-    the largest beam any of those needed."""
+    it. Walks serve up to the last k that reaches the target (95% lower bound) in a row, each
+    k with the smallest beam that reached it."""
     assert version.neighbours is not None
     width = version.neighbours.width
     unit = unit_rows(version.item_factors)
@@ -199,9 +199,9 @@ def _table_quality(version: VersionSearch, rows: Rows, k: int, target: float) ->
 def _walk_quality(
     version: VersionSearch, unit: npt.NDArray[np.floating[Any]], rows: Rows, target: float
 ) -> tuple[list[WalkPoint], int, int]:
-    """(every walk point measured, the largest k served, the beam it needs): at each k of
-    WALK_KS above the width, beams from the smallest until one reaches the target; the first k
-    none reaches ends the walks."""
+    """(every walk point measured, the serving ones marked; the largest k served; the largest
+    beam served): at each k of WALK_KS above the width, beams from the smallest until one
+    reaches the target; the first k none reaches ends the walks."""
     assert version.neighbours is not None
     width = version.neighbours.width
     points: list[WalkPoint] = []
@@ -213,15 +213,17 @@ def _walk_quality(
             measured = _recall_and_speed(
                 version.with_plan(ServingPlan(similar=plan)), unit, rows, wide
             )
+            reaches = measured["recall_low"] >= target
             points.append(
                 WalkPoint(
                     k=wide,
                     beam=beam,
                     recall_at_k=measured["recall_at_k"],
                     queries_per_s=measured["queries_per_s"],
+                    serves=reaches,
                 )
             )
-            if measured["recall_low"] >= target:
+            if reaches:
                 reached = beam
                 break
         if reached is None:

@@ -55,6 +55,9 @@ class SimilarPlan:
     table: bool = True
     walk_max_k: int = 0
     walk_beam: int = WALK_BEAM
+    # (k, beam) ascending: a walk for up to k items keeps beam x k (the cheapest beam that
+    # reached the target at that k); walk_beam where none is given (versions before them).
+    walk_beams: tuple[tuple[int, int], ...] = ()
     # k within the width: the beam (multiples of k) of a search refining the item's row (0: the
     # row alone), for a graph whose rows miss what their neighbours' rows hold.
     refine: int = 0
@@ -120,6 +123,7 @@ def similar_plan(q: IndexQuality, table: TableQuality | None = None) -> SimilarP
         table.serves,
         table.walk_max_k,
         table.walk_beam,
+        tuple((p.k, p.beam) for p in table.walk if p.serves),
         table.refine,
     )
 
@@ -227,9 +231,8 @@ class VersionSearch:
                 )
             return self.neighbours.lookup(row, fetch, keep)
         if keep is None and fetch <= plan.walk_max_k:
-            return self.neighbours.walk(
-                self.item_factors, self.item_norms, row, fetch, plan.walk_beam
-            )
+            beam = next((b for k, b in plan.walk_beams if fetch <= k), plan.walk_beam)
+            return self.neighbours.walk(self.item_factors, self.item_norms, row, fetch, beam)
         return None
 
     def recommend(

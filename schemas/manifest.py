@@ -205,6 +205,11 @@ class WalkPoint(_Model):
     beam: int = Field(2, ge=1, description="items the search keeps, in multiples of k")
     recall_at_k: float
     queries_per_s: float
+    serves: bool = Field(
+        False,
+        description="workers walk with this beam for k above the previous serving point's k "
+        "up to this one (the smallest beam that reached the target at this k)",
+    )
 
 
 class RefinePoint(_Model):
@@ -250,7 +255,10 @@ class TableQuality(_Model):
         "target); above it the angular index plan does",
     )
     walk_beam: int = Field(
-        2, ge=1, description="the beam walks are served with: the smallest that reached the target"
+        2,
+        ge=1,
+        description="the largest beam walks are served with (each k's own: `walk` points that "
+        "serve)",
     )
 
 

@@ -178,7 +178,7 @@ def test_the_log_line_names_what_is_served_and_not_a_tuning_point_as_the_recall(
 
 
 def test_the_table_is_measured_and_the_worker_serves_what_the_report_chose(tuned):
-    """4,000 items: the exact graph. Its lookups are the exact answer; two hops are measured at
+    """4,000 items: the exact graph. Its lookups are the exact answer; walks are measured at
     each k above the width, and the plan a worker loads names the same table and limits."""
     factors, storage, manifest = tuned
     table = manifest.quality.neighbour_table
@@ -186,13 +186,21 @@ def test_the_table_is_measured_and_the_worker_serves_what_the_report_chose(tuned
     assert table.recall_at_k == 1.0 and table.serves
     # The exact graph's rows need no refining: the first point, 0 rounds, reached the target.
     assert table.refine == 0 and [p.rounds for p in table.refine_curve] == [0]
-    assert table.walk and [p.k for p in table.walk] == [50, 100, 200][: len(table.walk)]
+    walked = sorted({p.k for p in table.walk})
+    assert walked and walked == [50, 100, 200][: len(walked)]
     passing = [p.k for p in table.walk if p.recall_at_k >= 0.9]
     assert table.walk_max_k <= max(passing, default=0)
+    # Each k served by the first (smallest) beam that reached the target; larger beams of that
+    # k were not tried, and the serving points run up to walk_max_k without a gap.
+    serving = [p for p in table.walk if p.serves]
+    assert [p.k for p in serving] == [k for k in walked if k <= table.walk_max_k]
+    for p in serving:
+        assert max(q.beam for q in table.walk if q.k == p.k) == p.beam
     v = load_version(storage, manifest.version)
     try:
         assert v.search.plan.similar.table and v.search.neighbours is not None
         assert v.search.plan.similar.walk_max_k == table.walk_max_k
+        assert v.search.plan.similar.walk_beams == tuple((p.k, p.beam) for p in serving)
         unit = factors.item_factors / np.linalg.norm(factors.item_factors, axis=1)[:, None]
         for row in range(0, 4000, 400):
             rows, _ = v.search.similar_items(row, 11)

@@ -1,6 +1,8 @@
 """The neighbour table's answers against exact brute force, and the plan around it: what the table
 cannot answer falls through to the index or the exact path."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 from annoy import AnnoyIndex
@@ -210,3 +212,23 @@ def test_above_the_k_where_the_index_loses_to_the_scan_the_scan_serves(factors, 
     assert missed
     # A report whose index lost to the scan at k=10 already serves every k by the scan.
     assert similar_plan(report.model_copy(update={"strategy": "exact"})).index_max_k == 0
+
+
+def test_a_walk_takes_the_beam_its_k_was_measured_with(factors, norms, table, monkeypatch):
+    beams = []
+    real = NeighbourTable.walk
+
+    def spy(self, item_factors, item_norms, row, fetch, beam=2):
+        beams.append((fetch, beam))
+        return real(self, item_factors, item_norms, row, fetch, beam)
+
+    monkeypatch.setattr(NeighbourTable, "walk", spy)
+    plan = SimilarPlan(
+        "exact", table=True, walk_max_k=60, walk_beam=3, walk_beams=((20, 1), (40, 2))
+    )
+    v = version(factors, norms, table, ServingPlan(similar=plan))
+    for fetch in (WIDTH - 2, 20, 30, 50):
+        v.similar_items(5, fetch)
+    v.with_plan(ServingPlan(similar=replace(plan, walk_beams=()))).similar_items(5, 30)
+    # Within the width: a lookup; 20 -> beam 1, 30 -> 2, 50 past the last: walk_beam.
+    assert beams == [(20, 1), (30, 2), (50, 3), (30, 3)]
