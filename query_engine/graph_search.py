@@ -20,7 +20,17 @@ import numpy as np
 import numpy.typing as npt
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True, nogil=True, fastmath=True)
+def _first_visit(visited: npt.NDArray[np.uint64], row: np.int64) -> bool:  # pragma: no cover
+    """Mark `row` in the bitset; False when it was marked already."""
+    bit = np.uint64(1) << np.uint64(row & 63)
+    if visited[row >> 6] & bit:
+        return False
+    visited[row >> 6] |= bit
+    return True
+
+
+@numba.njit(cache=True, nogil=True, fastmath=True)
 def best_first(
     factors: npt.NDArray[np.float32],
     norms: npt.NDArray[np.float32],
@@ -30,12 +40,13 @@ def best_first(
     ef: int,
 ) -> npt.NDArray[np.int64]:  # pragma: no cover - compiled; exercised through NeighbourTable.walk
     """Rows of the (up to) `ef` items the search found nearest to item `start` by cosine,
-    in no order, `start` itself excluded. Scores here are float32 loops, approximate to the
-    last bit: the caller rescores what it keeps."""
+    in no order, `start` itself excluded. Scores here are float32 loops the compiler may
+    reorder (fastmath: the 64-term dot product vectorizes), approximate to the last bits: the
+    caller rescores what it keeps."""
     n, width = rows.shape
     dim = factors.shape[1]
     visited = np.zeros((n + 63) // 64, np.uint64)
-    visited[start >> 6] |= np.uint64(1) << np.uint64(start & 63)
+    _first_visit(visited, np.int64(start))
     query = factors[start]
     query_norm = norms[start]
     # Candidates: a heap of (-score, row), best first; the beam: (score, row), worst first.
@@ -45,10 +56,8 @@ def best_first(
     beam.pop()
     for j in range(width):
         r = np.int64(rows[start, j])
-        bit = np.uint64(1) << np.uint64(r & 63)
-        if visited[r >> 6] & bit:
+        if not _first_visit(visited, r):
             continue
-        visited[r >> 6] |= bit
         heapq.heappush(candidates, (-scores[start, j], r))
         heapq.heappush(beam, (scores[start, j], r))
         if len(beam) > ef:
@@ -59,10 +68,8 @@ def best_first(
             break  # nothing left unexpanded can enter the beam through this item
         for j in range(width):
             r = np.int64(rows[node, j])
-            bit = np.uint64(1) << np.uint64(r & 63)
-            if visited[r >> 6] & bit:
+            if not _first_visit(visited, r):
                 continue
-            visited[r >> 6] |= bit
             dot = np.float32(0.0)
             for t in range(dim):
                 dot += factors[r, t] * query[t]
