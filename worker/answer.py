@@ -339,12 +339,8 @@ def _similar_to(
     request: SimilarItemsRequest,
     exact: bool,
 ) -> tuple[Rows, npt.NDArray[np.float32]]:
-    """The version's items most similar to fresh item `local`: its row, found when it arrived
-    (query_engine/segment_neighbours.py), while it holds `fetch`; else as the plan searches."""
-    if not exact and request.search_k is None:
-        found = v.fresh.neighbours.lookup(local, fetch, keep)
-        if found is not None:
-            return found
+    """The version's items most similar to fresh item `local`'s vector, as its plan would
+    search (the row found at its upsert is cheaper and worse: segment_neighbours.py)."""
     query = v.fresh.vector(local)
     plan = v.search.plan.similar
     budget = scaled_search_k(request.search_k or plan.search_k, fetch)
