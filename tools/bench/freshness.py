@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import threading
@@ -65,6 +66,15 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--upserts", type=int, default=100, help="upserts/s through Kafka")
     parser.add_argument("--duration", type=float, default=20.0, help="seconds of load per phase")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--storage",
+        type=Path,
+        help="keep the built version here and reuse it when a later run asks for the same "
+        "catalogue (a default 1M build takes 12-25 minutes on a shared machine)",
+    )
+    parser.add_argument(
+        "--build-only", action="store_true", help="build (or find) the version and stop"
+    )
     parser.set_defaults(handler=_run)
 
 
@@ -77,10 +87,19 @@ def _run(args: argparse.Namespace) -> int:
     print(f"parameters: {a.items} items + {a.fresh} fresh x {a.dim}, seed {a.seed}")
     result: dict[str, Any] = {"command": "annrec " + " ".join(sys.argv[1:]), "machine": info}
     with tempfile.TemporaryDirectory(prefix="annrec-fresh-") as tmp:
-        storage = Path(tmp)
+        storage = a.storage or Path(tmp)
         whole = synth_factors(a.items + a.fresh, max(1000, a.items // 10), a.dim, seed=a.seed)
         version, fresh = split(whole, a.items)
-        publish_version(version, storage, BuildOptions())
+        built = storage / "bench-catalogue.json"
+        catalogue = {"items": a.items, "fresh": a.fresh, "dim": a.dim, "seed": a.seed}
+        if not (built.exists() and json.loads(built.read_text()) == catalogue):
+            storage.mkdir(parents=True, exist_ok=True)
+            publish_version(version, storage, BuildOptions())
+            built.write_text(json.dumps(catalogue))
+        result["version"] = (storage / "LATEST").read_text().strip()
+        if a.build_only:
+            print(f"version {result['version']} in {storage}")
+            return 0
         # One BLAS thread, as a worker runs (worker/app.py): several threads spinning on two
         # shared cores made a 10k x 64 product measure 10 ms instead of 0.2.
         with threadpool_limits(limits=1, user_api="blas"):
@@ -114,15 +133,28 @@ def segment_cost(
 ) -> dict[str, Any]:
     name = (storage / "LATEST").read_text().strip()
     plain, served = load_version(storage, name), load_version(storage, name)
+    load_before = os.getloadavg()
+    applied = []  # thread time of each upsert: the segment finds the item's neighbours then
     for event in fresh:
+        started = time.thread_time()
         apply_event(served, event)
+        applied.append((time.thread_time() - started) * 1000)
     combined = np.concatenate([factors.item_factors, np.asarray([e.vector for e in fresh])])
     ids = np.concatenate([factors.item_ids.astype(str), [e.item_id for e in fresh]])
     norms = np.linalg.norm(combined, axis=1).astype(np.float32)
     rng = np.random.default_rng(seed)
     users = rng.choice(len(factors.user_ids), queries, replace=False)
     items = rng.choice(len(factors.item_ids), queries, replace=False)
-    out: dict[str, Any] = {"items": len(factors.item_ids), "fresh": len(fresh)}
+    out: dict[str, Any] = {
+        "items": len(factors.item_ids),
+        "fresh": len(fresh),
+        "queries": queries,
+        "upsert_ms": {
+            "p50": round(float(np.percentile(applied, 50)), 3),
+            "p99": round(float(np.percentile(applied, 99)), 3),
+            "total_s": round(sum(applied) / 1000, 1),
+        },
+    }
     n = len(factors.item_ids)
     for kind in ("recommend", "similar_items"):
         times: dict[str, list[float]] = {"without": [], "with": []}
@@ -163,6 +195,7 @@ def segment_cost(
             out[kind]["with"]["p50_ms"] / out[kind]["without"]["p50_ms"], 2
         )
     _close(plain, served)
+    out["load_average"] = {"before": load_before, "after": os.getloadavg()}
     return out
 
 
@@ -182,12 +215,16 @@ def freshness(
         log = (storage / "worker.log").open("ab")
         worker = processes.start_worker(worker_env(served, Run("freshness", 1), topics, tag), log)
         try:
-            wait_for_workers(svc.kafka, topics.topic_requests, topics.topic_replies, 10, 1)
+            # A 1M version takes minutes to load on a busy machine: wait for it, not for 2 min.
+            wait_for_workers(
+                svc.kafka, topics.topic_requests, topics.topic_replies, 10, 1, timeout_s=900
+            )
             args = (svc.kafka, topics, factors, rate, duration_s, seed)
             # A discarded warm-up first: the first seconds fault the version's pages in, which
             # would land on whichever phase ran first.
             warm = (svc.kafka, topics, factors, rate, min(duration_s, 5.0), seed + 1)
             _load(*warm, upserts=upserts, produce=False)
+            load_before = os.getloadavg()
             # The same request stream without and with the upserts: the probes' user_vector
             # requests are sent in both (once each without), so only the upserts differ.
             without = _load(*args, upserts=upserts, produce=False)
@@ -198,6 +235,7 @@ def freshness(
     before, after = without["request_to_reply_ms"], figures["request_to_reply_ms"]
     return {
         "items": len(factors.item_ids),
+        "load_average": {"before": load_before, "after": os.getloadavg()},
         **figures,
         "request_to_reply_without_upserts_ms": before,
         "requests_sent_without_upserts": without["requests_sent"],
@@ -332,6 +370,11 @@ class _Probe:
 
 def _print_segment(s: dict[str, Any]) -> None:
     print(f"segment: {s['fresh']} fresh items beside {s['items']} (answer(), thread time)")
+    u, load = s["upsert_ms"], s["load_average"]
+    print(
+        f"  upserts: p50 {u['p50']} p99 {u['p99']} ms each, {u['total_s']} s for all (thread "
+        f"time); load average {load['before'][0]:.1f} -> {load['after'][0]:.1f}"
+    )
     for kind in ("recommend", "similar_items"):
         k = s[kind]
         print(
@@ -358,6 +401,8 @@ def _print_freshness(f: dict[str, Any]) -> None:
         f"request -> reply p50/p99 {r0['p50']}/{r0['p99']} ms without upserts, "
         f"{r['p50']}/{r['p99']} ms with (p99 x{f['request_p99_with_vs_without_upserts']})"
     )
+    load = f["load_average"]
+    print(f"  load average {load['before'][0]:.1f} -> {load['after'][0]:.1f}")
 
 
 def _plot(f: dict[str, Any], path: Path) -> None:
