@@ -22,7 +22,7 @@ from confluent_kafka.admin import AdminClient
 from adapters.heartbeats import read_heartbeats
 from adapters.kafka_log import client_config
 from adapters.redis_client import redis_refusal
-from adapters.version_storage import open_storage
+from adapters.version_storage import ModelCatalog, VersionStorage, open_storage
 from schemas import keys
 from schemas.errors import AnnrecError
 from worker.consumer import interactions_group
@@ -136,15 +136,28 @@ def _workers(redis_url: str, group: str) -> list[dict[str, Any]]:
 def _versions(s: WorkerSettings) -> dict[str, Any]:
     try:
         catalogue = open_storage(s.storage, s.storage_options)
+        models = ModelCatalog(s.storage, s.storage_options)
         return {
             "storage": s.storage,
             "versions": catalogue.versions(),
             "latest": catalogue.latest(),
+            "models": {name: _model(models.model(name)) for name in models.models()},
         }
     except (OSError, AnnrecError) as exc:
         raise AnnrecError(
             f"storage {s.storage} cannot be read ({exc}): check {keys.ENV_PREFIX}STORAGE"
         ) from exc
+
+
+def _model(storage: VersionStorage) -> dict[str, Any]:
+    """A model in storage: its versions, LATEST, running experiment and pins."""
+    experiment = storage.experiment()
+    return {
+        "versions": len(storage.versions()),
+        "latest": storage.latest(),
+        "experiment": None if experiment is None else experiment.model_dump(mode="json"),
+        "pinned": storage.pins().versions,
+    }
 
 
 def latest_refused(workers: list[dict[str, Any]], latest: str | None) -> list[dict[str, str]]:
@@ -214,6 +227,20 @@ def render_status(doc: dict[str, Any]) -> str:
     latest = v["latest"] or "none (nothing published yet)"
     lines.append(f"versions in {v['storage']}: {len(v['versions'])}, LATEST {latest}")
     lines += [f"  {'*' if name == v['latest'] else ' '} {name}" for name in v["versions"][-5:]]
+    for name, m in v.get("models", {}).items():
+        arms = m["experiment"]["arms"] if m["experiment"] else []
+        lines.append(
+            f"  model {name}: {m['versions']} version(s), LATEST {m['latest']}"
+            + (f", pinned {', '.join(m['pinned'])}" if m["pinned"] else "")
+            + (
+                f", experiment {m['experiment']['name']}: "
+                + ", ".join(
+                    f"{a['name']} {a['share'] * 100:g}% {a['version'] or 'LATEST'}" for a in arms
+                )
+                if arms
+                else ""
+            )
+        )
     for r in doc.get("latest_refused", []):
         lines.append(
             f"  LATEST refused by {r['worker_id']} (still serving {r['serving']}): {r['reason']}"

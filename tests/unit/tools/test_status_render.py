@@ -133,3 +133,38 @@ def test_a_workers_models_and_experiment_arms_are_shown_side_by_side():
         "request(s), candidate 10% v3 9 request(s); also held v1, v3",
         "    model eu: not served: version v9 of model eu maps 900 MiB; ... budget",
     ]
+
+
+def test_the_models_in_storage_are_listed_with_their_experiment_and_pins():
+    doc = {
+        "group": {"id": "g", "state": "stable", "members": []},
+        "lag": [],
+        "workers": [],
+        "versions": {
+            "storage": "/s",
+            "versions": ["v1"],
+            "latest": "v1",
+            "models": {
+                "default": {"versions": 1, "latest": "v1", "experiment": None, "pinned": []},
+                "eu": {
+                    "versions": 3,
+                    "latest": "e3",
+                    "pinned": ["e1"],
+                    "experiment": {
+                        "name": "t",
+                        "arms": [
+                            {"name": "control", "version": None, "share": 0.9},
+                            {"name": "candidate", "version": "e2", "share": 0.1},
+                        ],
+                    },
+                },
+            },
+        },
+        "dead_letters_last_hour": 0,
+    }
+    text = render_status(doc)
+    assert "  model default: 1 version(s), LATEST v1\n" in text
+    assert (
+        "  model eu: 3 version(s), LATEST e3, pinned e1, experiment t: control 90% LATEST, "
+        "candidate 10% e2"
+    ) in text
