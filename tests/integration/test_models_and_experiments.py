@@ -99,15 +99,20 @@ def test_two_models_a_pin_while_latest_moves_and_refusals(
     assert letters["no-version"].reason == replies["no-version"].error
 
 
-def test_assignment_is_sticky_across_workers_and_restarts(
-    settings, kafka_conf, services, small_factors
-):
+def _candidate_and_latest(settings, small_factors):
+    """(a candidate version, LATEST published after it, the storage's publish target)."""
     root = Path(settings.storage)
     candidate = publish_version(
         synth_factors(n_items=300, n_users=40, dim=8, n_clusters=6, seed=5), root, EXACT
     ).version
     latest = publish_version(small_factors, root, EXACT).version
-    target = publish_target(str(root), {}, root / "build")
+    return candidate, latest, publish_target(str(root), {}, root / "build")
+
+
+def test_assignment_is_sticky_across_workers_and_restarts(
+    settings, kafka_conf, services, small_factors
+):
+    candidate, latest, target = _candidate_and_latest(settings, small_factors)
     experiment = experiments.start(target, target.storage, "default", "t", [f"{candidate}:30"])
     users = [f"u{u}" for u in range(40)]
 
@@ -158,12 +163,7 @@ def test_assignment_is_sticky_across_workers_and_restarts(
 def test_experiment_start_promote_stop_under_load_loses_nothing(
     settings, kafka_conf, services, small_factors
 ):
-    root = Path(settings.storage)
-    candidate = publish_version(
-        synth_factors(n_items=300, n_users=40, dim=8, n_clusters=6, seed=5), root, EXACT
-    ).version
-    old = publish_version(small_factors, root, EXACT).version
-    target = publish_target(str(root), {}, root / "build")
+    candidate, old, target = _candidate_and_latest(settings, small_factors)
     sent: list[RecommendRequest] = []
     stop = threading.Event()
 
