@@ -109,3 +109,14 @@ def test_sent_at_defaults_to_now_so_the_worker_expires_what_the_gateway_gave_up_
     request = parse_body(b'{"user_id": "u1", "deadline_ms": 100}', "recommend", DEADLINES)
     assert request.sent_at is not None
     assert datetime.now(UTC) - request.sent_at < timedelta(seconds=5)
+
+
+def test_model_version_and_subject_pass_through_to_the_event_unchanged():
+    """The gateway parses bodies with the events' models: a body naming a model, pinning a
+    version or giving an assignment subject makes an event that says the same (issue 15)."""
+    version = "20261125T205540.195030Z-a404ff"
+    body = {"recent_items": ["i1"], "model": "eu", "version": version, "subject": "s-9"}
+    request = parse_body(json.dumps(body).encode(), "recommend", DEADLINES)
+    assert (request.model, request.version, request.subject) == ("eu", version, "s-9")
+    assert parse_body(b'{"user_id": "u1"}', "recommend", DEADLINES).model == "default"
+    assert _refusal({"user_id": "u1", "model": "../etc"}).field == "model"
