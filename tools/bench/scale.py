@@ -412,6 +412,7 @@ def _read_phases(log_path: Path, attempt: int, finished: dict[str, dict[str, Any
             event = json.loads(line)
             if event.get("event") == "build_phase_started":
                 running = event["phase"]
+                finished.pop(running, None)  # an earlier attempt's, being done again
             elif event.get("event") == "build_phase_done":
                 keep = ("seconds", "cpu_s", "peak_rss_mib")
                 finished[event["phase"]] = {k: event[k] for k in keep} | {"attempt": attempt}

@@ -58,6 +58,9 @@ def metrics_of(size: dict[str, Any]) -> dict[str, float]:
         m["build_peak_rss_mib"] = build["peak_rss_mib"]
         for phase, seconds in build.get("phases_s", {}).items():
             m[f"phase_{phase}_s"] = seconds
+    # A build that stopped still measured the phases it finished (their logged wall times).
+    for phase, figures in build.get("phases_done", {}).items():
+        m.setdefault(f"phase_{phase}_s", figures["seconds"])
     if "disk_mib" in size:
         m["disk_mib"] = round(sum(size["disk_mib"].values()), 1)
     worker = size.get("worker")

@@ -190,6 +190,8 @@ def test_summary_fits_the_sizes_and_projects_the_one_that_stopped(tmp_path, caps
     projected = summary["projected"][3_000_000]["build_peak_rss_mib"]
     assert projected == pytest.approx(3000, rel=0.01)
     assert metrics_of(stopped) == {}  # a stopped size adds no measured point
+    stopped["build"]["phases_done"] = {"angular_index": {"seconds": 270.0, "cpu_s": 82.0}}
+    assert metrics_of(stopped) == {"phase_angular_index_s": 270.0}  # but its finished phases
     printed = capsys.readouterr().out
     assert "| 1,000,000 |" in printed and "stopped at 3,000,000 items" in printed
     assert "projected at 3,000,000 (from the fits, not measured)" in printed
@@ -261,6 +263,10 @@ def test_build_phases_are_read_across_the_attempts_that_continued_each_other(tmp
             ]
         )
     )
+    third = tmp_path / "build.log.3"
+    third.write_text(_log_line("build_phase_started", "angular_index"))
+    redoing = build_phases([first, third])  # not resumed: the phase runs again
+    assert redoing["phase_running"] == "angular_index" and redoing["phases_done"] == {}
     both = build_phases([first, second])
     assert both["phase_running"] is None
     assert {k: v["attempt"] for k, v in both["phases_done"].items()} == {
