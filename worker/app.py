@@ -145,6 +145,9 @@ class Worker:
         self.batch_sizes: deque[int] = deque(maxlen=10_000)  # recent ones, for tests and benches
         self.assigned: set[int] = set()
         self._snapshot: Serving | None = None  # what the last batch was answered with
+        # The primary model's other versions held (experiment candidates, pins): they get the
+        # item-updates topic too (worker/availability.py), adopted when first held.
+        self._siblings: list[LoadedVersion] = []
         # requests answered per (model, experiment arm; "none": no experiment assigned it)
         self.arm_requests: Counter[tuple[str, str]] = Counter()
         self.http_port: int | None = None
@@ -300,7 +303,7 @@ class Worker:
         version = self._current(c.store, version)
         self._follow(c.store.serving())
         # Availability changes land between batches: the next batch sees them all.
-        self.availability.refresh(version)
+        self.availability.refresh(version, self._siblings)
         self.fresh.refresh(version, self.availability.values)
         if events:
             self._serve(c, events, version, stop)
@@ -428,6 +431,13 @@ class Worker:
         before = held_versions(self._snapshot) if self._snapshot else set()
         self.metrics.holding(held_versions(serving), before)
         self._snapshot = serving
+        primary = serving.primary
+        model = next((m for m in serving.models.values() if m.latest is primary), None)
+        known = {id(v) for v in self._siblings}
+        self._siblings = [v for v in (model.held.values() if model else []) if v is not primary]
+        for v in self._siblings:
+            if id(v) not in known:
+                self.availability.adopt(v)
 
     def _count(self, events: list[RawEvent], outcome: Outcome, write_s: float, hits: int) -> None:
         self.metrics.record_batch(len(events), outcome, write_s)

@@ -8,7 +8,7 @@ only between batches, so no request sees an update half-applied.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import structlog
 
@@ -59,10 +59,14 @@ class Availability:
             changed=changed,
         )
 
-    def refresh(self, version: LoadedVersion) -> int:
-        """Apply what arrived since the last call; the number of updates read."""
+    def refresh(self, version: LoadedVersion, also: Sequence[LoadedVersion] = ()) -> int:
+        """Apply what arrived since the last call to the serving version and to `also` (the
+        same model's other versions held: experiment candidates, pins, so an arm never offers
+        what another arm knows is gone); the number of updates read."""
         batch = {(u.attr, u.item_id): u.value for u in self._log.poll()}
         if batch:
+            for other in also:
+                apply_updates(other, batch)
             changed = apply_updates(version, batch)
             self._metrics.item_updates.labels("applied").inc(changed)
             self._metrics.item_updates.labels("unchanged").inc(len(batch) - changed)

@@ -216,3 +216,42 @@ def test_experiment_start_promote_stop_under_load_loses_nothing(
     }
     assert all(r.status == "ok" for r in replies.values())
     assert ("candidate", candidate) in seen and (None, candidate) in seen
+
+
+def test_availability_updates_reach_the_candidate_arm_too(
+    settings, kafka_conf, services, small_factors
+):
+    """An item out of stock is out of stock in every arm of an experiment on the model the
+    item-updates topic applies to (`default`), not only in LATEST's."""
+    from adapters.item_updates import publish_item_updates
+    from schemas.events import ItemUpdate
+    from tests.integration.test_filters_live import IN_STOCK, _table
+
+    root = Path(settings.storage)
+    candidate_factors = synth_factors(n_items=300, n_users=40, dim=8, n_clusters=6, seed=5)
+    candidate = publish_version(
+        candidate_factors, root, EXACT, attributes=_table(candidate_factors)
+    ).version
+    publish_version(small_factors, root, EXACT, attributes=_table(small_factors))
+    target = publish_target(str(root), {}, root / "build")
+    experiment = experiments.start(target, target.storage, "default", "t", [f"{candidate}:50"])
+    user = next(f"u{u}" for u in range(40) if experiment.arm_for(f"u{u}").name == "candidate")
+
+    def ask(rid: str) -> Reply:
+        request = RecommendRequest(request_id=rid, user_id=user, k=5, filter=IN_STOCK)
+        return _ask(kafka_conf, settings, [request])[rid]
+
+    with running_worker(settings, kafka_conf, services.redis_url) as worker:
+        before = ask("before")
+        gone = before.items[0].item_id
+        publish_item_updates(
+            kafka_conf, settings.topic_item_updates, [ItemUpdate(item_id=gone, value=False)]
+        )
+        deadline = time.monotonic() + 30
+        while worker.availability.read < 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        after = ask("after")
+    assert before.variant == after.variant == "candidate"
+    assert before.index_version == after.index_version == candidate
+    assert before.filter_passing == 300 and after.filter_passing == 299
+    assert gone not in [i.item_id for i in after.items]
