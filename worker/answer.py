@@ -295,7 +295,10 @@ def _similar(
     if local is None and (row is None or request.item_id in v.fresh.removed):
         raise BadRequest(f"unknown item_id {request.item_id!r} in index {v.version}")
     excluded = _rows(v, request.exclude_items) | ({row} if row is not None else set())
-    fetch = request.k + len(excluded)
+    # The version's search never returns the item itself: asking it for one more would push a
+    # k of the table's width past its lookup. A fresh item's search by its new vector can
+    # return its old row, so there it counts.
+    fetch = request.k + len(excluded - ({row} if local is None else set()))
     hidden, excluded = v.fresh.hidden, excluded | v.fresh.hidden
     if local is not None:  # by vector: the index and the table know its old vector, or none
         query = v.fresh.vector(local)

@@ -65,14 +65,14 @@ def _measure_similar(v: LoadedVersion, rows: Rows, k: int) -> dict[str, Any]:
     def request(row: int) -> SimilarItemsRequest:
         return SimilarItemsRequest(request_id="b", item_id=str(v.item_ids[row]), k=k)
 
-    # The request's own item is excluded: the search is asked for one more.
+    # The search never returns the item itself: k is what answer() asks of it.
     return _measure(
         v,
         rows,
         k,
         request,
-        core=lambda row: v.search.similar_items(row, k + 1)[0],
-        exact=lambda row: v.search.similar_items(row, k + 1, exact=True)[0],
+        core=lambda row: v.search.similar_items(row, k)[0],
+        exact=lambda row: v.search.similar_items(row, k, exact=True)[0],
     )
 
 

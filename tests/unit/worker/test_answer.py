@@ -296,3 +296,33 @@ def test_a_deadline_passed_while_the_batch_is_answered_expires_the_rest(version,
     out = answer_batch(parse_batch(events), version, "w")
     # Looked at 0.5 s, 1.5 s and 2.5 s after sending: the third is past its 2 s deadline.
     assert [r.status for r in out.replies] == ["ok", "ok", "expired"]
+
+
+def test_similar_items_for_k_of_the_table_width_are_a_lookup(version, monkeypatch):
+    """The search never returns the item itself, so a request for as many items as a table row
+    holds is answered by the row (it used to ask for one more and miss the table)."""
+    from query_engine.neighbours import NeighbourTable
+
+    table = version.search.neighbours
+    asked = []
+    real = NeighbourTable.lookup
+
+    def spy(self, row, fetch, keep=None):
+        asked.append(fetch)
+        return real(self, row, fetch, keep)
+
+    monkeypatch.setattr(NeighbourTable, "lookup", spy)
+    item = str(version.item_ids[7])
+    reply = answer(SimilarItemsRequest(request_id="r", item_id=item, k=table.width), version, "w")
+    assert asked == [table.width]
+    want = [str(version.item_ids[r]) for r in table.rows[7]]
+    assert [i.item_id for i in reply.items] == want
+    # With an excluded item the row is one short: the search goes on past the table.
+    other = want[0]
+    reply = answer(
+        SimilarItemsRequest(request_id="r", item_id=item, k=table.width, exclude_items=[other]),
+        version,
+        "w",
+    )
+    assert asked == [table.width] and other not in [i.item_id for i in reply.items]
+    assert len(reply.items) == table.width
