@@ -114,8 +114,9 @@ class Segment:
     ) -> None:
         """Add an item, or replace its vector and attributes (`version_row`: its row in the
         version, now hidden; None for a new item). Validated first (`refusal`). `search`: the
-        version's indexes, to find the item's neighbours now rather than per request (without
-        it, its similar items and the items it is similar to are found by scans)."""
+        version's indexes, to find the item's neighbours at the next `settle` rather than per
+        request (without it, the item's similar items, and the items it is similar to, are
+        found by scans)."""
         row = self._local.get(item_id)
         added = row is None
         if row is None:
@@ -131,8 +132,7 @@ class Segment:
         self._live[row] = True
         self._order.changed(row)
         if search is not None:
-            n = len(self.ids)
-            self.neighbours.add(row, self._factors[row], search, self._units[:n], self._live[:n])
+            self.neighbours.queue(row, search)
         else:
             self.neighbours.withdraw(row)
         for name, codes in self._codes.items():
@@ -155,6 +155,13 @@ class Segment:
             self.hidden.add(version_row)
         self.removed.add(item_id)
         self.generation += 1
+
+    def settle(self, budget_s: float) -> int:
+        """Find the neighbours of the upserted items still waiting, for about `budget_s`
+        seconds (segment_neighbours.discover); the number found. Until then requests read them
+        all, as a scan of the items that arrived since."""
+        n = len(self.ids)
+        return self.neighbours.discover(self._factors, self._units[:n], self._live[:n], budget_s)
 
     def set_flag(self, name: str, item_id: str, value: bool) -> bool:
         """An availability update of a fresh item; True when it changed."""

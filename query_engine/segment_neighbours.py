@@ -31,6 +31,8 @@ Pure numpy + Annoy; the segment (query_engine/segment.py) owns it.
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import numpy.typing as npt
 from annoy import AnnoyIndex
@@ -79,6 +81,9 @@ class SegmentNeighbours:
         self._offsets = np.zeros(1, np.int64)
         self._members = np.empty(0, np.int64)
         self._pending: dict[int, None] = {}
+        # Fresh items whose row and places are not found yet (`discover`, between batches, on
+        # a time budget: an upsert costs its request-time share, not 2 ms at once).
+        self._waiting: dict[int, None] = {}
         self._table_rows: npt.NDArray[np.int32] | None = None  # views of the version's table
         self._table_last: FloatArray | None = None  # (its rows' last score)
         self._entering: dict[int, set[int]] = {}  # fresh local -> fresh locals that can enter
@@ -86,17 +91,16 @@ class SegmentNeighbours:
         self._thresholds = np.empty(0, np.float32)  # by fresh local row (inf: none)
         self._search: VersionSearch | None = None
 
-    def add(
-        self,
-        local: int,
-        vector: FloatArray,
-        search: VersionSearch,
-        units: FloatArray,
-        live: BoolMask,
-    ) -> None:
-        """Find fresh item `local`'s row, attach it, and enter it where it can be similar
-        (`units`: the segment's unit rows by local row, `live` which of them are served)."""
+    def queue(self, local: int, search: VersionSearch) -> None:
+        """Fresh item `local` arrived (or got a new vector): read by every request until
+        `discover` has found its row and places."""
         self.withdraw(local)
+        self._waiting[local] = None
+        self._pending[local] = None
+        if len(self._thresholds) <= local:  # inf: no row yet, its requests scan
+            grown = np.full(max(local + 1, 2 * len(self._thresholds)), np.inf, np.float32)
+            grown[: len(self._thresholds)] = self._thresholds
+            self._thresholds = grown
         if self._search is not search:
             self._search = search
             self._offsets = np.zeros(len(search.item_norms) + 1, np.int64)
@@ -104,15 +108,37 @@ class SegmentNeighbours:
             if table is not None:  # plain views: a memmap's indexing costs microseconds
                 self._table_rows = np.asarray(table.rows)
                 self._table_last = np.ascontiguousarray(table.scores[:, -1])
+
+    def discover(
+        self, factors: FloatArray, units: FloatArray, live: BoolMask, budget_s: float
+    ) -> int:
+        """Find the rows and places of the items waiting, oldest first, while less than
+        `budget_s` seconds were spent (the last may overrun it); the number found. `factors`,
+        `units`: the segment's vectors and unit rows by local row, `live` which are served."""
+        started, found = time.perf_counter(), 0
+        while self._waiting and time.perf_counter() - started < budget_s:
+            local = next(iter(self._waiting))
+            del self._waiting[local]
+            self._add(local, factors[local], units, live)
+            found += 1
+        return found
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiting)
+
+    def _add(self, local: int, vector: FloatArray, units: FloatArray, live: BoolMask) -> None:
+        """Find fresh item `local`'s row, attach it, and enter it where it can be similar."""
+        assert self._search is not None  # queued with the version's search
+        search = self._search
         if len(self._thresholds) < len(units):
-            grown = np.full(max(len(units), 2 * len(self._thresholds)), np.inf, np.float32)
+            grown = np.full(len(units), np.inf, np.float32)
             grown[: len(self._thresholds)] = self._thresholds
             self._thresholds = grown
         rows, scores = self._version_row(search, vector)
         self._rows[local] = rows, scores
         own = float(scores[-1]) if len(scores) else -np.inf
         self._thresholds[local] = own
-        self._pending[local] = None
         placed = self._placed.setdefault(local, [])
         n = len(live)
         norm = float(np.linalg.norm(vector))
@@ -130,6 +156,7 @@ class SegmentNeighbours:
             self._entering.get(-1 - key, set()).discard(local)
         self._entering.pop(local, None)
         self._pending.pop(local, None)
+        self._waiting.pop(local, None)
         self._rows.pop(local, None)
         if local < len(self._thresholds):
             self._thresholds[local] = np.inf
@@ -142,7 +169,9 @@ class SegmentNeighbours:
             local = -1 - key
             if floor < float(self._thresholds[local]):
                 return None
-            return np.fromiter(self._entering.get(local, ()), np.int64)
+            entering = self._entering.get(local, ())
+            waiting = np.fromiter(self._waiting, np.int64, len(self._waiting))
+            return np.concatenate([np.fromiter(entering, np.int64, len(entering)), waiting])
         if self._table_rows is None or self._table_last is None:
             return None
         if floor < float(self._table_last[key]):
@@ -166,7 +195,7 @@ class SegmentNeighbours:
         order = np.argsort(version, kind="stable")
         self._members = owners[order]
         self._offsets = np.concatenate([[0], np.cumsum(np.bincount(version, minlength=n))])
-        self._pending.clear()
+        self._pending = dict.fromkeys(self._waiting)
 
     @staticmethod
     def _version_row(search: VersionSearch, vector: FloatArray) -> Ranked:

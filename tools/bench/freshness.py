@@ -134,11 +134,14 @@ def segment_cost(
     name = (storage / "LATEST").read_text().strip()
     plain, served = load_version(storage, name), load_version(storage, name)
     load_before = os.getloadavg()
-    applied = []  # thread time of each upsert: the segment finds the item's neighbours then
+    applied = []  # thread time of each upsert
     for event in fresh:
         started = time.thread_time()
         apply_event(served, event)
         applied.append((time.thread_time() - started) * 1000)
+    started = time.thread_time()  # then the neighbours of every one (a worker: between batches)
+    found = served.fresh.settle(np.inf)
+    settled_s = time.thread_time() - started
     combined = np.concatenate([factors.item_factors, np.asarray([e.vector for e in fresh])])
     ids = np.concatenate([factors.item_ids.astype(str), [e.item_id for e in fresh]])
     norms = np.linalg.norm(combined, axis=1).astype(np.float32)
@@ -154,6 +157,7 @@ def segment_cost(
             "p99": round(float(np.percentile(applied, 99)), 3),
             "total_s": round(sum(applied) / 1000, 1),
         },
+        "neighbours_found_ms_each": round(settled_s * 1000 / max(found, 1), 3),
     }
     n = len(factors.item_ids)
     for kind in ("recommend", "similar_items"):
@@ -372,8 +376,9 @@ def _print_segment(s: dict[str, Any]) -> None:
     print(f"segment: {s['fresh']} fresh items beside {s['items']} (answer(), thread time)")
     u, load = s["upsert_ms"], s["load_average"]
     print(
-        f"  upserts: p50 {u['p50']} p99 {u['p99']} ms each, {u['total_s']} s for all (thread "
-        f"time); load average {load['before'][0]:.1f} -> {load['after'][0]:.1f}"
+        f"  upserts: p50 {u['p50']} p99 {u['p99']} ms each, {u['total_s']} s for all, then "
+        f"{s['neighbours_found_ms_each']} ms each to find their neighbours (thread time); "
+        f"load average {load['before'][0]:.1f} -> {load['after'][0]:.1f}"
     )
     for kind in ("recommend", "similar_items"):
         k = s[kind]

@@ -69,6 +69,7 @@ def fresh(published):
     for item in gone:
         apply_event(v, ItemVector(item_id=item, removed=True))
         del vectors[item]
+    assert v.fresh.settle(np.inf) == 27 + 10  # every upserted item's neighbours found
     yield v, factors, vectors, colors, gone
     v.close()
 
@@ -186,8 +187,9 @@ def test_similar_items_read_the_fresh_items_found_at_their_upsert(fresh, monkeyp
     """Every item's similar items (version and fresh items) are brute force over version +
     segment - removals, and almost all of them come from the candidates found at the upserts
     (segment_neighbours), not from a scan: from the sorted attachments (pending 0: sorted at
-    each request) or from the items not sorted in yet. A fresh item moved next to another by a
-    new vector is withdrawn from its old places."""
+    each request) or from the items not sorted in yet, and a fresh item whose neighbours are
+    not found yet (pending 1000) among them. A fresh item moved next to another by a new
+    vector is withdrawn from its old places."""
     monkeypatch.setattr(segment_neighbours, "PENDING", pending)
     v, _, vectors, _, _ = fresh
     near = next(i for i in vectors if i.startswith("i") and v.fresh.local(i) is None)
@@ -195,6 +197,8 @@ def test_similar_items_read_the_fresh_items_found_at_their_upsert(fresh, monkeyp
     twin = (vectors[near] + nudge).astype(np.float32)  # not parallel: no tie with `near`
     apply_event(v, ItemVector(item_id="n0", vector=twin.tolist()))
     vectors["n0"] = twin
+    if pending == 0:
+        assert v.fresh.settle(np.inf) == 1
     found = v.fresh.neighbours.candidates(v.item_rows.get(near), np.inf)
     assert v.fresh.local("n0") in found.tolist()
     looked_up = []
