@@ -5,7 +5,7 @@ import json
 from tests.cli import annrec
 
 
-def _bench(kind, out, services, tmp_path):
+def _bench(kind, out, services, tmp_path, *extra):
     temp = tmp_path / "tmp"  # the benchmark's temporary folders: none may be left behind
     temp.mkdir(exist_ok=True)
     env = {
@@ -14,7 +14,7 @@ def _bench(kind, out, services, tmp_path):
         "ANNREC_STACK_DIR": str(tmp_path / "stack"),
         "TMPDIR": str(temp),
     }
-    result = annrec("bench", kind, "--quick", "--out", str(out), extra_env=env)
+    result = annrec("bench", kind, "--quick", "--out", str(out), *extra, extra_env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     assert list(temp.iterdir()) == []
     # Only results in --out (and `bench build`'s storage, which it measures and keeps).
@@ -44,6 +44,12 @@ def test_bench_build_and_ann_quick(services, tmp_path):
     build = json.loads((tmp_path / "build" / "build.json").read_text())
     assert build["peak_rss_mib"] > 0 and "mips_index" in build["phases_s"]
     assert "peak RSS" in printed
+    # Measured again without a build: the build's figures kept, the served ones new.
+    printed = _bench("build", tmp_path / "build", services, tmp_path, "--measure-only")
+    again = json.loads((tmp_path / "build" / "build.json").read_text())
+    assert again["phases_s"] == build["phases_s"] and again["wall_s"] == build["wall_s"]
+    assert again["served_measured"]["version"] and "measured again" in printed
+    assert again["served"].keys() == build["served"].keys()
     _bench("ann", tmp_path / "ann", services, tmp_path)
     ann = json.loads((tmp_path / "ann" / "ann.json").read_text())
     assert ann["params"]["n_items"] == 3000

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -29,7 +30,7 @@ from schemas.layout import read_latest, version_dir
 from schemas.manifest import Manifest
 from tools.bench.ann import dataset
 from tools.bench.cli import add_catalogue, add_quick, apply_quick
-from tools.bench.machine import describe, machine_info
+from tools.bench.machine import describe, git_commit, machine_info
 from tools.bench.procstat import PeakWatch
 from tools.bench.served import measure_served
 
@@ -56,11 +57,20 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--queries", type=int, default=300, help="requests per kind timed through answer()"
     )
+    parser.add_argument(
+        "--measure-only",
+        action="store_true",
+        help="no build: measure again what the version an earlier run left in --out serves "
+        "(its build figures are kept, the served ones replaced)",
+    )
     parser.set_defaults(handler=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
     a = apply_quick(args)
+    if a.measure_only:
+        measure_again(a.out, a.queries)
+        return 0
     bench_build(
         a.out,
         a.items,
@@ -141,6 +151,28 @@ def bench_build(
     return result
 
 
+def measure_again(out: Path, n_queries: int = 300, seed: int = 0) -> dict[str, Any]:
+    """The served figures of the version an earlier run built in `out`, measured again by the
+    code of now (a change to serving needs no build of hours); the rest of its build.json is
+    kept, and `served_measured` records when and at which commit."""
+    path = out / "build.json"
+    storage = out / "storage"
+    version = read_latest(storage)
+    if not path.exists() or version is None:
+        raise AnnrecError(f"--measure-only: no earlier run in {out} (build.json and storage)")
+    result = json.loads(path.read_text())
+    result["served"] = measure_served(storage, version, n_queries, seed)
+    result["served_measured"] = {
+        "machine": machine_info(),
+        "commit": git_commit(),
+        "load_average": list(os.getloadavg()),
+        "version": version,
+    }
+    path.write_text(json.dumps(result, indent=2))
+    _print(result)
+    return result
+
+
 def _run_build(build_args: list[str]) -> tuple[float, int]:
     """`annrec <build_args>` in a child process: its wall time (s) and peak RSS (MiB)."""
     start = time.perf_counter()
@@ -203,6 +235,10 @@ def _print(r: dict[str, Any]) -> None:
                 f"{table['serves']}; walks: {walks or 'none'} (serve up to k="
                 f"{table['walk_max_k']}, beam {table.get('walk_beam', 2)})"
             )
+    again = r.get("served_measured")
+    if again:
+        load = ", ".join(f"{x:.1f}" for x in again["load_average"])
+        print(f"served figures measured again (--measure-only) at {again['commit']}, load {load}")
     print("through answer(), one query at a time, against the exact scan of the same queries:")
     for label, f in r["served"].items():
         print(

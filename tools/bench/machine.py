@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+import subprocess
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
@@ -26,6 +27,16 @@ def machine_info() -> dict[str, Any]:
             if i.get("user_api") == "blas"
         ],
     }
+
+
+def git_commit() -> str | None:
+    """The commit the figures were measured at (None outside a git checkout)."""
+    try:
+        return subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
 
 
 def describe(info: dict[str, Any]) -> str:
