@@ -204,13 +204,9 @@ def answer(
     }
     if route is not None:
         base.update(variant=route.variant, pinned=route.pinned)
-    deadline_ms = (
-        request.deadline_ms if request.deadline_ms is not None else policy.default_deadline_ms
-    )
-    if deadline_ms is not None and sent_at is not None:
-        late_ms = ((now or time.time()) - sent_at) * 1000 - deadline_ms
-        if late_ms > 0:
-            return Reply(status="expired", error=f"deadline passed {late_ms:.0f} ms ago", **base)
+    late_ms = _late_ms(request, policy, sent_at, now)
+    if late_ms is not None:
+        return Reply(status="expired", error=_expired(late_ms), **base)
     keep = _selection(request, version)
     if keep is not None:
         base["filter_passing"] = keep.count
@@ -657,11 +653,20 @@ def _rows(v: LoadedVersion, ids: Sequence[str]) -> set[int]:
     return set(v.item_rows.rows(ids)[0].tolist())
 
 
-def cached_outcome(hits: Sequence[tuple[Parsed, Reply]], now: float | None = None) -> Outcome:
-    """The outcome of requests answered from the reply cache: their replies as they were."""
+def cached_outcome(
+    hits: Sequence[tuple[Parsed, Reply]], policy: Policy = Policy(), now: float | None = None
+) -> Outcome:
+    """The outcome of requests answered from the reply cache: their replies as they were, or
+    `expired` past their deadline, as a computed one would be (the caller has stopped waiting)."""
     outcome = Outcome()
     now = time.time() if now is None else now
-    for p, reply in hits:
+    for p, cached in hits:
+        late_ms = None if p.request is None else _late_ms(p.request, policy, _sent_at(p), now)
+        reply = cached
+        if late_ms is not None:
+            reply = cached.model_copy(
+                update={"status": "expired", "items": [], "error": _expired(late_ms)}
+            )
         outcome.replies.append(reply)
         # counted under the model and arm the cached reply names (the cache is keyed per route)
         model, variant, fallback = reply.model or "", reply.variant or "", reply.fallback or ""
@@ -669,6 +674,24 @@ def cached_outcome(hits: Sequence[tuple[Parsed, Reply]], now: float | None = Non
         kind = reply.kind or "unparsed"
         outcome.served.append(Served(kind, reply.status, queue_s, 0.0, model, variant, fallback))
     return outcome
+
+
+def _late_ms(
+    request: AnyRequest, policy: Policy, sent_at: float | None, now: float | None
+) -> float | None:
+    """How long ago the request's deadline (its own, else the policy's) passed; None when it
+    has not, or there is none."""
+    deadline_ms = (
+        request.deadline_ms if request.deadline_ms is not None else policy.default_deadline_ms
+    )
+    if deadline_ms is None or sent_at is None:
+        return None
+    late_ms = ((now or time.time()) - sent_at) * 1000 - deadline_ms
+    return late_ms if late_ms > 0 else None
+
+
+def _expired(late_ms: float) -> str:
+    return f"deadline passed {late_ms:.0f} ms ago"
 
 
 def _queue_s(p: Parsed, now: float) -> float | None:

@@ -349,7 +349,7 @@ class Worker:
             if c.cache
             else []
         )
-        outcome.extend(cached_outcome(hits))
+        outcome.extend(cached_outcome(hits, self._policy(shed)))
         outcome.dead_letters += [
             dead_letter(event, reason, self.settings.worker_id)
             for event, reason in interactions.refused + refused_vectors

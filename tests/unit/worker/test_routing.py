@@ -10,7 +10,7 @@ from index_builder import storage
 from index_builder.publish import BuildOptions, publish_version
 from index_builder.synth import synth_factors
 from query_engine.vectors import exact_inner_product_top_k
-from schemas.events import RecommendRequest, Reply, SimilarItemsRequest
+from schemas.events import RecommendRequest, Reply, ScoredItem, SimilarItemsRequest
 from schemas.experiments import Arm, Experiment, Pins
 from schemas.layout import EXPERIMENT, PINNED, model_root
 from worker.answer import answer_batch
@@ -216,3 +216,48 @@ def test_replies_from_the_cache_are_counted_under_their_model_and_arm():
     metrics.record_batch(1, outcome, 0.0)
     counted = metrics.model_requests.labels("eu", "new", "recommend", "ok")._value.get()
     assert counted == 1
+
+
+def test_a_cached_reply_past_its_deadline_is_expired_like_a_computed_one():
+    from worker.answer import Policy, cached_outcome
+
+    sent_ms = 1_000_000_000_000
+    late, timely, default = parse_batch(
+        [
+            RawEvent("requests", 0, i, None, r.model_dump_json().encode(), sent_ms)
+            for i, r in enumerate(
+                [
+                    _recommend("late", "u1", deadline_ms=50),
+                    _recommend("timely", "u1", deadline_ms=5_000),
+                    _recommend("default", "u1"),
+                ]
+            )
+        ]
+    )
+    items = [ScoredItem(item_id="i1", score=0.5)]
+    cached = [
+        (
+            p,
+            Reply(
+                request_id=p.request.request_id,
+                status="ok",
+                kind="recommend",
+                items=items,
+                worker_id="w",
+            ),
+        )
+        for p in (late, timely, default)
+    ]
+    now = sent_ms / 1000 + 1.0  # a second after the requests were produced
+    replies = cached_outcome(cached, Policy(), now).replies
+    assert [r.status for r in replies] == ["expired", "ok", "ok"]
+    assert replies[0].items == [] and "deadline passed 950 ms ago" in replies[0].error
+    assert replies[1].items == items
+    # The worker's default deadline applies to requests without their own.
+    replies = cached_outcome(cached, Policy(default_deadline_ms=100), now).replies
+    assert [r.status for r in replies] == ["expired", "ok", "expired"]
+    assert [s.outcome for s in cached_outcome(cached, Policy(), now).served] == [
+        "expired",
+        "ok",
+        "ok",
+    ]
