@@ -115,9 +115,14 @@ def _measure(
         "queries": len(rows),
         "recall_at_k": round(float(np.mean(recalls)), 4),
         **{f"{name}_us": f for name, f in figures.items()},
-        "core_vs_exact": round(exact_p50 / figures["core"]["p50_us"], 1),
-        "answer_vs_exact": round(exact_p50 / figures["answer"]["p50_us"], 1),
+        "core_vs_exact": _ratio(exact_p50, figures["core"]["p50_us"]),
+        "answer_vs_exact": _ratio(exact_p50, figures["answer"]["p50_us"]),
     }
+
+
+def _ratio(a: float, b: float) -> float:
+    # Three significant digits: one decimal place rounded a small catalogue's 0.04 to 0.0.
+    return float(f"{a / b:.3g}")
 
 
 def _timed(into: list[float], call: Callable[[Any], T], arg: Any) -> T:
