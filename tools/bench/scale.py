@@ -41,7 +41,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -63,7 +62,7 @@ from tools.bench import fanout
 from tools.bench.cli import add_quick, apply_quick
 from tools.bench.e2e import MakeRequest, Run, Served, open_loop, worker_env
 from tools.bench.machine import machine_info
-from tools.bench.procstat import available_gib, cpu_seconds, memory_status
+from tools.bench.procstat import PeakWatch, cpu_seconds
 from tools.bench.scale_report import size_file, summarize
 from tools.client import wait_for_workers
 from worker.parse import AnyRequest
@@ -338,7 +337,7 @@ def _build(
     attempts it continued from: build.log.1, .2, ...) and the phase it was in."""
     earlier = _keep_earlier_log(log_path)
 
-    def report(child: _MemoryWatch) -> None:
+    def report(child: PeakWatch) -> None:
         status.update(
             build_running={
                 "peak_rss_mib": child.peak_mib,
@@ -490,7 +489,7 @@ def run_child(
     log_path: Path,
     min_free_gib: float,
     module: bool = False,
-    on_poll: Callable[[_MemoryWatch], None] | None = None,
+    on_poll: Callable[[PeakWatch], None] | None = None,
 ) -> ChildRun:
     """`annrec <args>` (or `python <args>` with `module`) as a child: wall time, its own peak RSS
     and why it failed (exit code or signal with the log's last lines, or the memory watch
@@ -502,7 +501,7 @@ def run_child(
     started = time.perf_counter()
     with log_path.open("wb") as err, tempfile.TemporaryFile() as out:
         proc = subprocess.Popen(command, stdout=out, stderr=err, env=env)
-        watch = _MemoryWatch(proc.pid, min_free_gib, on_poll)
+        watch = PeakWatch(proc.pid, min_free_gib, on_poll)
         watch.start()
         _, status = os.waitpid(proc.pid, 0)
         proc.returncode = os.waitstatus_to_exitcode(status)
@@ -521,71 +520,6 @@ def run_child(
         )
         failure = f"{how}; last lines: {_tail(log_path)}"
     return ChildRun(wall, watch.peak_mib, proc.returncode, failure, stdout)
-
-
-class _MemoryWatch:
-    """Follows a child's peak resident memory (VmHWM: a high-water mark, so polling misses only
-    what it reaches in its last POLL_S), and stops it (SIGTERM, then SIGKILL) when the machine's
-    available memory falls below `min_free_gib`: other people share the machine, and the
-    kernel's OOM killer may pick any process."""
-
-    POLL_S = 0.25
-
-    def __init__(
-        self,
-        pid: int,
-        min_free_gib: float,
-        on_poll: Callable[[_MemoryWatch], None] | None = None,
-        report_every_s: float = 30.0,
-    ) -> None:
-        self.pid, self.min_free_gib = pid, min_free_gib
-        # Called every report_every_s while the child runs, and once more when it has ended.
-        self.on_poll, self.report_every_s = on_poll, report_every_s
-        self.reason: str | None = None
-        self.peak_mib = 0
-        self.lowest_gib = float("inf")
-        self._done = threading.Event()
-        self._started = time.perf_counter()
-        self._thread = threading.Thread(target=self._watch, daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._done.set()
-        self._thread.join()
-        if self.on_poll is not None:
-            self.on_poll(self)
-
-    def _watch(self) -> None:
-        reported = time.perf_counter()
-        while not self._done.wait(self.POLL_S):
-            if self.on_poll is not None and time.perf_counter() - reported >= self.report_every_s:
-                self.on_poll(self)
-                reported = time.perf_counter()
-            with contextlib.suppress(OSError):  # exited between two looks
-                self.peak_mib = max(self.peak_mib, memory_status(self.pid).get("VmHWM", 0))
-            free = available_gib()
-            self.lowest_gib = min(self.lowest_gib, free)
-            if free < self.min_free_gib and self.reason is None:
-                own = "?"
-                with contextlib.suppress(OSError):
-                    own = str(memory_status(self.pid).get("VmRSS", "?"))
-                self.reason = (
-                    f"stopped: the machine's available memory fell to {free:.1f} GiB "
-                    f"(limit {self.min_free_gib} GiB) with this process at {own} MiB resident, "
-                    f"after {time.perf_counter() - self._started:.0f} s"
-                )
-                _terminate(self.pid)
-
-
-def _terminate(pid: int) -> None:
-    try:
-        os.kill(pid, signal.SIGTERM)
-        time.sleep(5)
-        os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
 
 
 def _tail(path: Path, lines: int = 3) -> str:
