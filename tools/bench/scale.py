@@ -61,7 +61,7 @@ from tools import processes, services
 from tools.bench import fanout
 from tools.bench.cli import add_quick, apply_quick
 from tools.bench.e2e import MakeRequest, Run, Served, open_loop, worker_env
-from tools.bench.machine import machine_info
+from tools.bench.machine import git_commit, machine_info
 from tools.bench.procstat import PeakWatch, cpu_seconds
 from tools.bench.scale_report import size_file, summarize
 from tools.client import wait_for_workers
@@ -187,7 +187,7 @@ def _provenance() -> dict[str, Any]:
     return {
         "machine": machine_info(),
         "command": "annrec " + " ".join(sys.argv[1:]),
-        "commit": _commit(),
+        "commit": git_commit(),
     }
 
 
@@ -664,12 +664,3 @@ def _rate_search(worker: _Worker, make_request: MakeRequest, limits: Limits) -> 
         "at_max_rate": best,
         "latency_reference": best or lowest,
     }
-
-
-def _commit() -> str | None:
-    try:
-        return subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
