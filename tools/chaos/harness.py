@@ -136,12 +136,13 @@ class Cluster:
         return [n for n, p in self.procs.items() if p.poll() not in (None, -signal.SIGKILL)]
 
     def log_lines(self, event: str) -> list[dict[str, Any]]:
-        """Structured log lines (JSON or key=value) of every worker that mention `event`."""
+        """Structured log lines (JSON or key=value) of every worker that mention `event`, whole:
+        the fields scenarios look for (a refused version's name) may come after a long reason."""
         found = []
         for path in self.storage.glob("*.log"):
             for line in path.read_text(errors="replace").splitlines():
                 if event in line:
-                    found.append({"worker": path.stem, "line": line[:300]})
+                    found.append({"worker": path.stem, "line": line})
         return found
 
 
