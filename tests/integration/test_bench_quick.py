@@ -125,6 +125,10 @@ def test_bench_scale_quick(services, tmp_path):
             search = size["kafka"][kind]
             assert search["points"] and all(p["answered"] == p["sent"] for p in search["points"])
             assert all(p["core_ms_per_request"] > 0 for p in search["points"])
+        # the echo worker's search beside the worker's at every size, from the same first rate
+        echo = size["kafka"]["echo_search"]
+        assert echo["points"] and all(p["answered"] == p["sent"] for p in echo["points"])
+        assert echo["points"][0]["rate"] == search["points"][0]["rate"]
     assert summary["growth"]["disk_mib"]["exponent"] > 0.8  # disk grows about linearly
     # the fan-out simulated from the distributions measured, for each size and kind
     simulated = summary["fanout"]["shards"]

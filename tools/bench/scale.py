@@ -16,8 +16,9 @@ Per catalogue size (seeded synthetic factors, `--dim` 64, a user per 10 items):
    short open-loop rate search (doubling, then one step between the last rate that held and the
    first that did not) for the highest rate with every reply back and p99 <= `--p99-ms` (25);
    the worker's own CPU time (/proc/<pid>/stat) over each rate gives core-ms per request; the
-   latency distribution at the highest rate that held is kept for the fan-out simulation, and,
-   once per run, an echo worker's (the Kafka hop without computing).
+   latency distribution at the highest rate that held is kept for the fan-out simulation. An
+   echo worker (the Kafka hop without computing) runs the same search at every size, and once
+   per run a rate of ECHO_RATE for the fan-out's merger hop.
 
 Each size is written to `<out>/size-<n>.json` as soon as it is measured (a run that stops at a
 size keeps the ones before); while a size runs, `<out>/running-<n>.json` says where it is (for a
@@ -539,8 +540,12 @@ def _through_kafka(
         result["idle_core_ms_per_s"] = worker.idle_core_ms_per_s()
         for kind in KINDS:
             result[kind] = _rate_search(worker, requests[kind], limits)
-    if with_echo:
-        with _Worker(svc, storage, manifest.n_users, echo=True) as echo:
+    with _Worker(svc, storage, manifest.n_users, echo=True) as echo:
+        # The same search with a worker that computes nothing, at every size: the rate the Kafka
+        # hop, the load generator and this machine allow at the bound, beside which a worker's
+        # rate says how much of its ceiling is the search and how much is everything else.
+        result["echo_search"] = _rate_search(echo, requests["recommend"], limits)
+        if with_echo:
             point = echo.run(ECHO_RATE, limits.rate_s, requests["recommend"], limits.p99_ms)
             result["echo"] = point
     return result

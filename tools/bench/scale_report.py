@@ -31,6 +31,7 @@ METRICS: dict[str, tuple[str, str]] = {
     "similar_items_core_ms": ("similar_items worker CPU per request", "core-ms"),
     "recommend_max_rate": ("recommend: 1 worker's rate at p99 bound", "req/s"),
     "similar_items_max_rate": ("similar_items: 1 worker's rate at p99 bound", "req/s"),
+    "echo_max_rate": ("echo worker (the Kafka hop alone): rate at p99 bound", "req/s"),
 }
 
 
@@ -85,7 +86,27 @@ def metrics_of(size: dict[str, Any]) -> dict[str, float]:
             cpu = [p["core_ms_per_request"] for p in search["points"] if p["answered"]]
             if cpu:
                 m[f"{kind}_core_ms"] = round(float(np.median(cpu)), 3)
+        if "echo_search" in kafka:
+            m["echo_max_rate"] = kafka["echo_search"]["max_rate_at_p99"]
     return m
+
+
+SEARCHED = (*KINDS, "echo_search")
+
+
+def rate_rows(size: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per rate tried in a size's Kafka stage, each search's latency side by side (recommend,
+    similar items, the echo worker): the last try at that rate, the one that counted (a rate
+    that fails is tried again; a later try that holds ends its tries)."""
+    kafka = size.get("kafka", {})
+    last: dict[str, dict[int, dict[str, Any]]] = {
+        name: {p["rate"]: p for p in kafka[name]["points"]} for name in SEARCHED if name in kafka
+    }
+    rates = sorted({rate for points in last.values() for rate in points})
+    return [
+        {"rate": rate} | {name: points[rate] for name, points in last.items() if rate in points}
+        for rate in rates
+    ]
 
 
 # What is projected to sizes that stopped: build, memory and disk. Query times are not: they
@@ -151,6 +172,7 @@ def summarize(out: Path) -> dict[str, Any]:
         "stopped": stopped,
         "stopped_build": stopped_build,
         "projected": projections,
+        "rates": {s["n_items"]: rows for s in sizes if (rows := rate_rows(s))},
         "fanout": _fanout(sizes),
         "machine": sizes[-1]["machine"],
         "commits": sorted({str(s.get("commit")) for s in sizes}),
@@ -195,7 +217,7 @@ def markdown(summary: dict[str, Any]) -> str:
     lines += [
         "| items | build s | build peak RSS MiB | disk MiB | worker RSS / mapped MiB | "
         "recommend recall, ms, x exact | similar recall, ms, x exact | "
-        "1 worker req/s at p99 (rec / sim) | core-ms per request (rec / sim) |",
+        "1 worker req/s at p99 (rec / sim / echo) | core-ms per request (rec / sim) |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for n, m in summary["sizes"].items():
@@ -203,7 +225,8 @@ def markdown(summary: dict[str, Any]) -> str:
             f"| {int(n):,} | {_f(m, 'build_wall_s')} | {_f(m, 'build_peak_rss_mib')} | "
             f"{_f(m, 'disk_mib')} | {_f(m, 'worker_rss_mib')} / {_f(m, 'worker_mapped_mib')} | "
             + " | ".join(_query(m, kind) for kind in KINDS)
-            + f" | {_f(m, 'recommend_max_rate')} / {_f(m, 'similar_items_max_rate')} | "
+            + f" | {_f(m, 'recommend_max_rate')} / {_f(m, 'similar_items_max_rate')} / "
+            f"{_f(m, 'echo_max_rate')} | "
             f"{_f(m, 'recommend_core_ms')} / {_f(m, 'similar_items_core_ms')} |"
         )
     phases = sorted(
@@ -214,6 +237,7 @@ def markdown(summary: dict[str, Any]) -> str:
         lines.append("|---|" + "---|" * len(phases))
         for n, m in summary["sizes"].items():
             lines.append(f"| {int(n):,} | " + " | ".join(_f(m, p) for p in phases) + " |")
+    lines += _rate_table(summary.get("rates", {}))
     lines += ["", "| growth (log-log least squares) | exponent |", "|---|---|"]
     for name, fit in summary["growth"].items():
         label = METRICS.get(name, (name, ""))[0]
@@ -253,6 +277,37 @@ def markdown(summary: dict[str, Any]) -> str:
             cells = " | ".join(f"{r['p50_ms']} / {r['p99_ms']}" for r in entry["rows"])
             lines.append(f"| {label} | {entry['rate']}/s | {cells} |")
     return "\n".join(lines)
+
+
+def _rate_table(rates: dict[int, list[dict[str, Any]]]) -> list[str]:
+    """Through Kafka, per size and rate: p50 / p99 ms of each search side by side, "ok" where the
+    rate held (every reply back, no backlog, p99 within the bound)."""
+    if not rates:
+        return []
+    lines = [
+        "",
+        "| items | rate/s | recommend p50 / p99 ms | similar items p50 / p99 ms | "
+        "echo p50 / p99 ms |",
+        "|---|---|---|---|---|",
+    ]
+    for n, rows in rates.items():
+        for row in rows:
+            cells = [_latency(row.get(name)) for name in SEARCHED]
+            lines.append(f"| {int(n):,} | {row['rate']:,} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _latency(point: dict[str, Any] | None) -> str:
+    if point is None:
+        return "-"
+    lat = point["latency_ms"]
+    if point["sustained"]:
+        verdict = "ok"
+    elif point["answered"] < point["sent"]:
+        verdict = f"{point['answered']:,} of {point['sent']:,} back"
+    else:
+        verdict = "missed"  # over the bound, or a backlog when sending ended
+    return f"{lat.get('p50', '-')} / {lat.get('p99', '-')} {verdict}"
 
 
 def _f(m: dict[str, float], name: str) -> str:
@@ -295,6 +350,7 @@ PANELS = (
         [
             "recommend_max_rate",
             "similar_items_max_rate",
+            "echo_max_rate",
             "recommend_core_ms",
             "similar_items_core_ms",
         ],

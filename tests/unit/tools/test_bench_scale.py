@@ -18,7 +18,7 @@ from tools.bench.procstat import (
     parse_status,
 )
 from tools.bench.scale import run_child
-from tools.bench.scale_report import fit_growth, metrics_of, project, summarize
+from tools.bench.scale_report import fit_growth, metrics_of, project, rate_rows, summarize
 
 STATUS = "Name:\tpython\nVmHWM:\t  204800 kB\nVmRSS:\t  102400 kB\nRssAnon:\t   51200 kB\n"
 
@@ -293,3 +293,52 @@ def test_an_earlier_attempts_log_is_kept_under_the_next_number(tmp_path):
         kept = _keep_earlier_log(log)
     assert [p.name for p in kept] == ["build.log.1", "build.log.2"]
     assert [p.read_text() for p in kept] == ["first", "second"] and not log.exists()
+
+
+def _point(rate, p99, sustained, answered=None):
+    sent = rate * 3
+    return {
+        "rate": rate,
+        "sent": sent,
+        "answered": sent if answered is None else answered,
+        "latency_ms": {"p50": 2.0, "p99": p99},
+        "sustained": sustained,
+        "core_ms_per_request": 1.5,
+    }
+
+
+def _search(points, held):
+    return {"points": points, "max_rate_at_p99": held}
+
+
+def test_rates_are_set_side_by_side_with_the_echo_workers_and_the_last_try_counts(tmp_path, capsys):
+    size = _size(1_000_000, 100.0, 1000.0)
+    size["kafka"] = {
+        # 200/s failed once and held on its second try; 400/s lost replies twice
+        "recommend": _search(
+            [
+                _point(100, 9.0, True),
+                _point(200, 40.0, False),
+                _point(200, 20.0, True),
+                _point(400, 90.0, False, answered=1100),
+                _point(400, 80.0, False, answered=1150),
+                _point(300, 30.0, False),
+            ],
+            200,
+        ),
+        "similar_items": _search([_point(100, 12.0, True), _point(200, 30.0, False)], 100),
+        "echo_search": _search([_point(100, 3.0, True), _point(200, 4.0, True)], 200),
+    }
+    rows = rate_rows(size)
+    assert [r["rate"] for r in rows] == [100, 200, 300, 400]
+    assert rows[1]["recommend"]["latency_ms"]["p99"] == 20.0  # the try that held
+    assert rows[3]["recommend"]["answered"] == 1150
+    assert "similar_items" not in rows[2] and "echo_search" not in rows[3]
+    assert metrics_of(size)["echo_max_rate"] == 200
+    (tmp_path / "size-1000000.json").write_text(json.dumps(size))
+    summary = summarize(tmp_path)
+    assert [r["rate"] for r in summary["rates"][1_000_000]] == [100, 200, 300, 400]
+    printed = capsys.readouterr().out
+    assert "| 1,000,000 | 200 | 2.0 / 20.0 ok | 2.0 / 30.0 missed | 2.0 / 4.0 ok |" in printed
+    assert "| 1,000,000 | 400 | 2.0 / 80.0 1,150 of 1,200 back | - | - |" in printed
+    assert "| 200 / 100 / 200 |" in printed  # the summary table's rates at the bound
