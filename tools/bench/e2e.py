@@ -24,7 +24,6 @@ was under one second's worth of requests, and p99 stayed under `--max-p99-ms`.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -52,7 +51,8 @@ from schemas.events import RecommendRequest
 from schemas.settings import CommonSettings, prefixed_topics, topic_env
 from tools import processes, services
 from tools.bench.cli import add_quick, apply_quick
-from tools.bench.machine import describe, machine_info
+from tools.bench.machine import describe
+from tools.bench.results import write_results
 from tools.bench.traffic import DEFAULT_MIX, Mix, mixed_requests
 from tools.client import ReplyWaiter, wait_for_workers
 from worker.parse import AnyRequest
@@ -184,28 +184,19 @@ def bench_e2e(
             rate = swap_rate or _highest(results["runs"]["1 worker"]) // 2 or rates[0]
             swaps = _swap_run(served, rate, max(duration_s, 15), n_items, dim)
             results["runs"][SWAP_RUN.label] = swaps
-    results.update(
-        {
-            "params": {
-                "rates": rates,
-                "duration_s": duration_s,
-                "n_items": n_items,
-                "dim": dim,
-                "n_users": served.n_users,
-                "max_p99_ms": max_p99_ms,
-                "guarantee": guarantee,
-                "request": "recommend user_id k=10"
-                if mix is None
-                else f"mix {mix.label()}, zipf {zipf}, k=10",
-            },
-            "command": "annrec " + " ".join(sys.argv[1:]),
-            "machine": machine_info(),
-        }
-    )
-    (out / "e2e.json").write_text(json.dumps(results, indent=2))
-    _plot(results, out / "e2e_latency.png")
-    _print(results)
-    return results
+    results["params"] = {
+        "rates": rates,
+        "duration_s": duration_s,
+        "n_items": n_items,
+        "dim": dim,
+        "n_users": served.n_users,
+        "max_p99_ms": max_p99_ms,
+        "guarantee": guarantee,
+        "request": "recommend user_id k=10"
+        if mix is None
+        else f"mix {mix.label()}, zipf {zipf}, k=10",
+    }
+    return write_results(out, results, "e2e.json", "e2e_latency.png", _plot, _print)
 
 
 def _swap_run(

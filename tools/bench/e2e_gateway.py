@@ -42,7 +42,8 @@ from schemas.settings import CommonSettings, prefixed_topics
 from tools import processes, services
 from tools.bench import e2e, vegeta
 from tools.bench.cli import apply_quick
-from tools.bench.machine import describe, machine_info
+from tools.bench.machine import describe
+from tools.bench.results import write_results
 from tools.client import wait_for_workers
 
 TARGET_P99_DIFF_MS = 5.0  # issue 19: through the gateway, p99 within 5 ms of straight to Kafka
@@ -133,13 +134,8 @@ def bench_via_gateway(
             "POST /v1/recommend",
             "kafka": "Python producer (linger.ms 1) + reply-topic consumer, open loop",
         },
-        "command": "annrec " + " ".join(sys.argv[1:]),
-        "machine": machine_info(),
     }
-    (out / "e2e_gateway.json").write_text(json.dumps(results, indent=2))
-    _plot(results, out / "e2e_gateway.png")
-    _print(results)
-    return results
+    return write_results(out, results, "e2e_gateway.json", "e2e_gateway.png", _plot, _print)
 
 
 def _users(n_items: int) -> int:

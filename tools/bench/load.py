@@ -19,8 +19,6 @@ timeline. It needs no Kafka or Redis: the end-to-end view of the same cost is `b
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 import tempfile
 import threading
 import time
@@ -35,7 +33,8 @@ from index_builder.publish import BuildOptions, publish_version
 from index_builder.synth import synth_factors
 from schemas.layout import read_latest
 from tools.bench.cli import add_quick, apply_quick
-from tools.bench.machine import describe, machine_info
+from tools.bench.machine import describe
+from tools.bench.results import write_results
 from worker.index_store import LoadedVersion, load_version, lower_loader_priority
 
 K = 10
@@ -75,17 +74,10 @@ def bench_load(
             raise SystemExit(f"no version in {storage}: nothing to load")
         with threadpool_limits(1, user_api="blas"):  # as the worker serves (one core per query)
             result = _measure(storage, version, loads)
-    result.update(
-        {
-            "params": {"storage": str(storage), "version": version, "loads": loads, "k": K},
-            "command": "annrec " + " ".join(sys.argv[1:]),
-            "machine": machine_info(),
-        }
+    result["params"] = {"storage": str(storage), "version": version, "loads": loads, "k": K}
+    return write_results(
+        out, result, "load.json", "load_latency.png", _plot, lambda r: print(markdown(r))
     )
-    (out / "load.json").write_text(json.dumps(result, indent=2))
-    _plot(result, out / "load_latency.png")
-    print(markdown(result))
-    return result
 
 
 def _measure(storage: Path, version: str, loads: int) -> dict[str, Any]:

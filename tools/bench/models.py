@@ -40,7 +40,8 @@ from schemas.settings import CommonSettings, prefixed_topics
 from tools import processes, services
 from tools.bench.cli import add_quick, apply_quick
 from tools.bench.e2e import MakeRequest, Run, Served, open_loop, worker_env
-from tools.bench.machine import describe, machine_info
+from tools.bench.machine import describe
+from tools.bench.results import write_results
 from tools.client import wait_for_workers
 from worker.parse import AnyRequest
 
@@ -127,14 +128,9 @@ def bench_models(
                 "neighbours": neighbours,
                 "request": "recommend user_id k=10; two models: alternating default/second",
             },
-            "command": "annrec " + " ".join(sys.argv[1:]),
-            "machine": machine_info(),
         }
     )
-    (out / "models.json").write_text(json.dumps(results, indent=2))
-    _plot(results, out / "models.png")
-    _print(results)
-    return results
+    return write_results(out, results, "models.json", "models.png", _plot, _print)
 
 
 def _built(
