@@ -52,6 +52,7 @@ from schemas.settings import CommonSettings, prefixed_topics, topic_env
 from tools import processes, services
 from tools.bench.cli import add_quick, apply_quick
 from tools.bench.machine import describe
+from tools.bench.plots import saved_figure
 from tools.bench.results import write_results
 from tools.bench.traffic import DEFAULT_MIX, Mix, mixed_requests
 from tools.client import ReplyWaiter, wait_for_workers
@@ -412,24 +413,15 @@ def _print(results: dict[str, Any]) -> None:
 
 
 def _plot(results: dict[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.5), sharey=True)
-    for ax, q in zip(axes, ("p50", "p95", "p99"), strict=True):
-        for label, points in results["runs"].items():
-            xs = [p["rate"] for p in points if q in p["latency_ms"]]
-            ys = [p["latency_ms"][q] for p in points if q in p["latency_ms"]]
-            ax.plot(xs, ys, marker="o", label=label)
-        ax.set_title(f"{q} request -> reply latency")
-        ax.set_xlabel("offered rate (requests/s)")
-        ax.set_yscale("log")
-        ax.grid(True, which="both", alpha=0.3)
-    axes[0].set_ylabel("ms")
-    axes[0].legend()
-    fig.suptitle(describe(results["machine"]), fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    with saved_figure(path, results["machine"], figsize=(15, 4.5), ncols=3, sharey=True) as axes:
+        for ax, q in zip(axes, ("p50", "p95", "p99"), strict=True):
+            for label, points in results["runs"].items():
+                xs = [p["rate"] for p in points if q in p["latency_ms"]]
+                ys = [p["latency_ms"][q] for p in points if q in p["latency_ms"]]
+                ax.plot(xs, ys, marker="o", label=label)
+            ax.set_title(f"{q} request -> reply latency")
+            ax.set_xlabel("offered rate (requests/s)")
+            ax.set_yscale("log")
+            ax.grid(True, which="both", alpha=0.3)
+        axes[0].set_ylabel("ms")
+        axes[0].legend()

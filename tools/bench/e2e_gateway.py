@@ -43,6 +43,7 @@ from tools import processes, services
 from tools.bench import e2e, vegeta
 from tools.bench.cli import apply_quick
 from tools.bench.machine import describe
+from tools.bench.plots import saved_figure
 from tools.bench.results import write_results
 from tools.client import wait_for_workers
 
@@ -456,26 +457,17 @@ def _print(results: dict[str, Any]) -> None:
 
 
 def _plot(results: dict[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(8, 4.5))
-    for point in results["points"]:
-        for name in ("kafka", "gateway"):
-            ax.plot(
-                [str(q) for q in PERCENTILES],
-                [point[name][_pct_key(q)] for q in PERCENTILES],
-                marker="o",
-                label=f"{point['rate']}/s {name}",
-            )
-    ax.set_xlabel("percentile")
-    ax.set_ylabel("request -> reply latency (ms)")
-    ax.set_title("straight to Kafka vs through annrec gateway (1 worker)")
-    ax.grid(True, alpha=0.3)
-    ax.legend()
-    fig.suptitle(describe(results["machine"]), fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    with saved_figure(path, results["machine"], figsize=(8, 4.5)) as ax:
+        for point in results["points"]:
+            for name in ("kafka", "gateway"):
+                ax.plot(
+                    [str(q) for q in PERCENTILES],
+                    [point[name][_pct_key(q)] for q in PERCENTILES],
+                    marker="o",
+                    label=f"{point['rate']}/s {name}",
+                )
+        ax.set_xlabel("percentile")
+        ax.set_ylabel("request -> reply latency (ms)")
+        ax.set_title("straight to Kafka vs through annrec gateway (1 worker)")
+        ax.grid(True, alpha=0.3)
+        ax.legend()

@@ -34,6 +34,7 @@ from index_builder.synth import synth_factors
 from schemas.layout import read_latest
 from tools.bench.cli import add_quick, apply_quick
 from tools.bench.machine import describe
+from tools.bench.plots import saved_figure
 from tools.bench.results import write_results
 from worker.index_store import LoadedVersion, load_version, lower_loader_priority
 
@@ -173,23 +174,15 @@ def markdown(result: dict[str, Any]) -> str:
 
 
 def _plot(result: dict[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(9, 4))
-    for i, (a, b) in enumerate(result["spans"]):
-        ax.axvspan(
-            a, b, color="tab:orange", alpha=0.2, label="loading a version" if i == 0 else None
-        )
-    t, ms = zip(*result["samples"], strict=True) if result["samples"] else ((), ())
-    ax.plot(t, ms, ".", markersize=2, color="tab:blue", label="query latency")
-    ax.set_yscale("log")
-    ax.set_xlabel("seconds")
-    ax.set_ylabel("latency, ms (log)")
-    ax.set_title("Serving latency while the next version loads (bench load)")
-    ax.legend(loc="upper right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    with saved_figure(path, None, figsize=(9, 4), dpi=120) as ax:
+        for i, (a, b) in enumerate(result["spans"]):
+            ax.axvspan(
+                a, b, color="tab:orange", alpha=0.2, label="loading a version" if i == 0 else None
+            )
+        t, ms = zip(*result["samples"], strict=True) if result["samples"] else ((), ())
+        ax.plot(t, ms, ".", markersize=2, color="tab:blue", label="query latency")
+        ax.set_yscale("log")
+        ax.set_xlabel("seconds")
+        ax.set_ylabel("latency, ms (log)")
+        ax.set_title("Serving latency while the next version loads (bench load)")
+        ax.legend(loc="upper right")

@@ -41,6 +41,7 @@ from tools import processes, services
 from tools.bench.cli import add_quick, apply_quick
 from tools.bench.e2e import MakeRequest, Run, Served, open_loop, worker_env
 from tools.bench.machine import describe
+from tools.bench.plots import saved_figure
 from tools.bench.results import write_results
 from tools.client import wait_for_workers
 from worker.parse import AnyRequest
@@ -236,26 +237,20 @@ def _print(results: dict[str, Any]) -> None:
 
 
 def _plot(results: dict[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(8, 4.5))
     quantiles = ("p50", "p95", "p99")
-    for label in PHASES:
-        for i, r in enumerate(results["rounds"], 1):
-            lat = r["phases"][label]["latency_ms"]
-            ax.plot(
-                quantiles, [lat.get(q) for q in quantiles], marker="o", label=f"{label}, round {i}"
-            )
-    ax.set_ylabel("request -> reply latency, ms")
-    ax.set_yscale("log")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
     p = results["params"]
-    ax.set_title(f"{p['n_items']:,} items per model, {p['rate']} requests/s, one worker")
-    fig.suptitle(describe(results["machine"]), fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    with saved_figure(path, results["machine"], figsize=(8, 4.5), machine_fontsize=7) as ax:
+        for label in PHASES:
+            for i, r in enumerate(results["rounds"], 1):
+                lat = r["phases"][label]["latency_ms"]
+                ax.plot(
+                    quantiles,
+                    [lat.get(q) for q in quantiles],
+                    marker="o",
+                    label=f"{label}, round {i}",
+                )
+        ax.set_ylabel("request -> reply latency, ms")
+        ax.set_yscale("log")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+        ax.set_title(f"{p['n_items']:,} items per model, {p['rate']} requests/s, one worker")

@@ -1,10 +1,15 @@
-"""Recall / queries-per-second plots for `annrec bench ann` (matplotlib, Agg, no display)."""
+"""Plots of the bench commands (matplotlib's Figure API on an Agg canvas: no pyplot global
+state, no display needed): the frame each command's figure is drawn in (`saved_figure`), and
+`annrec bench ann`'s recall / queries-per-second plot."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from tools.bench.machine import describe
 from tools.bench.sweep import pareto
 
 STYLES = {
@@ -23,6 +28,31 @@ OTHER_STYLES = [
     ("tab:gray", ">"),
 ]
 BRUTE_STYLES = {"brute_single": ("black", "--"), "brute_batched": ("dimgray", ":")}
+
+
+@contextmanager
+def saved_figure(
+    path: Path,
+    machine: dict[str, Any] | None,
+    *,
+    figsize: tuple[float, float],
+    dpi: int = 110,
+    machine_fontsize: float = 8,
+    **grid: Any,
+) -> Iterator[Any]:
+    """The axes of a figure (`grid`: Figure.subplots' arguments) for the caller to draw on; once
+    drawn, the machine the figures were measured on (tools.bench.machine.describe) as its
+    subtitle, laid out and saved to `path`."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=figsize)
+    FigureCanvasAgg(fig)
+    yield fig.subplots(**grid)
+    if machine is not None:
+        fig.suptitle(describe(machine), fontsize=machine_fontsize)
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
 
 
 def plot_dataset(path: Path, title: str, tasks: dict[str, dict[str, Any]]) -> None:
