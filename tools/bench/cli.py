@@ -71,6 +71,33 @@ def add_catalogue(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dim", type=int, default=64)
 
 
+def add_storage(parser: argparse.ArgumentParser, scope: str = "") -> None:
+    """--storage and --build-only, for a benchmark that builds its own catalogue: built once and
+    reused, since a 1M build takes longer than the measurement. `scope` prefixes their help
+    (e.g. "--via gateway: " where other modes ignore them). Where the version goes:
+    kept_storage."""
+    parser.add_argument(
+        "--storage",
+        type=Path,
+        help=f"{scope}keep the built version here and reuse it when a later run asks for the "
+        "same catalogue (a default 1M build takes 12-25 minutes on a shared machine)",
+    )
+    parser.add_argument(
+        "--build-only",
+        action="store_true",
+        help=f"{scope}build (or find) the version and stop (in --storage, else <out>/storage)",
+    )
+
+
+def kept_storage(args: argparse.Namespace) -> Path | None:
+    """Where the benchmark's version is built: --storage; with --build-only and no --storage,
+    <out>/storage (a version built only to be deleted with a temporary folder would be of no
+    use); None: a temporary folder of the run."""
+    if args.storage is None and args.build_only:
+        return Path(args.out) / "storage"
+    return args.storage
+
+
 def apply_quick(args: argparse.Namespace) -> argparse.Namespace:
     """`args` with the quick profile's values when --quick was given."""
     if args.quick:

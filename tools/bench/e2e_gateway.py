@@ -41,7 +41,7 @@ from schemas.errors import AnnrecError
 from schemas.settings import CommonSettings, prefixed_topics
 from tools import processes, services
 from tools.bench import e2e, vegeta
-from tools.bench.cli import apply_quick
+from tools.bench.cli import add_storage, apply_quick, kept_storage
 from tools.bench.machine import describe
 from tools.bench.plots import saved_figure
 from tools.bench.results import write_results
@@ -65,27 +65,20 @@ def register(parser: argparse.ArgumentParser) -> None:
         "gateway`, side by side (default rates 500; --rounds turns each)",
     )
     parser.add_argument("--rounds", type=int, default=2, help="--via gateway: ABBA pairs per rate")
-    parser.add_argument(
-        "--storage",
-        type=Path,
-        help="--via gateway: keep the built version here and reuse it when a later run asks for "
-        "the same catalogue (a 1M build takes 12-25 minutes on a shared machine)",
-    )
-    parser.add_argument(
-        "--build-only", action="store_true", help="--via gateway: build (or find) it and stop"
-    )
+    add_storage(parser, scope="--via gateway: ")
 
     def run(args: argparse.Namespace) -> int:
         if args.via == "kafka":
             return straight(args)
         a = apply_quick(args)
         rates = [500] if a.rates == parser.get_default("rates") else _rates(a.rates)
+        storage = kept_storage(a)
         if a.build_only:
-            storage = a.storage or a.out / "storage"
+            assert storage is not None  # --build-only keeps what it builds
             print(f"version {catalogue(storage, a.items)} in {storage}")
             return 0
         bench_via_gateway(
-            a.out, rates, a.duration, a.items, a.max_p99_ms, a.rounds, storage=a.storage
+            a.out, rates, a.duration, a.items, a.max_p99_ms, a.rounds, storage=storage
         )
         return 0
 

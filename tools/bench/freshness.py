@@ -43,7 +43,7 @@ from query_engine.vectors import cosine_scores, recall_at_k, top_k
 from schemas.events import ItemVector, RecommendRequest, Reply, SimilarItemsRequest
 from schemas.settings import CommonSettings, prefixed_topics
 from tools import processes, services
-from tools.bench.cli import add_quick, apply_quick
+from tools.bench.cli import add_quick, add_storage, apply_quick, kept_storage
 from tools.bench.e2e import Run, Served, worker_env
 from tools.bench.machine import describe, machine_info
 from tools.bench.personalization_delay import _percentiles
@@ -66,15 +66,7 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--upserts", type=int, default=100, help="upserts/s through Kafka")
     parser.add_argument("--duration", type=float, default=20.0, help="seconds of load per phase")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--storage",
-        type=Path,
-        help="keep the built version here and reuse it when a later run asks for the same "
-        "catalogue (a default 1M build takes 12-25 minutes on a shared machine)",
-    )
-    parser.add_argument(
-        "--build-only", action="store_true", help="build (or find) the version and stop"
-    )
+    add_storage(parser)
     parser.set_defaults(handler=_run)
 
 
@@ -87,7 +79,7 @@ def _run(args: argparse.Namespace) -> int:
     print(f"parameters: {a.items} items + {a.fresh} fresh x {a.dim}, seed {a.seed}")
     result: dict[str, Any] = {"command": "annrec " + " ".join(sys.argv[1:]), "machine": info}
     with tempfile.TemporaryDirectory(prefix="annrec-fresh-") as tmp:
-        storage = a.storage or Path(tmp)
+        storage = kept_storage(a) or Path(tmp)
         whole = synth_factors(a.items + a.fresh, max(1000, a.items // 10), a.dim, seed=a.seed)
         version, fresh = split(whole, a.items)
         built = storage / "bench-catalogue.json"

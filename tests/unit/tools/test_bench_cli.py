@@ -1,0 +1,39 @@
+"""tools.bench.cli's shared flags, as the bench commands that use them parse them."""
+
+from pathlib import Path
+
+import pytest
+
+from tools.bench.cli import kept_storage
+from tools.cli import build_parser
+
+# The commands that build their own catalogue and can keep it (`--storage`, `--build-only`).
+KEEPING = [["bench", "e2e", "--via", "gateway"], ["bench", "freshness"]]
+
+
+def _parse(command, *flags):
+    argv = [*command, "--out", "o", *flags]
+    return build_parser(argv).parse_args(argv)
+
+
+@pytest.mark.parametrize("command", KEEPING)
+def test_build_only_keeps_the_version_in_storage_or_else_under_out(command):
+    assert kept_storage(_parse(command, "--build-only", "--storage", "s")) == Path("s")
+    assert kept_storage(_parse(command, "--build-only")) == Path("o") / "storage"
+    assert kept_storage(_parse(command, "--storage", "s")) == Path("s")
+    assert kept_storage(_parse(command)) is None  # a temporary folder of the run's
+
+
+def _help(command, flag):
+    """The help string `flag` was registered with (argparse has no public way to it: the
+    formatted --help wraps it at the terminal's width)."""
+    parser = build_parser([*command, "--out", "o"])
+    for word in command[:2]:
+        parser = parser._subparsers._group_actions[0].choices[word]
+    return next(a.help for a in parser._actions if flag in a.option_strings)
+
+
+@pytest.mark.parametrize("flag", ["--storage", "--build-only"])
+def test_both_commands_say_the_same_of_the_flags(flag):
+    gateway, freshness = (_help(command, flag) for command in KEEPING)
+    assert gateway == "--via gateway: " + freshness  # the one mode that reads them says so
