@@ -104,6 +104,8 @@ def load_version(
         raise IndexRejected(f"{version}: {mf.POPULARITY_FILE} is not one int32 row per item")
     if item_ids.shape != (manifest.n_items,) or user_ids.shape != (manifest.n_users,):
         raise IndexRejected(f"{version}: id arrays do not match the manifest's counts")
+    if item_ids.dtype.kind != "U" or user_ids.dtype.kind != "U":  # replies hand them on as str
+        raise IndexRejected(f"{version}: id arrays are not strings (the builder writes unicode)")
     try:
         item_rows, user_rows = IdRows(item_ids), IdRows(user_ids)
     except DuplicateIds as exc:

@@ -32,6 +32,17 @@ def test_a_version_with_duplicate_item_ids_is_refused(published):
         load_version(storage, manifest.version, checksums=False)
 
 
+def test_a_version_whose_ids_are_not_strings_is_refused(published):
+    """Replies carry ids as str; an id array of bytes (written past the builder, which writes
+    unicode; the same size, so the file checks pass) is refused at load, not in every reply."""
+    storage, manifest = published
+    path = version_dir(storage, manifest.version) / "item_ids.npy"
+    ids = np.load(path)
+    np.save(path, ids.astype(f"S{ids.dtype.itemsize}"))
+    with pytest.raises(IndexRejected, match="id arrays are not strings"):
+        load_version(storage, manifest.version, checksums=False)
+
+
 @pytest.mark.parametrize("damage", ["truncate", "flip", "delete", "manifest"])
 def test_damaged_versions_are_refused(published, damage):
     storage, manifest = published
