@@ -25,15 +25,17 @@ from __future__ import annotations
 
 import argparse
 import os
+import subprocess
 import sys
 import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import numpy.typing as npt
@@ -223,16 +225,8 @@ def _sweep(
     upcoming: tuple[Path, list[str]] | None = None,
 ) -> list[dict[str, Any]]:
     """The run's workers on fresh topics, then each rate in turn until one is not sustained."""
-    tag = uuid.uuid4().hex[:8]
-    topics = CommonSettings(**prefixed_topics(f"bench{tag}"))
-    ensure_topics(served.kafka, topic_specs(topics))
-    log = (served.storage / f"workers-{tag}.log").open("ab")
-    workers = [
-        processes.start_worker(worker_env(served, run, topics, tag), log)
-        for _ in range(run.workers)
-    ]
-    try:
-        _warm_up(served.kafka, topics, served.n_users, run.workers)
+    with started_workers(served, run) as workers:
+        topics = workers.topics
         points = []
         for rate in progress_bar(rates, desc=run.label, unit="rate", file=sys.stderr):
             swapper = None
@@ -263,9 +257,6 @@ def _sweep(
             if not point["sustained"] and rate != rates[-1]:
                 break  # higher rates only pile up more backlog
         return points
-    finally:
-        processes.stop(workers)
-        log.close()
 
 
 def worker_env(served: Served, run: Run, topics: CommonSettings, tag: str) -> dict[str, str]:
@@ -284,9 +275,47 @@ def worker_env(served: Served, run: Run, topics: CommonSettings, tag: str) -> di
     }
 
 
-def _warm_up(kafka: dict[str, str], topics: CommonSettings, n_users: int, workers: int) -> None:
-    wait_for_workers(kafka, topics.topic_requests, topics.topic_replies, n_users, workers)
-    time.sleep(1.0)  # let the last assignment settle before measuring
+@dataclass(frozen=True)
+class StartedWorkers:
+    """Workers started by started_workers, answering."""
+
+    topics: CommonSettings  # their own, as is their consumer group
+    env: dict[str, str]  # their environment (a process beside them, e.g. a gateway, shares it)
+    log: IO[bytes]  # where their warnings and errors go (in the served storage)
+    procs: list[subprocess.Popen[bytes]]
+
+
+@contextmanager
+def started_workers(
+    served: Served,
+    run: Run,
+    extra_env: Mapping[str, str] | None = None,
+    ready_s: float = 120.0,
+) -> Iterator[StartedWorkers]:
+    """The run's workers (worker_env, then `extra_env` over it) on topics and a consumer group
+    of their own, once every one has answered (within `ready_s`: a 1M version takes minutes to
+    load on a busy machine) and a second more for the last assignment to settle, so no rebalance
+    lands in a measurement; stopped on leaving."""
+    tag = uuid.uuid4().hex[:8]
+    topics = CommonSettings(**prefixed_topics(f"bench{tag}"))
+    ensure_topics(served.kafka, topic_specs(topics))
+    env = {**worker_env(served, run, topics, tag), **(extra_env or {})}
+    log = (served.storage / f"workers-{tag}.log").open("ab")
+    procs = [processes.start_worker(env, log) for _ in range(run.workers)]
+    try:
+        wait_for_workers(
+            served.kafka,
+            topics.topic_requests,
+            topics.topic_replies,
+            served.n_users,
+            run.workers,
+            timeout_s=ready_s,
+        )
+        time.sleep(1.0)
+        yield StartedWorkers(topics, env, log, procs)
+    finally:
+        processes.stop(procs)
+        log.close()
 
 
 def by_user_id(n_users: int) -> MakeRequest:

@@ -33,19 +33,17 @@ import httpx
 import numpy as np
 import numpy.typing as npt
 
-from adapters.topics import ensure_topics, topic_specs
 from index_builder.progress import progress_bar
 from index_builder.publish import BuildOptions, publish_version
 from index_builder.synth import synth_factors
 from schemas.errors import AnnrecError
-from schemas.settings import CommonSettings, prefixed_topics
+from schemas.settings import CommonSettings
 from tools import processes, services
 from tools.bench import e2e, vegeta
 from tools.bench.cli import add_storage, apply_quick, kept_storage
 from tools.bench.machine import describe
 from tools.bench.plots import saved_figure
 from tools.bench.results import write_results
-from tools.client import wait_for_workers
 
 TARGET_P99_DIFF_MS = 5.0  # issue 19: through the gateway, p99 within 5 ms of straight to Kafka
 WORKER = e2e.Run("1 worker", 1)
@@ -154,24 +152,11 @@ def _compare(
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Each rate's ABBA rounds, then one gateway round at the last rate in which every tenth
     request times out: (the points, that round's figures with the waiting gauge after it)."""
-    tag = uuid.uuid4().hex[:8]
-    topics = CommonSettings(**prefixed_topics(f"bench{tag}"))
-    ensure_topics(served.kafka, topic_specs(topics))
-    env = e2e.worker_env(served, WORKER, topics, tag)
-    log = (served.storage / f"processes-{tag}.log").open("ab")
-    worker = processes.start_worker(env, log)
-    try:
-        # A 1M version with its neighbour table took over the default 2 minutes to load on a
-        # busy 2-core machine (the first 1M run stopped there).
-        wait_for_workers(
-            served.kafka,
-            topics.topic_requests,
-            topics.topic_replies,
-            served.n_users,
-            1,
-            timeout_s=WORKER_READY_S,
-        )
-        with _gateway(env, log, load_generator) as gw:
+    # A 1M version with its neighbour table took over the default 2 minutes to load on a busy
+    # 2-core machine (the first 1M run stopped there).
+    with e2e.started_workers(served, WORKER, ready_s=WORKER_READY_S) as worker:
+        topics = worker.topics
+        with _gateway(worker.env, worker.log, load_generator) as gw:
             make = e2e.by_user_id(served.n_users)
             points = []
             for rate in progress_bar(rates, desc="kafka vs gateway", unit="rate", file=sys.stderr):
@@ -187,9 +172,6 @@ def _compare(
             )
             timeouts["after"] = waiting_requests(gw.base)
             return points, timeouts
-    finally:
-        processes.stop([worker])
-        log.close()
 
 
 def _round(

@@ -23,27 +23,22 @@ import argparse
 import json
 import os
 import sys
-import time
-import uuid
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from adapters.topics import ensure_topics, topic_specs
 from index_builder.publish import BuildOptions, publish_version
 from index_builder.synth import synth_factors
 from schemas.events import RecommendRequest
 from schemas.layout import model_root, read_latest
 from schemas.manifest import MANIFEST_NAME, Manifest
-from schemas.settings import CommonSettings, prefixed_topics
-from tools import processes, services
+from tools import services
 from tools.bench.cli import add_quick, apply_quick
-from tools.bench.e2e import MakeRequest, Run, Served, open_loop, worker_env
+from tools.bench.e2e import MakeRequest, Run, Served, open_loop, started_workers
 from tools.bench.machine import describe
 from tools.bench.plots import saved_figure
 from tools.bench.results import write_results
-from tools.client import wait_for_workers
 from worker.parse import AnyRequest
 
 # --quick builds into <out>/storage (what the quick test checks is left there), not --work.
@@ -160,30 +155,13 @@ def _requests(models: tuple[str, ...], n_users: int) -> MakeRequest:
 
 def _phase(served: Served, models: tuple[str, ...], rate: int, duration_s: float) -> dict[str, Any]:
     """One worker serving `models`, `rate` requests/s spread over them; its figures."""
-    tag = uuid.uuid4().hex[:8]
-    topics = CommonSettings(**prefixed_topics(f"benchmodels{tag}"))
-    ensure_topics(served.kafka, topic_specs(topics))
-    env = {**worker_env(served, Run("models", 1), topics, tag), "ANNREC_MODELS": json.dumps(models)}
-    log = (served.storage / f"workers-{tag}.log").open("ab")
-    [worker] = [processes.start_worker(env, log)]
-    try:
-        wait_for_workers(
-            served.kafka,
-            topics.topic_requests,
-            topics.topic_replies,
-            served.n_users,
-            1,
-            timeout_s=600,
-        )
-        time.sleep(1.0)
+    holding = {"ANNREC_MODELS": json.dumps(models)}
+    with started_workers(served, Run("models", 1), holding, ready_s=600) as worker:
         load_before = os.getloadavg()
         point, _ = open_loop(
-            served.kafka, topics, rate, duration_s, _requests(models, served.n_users), 1e9
+            served.kafka, worker.topics, rate, duration_s, _requests(models, served.n_users), 1e9
         )
-        memory = _resident_mib(worker.pid)
-    finally:
-        processes.stop([worker])
-        log.close()
+        memory = _resident_mib(worker.procs[0].pid)
     return {
         **point,
         "models": list(models),
