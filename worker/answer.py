@@ -563,9 +563,9 @@ def _explained(
     top = top_contributions(terms, rows, EXPLAIN_TOP)
     out = list(items)
     for j, i in enumerate(at):
-        names = v.item_ids[top.rows[j]].tolist()
+        names = v.item_ids[top.rows[j]].tolist()  # str: load_version refuses other ids
         because = [
-            Contribution(item_id=str(name), score=part, share=share)
+            Contribution(item_id=name, score=part, share=share)
             for name, part, share in zip(names, top.parts[j], top.shares[j], strict=True)
         ]
         item = items[i]  # frozen: a new item (a validated copy costs more than this)
