@@ -6,6 +6,13 @@ load` measures query latency while a version loads beside serving, BENCHMARKS.md
 the old one at a swap pauses serving again. It also costs ~100 MB per million ids, twice over
 during a swap. Here the ids stay one numpy array, sorted once (a stable argsort in C: ~50 ms at
 1M) and searched by bisection: ~4 us per single lookup; lists of ids go in one vectorized call.
+
+A key longer than the array's fixed width is no stored id, and is answered without a search:
+numpy would compare it by widening the whole array to the key's width, a copy of every id per
+lookup (23-48 ms at 1M ids, O(n)). Every upsert of a new item looks its id up (is it a version
+item?), and new ids are longer than the old ones ("fresh-..." against "i123456"): at 100
+upserts/s a 1M worker spent its whole thread copying the id array and fell seconds behind
+(`annrec bench freshness`, BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -34,11 +41,14 @@ class IdRows(Mapping[str, int]):
             at = int(same[0])
             rows = sorted(int(r) for r in self._order[at : at + 2])
             raise DuplicateIds(f"duplicate id {str(self._sorted[at])!r} at rows {rows}")
+        self._width = self._sorted.dtype.itemsize // 4  # characters (UTF-32 code units)
 
     def get(self, key: str, default: int | None = None) -> int | None:  # type: ignore[override]
-        # searchsorted compares against the array's fixed-width strings; a longer key may land
-        # beside a prefix of itself, so the match is confirmed by equality, never assumed.
-        pos = int(np.searchsorted(self._sorted, key))
+        if len(key) > self._width:  # no stored id is this long (module docstring: no copy)
+            return default
+        # searchsorted compares against the array's fixed-width strings; the match is
+        # confirmed by equality, never assumed.
+        pos = int(np.searchsorted(self._sorted, np.asarray(key, self._sorted.dtype)))
         if pos < len(self._sorted) and self._sorted[pos] == key:
             return int(self._order[pos])
         return default
@@ -64,9 +74,14 @@ class IdRows(Mapping[str, int]):
         if not keys:
             return np.empty(0, dtype=np.int64), []
         wanted = np.asarray(keys, dtype=str)
-        pos = np.searchsorted(self._sorted, wanted)
-        inside = pos < len(self._sorted)
-        found = np.zeros(len(wanted), dtype=bool)
-        found[inside] = self._sorted[pos[inside]] == wanted[inside]
+        # Keys longer than any stored id are unknown, the others searched for at the stored
+        # width: a wider array would widen (copy) the stored one (module docstring).
+        fits = np.flatnonzero(np.strings.str_len(wanted) <= self._width)
+        fitting = wanted[fits].astype(self._sorted.dtype)
+        pos = np.searchsorted(self._sorted, fitting)
+        match = pos < len(self._sorted)
+        match[match] = self._sorted[pos[match]] == fitting[match]
+        found = np.zeros(len(keys), dtype=bool)
+        found[fits[match]] = True
         unknown = [keys[i] for i in np.flatnonzero(~found).tolist()]
-        return self._order[pos[found]].astype(np.int64), unknown
+        return self._order[pos[match]].astype(np.int64), unknown
