@@ -116,6 +116,14 @@ def add_build_arguments(build: argparse.ArgumentParser) -> None:
         help="nearest items stored per item for similar items, 0: none (ANNREC_NEIGHBOURS)",
     )
     build.add_argument("--jobs", type=int, help="build threads, -1 = all (ANNREC_BUILD_JOBS)")
+    build.add_argument(
+        "--resume",
+        action="store_true",
+        default=None,
+        help="continue a build of the same factors and options that stopped after some of its "
+        "phases (one also run with --resume), and if this one stops, keep what it finished for "
+        "the next --resume (ANNREC_BUILD_RESUME)",
+    )
     build.add_argument("--no-announce", action="store_true", help="do not announce on Kafka")
     build.add_argument("--target-recall", type=float, help="recall@10 search_k is tuned for")
     build.add_argument("--min-recall", type=float, help="refuse to publish below this recall@10")
@@ -348,6 +356,7 @@ def builder_settings(args: argparse.Namespace) -> BuilderSettings:
         "mips_trees": getattr(args, "mips_trees", None),
         "neighbours": getattr(args, "neighbours", None),
         "build_jobs": getattr(args, "jobs", None),
+        "build_resume": getattr(args, "resume", None),
         "target_recall": getattr(args, "target_recall", None),
         "min_recall": getattr(args, "min_recall", None),
         "tune_budget_s": getattr(args, "tune_budget_s", None),
@@ -412,6 +421,11 @@ def run_sharded_build(args: argparse.Namespace, settings: BuilderSettings) -> di
     target = _target(settings, args.model)
     if target.remote is not None:
         raise AnnrecError("--shards publishes to a directory (a shared filesystem), not s3://")
+    if settings.build_resume:
+        # Each shard could continue its own phases, but shards that were published would be
+        # built again from scratch (nothing records them across runs yet): a --resume that
+        # silently redoes most of the work would mislead.
+        raise AnnrecError("--resume continues one version's build, not a sharded one (--shards)")
     factors, source, _, _ = _factors(args, settings)
     options = shard_options(
         _build_options(settings, quality=not args.no_quality),
@@ -484,6 +498,7 @@ def _build_options(settings: BuilderSettings, quality: bool) -> BuildOptions:
         neighbours=settings.neighbours,
         seed=settings.seed,
         n_jobs=settings.build_jobs,
+        resume=settings.build_resume,
         quality=quality,
         target_recall=settings.target_recall,
         min_recall=settings.min_recall,

@@ -83,10 +83,12 @@ def start(storage_root: Path, version: str, key: str) -> tuple[Path, Checkpoints
     """The staging directory for `version`: a stopped resumable build's of the same key, moved
     to the new version's name, or a new one."""
     root = storage_root / STAGING
+    other = 0
     for key_file in sorted(root.glob(f"*{RESUME_SUFFIX}/{KEY_FILE}")) if root.is_dir() else []:
         old_checkpoints = key_file.parent
         old_staging = root / old_checkpoints.name.removesuffix(RESUME_SUFFIX)
         if key_file.read_text() != key or not old_staging.is_dir():
+            other += 1
             continue
         staging = root / version
         os.rename(old_staging, staging)
@@ -95,6 +97,9 @@ def start(storage_root: Path, version: str, key: str) -> tuple[Path, Checkpoints
         done = sorted(p.stem for p in checkpoints.glob("*.json"))
         log.info("build_resumed", previous=old_staging.name, phases_finished=done)
         return staging, Checkpoints(checkpoints, staging)
+    # Said out loud: a user who asked to resume should know when there was nothing to resume
+    # (a first run, or stopped builds of other factors or options, which are left alone).
+    log.info("build_resume_none", stopped_builds_of_other_inputs=other, then="building in full")
     staging = storage.start_staging(storage_root, version)
     checkpoints = root / f"{version}{RESUME_SUFFIX}"
     checkpoints.mkdir()

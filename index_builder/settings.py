@@ -22,6 +22,11 @@ class BuilderSettings(CommonSettings):
     )
     seed: int = 42
     build_jobs: int = Field(-1, description="Annoy build threads; -1 = all cores")
+    build_resume: bool = Field(
+        False,
+        description="keep a stopped build's finished phases and continue a stopped build of the "
+        "same factors and options from them (annrec build --resume; index_builder/resume.py)",
+    )
     target_recall: float = Field(
         0.95, gt=0, le=1, description="recall@10 that search_k is tuned for"
     )
