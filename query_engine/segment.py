@@ -12,6 +12,7 @@ version's own files stay immutable. Pure numpy: no Kafka, no I/O.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TypeVar
 
@@ -34,6 +35,7 @@ Rows = npt.NDArray[np.int64]
 Ranked = tuple[Rows, FloatArray]
 AttributeValues = Mapping[str, str | bool]
 G = TypeVar("G", bound=np.generic)
+_NO_SCORES: FloatArray = np.empty(0, np.float32)  # never written to: returned as is
 
 
 def refusal(event: ItemVector, dim: int, specs: Sequence[AttributeSpec]) -> str | None:
@@ -216,12 +218,14 @@ class Segment:
         if subject is not None and not exact:
             found = self.neighbours.candidates(subject, floor)
         if found is not None:
-            norm = float(np.linalg.norm(query))
-            scores = np.asarray(self._units[found] @ (query / norm), dtype=np.float32)
-            above = np.flatnonzero(scores > floor)  # mostly none: few numpy calls past here
+            # Scored against the query as it is, compared with the floor scaled by its norm:
+            # mostly none passes, and each numpy call saved is a few percent of a table lookup.
+            norm = math.sqrt(float(query @ query))
+            products = self._units[found] @ query
+            above = np.flatnonzero(products > floor * norm)
             if not len(above):
-                return [], scores[above]
-            rows, scores = found[above], scores[above]
+                return [], _NO_SCORES
+            rows, scores = found[above], (products[above] / norm).astype(np.float32)
             ok = self._allowed(keep, exclude)(rows)
             rows, first = np.unique(rows[ok], return_index=True)  # found twice: once
             scores = scores[ok][first]
