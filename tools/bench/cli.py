@@ -71,21 +71,20 @@ def add_catalogue(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dim", type=int, default=64)
 
 
-def add_storage(parser: argparse.ArgumentParser, scope: str = "") -> None:
+def add_storage(parser: argparse.ArgumentParser) -> None:
     """--storage and --build-only, for a benchmark that builds its own catalogue: built once and
-    reused, since a 1M build takes longer than the measurement. `scope` prefixes their help
-    (e.g. "--via gateway: " where other modes ignore them). Where the version goes:
+    reused, since a 1M build takes longer than the measurement. Where the version goes:
     kept_storage."""
     parser.add_argument(
         "--storage",
         type=Path,
-        help=f"{scope}keep the built version here and reuse it when a later run asks for the "
-        "same catalogue (a default 1M build takes 12-25 minutes on a shared machine)",
+        help="keep the built version here and reuse it when a later run asks for the same "
+        "catalogue (a default 1M build takes 12-25 minutes on a shared machine)",
     )
     parser.add_argument(
         "--build-only",
         action="store_true",
-        help=f"{scope}build (or find) the version and stop (in --storage, else <out>/storage)",
+        help="build (or find) the version and stop (in --storage, else <out>/storage)",
     )
 
 

@@ -24,6 +24,7 @@ was under one second's worth of requests, and p99 stayed under `--max-p99-ms`.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -52,7 +53,7 @@ from schemas.errors import AnnrecError
 from schemas.events import RecommendRequest
 from schemas.settings import CommonSettings, prefixed_topics, topic_env
 from tools import processes, services
-from tools.bench.cli import add_quick, apply_quick
+from tools.bench.cli import add_quick, add_storage, apply_quick, kept_storage
 from tools.bench.machine import describe
 from tools.bench.plots import saved_figure
 from tools.bench.results import write_results
@@ -87,6 +88,7 @@ def register(parser: argparse.ArgumentParser) -> None:
         default=1.0,
         help="with --mix: Zipf exponent of subject popularity (0: uniform)",
     )
+    add_storage(parser)
     parser.set_defaults(handler=_run)
 
 
@@ -97,6 +99,12 @@ def _run(args: argparse.Namespace) -> int:
         mix = Mix.parse(a.mix) if a.mix else None
     except ValueError as exc:
         raise AnnrecError(str(exc)) from None
+    storage = kept_storage(a)
+    if a.build_only:
+        assert storage is not None  # --build-only keeps what it builds
+        version = catalogue(storage, a.items, attributes=mix is not None and mix.needs_attributes)
+        print(f"version {version} in {storage}")
+        return 0
     bench_e2e(
         a.out,
         rates,
@@ -106,8 +114,30 @@ def _run(args: argparse.Namespace) -> int:
         guarantee=a.guarantee,
         mix=mix,
         zipf=a.zipf,
+        storage=storage,
     )
     return 0
+
+
+def bench_users(n_items: int) -> int:
+    return max(1000, n_items // 10)
+
+
+def catalogue(storage: Path, n_items: int, dim: int = 64, attributes: bool = False) -> str:
+    """The benchmark's version in `storage` (synthetic factors, seed 1; with synthetic
+    attributes when a filtered mix needs them), built unless a version of the same catalogue is
+    there already: its name."""
+    built = storage / "bench-catalogue.json"
+    wanted = {"items": n_items, "users": bench_users(n_items), "dim": dim, "seed": 1}
+    if attributes:  # a key only when set: catalogues kept before it existed still match
+        wanted["attributes"] = 1
+    if not (built.exists() and json.loads(built.read_text()) == wanted):
+        storage.mkdir(parents=True, exist_ok=True)
+        factors = synth_factors(n_items, bench_users(n_items), dim, seed=1)
+        synthetic = synth_attributes(n_items, seed=1) if attributes else None
+        publish_version(factors, storage, BuildOptions(), attributes=synthetic)
+        built.write_text(json.dumps(wanted))
+    return (storage / "LATEST").read_text().strip()
 
 
 @dataclass(frozen=True)
@@ -166,20 +196,21 @@ def bench_e2e(
     guarantee: str = "at-least-once",
     mix: Mix | None = None,
     zipf: float = 1.0,
+    storage: Path | None = None,
 ) -> dict[str, Any]:
+    """`storage`: where the version is kept and found again (catalogue), else a temporary
+    folder."""
     out.mkdir(parents=True, exist_ok=True)
     # The storage goes after the runs, each of which stops its workers first (_sweep).
     with (
         services.configured_or_local() as svc,
         tempfile.TemporaryDirectory(prefix="annrec-e2e-") as tmp,
     ):
-        storage = Path(tmp)
-        factors = synth_factors(n_items, max(1000, n_items // 10), dim, seed=1)
-        attributes = synth_attributes(n_items, seed=1) if mix and mix.needs_attributes else None
-        publish_version(factors, storage, BuildOptions(), attributes=attributes)
-        n_users = len(factors.user_ids)
+        where = storage or Path(tmp)
+        catalogue(where, n_items, dim, attributes=mix is not None and mix.needs_attributes)
+        n_users = bench_users(n_items)
         traffic = None if mix is None else mixed_requests(mix, zipf, n_items, n_users)
-        served = Served(svc.kafka, svc.redis_url, storage, n_users, max_p99_ms, traffic)
+        served = Served(svc.kafka, svc.redis_url, where, n_users, max_p99_ms, traffic)
         results: dict[str, Any] = {"runs": {}}
         for run in MIX_RUNS if mix else _runs(guarantee):
             results["runs"][run.label] = _sweep(served, run, rates, duration_s)

@@ -15,7 +15,6 @@ Kafka rounds its bridge reads every reply of the direct traffic and drops it.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import socket
 import subprocess
@@ -34,13 +33,11 @@ import numpy as np
 import numpy.typing as npt
 
 from index_builder.progress import progress_bar
-from index_builder.publish import BuildOptions, publish_version
-from index_builder.synth import synth_factors
 from schemas.errors import AnnrecError
 from schemas.settings import CommonSettings
 from tools import processes, services
 from tools.bench import e2e, vegeta
-from tools.bench.cli import add_storage, apply_quick, kept_storage
+from tools.bench.cli import apply_quick, kept_storage
 from tools.bench.machine import describe
 from tools.bench.plots import saved_figure
 from tools.bench.results import write_results
@@ -63,20 +60,14 @@ def register(parser: argparse.ArgumentParser) -> None:
         "gateway`, side by side (default rates 500; --rounds turns each)",
     )
     parser.add_argument("--rounds", type=int, default=2, help="--via gateway: ABBA pairs per rate")
-    add_storage(parser, scope="--via gateway: ")
 
     def run(args: argparse.Namespace) -> int:
-        if args.via == "kafka":
+        if args.via == "kafka" or args.build_only:  # the same catalogue either way
             return straight(args)
         a = apply_quick(args)
         rates = [500] if a.rates == parser.get_default("rates") else _rates(a.rates)
-        storage = kept_storage(a)
-        if a.build_only:
-            assert storage is not None  # --build-only keeps what it builds
-            print(f"version {catalogue(storage, a.items)} in {storage}")
-            return 0
         bench_via_gateway(
-            a.out, rates, a.duration, a.items, a.max_p99_ms, a.rounds, storage=storage
+            a.out, rates, a.duration, a.items, a.max_p99_ms, a.rounds, storage=kept_storage(a)
         )
         return 0
 
@@ -104,8 +95,8 @@ def bench_via_gateway(
         tempfile.TemporaryDirectory(prefix="annrec-e2e-gw-") as tmp,
     ):
         where = storage or Path(tmp)
-        version = catalogue(where, n_items, dim)
-        n_users = _users(n_items)
+        version = e2e.catalogue(where, n_items, dim)
+        n_users = e2e.bench_users(n_items)
         served = e2e.Served(svc.kafka, svc.redis_url, where, n_users, max_p99_ms)
         points, timeouts = _compare(served, rates, duration_s, rounds, load_generator)
     results = {
@@ -128,23 +119,6 @@ def bench_via_gateway(
         },
     }
     return write_results(out, results, "e2e_gateway.json", "e2e_gateway.png", _plot, _print)
-
-
-def _users(n_items: int) -> int:
-    return max(1000, n_items // 10)
-
-
-def catalogue(storage: Path, n_items: int, dim: int = 64) -> str:
-    """The benchmark's version in `storage` (synthetic factors, seed 1: the same as `bench
-    e2e`'s), built unless a version of the same catalogue is there already: its name."""
-    built = storage / "bench-catalogue.json"
-    wanted = {"items": n_items, "users": _users(n_items), "dim": dim, "seed": 1}
-    if not (built.exists() and json.loads(built.read_text()) == wanted):
-        storage.mkdir(parents=True, exist_ok=True)
-        factors = synth_factors(n_items, _users(n_items), dim, seed=1)
-        publish_version(factors, storage, BuildOptions())
-        built.write_text(json.dumps(wanted))
-    return (storage / "LATEST").read_text().strip()
 
 
 def _compare(
