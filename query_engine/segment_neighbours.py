@@ -13,13 +13,13 @@ score of i's answer from the version. When x arrives:
 
 A request for a version item i reads the fresh items attached to i and to the items of i's
 table row, and scores them exactly. The attachments are kept as one sorted array (version row
--> fresh items, CSR) rebuilt once more than PENDING fresh items arrived since; those are read
-by every request until then (a lookup in a dict per table neighbour cost more than the rest of
-the request). "x in i's top k" is not symmetric: i may rank deep in x's
-own list while x is near i's neighbours (at 100k items, x in i's top 10: i among x's 64 nearest
-for 75% of such pairs, i or one of its 32 table neighbours for 99.5%). This part is approximate;
-`annrec bench freshness` measures the recall against brute force. A request for a fresh item
-reads the fresh items entered under it: exact.
+-> fresh items, CSR) rebuilt between batches once more than PENDING fresh items were placed
+since; those, and the items not placed yet, are read by every request until then (a lookup in
+a dict per table neighbour cost more than the rest of the request). "x in i's top k" is not
+symmetric: i may rank deep in x's own list while x is near i's neighbours (at 100k items, x in
+i's top 10: i among x's 64 nearest for 75% of such pairs, i or one of its 32 table neighbours
+for 99.5%). This part is approximate; `annrec bench freshness` measures the recall against
+brute force. A request for a fresh item reads the fresh items entered under it: exact.
 
 Only where the version's answer reaches as deep as the row (its k-th score at least the row's
 last: k within the row, a filter that leaves enough of it) are candidates read this way; any
@@ -59,8 +59,11 @@ ROW_WIDTH = 64
 SEEDS = 32
 SEED_BUDGET = 256
 WALK_ROUNDS = 2
-# Fresh items arrived since the attachments were last sorted, read by every request meanwhile:
-# sorting 10,000 x 64 attachments costs ~40 ms, once per PENDING upserts.
+# Fresh items placed since the attachments were last sorted, read by every request meanwhile:
+# sorting 10,000 x 64 attachments costs ~40 ms (and O(n_items): the offsets), once per PENDING
+# upserts, between batches (`discover`). Never in a request: while more than PENDING items
+# waited to be placed (upserts faster than their share of the thread), every request sorted
+# again and still read them all.
 PENDING = 256
 
 
@@ -77,7 +80,7 @@ class SegmentNeighbours:
         self._rows: dict[int, Ranked] = {}  # fresh local row -> version rows, cosine, best first
         # version row v -> the fresh items attached to it: _members[_offsets[v]:_offsets[v+1]]
         # (removed or moved items stay until the next sort: candidates are rescored and
-        # checked by the caller); the items since that sort are _pending.
+        # checked by the caller); the items placed since that sort are _pending.
         self._offsets = np.zeros(1, np.int64)
         self._members = np.empty(0, np.int64)
         self._pending: dict[int, None] = {}
@@ -96,7 +99,6 @@ class SegmentNeighbours:
         `discover` has found its row and places."""
         self.withdraw(local)
         self._waiting[local] = None
-        self._pending[local] = None
         if len(self._thresholds) <= local:  # inf: no row yet, its requests scan
             grown = np.full(max(local + 1, 2 * len(self._thresholds)), np.inf, np.float32)
             grown[: len(self._thresholds)] = self._thresholds
@@ -120,7 +122,10 @@ class SegmentNeighbours:
             local = next(iter(self._waiting))
             del self._waiting[local]
             self._add(local, factors[local], units, live)
+            self._pending[local] = None
             found += 1
+        if len(self._pending) > PENDING:
+            self._sort()
         return found
 
     @property
@@ -176,14 +181,12 @@ class SegmentNeighbours:
             return None
         if floor < float(self._table_last[key]):
             return None
-        if len(self._pending) > PENDING:
-            self._sort()
         near = np.append(self._table_rows[key], key)
         starts, stops = self._offsets[near], self._offsets[near + 1]
         sizes = stops - starts
         at = np.repeat(starts - np.cumsum(sizes) + sizes, sizes) + np.arange(sizes.sum())
-        pending = np.fromiter(self._pending, np.int64, len(self._pending))
-        return np.concatenate([self._members[at], pending])
+        unsorted = [*self._pending, *self._waiting]
+        return np.concatenate([self._members[at], np.asarray(unsorted, np.int64)])
 
     def _sort(self) -> None:
         """Every fresh item's row as one array sorted by version row."""
@@ -195,7 +198,7 @@ class SegmentNeighbours:
         order = np.argsort(version, kind="stable")
         self._members = owners[order]
         self._offsets = np.concatenate([[0], np.cumsum(np.bincount(version, minlength=n))])
-        self._pending = dict.fromkeys(self._waiting)
+        self._pending = {}
 
     @staticmethod
     def _version_row(search: VersionSearch, vector: FloatArray) -> Ranked:

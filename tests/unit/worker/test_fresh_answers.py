@@ -187,7 +187,7 @@ def test_similar_items_read_the_fresh_items_found_at_their_upsert(fresh, monkeyp
     """Every item's similar items (version and fresh items) are brute force over version +
     segment - removals, and almost all of them come from the candidates found at the upserts
     (segment_neighbours), not from a scan: from the sorted attachments (pending 0: sorted at
-    each request) or from the items not sorted in yet, and a fresh item whose neighbours are
+    each settle) or from the items not sorted in yet, and a fresh item whose neighbours are
     not found yet (pending 1000) among them. A fresh item moved next to another by a new
     vector is withdrawn from its old places."""
     monkeypatch.setattr(segment_neighbours, "PENDING", pending)
@@ -216,6 +216,31 @@ def test_similar_items_read_the_fresh_items_found_at_their_upsert(fresh, monkeyp
         assert _ids(_similar(v, item, exact=True)) == truth
     assert sum(looked_up) >= 0.8 * len(vectors)
     assert _ids(_similar(v, near))[0] == "n0"
+
+
+def test_requests_never_sort_the_attachments_however_many_items_wait(fresh, monkeypatch):
+    """Upserts faster than their share of the thread leave more than PENDING items waiting to
+    be placed: requests read them all, but the attachments are sorted between batches only,
+    once per PENDING items placed (a sort is O(n_items); each request sorted again before)."""
+    monkeypatch.setattr(segment_neighbours, "PENDING", 4)
+    v, _, vectors, _, _ = fresh
+    neighbours = v.fresh.neighbours
+    sorts = []
+    sort = neighbours._sort
+    monkeypatch.setattr(neighbours, "_sort", lambda: sorts.append(1) or sort())
+    rng = np.random.default_rng(5)
+    for j in range(10):  # 10 > PENDING waiting, none placed
+        vec = rng.normal(size=8).astype(np.float32)
+        apply_event(v, ItemVector(item_id=f"w{j}", vector=vec.tolist()))
+        vectors[f"w{j}"] = vec
+    waiting = {v.fresh.local(f"w{j}") for j in range(10)}
+    for item in [i for i in vectors if i.startswith("i")][:20]:
+        found = neighbours.candidates(v.item_rows.get(item), np.inf)
+        assert found is not None and waiting <= set(found.tolist())  # read, as a scan
+        truth = _truth(vectors, vectors[item], 8, cosine=True, exclude={item})
+        assert _ids(_similar(v, item)) == truth
+    assert sorts == []
+    assert v.fresh.settle(np.inf) == 10 and len(sorts) == 1  # 10 placed: sorted once, after
 
 
 def _greedy(vectors, colors, query, k, n, cosine=False, exclude=()):
