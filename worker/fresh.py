@@ -31,9 +31,9 @@ from worker.parse import REASON_ERRORS, RawEvent
 log = structlog.get_logger(__name__)
 
 # Finding an upserted item's neighbours (query_engine/segment_neighbours.py) costs 1-4 ms at
-# 1M items; done at once, 100 upserts/s took 20-40% of the serving thread and, on a busy
-# machine, more than the thread had (bench freshness at 1M: requests piled up for seconds). So
-# it runs between batches on SETTLE_SHARE of the serving thread's time (a credit, at most
+# 1M items; done at once, 100 upserts/s would take 20-40% of the serving thread. (The seconds
+# requests waited in the first 1M runs of bench freshness were the id lookup, worker/id_rows.py.)
+# So it runs between batches on SETTLE_SHARE of the serving thread's time (a credit, at most
 # SETTLE_MAX_S ahead); meanwhile requests read the items still waiting as a scan of the items
 # that arrived since, so nothing is served later or worse, only that part costs a scan again.
 SETTLE_SHARE = 0.1
