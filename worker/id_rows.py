@@ -76,7 +76,7 @@ class IdRows(Mapping[str, int]):
         wanted = np.asarray(keys, dtype=str)
         # Keys longer than any stored id are unknown, the others searched for at the stored
         # width: a wider array would widen (copy) the stored one (module docstring).
-        fits = np.flatnonzero(np.strings.str_len(wanted) <= self._width)
+        fits = np.flatnonzero(np.char.str_len(wanted) <= self._width)  # numpy 1.26 too
         fitting = wanted[fits].astype(self._sorted.dtype)
         pos = np.searchsorted(self._sorted, fitting)
         match = pos < len(self._sorted)
