@@ -18,7 +18,8 @@ Per catalogue size (seeded synthetic factors, `--dim` 64, a user per 10 items):
    the worker's own CPU time (/proc/<pid>/stat) over each rate gives core-ms per request; the
    latency distribution at the highest rate that held is kept for the fan-out simulation. An
    echo worker (the Kafka hop without computing) runs the same search at every size, and once
-   per run a rate of ECHO_RATE for the fan-out's merger hop.
+   per run a rate of ECHO_RATE for the fan-out's merger hop. With `--live-recall both`, a
+   worker with its live-recall sampler off runs both kinds' searches too.
 
 Each size is written to `<out>/size-<n>.json` as soon as it is measured (a run that stops at a
 size keeps the ones before); while a size runs, `<out>/running-<n>.json` says where it is (for a
@@ -64,7 +65,7 @@ from tools.bench.cli import add_quick, apply_quick
 from tools.bench.e2e import MakeRequest, Run, Served, open_loop, worker_env
 from tools.bench.machine import git_commit, machine_info
 from tools.bench.procstat import PeakWatch, cpu_seconds
-from tools.bench.scale_report import size_file, summarize
+from tools.bench.scale_report import NO_LIVE_RECALL, size_file, summarize
 from tools.client import wait_for_workers
 from worker.parse import AnyRequest
 
@@ -127,6 +128,13 @@ def register(parser: argparse.ArgumentParser) -> None:
         help="the builds' neighbour table width M (default: the build's; 0: no table, similar "
         "items from the angular index); give such runs their own --out",
     )
+    parser.add_argument(
+        "--live-recall",
+        choices=("on", "both"),
+        default="on",
+        help="both: each kind's search again by a worker with live recall off "
+        "(ANNREC_SHADOW_FRACTION=0), side by side: what its exact scans cost the p99",
+    )
     parser.add_argument("--summary-only", action="store_true", help="redraw from <out>/size-*.json")
     parser.set_defaults(handler=_run)
 
@@ -145,6 +153,7 @@ def _run(args: argparse.Namespace) -> int:
             min_rate=a.min_rate,
             tries=a.tries,
             neighbours=a.neighbours,
+            without_live_recall_too=a.live_recall == "both",
         )
         bench_scale(a.out, sizes, a.dim, a.queries, limits, a.work)
     summarize(a.out)
@@ -162,6 +171,7 @@ class Limits:
     min_rate: int = 25
     tries: int = 2
     neighbours: int | None = None  # None: the build's default
+    without_live_recall_too: bool = False
 
 
 def bench_scale(
@@ -540,6 +550,13 @@ def _through_kafka(
         result["idle_core_ms_per_s"] = worker.idle_core_ms_per_s()
         for kind in KINDS:
             result[kind] = _rate_search(worker, requests[kind], limits)
+    if limits.without_live_recall_too:
+        # The live-recall sampler answers a sample again by exact scans (worker/shadow.py): at
+        # 1M one takes ~30 ms of BLAS on a 2-core machine that also runs the broker.
+        with _Worker(svc, storage, manifest.n_users, live_recall=False) as worker:
+            result[NO_LIVE_RECALL] = {
+                kind: _rate_search(worker, requests[kind], limits) for kind in KINDS
+            }
     with _Worker(svc, storage, manifest.n_users, echo=True) as echo:
         # The same search with a worker that computes nothing, at every size: the rate the Kafka
         # hop, the load generator and this machine allow at the bound, beside which a worker's
@@ -567,14 +584,21 @@ class _Worker:
     """One `annrec worker` (default settings) on fresh topics, serving `storage`'s LATEST."""
 
     def __init__(
-        self, svc: services.Endpoints, storage: Path, n_users: int, echo: bool = False
+        self,
+        svc: services.Endpoints,
+        storage: Path,
+        n_users: int,
+        echo: bool = False,
+        live_recall: bool = True,
     ) -> None:
         tag = uuid.uuid4().hex[:8]
         self.kafka = svc.kafka
         self.topics = CommonSettings(**prefixed_topics(f"scale{tag}"))
         self.n_users = n_users
         served = Served(svc.kafka, svc.redis_url, storage, n_users, 0.0)
-        self._env = worker_env(served, Run("1 worker", 1, echo=echo), self.topics, tag)
+        self._env = worker_env(
+            served, Run("1 worker", 1, echo=echo, live_recall=live_recall), self.topics, tag
+        )
         self._log = storage / f"worker-{tag}.log"
 
     def __enter__(self) -> _Worker:

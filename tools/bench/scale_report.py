@@ -88,19 +88,31 @@ def metrics_of(size: dict[str, Any]) -> dict[str, float]:
                 m[f"{kind}_core_ms"] = round(float(np.median(cpu)), 3)
         if "echo_search" in kafka:
             m["echo_max_rate"] = kafka["echo_search"]["max_rate_at_p99"]
+        for kind, search in kafka.get(NO_LIVE_RECALL, {}).items():
+            m[f"{kind}_max_rate_{NO_LIVE_RECALL}"] = search["max_rate_at_p99"]
     return m
 
 
-SEARCHED = (*KINDS, "echo_search")
+NO_LIVE_RECALL = "no_live_recall"  # bench scale --live-recall both: the worker without it
+
+
+def searches(kafka: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """A size's rate searches by column name, in table order: the default worker's per kind,
+    the same worker without live recall (when run), the echo worker."""
+    found = {kind: kafka[kind] for kind in KINDS if kind in kafka}
+    found |= {f"{kind}, {NO_LIVE_RECALL}": s for kind, s in kafka.get(NO_LIVE_RECALL, {}).items()}
+    if "echo_search" in kafka:
+        found["echo"] = kafka["echo_search"]
+    return found
 
 
 def rate_rows(size: dict[str, Any]) -> list[dict[str, Any]]:
     """Per rate tried in a size's Kafka stage, each search's latency side by side (recommend,
     similar items, the echo worker): the last try at that rate, the one that counted (a rate
     that fails is tried again; a later try that holds ends its tries)."""
-    kafka = size.get("kafka", {})
     last: dict[str, dict[int, dict[str, Any]]] = {
-        name: {p["rate"]: p for p in kafka[name]["points"]} for name in SEARCHED if name in kafka
+        name: {p["rate"]: p for p in search["points"]}
+        for name, search in searches(size.get("kafka", {})).items()
     }
     rates = sorted({rate for points in last.values() for rate in points})
     return [
@@ -284,15 +296,16 @@ def _rate_table(rates: dict[int, list[dict[str, Any]]]) -> list[str]:
     rate held (every reply back, no backlog, p99 within the bound)."""
     if not rates:
         return []
+    columns = [*KINDS, *(f"{kind}, {NO_LIVE_RECALL}" for kind in KINDS), "echo"]
+    names = [c for c in columns if any(c in row for rows in rates.values() for row in rows)]
     lines = [
         "",
-        "| items | rate/s | recommend p50 / p99 ms | similar items p50 / p99 ms | "
-        "echo p50 / p99 ms |",
-        "|---|---|---|---|---|",
+        "| items | rate/s | " + " | ".join(f"{name} p50 / p99 ms" for name in names) + " |",
+        "|---|---|" + "---|" * len(names),
     ]
     for n, rows in rates.items():
         for row in rows:
-            cells = [_latency(row.get(name)) for name in SEARCHED]
+            cells = [_latency(row.get(name)) for name in names]
             lines.append(f"| {int(n):,} | {row['rate']:,} | " + " | ".join(cells) + " |")
     return lines
 

@@ -327,18 +327,30 @@ def test_rates_are_set_side_by_side_with_the_echo_workers_and_the_last_try_count
             200,
         ),
         "similar_items": _search([_point(100, 12.0, True), _point(200, 30.0, False)], 100),
+        "no_live_recall": {
+            "recommend": _search([_point(100, 8.0, True), _point(200, 12.0, True)], 200),
+            "similar_items": _search([_point(100, 9.0, True)], 100),
+        },
         "echo_search": _search([_point(100, 3.0, True), _point(200, 4.0, True)], 200),
     }
     rows = rate_rows(size)
     assert [r["rate"] for r in rows] == [100, 200, 300, 400]
     assert rows[1]["recommend"]["latency_ms"]["p99"] == 20.0  # the try that held
     assert rows[3]["recommend"]["answered"] == 1150
-    assert "similar_items" not in rows[2] and "echo_search" not in rows[3]
+    assert "similar_items" not in rows[2] and "echo" not in rows[3]
+    assert rows[1]["recommend, no_live_recall"]["latency_ms"]["p99"] == 12.0
     assert metrics_of(size)["echo_max_rate"] == 200
+    assert metrics_of(size)["recommend_max_rate_no_live_recall"] == 200
     (tmp_path / "size-1000000.json").write_text(json.dumps(size))
     summary = summarize(tmp_path)
     assert [r["rate"] for r in summary["rates"][1_000_000]] == [100, 200, 300, 400]
     printed = capsys.readouterr().out
-    assert "| 1,000,000 | 200 | 2.0 / 20.0 ok | 2.0 / 30.0 missed | 2.0 / 4.0 ok |" in printed
-    assert "| 1,000,000 | 400 | 2.0 / 80.0 1,150 of 1,200 back | - | - |" in printed
+    head = "| items | rate/s | recommend p50 / p99 ms | similar_items p50 / p99 ms | "
+    head += "recommend, no_live_recall p50 / p99 ms | similar_items, no_live_recall p50 / p99 ms | "
+    assert head + "echo p50 / p99 ms |" in printed
+    row = (
+        "| 1,000,000 | 200 | 2.0 / 20.0 ok | 2.0 / 30.0 missed | 2.0 / 12.0 ok | - | 2.0 / 4.0 ok |"
+    )
+    assert row in printed
+    assert "| 1,000,000 | 400 | 2.0 / 80.0 1,150 of 1,200 back | - | - | - | - |" in printed
     assert "| 200 / 100 / 200 |" in printed  # the summary table's rates at the bound
