@@ -8,7 +8,8 @@ owns its quick profile (the flag values --quick sets, whatever the command line 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Mapping
+import json
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -95,6 +96,18 @@ def kept_storage(args: argparse.Namespace) -> Path | None:
     if args.storage is None and args.build_only:
         return Path(args.out) / "storage"
     return args.storage
+
+
+def kept_version(storage: Path, catalogue: dict[str, Any], publish: Callable[[], object]) -> str:
+    """The name of the version in `storage` built from `catalogue` (what its inputs were, kept
+    beside it in bench-catalogue.json): `publish()` runs unless that same catalogue was built
+    there already."""
+    built = storage / "bench-catalogue.json"
+    if not (built.exists() and json.loads(built.read_text()) == catalogue):
+        storage.mkdir(parents=True, exist_ok=True)
+        publish()
+        built.write_text(json.dumps(catalogue))
+    return (storage / "LATEST").read_text().strip()
 
 
 def apply_quick(args: argparse.Namespace) -> argparse.Namespace:

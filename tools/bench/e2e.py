@@ -24,7 +24,6 @@ was under one second's worth of requests, and p99 stayed under `--max-p99-ms`.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -53,7 +52,7 @@ from schemas.errors import AnnrecError
 from schemas.events import RecommendRequest
 from schemas.settings import CommonSettings, prefixed_topics, topic_env
 from tools import processes, services
-from tools.bench.cli import add_quick, add_storage, apply_quick, kept_storage
+from tools.bench.cli import add_quick, add_storage, apply_quick, kept_storage, kept_version
 from tools.bench.machine import describe
 from tools.bench.plots import saved_figure
 from tools.bench.results import write_results
@@ -127,17 +126,16 @@ def catalogue(storage: Path, n_items: int, dim: int = 64, attributes: bool = Fal
     """The benchmark's version in `storage` (synthetic factors, seed 1; with synthetic
     attributes when a filtered mix needs them), built unless a version of the same catalogue is
     there already: its name."""
-    built = storage / "bench-catalogue.json"
     wanted = {"items": n_items, "users": bench_users(n_items), "dim": dim, "seed": 1}
     if attributes:  # a key only when set: catalogues kept before it existed still match
         wanted["attributes"] = 1
-    if not (built.exists() and json.loads(built.read_text()) == wanted):
-        storage.mkdir(parents=True, exist_ok=True)
+
+    def publish() -> None:
         factors = synth_factors(n_items, bench_users(n_items), dim, seed=1)
         synthetic = synth_attributes(n_items, seed=1) if attributes else None
         publish_version(factors, storage, BuildOptions(), attributes=synthetic)
-        built.write_text(json.dumps(wanted))
-    return (storage / "LATEST").read_text().strip()
+
+    return kept_version(storage, wanted, publish)
 
 
 @dataclass(frozen=True)

@@ -43,7 +43,7 @@ from query_engine.vectors import cosine_scores, recall_at_k, top_k
 from schemas.events import ItemVector, RecommendRequest, Reply, SimilarItemsRequest
 from schemas.settings import CommonSettings, prefixed_topics
 from tools import processes, services
-from tools.bench.cli import add_quick, add_storage, apply_quick, kept_storage
+from tools.bench.cli import add_quick, add_storage, apply_quick, kept_storage, kept_version
 from tools.bench.e2e import Run, Served, worker_env
 from tools.bench.machine import describe, machine_info
 from tools.bench.personalization_delay import _percentiles
@@ -82,13 +82,10 @@ def _run(args: argparse.Namespace) -> int:
         storage = kept_storage(a) or Path(tmp)
         whole = synth_factors(a.items + a.fresh, max(1000, a.items // 10), a.dim, seed=a.seed)
         version, fresh = split(whole, a.items)
-        built = storage / "bench-catalogue.json"
         catalogue = {"items": a.items, "fresh": a.fresh, "dim": a.dim, "seed": a.seed}
-        if not (built.exists() and json.loads(built.read_text()) == catalogue):
-            storage.mkdir(parents=True, exist_ok=True)
-            publish_version(version, storage, BuildOptions())
-            built.write_text(json.dumps(catalogue))
-        result["version"] = (storage / "LATEST").read_text().strip()
+        result["version"] = kept_version(
+            storage, catalogue, lambda: publish_version(version, storage, BuildOptions())
+        )
         if a.build_only:
             print(f"version {result['version']} in {storage}")
             return 0

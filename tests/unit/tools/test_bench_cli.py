@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from tools.bench.cli import kept_storage
+from tools.bench.cli import kept_storage, kept_version
 from tools.cli import build_parser
 
 # The commands that build their own catalogue and can keep it (`--storage`, `--build-only`).
@@ -37,3 +37,20 @@ def _help(command, flag):
 def test_the_commands_say_the_same_of_the_flags(flag):
     e2e, gateway, freshness = (_help(command, flag) for command in KEEPING)
     assert e2e == gateway == freshness  # both modes of bench e2e read them
+
+
+def test_a_kept_version_is_built_once_per_catalogue(tmp_path):
+    built = []
+
+    def publish(name):
+        def run():
+            built.append(name)
+            (tmp_path / "LATEST").write_text(name + "\n")
+
+        return run
+
+    one = {"items": 100, "seed": 1}
+    assert kept_version(tmp_path, one, publish("v1")) == "v1"
+    assert kept_version(tmp_path, dict(one), publish("v2")) == "v1"  # found again: not rebuilt
+    assert kept_version(tmp_path, {**one, "attributes": 1}, publish("v3")) == "v3"
+    assert built == ["v1", "v3"]
