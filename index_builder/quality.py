@@ -135,7 +135,7 @@ def measure_quality(
     queries = _Queries.sample(rng, factors, n_queries)
     truth = _ItemTruth.of(items, queries.item_rows, deepest=max(k, *WALK_KS))
     with threadpool_limits(1, user_api="blas"):
-        similar = _similar_quality(version, queries, truth, k, n_trees, target_recall)
+        similar = _similar_quality(version, truth, k, n_trees, target_recall)
         table = None
         if neighbours is not None:
             table = _table_quality(replace(version, neighbours=neighbours), truth, k, target_recall)
@@ -284,17 +284,12 @@ def _recall_and_speed(version: VersionSearch, truth: _ItemTruth, k: int) -> dict
 
 
 def _similar_quality(
-    version: VersionSearch,
-    queries: _Queries,
-    truth: _ItemTruth,
-    k: int,
-    n_trees: int,
-    target: float,
+    version: VersionSearch, truth: _ItemTruth, k: int, n_trees: int, target: float
 ) -> IndexQuality:
     """item -> items: the angular index at doubling search_k, against the exact scan the worker
     runs (cosine over the raw factors: a pre-normalised matrix would flatter the scan ~2x, and
     the worker has none)."""
-    rows = queries.item_rows
+    rows = truth.rows
     exact = version.with_plan(ServingPlan(similar=SimilarPlan("exact", table=False)))
     return _index_quality(
         "similar_items",
@@ -570,13 +565,13 @@ def _exact(
     """Exact top-k for many queries: blocked GEMM (ground truth, not timed: on every core, where
     the timed searches around it run on one)."""
     out = np.empty((len(queries), min(k, len(items))), dtype=np.int64)
-    for start in range(0, len(queries), 256):
-        with threadpool_limits(os.cpu_count() or 1, user_api="blas"):
+    with threadpool_limits(os.cpu_count() or 1, user_api="blas"):
+        for start in range(0, len(queries), 256):
             scores = queries[start : start + 256] @ items.T
-        for j, row in enumerate(scores):
-            if exclude is not None:
-                row[exclude[start + j]] = -np.inf
-            out[start + j] = top_k(row, k)
+            for j, row in enumerate(scores):
+                if exclude is not None:
+                    row[exclude[start + j]] = -np.inf
+                out[start + j] = top_k(row, k)
     return out
 
 
