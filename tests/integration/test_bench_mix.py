@@ -20,9 +20,14 @@ def test_bench_e2e_mixed_traffic_quick(services, tmp_path):
     assert results["params"]["request"] == (
         "mix similar=50,recommend=40,filtered=10, zipf 1.1, k=10"
     )
+    assert results["params"]["warmup_s"] == 0.5
     for points in results["runs"].values():
-        first = points[0]
+        first, second = points
         assert first["answered"] == first["sent"] == 100  # 50/s for 2 s, nothing lost
+        # Each configuration's first rate comes after its warm-up, counted apart; the next
+        # rate reuses the warm clients.
+        assert first["warmup"]["sent"] == first["warmup"]["answered"] == 25
+        assert "warmup" not in second
     assert "1 worker + reply cache" in result.stdout
 
 

@@ -31,17 +31,12 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-import numpy as np
-import numpy.typing as npt
-from confluent_kafka import Producer
-
-from adapters.kafka_log import client_config
 from adapters.topics import ensure_topics, topic_specs
 from index_builder.announce import announce_version
 from index_builder.progress import progress_bar
@@ -53,15 +48,15 @@ from schemas.events import RecommendRequest
 from schemas.settings import CommonSettings, prefixed_topics, topic_env
 from tools import processes, services
 from tools.bench.cli import add_quick, add_storage, apply_quick, kept_storage, kept_version
+from tools.bench.load import WARMUP_S, LoadClient
 from tools.bench.machine import describe
 from tools.bench.plots import saved_figure
 from tools.bench.results import write_results
-from tools.bench.traffic import DEFAULT_MIX, Mix, mixed_requests
-from tools.client import ReplyWaiter, wait_for_workers
+from tools.bench.traffic import DEFAULT_MIX, MakeRequest, Mix, mixed_requests
+from tools.client import wait_for_workers
 from worker.parse import AnyRequest
 
-QUICK = {"rates": "50,100", "duration": 2.0, "items": 5_000}
-MakeRequest = Callable[[str, int], AnyRequest]  # (request_id, i) -> the i-th request sent
+QUICK = {"rates": "50,100", "duration": 2.0, "items": 5_000, "warmup": 0.5}
 
 
 def register(parser: argparse.ArgumentParser) -> None:
@@ -86,6 +81,14 @@ def register(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=1.0,
         help="with --mix: Zipf exponent of subject popularity (0: uniform)",
+    )
+    parser.add_argument(
+        "--warmup",
+        type=float,
+        default=WARMUP_S,
+        help="seconds of load before each configuration's first rate, at that rate, reported "
+        "apart and not counted (tools/bench/load.py: a fresh client's and worker's first second); "
+        "--via gateway has none: each round starts its clients, as its vegeta round does",
     )
     add_storage(parser)
     parser.set_defaults(handler=_run)
@@ -114,6 +117,7 @@ def _run(args: argparse.Namespace) -> int:
         mix=mix,
         zipf=a.zipf,
         storage=storage,
+        warmup_s=a.warmup,
     )
     return 0
 
@@ -181,6 +185,7 @@ class Served:
     n_users: int
     max_p99_ms: float
     traffic: MakeRequest | None = None  # None: recommend by user_id (by_user_id)
+    warmup_s: float = WARMUP_S  # each run's load before its first rate (tools/bench/load.py)
 
 
 def bench_e2e(
@@ -195,6 +200,7 @@ def bench_e2e(
     mix: Mix | None = None,
     zipf: float = 1.0,
     storage: Path | None = None,
+    warmup_s: float = WARMUP_S,
 ) -> dict[str, Any]:
     """`storage`: where the version is kept and found again (catalogue), else a temporary
     folder."""
@@ -208,7 +214,7 @@ def bench_e2e(
         catalogue(where, n_items, dim, attributes=mix is not None and mix.needs_attributes)
         n_users = bench_users(n_items)
         traffic = None if mix is None else mixed_requests(mix, zipf, n_items, n_users)
-        served = Served(svc.kafka, svc.redis_url, where, n_users, max_p99_ms, traffic)
+        served = Served(svc.kafka, svc.redis_url, where, n_users, max_p99_ms, traffic, warmup_s)
         results: dict[str, Any] = {"runs": {}}
         for run in MIX_RUNS if mix else _runs(guarantee):
             results["runs"][run.label] = _sweep(served, run, rates, duration_s)
@@ -223,6 +229,7 @@ def bench_e2e(
         "dim": dim,
         "n_users": served.n_users,
         "max_p99_ms": max_p99_ms,
+        "warmup_s": warmup_s,
         "guarantee": guarantee,
         "request": "recommend user_id k=10"
         if mix is None
@@ -254,10 +261,15 @@ def _sweep(
     upcoming: tuple[Path, list[str]] | None = None,
 ) -> list[dict[str, Any]]:
     """The run's workers on fresh topics, then each rate in turn until one is not sustained."""
-    with started_workers(served, run) as workers:
+    with (
+        started_workers(served, run) as workers,
+        LoadClient(
+            served.kafka, workers.topics, read_committed=run.exactly_once, warmup_s=served.warmup_s
+        ) as client,
+    ):
         topics = workers.topics
         points = []
-        for rate in progress_bar(rates, desc=run.label, unit="rate", file=sys.stderr):
+        for n, rate in enumerate(progress_bar(rates, desc=run.label, unit="rate", file=sys.stderr)):
             swapper = None
             if upcoming is not None:
                 swapper = threading.Thread(
@@ -265,20 +277,15 @@ def _sweep(
                     args=(
                         upcoming,
                         duration_s,
+                        served.warmup_s if n == 0 else 0.0,  # the client's first run warms up
                         served.storage,
                         served.kafka,
                         topics.topic_index_versions,
                     ),
                 )
                 swapper.start()
-            point, _ = open_loop(
-                served.kafka,
-                topics,
-                rate,
-                duration_s,
-                served.traffic or by_user_id(served.n_users),
-                served.max_p99_ms,
-                read_committed=run.exactly_once,
+            point, _ = client.run(
+                rate, duration_s, served.traffic or by_user_id(served.n_users), served.max_p99_ms
             )
             if swapper is not None:
                 swapper.join()
@@ -356,90 +363,18 @@ def by_user_id(n_users: int) -> MakeRequest:
     return make
 
 
-def open_loop(
-    kafka: dict[str, str],
-    topics: CommonSettings,
-    rate: int,
-    duration_s: float,
-    make_request: MakeRequest,
-    max_p99_ms: float,
-    read_committed: bool = False,
-    on_sent: Callable[[], None] | None = None,
-) -> tuple[dict[str, Any], npt.NDArray[np.float64]]:
-    """`rate` requests/s for `duration_s` (request i is make_request(request_id, i)), each reply's
-    latency from its scheduled send: (the point's figures, every latency in ms). `on_sent` runs
-    once the last reply arrived or the wait for them ended (e.g. to read a worker's CPU time)."""
-    n = int(rate * duration_s)
-    run_id = uuid.uuid4().hex[:6]
-    waiter = ReplyWaiter(kafka, topics.topic_replies, read_committed=read_committed)
-    received: dict[str, float] = {}
-    done = threading.Event()
-
-    def collect() -> None:
-        while not done.is_set() or len(received) < n:
-            for rid in waiter.drain(0.2):
-                received.setdefault(rid, time.perf_counter())
-            if done.is_set() and time.perf_counter() > deadline:
-                return
-
-    producer = Producer({**client_config(kafka), "linger.ms": 1, "enable.idempotence": True})
-    scheduled: dict[str, float] = {}
-    deadline = float("inf")
-    collector = threading.Thread(target=collect)
-    collector.start()
-    start = time.perf_counter() + 0.2
-    for i in range(n):
-        at = start + i / rate
-        while (wait := at - time.perf_counter()) > 0:
-            time.sleep(min(wait, 0.005))
-        rid = f"{run_id}-{i}"
-        req = make_request(rid, i)
-        scheduled[rid] = at
-        producer.produce(
-            topics.topic_requests, key=rid.encode(), value=req.model_dump_json().encode()
-        )
-        producer.poll(0)
-    producer.flush(30)
-    sending_ended = time.perf_counter()
-    backlog = n - len(received)
-    deadline = sending_ended + 30.0
-    done.set()
-    collector.join()
-    if on_sent is not None:
-        on_sent()
-    waiter.close()
-    lat = np.array([(received[r] - scheduled[r]) * 1000 for r in scheduled if r in received])
-    return point_figures(rate, n, lat, backlog, max_p99_ms), lat
-
-
-def point_figures(
-    rate: int, sent: int, lat: npt.NDArray[np.float64], backlog: int, max_p99_ms: float
-) -> dict[str, Any]:
-    """One rate's figures from its latencies (ms): sustained when every request was answered,
-    the backlog at the end of sending was under a second's worth, and p99 <= max_p99_ms."""
-    pct = (
-        {f"p{q}": round(float(np.percentile(lat, q)), 1) for q in (50, 95, 99)} if len(lat) else {}
-    )
-    ok = len(lat) == sent and backlog <= rate and pct.get("p99", float("inf")) <= max_p99_ms
-    return {
-        "rate": rate,
-        "sent": sent,
-        "answered": len(lat),
-        "backlog_at_end": backlog,
-        "latency_ms": {**pct, "max": round(float(lat.max()), 1) if len(lat) else None},
-        "sustained": bool(ok),
-    }
-
-
 def _publish_during(
     upcoming: tuple[Path, list[str]],
     duration_s: float,
+    after_s: float,
     storage: Path,
     kafka: dict[str, str],
     topic: str,
 ) -> None:
-    """Move prebuilt versions into the served storage, move LATEST, announce: evenly spaced."""
+    """Move prebuilt versions into the served storage, move LATEST, announce: evenly spaced over
+    the measured window that begins `after_s` from now."""
     side, versions = upcoming
+    time.sleep(after_s)
     for version in versions:
         time.sleep(duration_s / (len(versions) + 1))
         announce_version(kafka, topic, adopt_version(storage, side, version))

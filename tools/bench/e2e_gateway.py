@@ -36,11 +36,12 @@ from index_builder.progress import progress_bar
 from schemas.errors import AnnrecError
 from schemas.settings import CommonSettings
 from tools import processes, services
-from tools.bench import e2e, vegeta
+from tools.bench import e2e, load, vegeta
 from tools.bench.cli import apply_quick, kept_storage
 from tools.bench.machine import describe
 from tools.bench.plots import saved_figure
 from tools.bench.results import write_results
+from tools.bench.traffic import MakeRequest
 
 TARGET_P99_DIFF_MS = 5.0  # issue 19: through the gateway, p99 within 5 ms of straight to Kafka
 WORKER = e2e.Run("1 worker", 1)
@@ -155,7 +156,7 @@ def _round(
     path: str,
     rate: int,
     duration_s: float,
-    make: e2e.MakeRequest,
+    make: MakeRequest,
     timeout_every: int = 0,
 ) -> tuple[dict[str, Any], npt.NDArray[np.float64]]:
     """One path at one rate: its figures (with the gateway's CPU and the load average) and
@@ -163,7 +164,7 @@ def _round(
     cpu_before, started = _cpu_s(gw.pid), time.perf_counter()
     load_before = os.getloadavg()[0]
     if path == "kafka":
-        figures, lat = e2e.open_loop(
+        figures, lat = load.open_loop(
             served.kafka, topics, rate, duration_s, make, served.max_p99_ms
         )
     else:
@@ -233,11 +234,11 @@ def http_open_loop(
     gw: GatewayProcess,
     rate: int,
     duration_s: float,
-    make_request: e2e.MakeRequest,
+    make_request: MakeRequest,
     max_p99_ms: float,
     timeout_every: int = 0,
 ) -> tuple[dict[str, Any], npt.NDArray[np.float64]]:
-    """What e2e.open_loop does, through the gateway with vegeta (tools/bench/vegeta.py): `rate`
+    """What load.open_loop does, through the gateway with vegeta (tools/bench/vegeta.py): `rate`
     POSTs/s on keep-alive connections, each latency from its scheduled send to its response;
     (figures, latencies in ms of the 200s). timeout_every n: every n-th request carries
     deadline_ms 1, less than any Kafka round trip, so the gateway answers it 504 (the
@@ -258,7 +259,7 @@ def http_open_loop(
     lat = hits.from_schedule_ms(rate)[ok]
     # Not answered: no response at all, or the gateway's own refusals (503 busy, 504 timeout).
     backlog = n - int(ok.sum()) - (int((hits.code == 504).sum()) if timeout_every else 0)
-    figures = e2e.point_figures(rate, n, lat, backlog, max_p99_ms)
+    figures = load.point_figures(rate, n, lat, backlog, max_p99_ms)
     if timeout_every:  # the 504s were asked for: sustained when every other request got a 200
         p99 = figures["latency_ms"].get("p99", float("inf"))
         answered = int(ok.sum()) + int((hits.code == 504).sum())

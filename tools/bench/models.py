@@ -35,10 +35,12 @@ from schemas.layout import model_root, read_latest
 from schemas.manifest import MANIFEST_NAME, Manifest
 from tools import services
 from tools.bench.cli import add_quick, apply_quick
-from tools.bench.e2e import MakeRequest, Run, Served, open_loop, started_workers
+from tools.bench.e2e import Run, Served, started_workers
+from tools.bench.load import LoadClient
 from tools.bench.machine import describe
 from tools.bench.plots import saved_figure
 from tools.bench.results import write_results
+from tools.bench.traffic import MakeRequest
 from worker.parse import AnyRequest
 
 # --quick builds into <out>/storage (what the quick test checks is left there), not --work.
@@ -156,11 +158,12 @@ def _requests(models: tuple[str, ...], n_users: int) -> MakeRequest:
 def _phase(served: Served, models: tuple[str, ...], rate: int, duration_s: float) -> dict[str, Any]:
     """One worker serving `models`, `rate` requests/s spread over them; its figures."""
     holding = {"ANNREC_MODELS": json.dumps(models)}
-    with started_workers(served, Run("models", 1), holding, ready_s=600) as worker:
+    with (
+        started_workers(served, Run("models", 1), holding, ready_s=600) as worker,
+        LoadClient(served.kafka, worker.topics) as client,
+    ):
         load_before = os.getloadavg()
-        point, _ = open_loop(
-            served.kafka, worker.topics, rate, duration_s, _requests(models, served.n_users), 1e9
-        )
+        point, _ = client.run(rate, duration_s, _requests(models, served.n_users), 1e9)
         memory = _resident_mib(worker.procs[0].pid)
     return {
         **point,

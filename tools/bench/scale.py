@@ -62,10 +62,12 @@ from schemas.settings import CommonSettings, prefixed_topics
 from tools import processes, services
 from tools.bench import fanout
 from tools.bench.cli import add_quick, apply_quick
-from tools.bench.e2e import MakeRequest, Run, Served, open_loop, worker_env
+from tools.bench.e2e import Run, Served, worker_env
+from tools.bench.load import LoadClient
 from tools.bench.machine import git_commit, machine_info
 from tools.bench.procstat import PeakWatch, cpu_seconds
 from tools.bench.scale_report import NO_LIVE_RECALL, size_file, summarize
+from tools.bench.traffic import MakeRequest
 from tools.client import wait_for_workers
 from worker.parse import AnyRequest
 
@@ -619,9 +621,11 @@ class _Worker:
             processes.stop([self.proc])
             raise
         time.sleep(1.0)  # let the assignment settle before measuring
+        self._client = LoadClient(self.kafka, self.topics)  # one for the search: load.py
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self._client.close()
         processes.stop([self.proc])
 
     def idle_core_ms_per_s(self, seconds: float = 2.0) -> float:
@@ -636,9 +640,7 @@ class _Worker:
         """One open-loop rate: its figures, the worker's core-ms per request, and the latency
         distribution (quantiles, for the fan-out simulation)."""
         cpu: list[float] = [cpu_seconds(self.proc.pid)]
-        point, latencies = open_loop(
-            self.kafka,
-            self.topics,
+        point, latencies = self._client.run(
             rate,
             seconds,
             make_request,
