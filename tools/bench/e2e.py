@@ -403,6 +403,14 @@ def _print(results: dict[str, Any]) -> None:
             )
     for label, points in results["runs"].items():
         print(f"highest sustained rate, {label}: {_highest(points)}/s")
+    for label, points in results["runs"].items():
+        if warm := points[0].get("warmup") if points else None:
+            lat = warm["latency_ms"]
+            print(
+                f"warm-up before {label}'s first rate (not counted): {warm['seconds']} s, "
+                f"p50 {lat.get('p50', '-')} p99 {lat.get('p99', '-')} ms, "
+                f"{warm['answered']}/{warm['sent']} answered"
+            )
 
 
 def _plot(results: dict[str, Any], path: Path) -> None:
