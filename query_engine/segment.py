@@ -12,7 +12,6 @@ version's own files stay immutable. Pure numpy: no Kafka, no I/O.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TypeVar
 
@@ -214,18 +213,13 @@ class Segment:
         first. `subject`: the asked item's key (a version row, or key_of_fresh(local)): when
         `floor` lets it, only the candidates found at the upserts are read (segment_neighbours);
         else, or `exact`, every row is scanned."""
-        found = None
+        hit = None
         if subject is not None and not exact:
-            found = self.neighbours.candidates(subject, floor)
-        if found is not None:
-            # Scored against the query as it is, compared with the floor scaled by its norm:
-            # mostly none passes, and each numpy call saved is a few percent of a table lookup.
-            norm = math.sqrt(float(query @ query))
-            products = self._units[found] @ query
-            above = np.flatnonzero(products > floor * norm)
-            if not len(above):
+            hit = self.neighbours.above(subject, floor, self._units, query)
+        if hit is not None:
+            rows, scores = hit
+            if not len(rows):
                 return [], _NO_SCORES
-            rows, scores = found[above], (products[above] / norm).astype(np.float32)
             ok = self._allowed(keep, exclude)(rows)
             rows, first = np.unique(rows[ok], return_index=True)  # found twice: once
             scores = scores[ok][first]

@@ -31,7 +31,9 @@ Pure numpy + Annoy; the segment (query_engine/segment.py) owns it.
 
 from __future__ import annotations
 
+import math
 import time
+from collections.abc import Callable
 
 import numpy as np
 import numpy.typing as npt
@@ -65,6 +67,7 @@ WALK_ROUNDS = 2
 # waited to be placed (upserts faster than their share of the thread), every request sorted
 # again and still read them all.
 PENDING = 256
+_NO_SCORES: FloatArray = np.empty(0, np.float32)  # never written to: returned as is
 
 
 def key_of_fresh(local: int) -> int:
@@ -93,12 +96,17 @@ class SegmentNeighbours:
         self._placed: dict[int, list[int]] = {}  # fresh local -> keys it was placed under
         self._thresholds = np.empty(0, np.float32)  # by fresh local row (inf: none)
         self._search: VersionSearch | None = None
+        self._unsorted: Rows | None = None  # _pending and _waiting as one array, until changed
+        self._kernel: Callable[..., Rows] | None = None  # query_engine/attached.py, once used
 
     def queue(self, local: int, search: VersionSearch) -> None:
         """Fresh item `local` arrived (or got a new vector): read by every request until
         `discover` has found its row and places."""
         self.withdraw(local)
         self._waiting[local] = None
+        self._unsorted = None
+        if self._kernel is None:
+            self._kernel = _compiled_kernel()
         if len(self._thresholds) <= local:  # inf: no row yet, its requests scan
             grown = np.full(max(local + 1, 2 * len(self._thresholds)), np.inf, np.float32)
             grown[: len(self._thresholds)] = self._thresholds
@@ -123,6 +131,7 @@ class SegmentNeighbours:
             del self._waiting[local]
             self._add(local, factors[local], units, live)
             self._pending[local] = None
+            self._unsorted = None
             found += 1
         if len(self._pending) > PENDING:
             self._sort()
@@ -162,6 +171,7 @@ class SegmentNeighbours:
         self._entering.pop(local, None)
         self._pending.pop(local, None)
         self._waiting.pop(local, None)
+        self._unsorted = None
         self._rows.pop(local, None)
         if local < len(self._thresholds):
             self._thresholds[local] = np.inf
@@ -188,6 +198,37 @@ class SegmentNeighbours:
         unsorted = [*self._pending, *self._waiting]
         return np.concatenate([self._members[at], np.asarray(unsorted, np.int64)])
 
+    def above(self, key: int, floor: float, units: FloatArray, query: FloatArray) -> Ranked | None:
+        """The candidates of item `key` (as `candidates`) whose cosine with `query` is above
+        `floor`: (fresh rows, cosine), in no order, a row attached twice found twice; None:
+        scan. `units`: the segment's unit rows by local row. A version item's are read and
+        scored in one compiled call (query_engine/attached.py)."""
+        kernel, rows, last = self._kernel, self._table_rows, self._table_last
+        if key < 0 or kernel is None or rows is None or last is None:
+            found = self.candidates(key, floor)
+            if found is None:
+                return None
+            norm = math.sqrt(float(query @ query))
+            products = units[found] @ query
+            hit = np.flatnonzero(products > floor * norm)
+            return found[hit], (products[hit] / norm).astype(np.float32)
+        if floor < float(last[key]):
+            return None
+        if self._unsorted is None:
+            self._unsorted = np.asarray([*self._pending, *self._waiting], np.int64)
+        # Compared as products with the floor scaled by the query's norm: mostly none passes,
+        # and the few that may are rescored exactly here.
+        norm = math.sqrt(float(query @ query))
+        threshold = floor * norm
+        found = kernel(
+            self._offsets, self._members, rows[key], key, self._unsorted, units, query, threshold
+        )
+        if not len(found):
+            return found, _NO_SCORES
+        products = units[found] @ query
+        hit = np.flatnonzero(products > threshold)
+        return found[hit], (products[hit] / norm).astype(np.float32)
+
     def _sort(self) -> None:
         """Every fresh item's row as one array sorted by version row."""
         n = 0 if self._search is None else len(self._search.item_norms)
@@ -199,6 +240,7 @@ class SegmentNeighbours:
         self._members = owners[order]
         self._offsets = np.concatenate([[0], np.cumsum(np.bincount(version, minlength=n))])
         self._pending = {}
+        self._unsorted = None
 
     @staticmethod
     def _version_row(search: VersionSearch, vector: FloatArray) -> Ranked:
@@ -272,3 +314,22 @@ def similar_to_vector(
     scores = cosine_scores(np.asarray(item_factors[rows]), item_norms[rows], query)
     best = top_k(scores, min(fetch, len(rows)))
     return rows[best], scores[best]
+
+
+def _compiled_kernel() -> Callable[..., Rows]:
+    """query_engine/attached.py's kernel, compiled (or read from numba's cache) now, at the
+    first upsert, rather than in the first request that reads it."""
+    from query_engine.attached import attached_above
+
+    one = np.zeros(2, np.int64)
+    attached_above(
+        one,
+        np.zeros(0, np.int64),
+        np.zeros(1, np.int32),
+        0,
+        np.zeros(0, np.int64),
+        np.zeros((1, 1), np.float32),
+        np.zeros(1, np.float32),
+        0.0,
+    )
+    return attached_above

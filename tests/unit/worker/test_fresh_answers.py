@@ -202,20 +202,56 @@ def test_similar_items_read_the_fresh_items_found_at_their_upsert(fresh, monkeyp
     found = v.fresh.neighbours.candidates(v.item_rows.get(near), np.inf)
     assert v.fresh.local("n0") in found.tolist()
     looked_up = []
-    candidates = v.fresh.neighbours.candidates
+    above = v.fresh.neighbours.above
 
-    def counted(key, floor):
-        found = candidates(key, floor)
+    def counted(key, floor, units, query):
+        found = above(key, floor, units, query)
         looked_up.append(found is not None)
         return found
 
-    monkeypatch.setattr(v.fresh.neighbours, "candidates", counted)
+    monkeypatch.setattr(v.fresh.neighbours, "above", counted)
     for item in vectors:
         truth = _truth(vectors, vectors[item], 8, cosine=True, exclude={item})
         assert _ids(_similar(v, item)) == truth
         assert _ids(_similar(v, item, exact=True)) == truth
     assert sum(looked_up) >= 0.8 * len(vectors)
     assert _ids(_similar(v, near))[0] == "n0"
+
+
+@pytest.mark.parametrize("pending", [0, 1000])
+def test_the_compiled_read_of_the_attachments_finds_what_the_lists_hold(
+    fresh, monkeypatch, pending
+):
+    """`above` (one compiled call for a version item) returns exactly the candidates that
+    `candidates` lists whose cosine with the query beats the floor, with their cosine: from the
+    sorted attachments (pending 0) and from the items not sorted in yet (pending 1000)."""
+    monkeypatch.setattr(segment_neighbours, "PENDING", pending)
+    v, _, vectors, _, _ = fresh
+    rng = np.random.default_rng(3)
+    for j in range(6):  # some placed, some waiting
+        vec = rng.normal(size=8).astype(np.float32)
+        apply_event(v, ItemVector(item_id=f"a{j}", vector=vec.tolist()))
+        if j < 3:
+            v.fresh.settle(np.inf)
+    neighbours, units = v.fresh.neighbours, v.fresh._units
+    compared = 0
+    for item in [i for i in vectors if i.startswith("i") and v.fresh.local(i) is None]:
+        key = v.item_rows.get(item)
+        query = np.asarray(v.item_factors[key])
+        norm = float(np.linalg.norm(query))
+        for floor in (np.inf, 0.9, 0.5, -0.2):
+            listed = neighbours.candidates(key, floor)
+            got = neighbours.above(key, floor, units, query)
+            assert (listed is None) == (got is None)
+            if listed is None:
+                continue
+            cosine = units[listed] @ query / norm
+            passing = listed[cosine > floor]
+            assert sorted(got[0].tolist()) == sorted(passing.tolist())
+            by_row = dict(zip(listed.tolist(), cosine.tolist(), strict=True))
+            np.testing.assert_allclose(got[1], [by_row[r] for r in got[0].tolist()], rtol=1e-5)
+            compared += len(passing)
+    assert compared > 0  # some candidate passed some floor: the comparison saw rows
 
 
 def test_requests_never_sort_the_attachments_however_many_items_wait(fresh, monkeypatch):
