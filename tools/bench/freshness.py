@@ -31,7 +31,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 from confluent_kafka import Producer
 from threadpoolctl import threadpool_limits
 
@@ -48,7 +47,6 @@ from tools.bench.cli import add_quick, add_storage, apply_quick, kept_storage, k
 from tools.bench.e2e import Run, Served, worker_env
 from tools.bench.machine import describe, machine_info
 from tools.bench.personalization_delay import _percentiles
-from tools.bench.served import BLOCK
 from tools.client import ReplyWaiter, wait_for_workers
 from worker.answer import answer
 from worker.fresh import apply_event
@@ -104,6 +102,9 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+WARMUP = 50  # answers of each kind and version before the timed ones
+
+
 def split(whole: Factors, n: int) -> tuple[Factors, list[ItemVector]]:
     """(the first n items as the version's factors, the others as upserts)."""
     version = replace(
@@ -154,36 +155,41 @@ def segment_cost(
     for kind in ("recommend", "similar_items"):
         times: dict[str, list[float]] = {"without": [], "with": []}
         recall: dict[str, list[float]] = {"without": [], "with": []}
-        # In blocks (as tools/bench/served.py): a block's truths first, then its answers. An
-        # answer timed right after its truth's scan (256 MB of factors read) ran with cold
-        # caches, and the segment's path, touching more memory, paid more for it than the
-        # version's (similar items p50 0.198 -> 0.342 ms that way), which a worker, never
-        # scanning between requests, does not see.
-        for block in range(0, queries, BLOCK):
-            asked: list[tuple[Any, npt.NDArray[np.float32]]] = []
-            for j in range(block, min(block + BLOCK, queries)):
-                if kind == "recommend":
-                    request: Any = RecommendRequest(
-                        request_id="b", user_id=str(factors.user_ids[users[j]])
-                    )
-                    scores = combined @ factors.user_factors[users[j]]
-                else:
-                    request = SimilarItemsRequest(
-                        request_id="b", item_id=str(factors.item_ids[items[j]])
-                    )
-                    scores = cosine_scores(combined, norms, combined[items[j]])
-                    scores[items[j]] = -np.inf
-                asked.append((request, scores))
-            for j, (request, scores) in enumerate(asked, start=block):
-                pair = [("without", plain, n), ("with", served, len(combined))]
-                for label, version, m in pair if j % 2 == 0 else pair[::-1]:  # neither first
-                    if j == 0:
-                        answer(request, version, "bench")  # untimed warm-up
-                    started = time.thread_time()
-                    reply = answer(request, version, "bench")
-                    times[label].append((time.thread_time() - started) * 1000)
-                    truth = ids[top_k(scores[:m], 10)]
-                    recall[label].append(recall_at_k([i.item_id for i in reply.items], truth))
+        # Answers back to back, as a worker runs them, the truths after: an answer timed after
+        # a truth's scan (256 MB of factors read) ran on cold caches, and the segment's path,
+        # touching more memory, paid more for it than the version's (timed each after its
+        # truth: similar items p50 0.198 -> 0.342 ms; in blocks of 50 after their truths,
+        # still 0.099 ms without the segment, against 0.025 back to back).
+        requests: list[Any] = []
+        for j in range(queries):
+            if kind == "recommend":
+                requests.append(
+                    RecommendRequest(request_id="b", user_id=str(factors.user_ids[users[j]]))
+                )
+            else:
+                requests.append(
+                    SimilarItemsRequest(request_id="b", item_id=str(factors.item_ids[items[j]]))
+                )
+        replied: dict[str, list[list[str]]] = {"without": [], "with": []}
+        pair = [("without", plain), ("with", served)]
+        for _, version in pair:  # untimed warm-up: the first answers meet cold paths
+            for request in requests[:WARMUP]:
+                answer(request, version, "bench")
+        for j, request in enumerate(requests):
+            for label, version in pair if j % 2 == 0 else pair[::-1]:  # neither first
+                started = time.thread_time()
+                reply = answer(request, version, "bench")
+                times[label].append((time.thread_time() - started) * 1000)
+                replied[label].append([i.item_id for i in reply.items])
+        for j in range(queries):
+            if kind == "recommend":
+                scores = combined @ factors.user_factors[users[j]]
+            else:
+                scores = cosine_scores(combined, norms, combined[items[j]])
+                scores[items[j]] = -np.inf
+            for label, m in (("without", n), ("with", len(combined))):
+                truth = ids[top_k(scores[:m], 10)]
+                recall[label].append(recall_at_k(replied[label][j], truth))
         out[kind] = {
             label: {
                 "recall_at_10": round(float(np.mean(recall[label])), 4),
