@@ -106,7 +106,7 @@ class SegmentNeighbours:
         self._waiting[local] = None
         self._unsorted = None
         if self._kernel is None:
-            self._kernel = _compiled_kernel()
+            self._kernel = compiled_kernel()
         if len(self._thresholds) <= local:  # inf: no row yet, its requests scan
             grown = np.full(max(local + 1, 2 * len(self._thresholds)), np.inf, np.float32)
             grown[: len(self._thresholds)] = self._thresholds
@@ -316,9 +316,10 @@ def similar_to_vector(
     return rows[best], scores[best]
 
 
-def _compiled_kernel() -> Callable[..., Rows]:
-    """query_engine/attached.py's kernel, compiled (or read from numba's cache) now, at the
-    first upsert, rather than in the first request that reads it."""
+def compiled_kernel() -> Callable[..., Rows]:
+    """query_engine/attached.py's kernel, compiled (or read from numba's cache) now: when a
+    version with a table loads (VersionSearch.warm), else at the first upsert, not in a request
+    that reads it."""
     from query_engine.attached import attached_above
 
     one = np.zeros(2, np.int64)

@@ -3,9 +3,10 @@
 An item x scores at most ||q|| * ||x|| against a query q (Cauchy-Schwarz), so once the next
 item's bound cannot beat the k-th score known (the version's answer's, or the segment's own k-th
 so far), no later item can enter the answer: the scan stops, as the version's norm bands do
-(query_engine/banded.py). On matrix-factorization factors the answers have the longest norms, so
-a request reads the first block of a few hundred rows of a 10,000-item segment instead of all
-of them. Exact.
+(query_engine/banded.py). With the version's k-th score as the floor, the rows whose bound beats
+it are found by a binary search and read in one product (on matrix-factorization factors the
+answers have the longest norms: a few hundred rows of a 10,000-item segment); with none (no
+version answer), block by block until the k-th found stops it. Exact.
 
 Upserts arrive one at a time between batches; sorting at each would cost a request's time per
 upsert. So the rows changed since the last sort (upserted, re-upserted or removed) are a tail,
@@ -17,6 +18,7 @@ Pure numpy; the segment (query_engine/segment.py) owns the factors and calls it.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import numpy as np
@@ -45,13 +47,16 @@ class NormOrder:
     def __init__(self, dim: int) -> None:
         self.rows = np.empty(0, np.int64)  # local rows, longest first
         self.norms = np.empty(0, np.float32)
+        self._ascending = np.empty(0, np.float32)  # -norms: ascending
         self.factors = np.empty((0, dim), np.float32)  # self.rows' vectors, in that order
         self._tail: dict[int, None] = {}  # local rows changed since the sort, in order
+        self._tail_rows: Rows | None = None  # _tail as an array, until it changes
         self.read = 0  # sorted rows the last `top` read (the bound stopped it there)
 
     def changed(self, local: int) -> None:
         """A row was upserted or removed: scanned from the tail until the next sort."""
         self._tail[local] = None
+        self._tail_rows = None
 
     def outdated(self) -> bool:
         return len(self._tail) > max(MIN_TAIL, len(self.rows) // 8)
@@ -62,8 +67,16 @@ class NormOrder:
         order = np.argsort(-norms[rows], kind="stable")
         self.rows = rows[order]
         self.norms = np.ascontiguousarray(norms[self.rows])
+        self._ascending = -self.norms  # for searchsorted
         self.factors = np.ascontiguousarray(factors[self.rows])
         self._tail.clear()
+        self._tail_rows = None
+
+    def _reaching(self, floor: float, reach: float) -> int:
+        """How many of the sorted rows have a bound (norm * reach) above `floor`."""
+        if reach <= 0:
+            return len(self.rows) if floor < 0 else 0
+        return int(np.searchsorted(self._ascending, -floor / reach, side="left"))
 
     def top(
         self, factors: FloatArray, query: FloatArray, k: int, floor: float, allowed: Allowed
@@ -90,11 +103,19 @@ class NormOrder:
             if len(every) >= k:
                 kth = max(kth, float(np.partition(every, len(every) - k)[len(every) - k]))
 
-        tail = np.fromiter(self._tail, np.int64, len(self._tail))
+        if self._tail_rows is None:
+            self._tail_rows = np.fromiter(self._tail, np.int64, len(self._tail))
+        tail = self._tail_rows
         if len(tail):
             take(tail, np.asarray(factors[tail] @ query, dtype=np.float32))
-        reach = float(np.linalg.norm(query)) * (1 + BOUND_MARGIN)
+        # Not np.linalg.norm: a few microseconds of checks, a tenth of what this scan costs.
+        reach = math.sqrt(float(query @ query)) * (1 + BOUND_MARGIN)
         start, size, n = 0, FIRST_BLOCK, len(self.rows)
+        if math.isfinite(kth):
+            # The rows whose bound beats the floor, read in one product: the floor only rises
+            # as items are found, so none past them can enter. (Blocks of 256, 1,024, ...
+            # read 1,280 rows for a tenth of the requests at 1M, where a few hundred can pass.)
+            size = max(1, self._reaching(kth, reach))
         while start < n and self.norms[start] * reach > kth:
             stop = min(n, start + size)
             scores = np.asarray(self.factors[start:stop] @ query, dtype=np.float32)

@@ -53,22 +53,24 @@ def test_top_is_brute_force_above_the_floor_with_a_tail_removals_and_a_filter(se
         np.testing.assert_allclose(scores, factors[rows] @ query, rtol=1e-5)
 
 
-def test_the_scan_stops_at_the_norm_bound():
-    """Rows are read block by block while the next row's bound ||q|| * ||x|| can beat the
-    floor: a floor just above the second block's bound reads the first block only, just
-    below it reads on; no floor reads every row."""
+def test_the_scan_reads_the_rows_whose_norm_bound_beats_the_floor():
+    """With a floor, exactly the rows whose bound ||q|| * ||x|| beats it are read, in one
+    product (the floor only rises as items are found); with none, block by block until k are
+    found and the next row's bound cannot beat the k-th; k past the rows reads every row."""
     rng = np.random.default_rng(5)
     n = 20 * FIRST_BLOCK
     factors = _catalogue(rng, n)
     order = NormOrder(DIM)
     order.sort(factors, np.linalg.norm(factors, axis=1), np.ones(n, np.bool_))
     query = rng.normal(size=DIM).astype(np.float32)
-    bound = float(order.norms[FIRST_BLOCK] * np.linalg.norm(query))
+    reach = float(np.linalg.norm(query)) * (1 + segment_order.BOUND_MARGIN)
     every = np.ones(n, np.bool_)
-    order.top(factors, query, 10, bound * 1.001, lambda r: every[r])
-    assert order.read == FIRST_BLOCK
-    order.top(factors, query, 10, bound * 0.999, lambda r: every[r])
-    assert order.read > FIRST_BLOCK
+    for j in (0, 99, FIRST_BLOCK, 3 * FIRST_BLOCK + 7):  # a floor between rows j and j + 1
+        floor = float(order.norms[j] + order.norms[j + 1]) / 2 * reach
+        order.top(factors, query, 10, floor, lambda r: every[r])
+        assert order.read == j + 1
+    order.top(factors, query, 10, -np.inf, lambda r: every[r])
+    assert FIRST_BLOCK <= order.read < n
     order.top(factors, query, n, -np.inf, lambda r: every[r])
     assert order.read == n
 
