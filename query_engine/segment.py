@@ -221,8 +221,7 @@ class Segment:
             if not len(rows):
                 return [], _NO_SCORES
             ok = self._allowed(keep, exclude)(rows)
-            rows, first = np.unique(rows[ok], return_index=True)  # found twice: once
-            scores = scores[ok][first]
+            rows, scores = rows[ok], scores[ok]
             best = np.lexsort((rows, -scores))[:k]
             return [self.ids[r] for r in rows[best].tolist()], scores[best]
         n = len(self.ids)

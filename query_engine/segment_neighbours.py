@@ -97,7 +97,7 @@ class SegmentNeighbours:
         self._thresholds = np.empty(0, np.float32)  # by fresh local row (inf: none)
         self._search: VersionSearch | None = None
         self._unsorted: Rows | None = None  # _pending and _waiting as one array, until changed
-        self._kernel: Callable[..., Rows] | None = None  # query_engine/attached.py, once used
+        self._kernel: Callable[..., Ranked] | None = None  # query_engine/attached.py, once used
 
     def queue(self, local: int, search: VersionSearch) -> None:
         """Fresh item `local` arrived (or got a new vector): read by every request until
@@ -200,34 +200,29 @@ class SegmentNeighbours:
 
     def above(self, key: int, floor: float, units: FloatArray, query: FloatArray) -> Ranked | None:
         """The candidates of item `key` (as `candidates`) whose cosine with `query` is above
-        `floor`: (fresh rows, cosine), in no order, a row attached twice found twice; None:
-        scan. `units`: the segment's unit rows by local row. A version item's are read and
-        scored in one compiled call (query_engine/attached.py)."""
+        `floor`: (fresh rows, cosine), each row once, in no order; None: scan. `units`: the
+        segment's unit rows by local row. A version item's are read and scored in one compiled
+        call (query_engine/attached.py)."""
         kernel, rows, last = self._kernel, self._table_rows, self._table_last
+        # Compared as products with the floor scaled by the query's norm: mostly none passes,
+        # and the division is left to the few that do.
+        norm = math.sqrt(float(query @ query))
         if key < 0 or kernel is None or rows is None or last is None:
             found = self.candidates(key, floor)
             if found is None:
                 return None
-            norm = math.sqrt(float(query @ query))
             products = units[found] @ query
             hit = np.flatnonzero(products > floor * norm)
-            return found[hit], (products[hit] / norm).astype(np.float32)
+            found, first = np.unique(found[hit], return_index=True)  # listed twice: once
+            return found, (products[hit][first] / norm).astype(np.float32)
         if floor < float(last[key]):
             return None
         if self._unsorted is None:
             self._unsorted = np.asarray([*self._pending, *self._waiting], np.int64)
-        # Compared as products with the floor scaled by the query's norm: mostly none passes,
-        # and the few that may are rescored exactly here.
-        norm = math.sqrt(float(query @ query))
-        threshold = floor * norm
-        found = kernel(
-            self._offsets, self._members, rows[key], key, self._unsorted, units, query, threshold
+        found, products = kernel(
+            self._offsets, self._members, rows[key], key, self._unsorted, units, query, floor * norm
         )
-        if not len(found):
-            return found, _NO_SCORES
-        products = units[found] @ query
-        hit = np.flatnonzero(products > threshold)
-        return found[hit], (products[hit] / norm).astype(np.float32)
+        return found, products / np.float32(norm) if len(found) else _NO_SCORES
 
     def _sort(self) -> None:
         """Every fresh item's row as one array sorted by version row."""
@@ -316,7 +311,7 @@ def similar_to_vector(
     return rows[best], scores[best]
 
 
-def compiled_kernel() -> Callable[..., Rows]:
+def compiled_kernel() -> Callable[..., Ranked]:
     """query_engine/attached.py's kernel, compiled (or read from numba's cache) now: when a
     version with a table loads (VersionSearch.warm), else at the first upsert, not in a request
     that reads it."""

@@ -18,6 +18,7 @@ Pure numpy; the segment (query_engine/segment.py) owns the factors and calls it.
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections.abc import Callable
 
@@ -47,7 +48,9 @@ class NormOrder:
     def __init__(self, dim: int) -> None:
         self.rows = np.empty(0, np.int64)  # local rows, longest first
         self.norms = np.empty(0, np.float32)
-        self._ascending = np.empty(0, np.float32)  # -norms: ascending
+        # -norms, ascending, as Python floats: bisect on a list costs a tenth of a microsecond
+        # per step where np.searchsorted on the array cost 2.6 us a request.
+        self._ascending: list[float] = []
         self.factors = np.empty((0, dim), np.float32)  # self.rows' vectors, in that order
         self._tail: dict[int, None] = {}  # local rows changed since the sort, in order
         self._tail_rows: Rows | None = None  # _tail as an array, until it changes
@@ -67,7 +70,7 @@ class NormOrder:
         order = np.argsort(-norms[rows], kind="stable")
         self.rows = rows[order]
         self.norms = np.ascontiguousarray(norms[self.rows])
-        self._ascending = -self.norms  # for searchsorted
+        self._ascending = (-self.norms).tolist()
         self.factors = np.ascontiguousarray(factors[self.rows])
         self._tail.clear()
         self._tail_rows = None
@@ -76,7 +79,7 @@ class NormOrder:
         """How many of the sorted rows have a bound (norm * reach) above `floor`."""
         if reach <= 0:
             return len(self.rows) if floor < 0 else 0
-        return int(np.searchsorted(self._ascending, -floor / reach, side="left"))
+        return bisect.bisect_left(self._ascending, -floor / reach)
 
     def top(
         self, factors: FloatArray, query: FloatArray, k: int, floor: float, allowed: Allowed
