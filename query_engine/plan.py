@@ -168,16 +168,15 @@ class VersionSearch:
         return replace(self, plan=plan)
 
     def warm(self) -> None:
-        """Compile the table's search now when the plan walks it, and the read of fresh items'
-        attachments when there is a table, so that the first request that walks or the first
-        upsert does not pay the compilation (seconds the first time, then numba's cache)."""
-        if self.neighbours is not None:
-            # Fresh items' similar items read their attachments through a compiled call: made
-            # ready here, while the version loads, not in the serving thread at the first upsert
-            # (importing numba there held every request for ~1 s).
-            from query_engine.segment_neighbours import compiled_kernel
+        """Compile the table's search now when the plan walks it, and the fresh segment's
+        reads, so that the first request that walks or the first upsert does not pay the
+        compilation (seconds the first time, then numba's cache)."""
+        # Fresh items are read through compiled calls: made ready here, while the version
+        # loads, not in the serving thread at the first upsert (importing numba there held
+        # every request for ~1 s).
+        from query_engine import segment_kernels
 
-            compiled_kernel()
+        segment_kernels.warm()
         plan = self.plan.similar
         if self.neighbours is None or not plan.table or not (plan.walk_max_k or plan.refine):
             return

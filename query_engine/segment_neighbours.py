@@ -26,7 +26,8 @@ last: k within the row, a filter that leaves enough of it) are candidates read t
 other request (k past the row, a selective filter, an exact answer, a version without a table)
 scans the segment, as before.
 
-Pure numpy + Annoy; the segment (query_engine/segment.py) owns it.
+numpy + Annoy, and one compiled read per request (query_engine/segment_kernels.py); the segment
+(query_engine/segment.py) owns it.
 """
 
 from __future__ import annotations
@@ -97,7 +98,7 @@ class SegmentNeighbours:
         self._thresholds = np.empty(0, np.float32)  # by fresh local row (inf: none)
         self._search: VersionSearch | None = None
         self._unsorted: Rows | None = None  # _pending and _waiting as one array, until changed
-        self._kernel: Callable[..., Ranked] | None = None  # query_engine/attached.py, once used
+        self._kernel: Callable[..., Rows] | None = None  # segment_kernels.py, once used
 
     def queue(self, local: int, search: VersionSearch) -> None:
         """Fresh item `local` arrived (or got a new vector): read by every request until
@@ -106,7 +107,10 @@ class SegmentNeighbours:
         self._waiting[local] = None
         self._unsorted = None
         if self._kernel is None:
-            self._kernel = compiled_kernel()
+            from query_engine import segment_kernels
+
+            segment_kernels.warm()
+            self._kernel = segment_kernels.attached_candidates
         if len(self._thresholds) <= local:  # inf: no row yet, its requests scan
             grown = np.full(max(local + 1, 2 * len(self._thresholds)), np.inf, np.float32)
             grown[: len(self._thresholds)] = self._thresholds
@@ -116,7 +120,7 @@ class SegmentNeighbours:
             self._offsets = np.zeros(len(search.item_norms) + 1, np.int64)
             table = search.neighbours
             if table is not None:  # plain views: a memmap's indexing costs microseconds
-                self._table_rows = np.asarray(table.rows)
+                self._table_rows = np.asarray(table.rows, np.int32)  # the kernel's types
                 self._table_last = np.ascontiguousarray(table.scores[:, -1])
 
     def discover(
@@ -202,7 +206,7 @@ class SegmentNeighbours:
         """The candidates of item `key` (as `candidates`) whose cosine with `query` is above
         `floor`: (fresh rows, cosine), each row once, in no order; None: scan. `units`: the
         segment's unit rows by local row. A version item's are read and scored in one compiled
-        call (query_engine/attached.py)."""
+        call (query_engine/segment_kernels.py)."""
         kernel, rows, last = self._kernel, self._table_rows, self._table_last
         # Compared as products with the floor scaled by the query's norm: mostly none passes,
         # and the division is left to the few that do.
@@ -219,10 +223,17 @@ class SegmentNeighbours:
             return None
         if self._unsorted is None:
             self._unsorted = np.asarray([*self._pending, *self._waiting], np.int64)
-        found, products = kernel(
-            self._offsets, self._members, rows[key], key, self._unsorted, units, query, floor * norm
+        # float32 as compiled: another dtype would compile again, inside a request
+        query = np.asarray(query, np.float32)
+        threshold = floor * norm
+        found = kernel(
+            self._offsets, self._members, rows[key], key, self._unsorted, units, query, threshold
         )
-        return found, products / np.float32(norm) if len(found) else _NO_SCORES
+        if not len(found):
+            return found, _NO_SCORES
+        products = units[found] @ query  # the few screened in, scored as the version scores
+        hit = np.flatnonzero(products > threshold)
+        return found[hit], (products[hit] / norm).astype(np.float32)
 
     def _sort(self) -> None:
         """Every fresh item's row as one array sorted by version row."""
@@ -309,23 +320,3 @@ def similar_to_vector(
     scores = cosine_scores(np.asarray(item_factors[rows]), item_norms[rows], query)
     best = top_k(scores, min(fetch, len(rows)))
     return rows[best], scores[best]
-
-
-def compiled_kernel() -> Callable[..., Ranked]:
-    """query_engine/attached.py's kernel, compiled (or read from numba's cache) now: when a
-    version with a table loads (VersionSearch.warm), else at the first upsert, not in a request
-    that reads it."""
-    from query_engine.attached import attached_above
-
-    one = np.zeros(2, np.int64)
-    attached_above(
-        one,
-        np.zeros(0, np.int64),
-        np.zeros(1, np.int32),
-        0,
-        np.zeros(0, np.int64),
-        np.zeros((1, 1), np.float32),
-        np.zeros(1, np.float32),
-        0.0,
-    )
-    return attached_above

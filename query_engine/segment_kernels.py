@@ -1,13 +1,17 @@
-"""The fresh items attached to a version item and its table row, scored in one compiled call.
+"""The fresh segment's reads in a request, each one compiled call: the fresh items attached to a
+version item and its table row (similar items), and the norm-ordered rows that can beat the
+version's k-th score (recommend).
 
 A similar-items request for version item i reads the fresh items attached to i and to each of
 the 32 items of i's table row (query_engine/segment_neighbours.py), plus those not sorted into
 the attachments yet, and keeps the few whose product with the query beats the version's k-th
 score. In numpy that was ~15 calls on mostly empty slices: ~30 us a request at 1M items with
 10,000 fresh items, more than the version's own table lookup (25 us). Here it is one loop.
+A recommendation reads the first few hundred rows of the segment by decreasing norm
+(query_engine/segment_order.py): in numpy ~8 us of calls around a 1-us product.
 
-Compiled with numba (cache=True: on disk next to this module after the first time), imported
-only once a worker holds fresh items, as query_engine/graph_search.py is only where walks run.
+Compiled with numba (cache=True: on disk next to this module after the first time), made ready
+(`warm`) while a version loads or at the first upsert, never in a request.
 """
 
 from __future__ import annotations
@@ -62,7 +66,7 @@ def _gathered(
 
 
 @numba.njit(cache=True, nogil=True)
-def attached_above(
+def attached_candidates(
     offsets: npt.NDArray[np.int64],
     members: npt.NDArray[np.int64],
     near: npt.NDArray[np.int32],
@@ -71,29 +75,22 @@ def attached_above(
     units: npt.NDArray[np.float32],
     query: npt.NDArray[np.float32],
     threshold: float,
-) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:  # pragma: no cover - compiled
-    """(fresh rows, their product with `query`) of the members attached to `key` and to each
-    item of `near` (members[offsets[v]:offsets[v + 1]] for version row v) and of `unsorted`
-    whose product with `query` (units: the fresh items' unit rows) is above `threshold`, each
-    row once, in the order first read.
+) -> npt.NDArray[np.int64]:  # pragma: no cover - compiled
+    """The fresh rows among the members attached to `key` and to each item of `near`
+    (members[offsets[v]:offsets[v + 1]] for version row v) and `unsorted` whose product with
+    `query` (units: the fresh items' unit rows) may be above `threshold` (see MARGIN), each row
+    once, in the order first read: the caller scores these few exactly.
 
     In phases, each a loop of independent loads (the slices' bounds, then their members, then
     the products), so that their cache misses overlap rather than wait on one another: the
-    lists are scattered over a 1M-row offsets array and the segment's rows. A vectorized product
-    screens; the scores replied are summed in float64, in order."""
+    lists are scattered over a 1M-row offsets array and the segment's rows."""
     rows = _gathered(offsets, members, near, key, unsorted)
     total = len(rows)
-    products = np.empty(total, np.float32)
     lowered = threshold - MARGIN * abs(threshold)
     kept = 0
     for i in range(total):
         f = rows[i]
         if _fast_dot(units[f], query) <= lowered:
-            continue  # mostly: the exact product, summed in order, only for the few left
-        dot = 0.0
-        for t in range(units.shape[1]):
-            dot += np.float64(units[f, t]) * np.float64(query[t])
-        if dot <= threshold:
             continue
         seen = False  # an item attached under two of the lists read: once (few pass)
         for j in range(kept):
@@ -102,6 +99,51 @@ def attached_above(
                 break
         if not seen:
             rows[kept] = f
-            products[kept] = np.float32(dot)
             kept += 1
-    return rows[:kept], products[:kept]
+    return rows[:kept]
+
+
+@numba.njit(cache=True, nogil=True)
+def sorted_candidates(
+    sorted_factors: npt.NDArray[np.float32],
+    sorted_rows: npt.NDArray[np.int64],
+    read: int,
+    tail: npt.NDArray[np.int64],
+    factors: npt.NDArray[np.float32],
+    query: npt.NDArray[np.float32],
+    floor: float,
+) -> npt.NDArray[np.int64]:  # pragma: no cover - compiled
+    """The rows among the first `read` of the norm order (`sorted_factors`, `sorted_rows`) and
+    the `tail` rows changed since its sort (read from `factors`, by row; their copies in the
+    order are stale and skipped) whose product with `query` may be above `floor` (see MARGIN):
+    the caller scores these few exactly."""
+    rows = np.empty(read + len(tail), np.int64)
+    lowered = floor - MARGIN * abs(floor)
+    kept = 0
+    for i in range(read + len(tail)):
+        if i < read:
+            r, vector = sorted_rows[i], sorted_factors[i]
+        else:
+            r = tail[i - read]
+            vector = factors[r]
+        if _fast_dot(vector, query) <= lowered:
+            continue
+        stale = False
+        if i < read:
+            for j in range(len(tail)):
+                if tail[j] == r:
+                    stale = True
+                    break
+        if not stale:
+            rows[kept] = r
+            kept += 1
+    return rows[:kept]
+
+
+def warm() -> None:
+    """Compile the kernels now (or read them from numba's cache)."""
+    none, vector = np.zeros(0, np.int64), np.zeros((1, 1), np.float32)
+    attached_candidates(
+        np.zeros(2, np.int64), none, np.zeros(1, np.int32), 0, none, vector, vector[0], 0.0
+    )
+    sorted_candidates(vector, np.zeros(1, np.int64), 1, none, vector, vector[0], 0.0)
