@@ -103,6 +103,11 @@ def _run(args: argparse.Namespace) -> int:
 
 
 WARMUP = 50  # answers of each kind and version before the timed ones
+# Each query answered this many times by each, alternating, its time the median: the p99 of
+# 1,000 single timings is the 10th-worst, a stray interrupt's (the version's own similar-items
+# p99 read 0.049 and 0.151 ms in two runs of the same code); the median keeps what a query
+# costs (more candidates, a deeper scan) and drops what one timing suffered.
+REPEATS = 5
 
 
 def split(whole: Factors, n: int) -> tuple[Factors, list[ItemVector]]:
@@ -144,6 +149,7 @@ def segment_cost(
         "items": len(factors.item_ids),
         "fresh": len(fresh),
         "queries": queries,
+        "repeats": REPEATS,
         "upsert_ms": {
             "p50": round(float(np.percentile(applied, 50)), 3),
             "p99": round(float(np.percentile(applied, 99)), 3),
@@ -153,34 +159,16 @@ def segment_cost(
     }
     n = len(factors.item_ids)
     for kind in ("recommend", "similar_items"):
-        times: dict[str, list[float]] = {"without": [], "with": []}
         recall: dict[str, list[float]] = {"without": [], "with": []}
-        # Answers back to back, as a worker runs them, the truths after: an answer timed after
-        # a truth's scan (256 MB of factors read) ran on cold caches, and the segment's path,
-        # touching more memory, paid more for it than the version's (timed each after its
-        # truth: similar items p50 0.198 -> 0.342 ms; in blocks of 50 after their truths,
-        # still 0.099 ms without the segment, against 0.025 back to back).
-        requests: list[Any] = []
-        for j in range(queries):
-            if kind == "recommend":
-                requests.append(
-                    RecommendRequest(request_id="b", user_id=str(factors.user_ids[users[j]]))
-                )
-            else:
-                requests.append(
-                    SimilarItemsRequest(request_id="b", item_id=str(factors.item_ids[items[j]]))
-                )
-        replied: dict[str, list[list[str]]] = {"without": [], "with": []}
-        pair = [("without", plain), ("with", served)]
-        for _, version in pair:  # untimed warm-up: the first answers meet cold paths
-            for request in requests[:WARMUP]:
-                answer(request, version, "bench")
-        for j, request in enumerate(requests):
-            for label, version in pair if j % 2 == 0 else pair[::-1]:  # neither first
-                started = time.thread_time()
-                reply = answer(request, version, "bench")
-                times[label].append((time.thread_time() - started) * 1000)
-                replied[label].append([i.item_id for i in reply.items])
+        if kind == "recommend":
+            requests: list[Any] = [
+                RecommendRequest(request_id="b", user_id=str(factors.user_ids[u])) for u in users
+            ]
+        else:
+            requests = [
+                SimilarItemsRequest(request_id="b", item_id=str(factors.item_ids[i])) for i in items
+            ]
+        times, replied = _timed_answers(requests, {"without": plain, "with": served})
         for j in range(queries):
             if kind == "recommend":
                 scores = combined @ factors.user_factors[users[j]]
@@ -207,6 +195,37 @@ def segment_cost(
     _close(plain, served)
     out["load_average"] = {"before": load_before, "after": os.getloadavg()}
     return out
+
+
+def _timed_answers(
+    requests: list[Any], versions: dict[str, LoadedVersion]
+) -> tuple[dict[str, list[float]], dict[str, list[list[str]]]]:
+    """Each request answered by each version REPEATS times, alternating (neither first): per
+    version, each request's median thread time (ms) and its first reply's item ids.
+
+    Back to back, as a worker runs them, the truths computed after: an answer timed after a
+    truth's scan (256 MB of factors read) ran on cold caches, and the segment's path, touching
+    more memory, paid more for it than the version's (timed each after its truth: similar items
+    p50 0.198 -> 0.342 ms; in blocks of 50 after their truths, still 0.099 ms without the
+    segment, against 0.025 back to back)."""
+    pair = list(versions.items())
+    for _, version in pair:  # untimed warm-up: the first answers meet cold paths
+        for request in requests[:WARMUP]:
+            answer(request, version, "bench")
+    times: dict[str, list[float]] = {label: [] for label in versions}
+    replied: dict[str, list[list[str]]] = {label: [] for label in versions}
+    for j, request in enumerate(requests):
+        taken: dict[str, list[float]] = {label: [] for label in versions}
+        for repeat in range(REPEATS):
+            for label, version in pair if (j + repeat) % 2 == 0 else pair[::-1]:
+                started = time.thread_time()
+                reply = answer(request, version, "bench")
+                taken[label].append((time.thread_time() - started) * 1000)
+                if not repeat:
+                    replied[label].append([i.item_id for i in reply.items])
+        for label in versions:
+            times[label].append(float(np.median(taken[label])))
+    return times, replied
 
 
 def _close(*versions: LoadedVersion) -> None:
@@ -379,7 +398,10 @@ class _Probe:
 
 
 def _print_segment(s: dict[str, Any]) -> None:
-    print(f"segment: {s['fresh']} fresh items beside {s['items']} (answer(), thread time)")
+    print(
+        f"segment: {s['fresh']} fresh items beside {s['items']} (answer(), thread time, each "
+        f"query's median of {s['repeats']}, alternating)"
+    )
     u, load = s["upsert_ms"], s["load_average"]
     print(
         f"  upserts: p50 {u['p50']} p99 {u['p99']} ms each, {u['total_s']} s for all, then "
