@@ -179,7 +179,10 @@ def _load_matrix(path: Path, rows: int, dim: int) -> npt.NDArray[np.float32]:
         raise IndexRejected(
             f"{path.name}: {arr.dtype} {arr.shape}, expected float32 ({rows}, {dim})"
         )
-    return arr
+    # A plain ndarray view of the map (as the neighbour table's, adapters/index_files.py):
+    # indexing a np.memmap pays its subclass hooks, ~5 us a lookup, three a similar-items
+    # answer (its query row, the candidates' rows); a view of the same pages does not.
+    return np.asarray(arr)
 
 
 Wakeup = Callable[[float], bool]  # blocks up to the timeout; True when a version was announced
