@@ -35,6 +35,15 @@ def _fast_dot(a: npt.NDArray[np.float32], b: npt.NDArray[np.float32]) -> float: 
 
 
 @numba.njit(cache=True, nogil=True)
+def _holds(rows: npt.NDArray[np.int64], n: int, row: np.int64) -> bool:  # pragma: no cover
+    """Whether the first n of `rows` hold `row` (a scan: the arrays are a few rows long)."""
+    for j in range(n):  # noqa: SIM110 - numba compiles no generator into any()
+        if rows[j] == row:
+            return True
+    return False
+
+
+@numba.njit(cache=True, nogil=True)
 def _gathered(
     offsets: npt.NDArray[np.int64],
     members: npt.NDArray[np.int64],
@@ -92,12 +101,7 @@ def attached_candidates(
         f = rows[i]
         if _fast_dot(units[f], query) <= lowered:
             continue
-        seen = False  # an item attached under two of the lists read: once (few pass)
-        for j in range(kept):
-            if rows[j] == f:
-                seen = True
-                break
-        if not seen:
+        if not _holds(rows, kept, f):  # attached under two of the lists read: once (few pass)
             rows[kept] = f
             kept += 1
     return rows[:kept]
@@ -128,13 +132,7 @@ def sorted_candidates(
             vector = factors[r]
         if _fast_dot(vector, query) <= lowered:
             continue
-        stale = False
-        if i < read:
-            for j in range(len(tail)):
-                if tail[j] == r:
-                    stale = True
-                    break
-        if not stale:
+        if i >= read or not _holds(tail, len(tail), r):  # in the tail: its copy here is stale
             rows[kept] = r
             kept += 1
     return rows[:kept]
