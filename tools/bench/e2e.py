@@ -48,8 +48,8 @@ from schemas.events import RecommendRequest
 from schemas.settings import CommonSettings, prefixed_topics, topic_env
 from tools import processes, services
 from tools.bench.cli import add_quick, add_storage, apply_quick, kept_storage, kept_version
-from tools.bench.load import WARMUP_S, LoadClient
 from tools.bench.machine import describe
+from tools.bench.open_loop import WARMUP_S, LoadClient
 from tools.bench.plots import saved_figure
 from tools.bench.results import write_results
 from tools.bench.traffic import DEFAULT_MIX, MakeRequest, Mix, mixed_requests
@@ -87,8 +87,8 @@ def register(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=WARMUP_S,
         help="seconds of load before each configuration's first rate, at that rate, reported "
-        "apart and not counted (tools/bench/load.py: a fresh client's and worker's first second); "
-        "--via gateway has none: each round starts its clients, as its vegeta round does",
+        "apart and not counted (tools/bench/open_loop.py: a fresh client's and worker's first "
+        "second); --via gateway has none: each round starts its clients, as its vegeta round does",
     )
     add_storage(parser)
     parser.set_defaults(handler=_run)
@@ -185,7 +185,7 @@ class Served:
     n_users: int
     max_p99_ms: float
     traffic: MakeRequest | None = None  # None: recommend by user_id (by_user_id)
-    warmup_s: float = WARMUP_S  # each run's load before its first rate (tools/bench/load.py)
+    warmup_s: float = WARMUP_S  # each run's load before its first rate (tools/bench/open_loop.py)
 
 
 def bench_e2e(

@@ -36,7 +36,7 @@ from index_builder.progress import progress_bar
 from schemas.errors import AnnrecError
 from schemas.settings import CommonSettings
 from tools import processes, services
-from tools.bench import e2e, load, vegeta
+from tools.bench import e2e, open_loop, vegeta
 from tools.bench.cli import apply_quick, kept_storage
 from tools.bench.machine import describe
 from tools.bench.plots import saved_figure
@@ -164,7 +164,7 @@ def _round(
     cpu_before, started = _cpu_s(gw.pid), time.perf_counter()
     load_before = os.getloadavg()[0]
     if path == "kafka":
-        figures, lat = load.open_loop(
+        figures, lat = open_loop.open_loop(
             served.kafka, topics, rate, duration_s, make, served.max_p99_ms
         )
     else:
@@ -238,8 +238,8 @@ def http_open_loop(
     max_p99_ms: float,
     timeout_every: int = 0,
 ) -> tuple[dict[str, Any], npt.NDArray[np.float64]]:
-    """What load.open_loop does, through the gateway with vegeta (tools/bench/vegeta.py): `rate`
-    POSTs/s on keep-alive connections, each latency from its scheduled send to its response;
+    """What open_loop.open_loop does, through the gateway with vegeta (tools/bench/vegeta.py):
+    `rate` POSTs/s on keep-alive connections, each latency from its scheduled send to its response;
     (figures, latencies in ms of the 200s). timeout_every n: every n-th request carries
     deadline_ms 1, less than any Kafka round trip, so the gateway answers it 504 (the
     waiting-requests gauge is read after the run: every waiter must be gone)."""
@@ -259,7 +259,7 @@ def http_open_loop(
     lat = hits.from_schedule_ms(rate)[ok]
     # Not answered: no response at all, or the gateway's own refusals (503 busy, 504 timeout).
     backlog = n - int(ok.sum()) - (int((hits.code == 504).sum()) if timeout_every else 0)
-    figures = load.point_figures(rate, n, lat, backlog, max_p99_ms)
+    figures = open_loop.point_figures(rate, n, lat, backlog, max_p99_ms)
     if timeout_every:  # the 504s were asked for: sustained when every other request got a 200
         p99 = figures["latency_ms"].get("p99", float("inf"))
         answered = int(ok.sum()) + int((hits.code == 504).sum())

@@ -1,167 +1,188 @@
-"""The open-loop load generator of the Kafka benches: requests on a fixed schedule, each reply's
-latency from its *scheduled* send (a stalled system cannot hide its queue: coordinated omission).
+"""`annrec bench load`: what loading the next version costs the requests served beside it.
 
-One `LoadClient` (a producer and a reply consumer) serves every point of a sweep, as a frontend's
-long-lived clients would, and its first point is preceded by a warm-up at that point's rate whose
-replies are reported apart (`warmup` in the point) and not counted. Why: measured with an echo
-worker at 1,000/s in 10-s windows, a new producer and reply consumer per window put every reply
-above the window's p99 into its first second, a fresh broker and worker the most (p99 68 ms, all
-of it in second 0); with the clients kept, later windows had no such second, after a 3-s pause
-too (p99 9.6 and 7.9 ms). A frontend does not reconnect per second of traffic; a bench that does
-measures its own start-up.
+A worker loads a new version (sha256 of every file, mmap + prefault, checks, id lookups, the
+Gramian) on a background thread while its serving thread keeps answering (worker/index_store.py).
+Both share one interpreter: whatever the loader does in Python, holding the GIL, the serving
+thread waits for. This benchmark serves `recommend` queries in one thread, as the worker does
+(query_engine/plan.py, the version's own plan), one every PACE_S plus its service time, and records
+each query's latency:
+
+- `idle`: nothing else running;
+- `loading`: while another thread loads the same version from disk, as IndexStore does;
+- `swap`: the serving thread's own pause at each swap (closing the old version).
+
+Side by side in one run, repeated `loads` times; JSON, a Markdown table on stdout and a PNG
+timeline. It needs no Kafka or Redis: the end-to-end view of the same cost is `bench e2e`'s
+"1 worker + 3 swaps" run.
 """
 
 from __future__ import annotations
 
+import argparse
+import tempfile
 import threading
 import time
-import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
-import numpy.typing as npt
-from confluent_kafka import Producer
+from threadpoolctl import threadpool_limits
 
-from adapters.kafka_log import client_config
-from schemas.settings import CommonSettings
-from tools.bench.traffic import MakeRequest
-from tools.client import ReplyWaiter
+from index_builder.publish import BuildOptions, publish_version
+from index_builder.synth import synth_factors
+from schemas.layout import read_latest
+from tools.bench.cli import add_quick, apply_quick
+from tools.bench.machine import describe
+from tools.bench.plots import saved_figure
+from tools.bench.results import write_results
+from worker.index_store import LoadedVersion, load_version, lower_loader_priority
 
-WARMUP_S = 2.0  # the fresh clients' and workers' second of slow replies, and a margin
+K = 10
+PACE_S = 0.001  # between two queries: a worker busy about half of the time at 1M
+IDLE_S = 3.0  # measured before the first load and between loads
 
-
-class LoadClient:
-    """A producer of requests and a reader of their replies, kept for a whole sweep."""
-
-    def __init__(
-        self,
-        kafka: dict[str, str],
-        topics: CommonSettings,
-        *,
-        read_committed: bool = False,
-        warmup_s: float = WARMUP_S,
-    ) -> None:
-        """read_committed: exactly-once workers' replies count once committed. warmup_s: sent
-        before the first point at its rate, not counted (0: none)."""
-        self._topic = topics.topic_requests
-        self._waiter = ReplyWaiter(kafka, topics.topic_replies, read_committed=read_committed)
-        self._producer = Producer(
-            {**client_config(kafka), "linger.ms": 1, "enable.idempotence": True}
-        )
-        self._warmup_s = warmup_s
-
-    def __enter__(self) -> LoadClient:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        self._producer.flush(10)
-        self._waiter.close()
-
-    def run(
-        self,
-        rate: int,
-        duration_s: float,
-        make_request: MakeRequest,
-        max_p99_ms: float,
-        on_sent: Callable[[], None] | None = None,
-    ) -> tuple[dict[str, Any], npt.NDArray[np.float64]]:
-        """`rate` requests/s for `duration_s` (request i is make_request(request_id, i)): the
-        point's figures and every latency in ms. The first run of a client sends its warm-up
-        first, on the same schedule without a pause (requests i = n, n+1, ...: the measured ones
-        are the same stream with or without it). `on_sent` runs once the last reply arrived or
-        the wait for them ended (e.g. to read a worker's CPU time)."""
-        n = int(rate * duration_s)
-        n_warm = int(rate * self._warmup_s)
-        self._warmup_s = 0.0
-        run_id = uuid.uuid4().hex[:6]
-        ids = [f"{run_id}-w{j}" for j in range(n_warm)] + [f"{run_id}-{i}" for i in range(n)]
-        stream = [n + j for j in range(n_warm)] + list(range(n))
-        received: dict[str, float] = {}
-        done = threading.Event()
-        deadline = float("inf")
-
-        def collect() -> None:
-            while not done.is_set() or len(received) < len(ids):
-                for rid in self._waiter.drain(0.2):
-                    received.setdefault(rid, time.perf_counter())
-                if done.is_set() and time.perf_counter() > deadline:
-                    return
-
-        collector = threading.Thread(target=collect)
-        collector.start()
-        scheduled: dict[str, float] = {}
-        start = time.perf_counter() + 0.2
-        for slot, (rid, i) in enumerate(zip(ids, stream, strict=True)):
-            at = start + slot / rate
-            while (wait := at - time.perf_counter()) > 0:
-                time.sleep(min(wait, 0.005))
-            req = make_request(rid, i)
-            scheduled[rid] = at
-            self._producer.produce(
-                self._topic, key=rid.encode(), value=req.model_dump_json().encode()
-            )
-            self._producer.poll(0)
-        self._producer.flush(30)
-        measured = ids[n_warm:]
-        backlog = sum(1 for r in measured if r not in received)
-        deadline = time.perf_counter() + 30.0
-        done.set()
-        collector.join()
-        if on_sent is not None:
-            on_sent()
-
-        def latencies(rids: list[str]) -> npt.NDArray[np.float64]:
-            return np.array([(received[r] - scheduled[r]) * 1000 for r in rids if r in received])
-
-        lat = latencies(measured)
-        point = point_figures(rate, n, lat, backlog, max_p99_ms)
-        if n_warm:
-            warm = latencies(ids[:n_warm])
-            point["warmup"] = {
-                "seconds": round(n_warm / rate, 3),
-                "sent": n_warm,
-                "answered": len(warm),
-                "latency_ms": _percentiles(warm),
-            }
-        return point, lat
+QUICK = {"items": 20_000, "loads": 1}
 
 
-def open_loop(
-    kafka: dict[str, str],
-    topics: CommonSettings,
-    rate: int,
-    duration_s: float,
-    make_request: MakeRequest,
-    max_p99_ms: float,
-) -> tuple[dict[str, Any], npt.NDArray[np.float64]]:
-    """One point with clients of its own and no warm-up: where the thing compared (the
-    gateway's HTTP path, tools/bench/e2e_gateway.py) starts its own client per point too."""
-    with LoadClient(kafka, topics, warmup_s=0.0) as client:
-        return client.run(rate, duration_s, make_request, max_p99_ms)
+def register(parser: argparse.ArgumentParser) -> None:
+    add_quick(parser, QUICK)
+    parser.add_argument("--items", type=int, default=1_000_000, help="synthetic catalogue size")
+    parser.add_argument("--loads", type=int, default=3, help="versions loaded, one after another")
+    parser.add_argument(
+        "--storage", type=Path, help="load this storage's LATEST instead of a synthetic version"
+    )
+    parser.set_defaults(handler=_run)
 
 
-def _percentiles(lat: npt.NDArray[np.float64]) -> dict[str, float]:
-    return (
-        {f"p{q}": round(float(np.percentile(lat, q)), 1) for q in (50, 95, 99)} if len(lat) else {}
+def _run(args: argparse.Namespace) -> int:
+    a = apply_quick(args)
+    bench_load(a.out, a.items, loads=a.loads, storage=a.storage)
+    return 0
+
+
+def bench_load(
+    out: Path, n_items: int, dim: int = 64, loads: int = 3, storage: Path | None = None
+) -> dict[str, Any]:
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out) as tmp:
+        if storage is None:
+            storage = Path(tmp)
+            factors = synth_factors(n_items, max(1000, n_items // 10), dim, seed=1)
+            publish_version(factors, storage, BuildOptions())
+        version = read_latest(storage)
+        if version is None:
+            raise SystemExit(f"no version in {storage}: nothing to load")
+        with threadpool_limits(1, user_api="blas"):  # as the worker serves (one core per query)
+            result = _measure(storage, version, loads)
+    result["params"] = {"storage": str(storage), "version": version, "loads": loads, "k": K}
+    return write_results(
+        out, result, "load.json", "load_latency.png", _plot, lambda r: print(markdown(r))
     )
 
 
-def point_figures(
-    rate: int, sent: int, lat: npt.NDArray[np.float64], backlog: int, max_p99_ms: float
-) -> dict[str, Any]:
-    """One rate's figures from its latencies (ms): sustained when every request was answered,
-    the backlog at the end of sending was under a second's worth, and p99 <= max_p99_ms."""
-    pct = _percentiles(lat)
-    ok = len(lat) == sent and backlog <= rate and pct.get("p99", float("inf")) <= max_p99_ms
-    return {
-        "rate": rate,
-        "sent": sent,
-        "answered": len(lat),
-        "backlog_at_end": backlog,
-        "latency_ms": {**pct, "max": round(float(lat.max()), 1) if len(lat) else None},
-        "sustained": bool(ok),
+def _measure(storage: Path, version: str, loads: int) -> dict[str, Any]:
+    serving = load_version(storage, version, warm=True)
+    rng = np.random.default_rng(0)
+    users = np.asarray(serving.user_factors[rng.choice(len(serving.user_factors), 1000)])
+    start = time.perf_counter()
+    samples: list[tuple[float, float, str]] = []  # (seconds since start, latency s, phase)
+    spans: list[tuple[float, float]] = []
+    swaps_ms: list[float] = []
+    asked = 0
+
+    def serve(phase: str, busy: Callable[[], bool]) -> None:
+        nonlocal asked
+        while busy():
+            t0 = time.perf_counter()
+            serving.search.recommend(users[asked % len(users)], K)
+            samples.append((t0 - start, time.perf_counter() - t0, phase))
+            asked += 1
+            time.sleep(PACE_S)
+
+    def idle() -> None:
+        until = time.perf_counter() + IDLE_S
+        serve("idle", lambda: time.perf_counter() < until)
+
+    idle()
+    for _ in range(loads):
+        loaded: list[LoadedVersion] = []
+        loader = threading.Thread(target=_load_into, args=(loaded, storage, version))
+        began = time.perf_counter()
+        loader.start()
+        serve("loading", loader.is_alive)
+        spans.append((began - start, time.perf_counter() - start))
+        if not loaded:
+            raise SystemExit(f"loading {version} failed: see the traceback above")
+        t0 = time.perf_counter()
+        old, serving = serving, loaded[0]
+        old.close()
+        swaps_ms.append((time.perf_counter() - t0) * 1000)
+        idle()
+    serving.close()
+    phases = {
+        phase: _percentiles([lat for _, lat, p in samples if p == phase])
+        for phase in ("idle", "loading")
     }
+    return {
+        "phases": phases,
+        "load_seconds": [b - a for a, b in spans],
+        "swap_pause_ms": swaps_ms,
+        "p99_ratio_loading_over_idle": phases["loading"]["p99_ms"] / phases["idle"]["p99_ms"],
+        "spans": spans,
+        "samples": [(round(t, 4), round(lat * 1000, 3)) for t, lat, _ in samples],
+    }
+
+
+def _load_into(loaded: list[LoadedVersion], storage: Path, version: str) -> None:
+    lower_loader_priority()  # as IndexStore's watcher thread
+    loaded.append(load_version(storage, version, warm=True))  # as IndexStore.check_latest
+
+
+def _percentiles(latencies_s: list[float]) -> dict[str, float]:
+    ms = np.asarray(latencies_s) * 1000
+    return {
+        "queries": len(ms),
+        "p50_ms": float(np.percentile(ms, 50)),
+        "p99_ms": float(np.percentile(ms, 99)),
+        "max_ms": float(ms.max()),
+    }
+
+
+def markdown(result: dict[str, Any]) -> str:
+    p = result["params"]
+    lines = [
+        f"`{result['command']}`: {describe(result['machine'])}",
+        f"version {p['version']}, {p['loads']} loads, recommend k={p['k']}, one thread serving",
+        "",
+        "| phase | queries | p50 ms | p99 ms | max ms |",
+        "|---|---|---|---|---|",
+    ]
+    for phase, s in result["phases"].items():
+        lines.append(
+            f"| {phase} | {s['queries']} | {s['p50_ms']:.2f} | {s['p99_ms']:.2f} | "
+            f"{s['max_ms']:.1f} |"
+        )
+    loads = ", ".join(f"{s:.2f}" for s in result["load_seconds"])
+    swaps = ", ".join(f"{s:.1f}" for s in result["swap_pause_ms"])
+    lines += [
+        "",
+        f"p99 while loading / p99 idle: {result['p99_ratio_loading_over_idle']:.2f}x; "
+        f"load seconds: {loads}; serving-thread pause at each swap (ms): {swaps}",
+    ]
+    return "\n".join(lines)
+
+
+def _plot(result: dict[str, Any], path: Path) -> None:
+    with saved_figure(path, None, figsize=(9, 4), dpi=120) as ax:
+        for i, (a, b) in enumerate(result["spans"]):
+            ax.axvspan(
+                a, b, color="tab:orange", alpha=0.2, label="loading a version" if i == 0 else None
+            )
+        t, ms = zip(*result["samples"], strict=True) if result["samples"] else ((), ())
+        ax.plot(t, ms, ".", markersize=2, color="tab:blue", label="query latency")
+        ax.set_yscale("log")
+        ax.set_xlabel("seconds")
+        ax.set_ylabel("latency, ms (log)")
+        ax.set_title("Serving latency while the next version loads (bench load)")
+        ax.legend(loc="upper right")

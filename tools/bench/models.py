@@ -36,8 +36,8 @@ from schemas.manifest import MANIFEST_NAME, Manifest
 from tools import services
 from tools.bench.cli import add_quick, apply_quick
 from tools.bench.e2e import Run, Served, started_workers
-from tools.bench.load import LoadClient
 from tools.bench.machine import describe
+from tools.bench.open_loop import LoadClient
 from tools.bench.plots import saved_figure
 from tools.bench.results import write_results
 from tools.bench.traffic import MakeRequest

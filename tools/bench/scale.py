@@ -63,8 +63,8 @@ from tools import processes, services
 from tools.bench import fanout
 from tools.bench.cli import add_quick, apply_quick
 from tools.bench.e2e import Run, Served, worker_env
-from tools.bench.load import LoadClient
 from tools.bench.machine import git_commit, machine_info
+from tools.bench.open_loop import LoadClient
 from tools.bench.procstat import PeakWatch, cpu_seconds
 from tools.bench.scale_report import NO_LIVE_RECALL, size_file, summarize
 from tools.bench.traffic import MakeRequest
