@@ -177,7 +177,7 @@ QUICK = {
     "build": {"items": 5_000, "users": 500, "dim": 16, "trees": 5, "mips_trees": 5, "queries": 50},
     "ann": {"items": 3_000, "datasets": "synth", "queries": 100, "timed_queries": 30},
     "filters": {"items": 20_000, "users": 2_000, "dim": 16, "queries": 30},
-    "e2e": {"rates": "50,100", "duration": 2.0, "items": 5_000},
+    "e2e": {"rates": "50,100", "duration": 2.0, "items": 5_000, "warmup": 0.5},
     "load": {"items": 20_000, "loads": 1},
 }
 
