@@ -293,8 +293,7 @@ class Worker:
         s = self.settings
         # A short wait for requests: interactions fetched meanwhile are written at least every
         # INTERACTIONS_WAIT_S even when no request comes (other workers' replies read them).
-        wait_s = self.fresh.turn_wait_s(version, min(s.poll_timeout_s, INTERACTIONS_WAIT_S))
-        messages = next_batch(c.consumer, s.batch_size, wait_s)
+        messages = next_batch(c.consumer, s.batch_size, min(s.poll_timeout_s, INTERACTIONS_WAIT_S))
         messages += c.interactions.consume(num_messages=s.batch_size, timeout=0)
         self.health.polled()
         c.producer.poll(0)  # its log lines and errors, when idle, are served here

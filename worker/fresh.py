@@ -36,12 +36,8 @@ log = structlog.get_logger(__name__)
 # So it runs between batches on SETTLE_SHARE of the serving thread's time (a credit, at most
 # SETTLE_MAX_S ahead); meanwhile requests read the items still waiting as a scan of the items
 # that arrived since, so nothing is served later or worse, only that part costs a scan again.
-# A turn spends at most SETTLE_MAX_S (and one item's overrun): requests polled behind it wait
-# that long. At 20 ms, 100 upserts/s beside 500 requests/s at 1M doubled the requests' p99
-# (28.6 against 12.9 ms without upserts). While items wait, turns come at least
-# SETTLE_MAX_S / SETTLE_SHARE apart, so an idle worker still spends its share.
 SETTLE_SHARE = 0.1
-SETTLE_MAX_S = 0.005
+SETTLE_MAX_S = 0.02
 
 Availability = Mapping[tuple[str, str], bool]  # (attribute, item id) -> value
 
@@ -155,13 +151,6 @@ class FreshItems:
             segment=version.fresh.size,
             **counts,
         )
-
-    @staticmethod
-    def turn_wait_s(version: LoadedVersion, wait_s: float) -> float:
-        """How long the next poll may wait: `wait_s`, shorter while items wait to be settled."""
-        if version.fresh.neighbours.waiting:
-            return min(wait_s, SETTLE_MAX_S / SETTLE_SHARE)
-        return wait_s
 
     def refresh(self, version: LoadedVersion, availability: Availability) -> int:
         """Apply what arrived since the last call, then find the neighbours of upserted items

@@ -14,7 +14,7 @@ from query_engine.vectors import cosine_scores
 from schemas.events import ItemVector, parse_request
 from worker.answer import BadRequest, answer
 from worker.availability import apply_updates
-from worker.fresh import SETTLE_MAX_S, SETTLE_SHARE, FreshItems, apply_event, vector_refusal
+from worker.fresh import apply_event, vector_refusal
 from worker.index_store import load_version
 
 N = 300
@@ -278,21 +278,6 @@ def test_requests_never_sort_the_attachments_however_many_items_wait(fresh, monk
         assert _ids(_similar(v, item)) == truth
     assert sorts == []
     assert v.fresh.settle(np.inf) == 10 and len(sorts) == 1  # 10 placed: sorted once, after
-
-
-def test_turns_come_often_enough_to_settle_a_share_while_items_wait(fresh):
-    """A turn settles at most SETTLE_MAX_S; while items wait, the worker's poll waits no longer
-    than SETTLE_MAX_S / SETTLE_SHARE, so even idle it spends its share on them; with none
-    waiting, its own wait."""
-    v, _, _, _, _ = fresh
-    assert FreshItems.turn_wait_s(v, 0.1) == 0.1  # all settled by the fixture
-    apply_event(v, ItemVector(item_id="late", vector=[0.5] * 8))
-    assert v.fresh.neighbours.waiting == 1
-    assert SETTLE_MAX_S / SETTLE_SHARE < 0.1
-    assert FreshItems.turn_wait_s(v, 0.1) == pytest.approx(SETTLE_MAX_S / SETTLE_SHARE)
-    assert FreshItems.turn_wait_s(v, 0.01) == 0.01
-    assert v.fresh.settle(np.inf) == 1
-    assert FreshItems.turn_wait_s(v, 0.1) == 0.1
 
 
 def _greedy(vectors, colors, query, k, n, cosine=False, exclude=()):
