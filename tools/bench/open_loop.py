@@ -3,12 +3,13 @@ latency from its *scheduled* send (a stalled system cannot hide its queue: coord
 
 One `LoadClient` (a producer and a reply consumer) serves every point of a sweep, as a frontend's
 long-lived clients would, and its first point is preceded by a warm-up at that point's rate whose
-replies are reported apart (`warmup` in the point) and not counted. Why: measured with an echo
-worker at 1,000/s in 10-s windows, a new producer and reply consumer per window put every reply
-above the window's p99 into its first second, a fresh broker and worker the most (p99 68 ms, all
-of it in second 0); with the clients kept, later windows had no such second, after a 3-s pause
-too (p99 9.6 and 7.9 ms). A frontend does not reconnect per second of traffic; a bench that does
-measures its own start-up.
+replies are reported apart (`warmup` in the point) and not counted. Why
+(benchmarks/results/e2e-tail-diag/: an echo worker at 1,000/s in 10-s windows, each hop
+stamped): the first window after a worker starts holds the tail (p99 65-200 ms, most of the
+slow replies in its first second), later windows 10-19 ms; a new producer and reply consumer
+per window can put more of a window's tail in its first second. A frontend does not reconnect
+per second of traffic, and a worker warms once per start; a bench that counts either measures
+its own start-up.
 """
 
 from __future__ import annotations
