@@ -208,27 +208,24 @@ class SegmentNeighbours:
         segment's unit rows by local row. A version item's are read and scored in one compiled
         call (query_engine/segment_kernels.py)."""
         kernel, rows, last = self._kernel, self._table_rows, self._table_last
+        norm = math.sqrt(float(query @ query))
         # Compared as products with the floor scaled by the query's norm: mostly none passes,
         # and the division is left to the few that do.
-        norm = math.sqrt(float(query @ query))
-        if key < 0 or kernel is None or rows is None or last is None:
-            found = self.candidates(key, floor)
-            if found is None:
-                return None
-            products = units[found] @ query
-            hit = np.flatnonzero(products > floor * norm)
-            found, first = np.unique(found[hit], return_index=True)  # listed twice: once
-            return found, (products[hit][first] / norm).astype(np.float32)
-        if floor < float(last[key]):
-            return None
-        if self._unsorted is None:
-            self._unsorted = np.asarray([*self._pending, *self._waiting], np.int64)
-        # float32 as compiled: another dtype would compile again, inside a request
-        query = np.asarray(query, np.float32)
         threshold = floor * norm
-        found = kernel(
-            self._offsets, self._members, rows[key], key, self._unsorted, units, query, threshold
-        )
+        if key < 0 or kernel is None or rows is None or last is None:
+            listed = self.candidates(key, floor)
+            if listed is None:
+                return None
+            found = np.unique(listed)  # listed twice: once
+        else:
+            if floor < float(last[key]):
+                return None
+            if self._unsorted is None:
+                self._unsorted = np.asarray([*self._pending, *self._waiting], np.int64)
+            # float32 as compiled: another dtype would compile again, inside a request
+            query = np.asarray(query, np.float32)
+            lists = (self._offsets, self._members, rows[key], key, self._unsorted)
+            found = kernel(*lists, units, query, threshold)
         if not len(found):
             return found, _NO_SCORES
         products = units[found] @ query  # the few screened in, scored as the version scores
