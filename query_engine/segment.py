@@ -217,13 +217,14 @@ class Segment:
         if subject is not None and not exact:
             hit = self.neighbours.above(subject, floor, self._units, query)
         if hit is not None:
-            rows, scores = hit
+            rows, scores = hit  # best first
             if not len(rows):
                 return [], _NO_SCORES
-            ok = self._allowed(keep, exclude)(rows)
-            rows, scores = rows[ok], scores[ok]
-            best = np.lexsort((rows, -scores))[:k]
-            return [self.ids[r] for r in rows[best].tolist()], scores[best]
+            allowed = self._allowed(keep, exclude)
+            if allowed is not None:
+                ok = allowed(rows)
+                rows, scores = rows[ok], scores[ok]
+            return [self.ids[r] for r in rows[:k].tolist()], scores[:k]
         n = len(self.ids)
         norm = float(np.linalg.norm(query))
         unit = query / norm if norm > 0 else query
@@ -287,9 +288,12 @@ class Segment:
 
     def _allowed(
         self, keep: npt.NDArray[np.bool_] | None, exclude: Iterable[str]
-    ) -> Callable[[Rows], npt.NDArray[np.bool_]]:
-        """Which local rows may be returned: live, passing `keep`, not excluded."""
+    ) -> Callable[[Rows], npt.NDArray[np.bool_]] | None:
+        """Which local rows may be returned: live, passing `keep`, not excluded. None: every
+        row may (none removed, no filter, nothing excluded), so a request checks none."""
         excluded = [r for i in exclude if (r := self._local.get(i)) is not None]
+        if not self._dead and keep is None and not excluded:
+            return None
 
         def allowed(rows: Rows) -> npt.NDArray[np.bool_]:
             ok = self._live[rows]
@@ -378,22 +382,24 @@ def past_hidden(search: Callable[[int], Ranked], fetch: int, hidden: set[int]) -
 def merged(
     items: Sequence[ScoredItem], fresh_ids: Sequence[str], fresh_scores: FloatArray, k: int
 ) -> list[ScoredItem]:
-    """The version's items and the fresh ones by score, best first, k of them; items filled
-    from the popularity list (no rank of their own) come last, only where k is not reached."""
-    ranked = [i for i in items if not i.filled]
-    filled = [i for i in items if i.filled]
-    fresh = [
-        ScoredItem(item_id=i, score=float(s))
-        for i, s in zip(fresh_ids, fresh_scores.tolist(), strict=True)
-    ]
-    taken = {i.item_id for i in fresh}
+    """The version's items and the fresh ones by score, best first, k of them (on a tie the
+    version's first); items filled from the popularity list (no rank of their own) come last,
+    only where k is not reached. Both sides come best first: the fresh items are inserted
+    into the version's list, a few steps each, where sorting both cost ~5 us a request."""
+    taken = set(fresh_ids)
     # A fresh id the version also returned is the same item's new vector: the fresh one counts.
-    both = sorted(
-        [i for i in ranked if i.item_id not in taken] + fresh,
-        key=lambda i: -(i.score if i.score is not None else -np.inf),
-    )[:k]
-    chosen = {i.item_id for i in both}
-    return both + [i for i in filled if i.item_id not in chosen][: k - len(both)]
+    out = [i for i in items if not i.filled and i.item_id not in taken]
+    at = 0
+    for item_id, score in zip(fresh_ids, fresh_scores.tolist(), strict=True):
+        while at < len(out) and (s := out[at].score) is not None and s >= score:
+            at += 1
+        out.insert(at, ScoredItem(item_id=item_id, score=score))
+        at += 1
+    del out[k:]
+    if len(out) < k:
+        chosen = {i.item_id for i in out}
+        out += [i for i in items if i.filled and i.item_id not in chosen][: k - len(out)]
+    return out
 
 
 def merged_within(

@@ -1,6 +1,6 @@
 """The fresh segment's reads in a request, each one compiled call: the fresh items attached to a
 version item and its table row (similar items), and the norm-ordered rows that can beat the
-version's k-th score (recommend).
+version's k-th score (recommend); each returns the few that pass scored exactly, best first.
 
 A similar-items request for version item i reads the fresh items attached to i and to each of
 the 32 items of i's table row (query_engine/segment_neighbours.py), plus those not sorted into
@@ -32,6 +32,42 @@ def _fast_dot(a: npt.NDArray[np.float32], b: npt.NDArray[np.float32]) -> float: 
     for t in range(len(a)):
         dot += a[t] * b[t]
     return float(dot)
+
+
+@numba.njit(cache=True, nogil=True)
+def _exact_dot(a: npt.NDArray[np.float32], b: npt.NDArray[np.float32]) -> float:  # pragma: no cover
+    """In order, in float64: the few rows screened in are scored once, at least as exactly as
+    numpy's float32 product scores the version's."""
+    dot = 0.0
+    for t in range(len(a)):
+        dot += float(a[t]) * float(b[t])
+    return dot
+
+
+@numba.njit(cache=True, nogil=True)
+def _ranked(
+    rows: npt.NDArray[np.int64],
+    vectors: npt.NDArray[np.float32],
+    query: npt.NDArray[np.float32],
+    threshold: float,
+    scale: float,
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:  # pragma: no cover - compiled
+    """(rows, product / scale) of `rows` whose exact product with `query` (vectors: by row) is
+    above `threshold`, best first, ties by row: what a request merges, without numpy's calls
+    around a few rows (each ~1 us, more than the scoring)."""
+    scores = np.empty(len(rows), np.float32)
+    kept = np.empty(len(rows), np.int64)
+    m = 0
+    for i in range(len(rows)):
+        dot = _exact_dot(vectors[rows[i]], query)
+        if dot > threshold:
+            kept[m] = rows[i]
+            scores[m] = np.float32(dot / scale)
+            m += 1
+    by_row = np.argsort(kept[:m], kind="mergesort")
+    kept, scores = kept[:m][by_row], scores[:m][by_row]
+    best = np.argsort(-scores, kind="mergesort")  # stable: equal scores stay by row
+    return kept[best], scores[best]
 
 
 @numba.njit(cache=True, nogil=True)
@@ -75,7 +111,7 @@ def _gathered(
 
 
 @numba.njit(cache=True, nogil=True)
-def attached_candidates(
+def attached_ranked(
     offsets: npt.NDArray[np.int64],
     members: npt.NDArray[np.int64],
     near: npt.NDArray[np.int32],
@@ -83,32 +119,35 @@ def attached_candidates(
     unsorted: npt.NDArray[np.int64],
     units: npt.NDArray[np.float32],
     query: npt.NDArray[np.float32],
-    threshold: float,
-) -> npt.NDArray[np.int64]:  # pragma: no cover - compiled
-    """The fresh rows among the members attached to `key` and to each item of `near`
-    (members[offsets[v]:offsets[v + 1]] for version row v) and `unsorted` whose product with
-    `query` (units: the fresh items' unit rows) may be above `threshold` (see MARGIN), each row
-    once, in the order first read: the caller scores these few exactly.
+    floor: float,
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:  # pragma: no cover - compiled
+    """(rows, cosine) of the fresh rows among the members attached to `key` and to each item
+    of `near` (members[offsets[v]:offsets[v + 1]] for version row v) and `unsorted` whose
+    cosine with `query` (units: the fresh items' unit rows) is above `floor`, each row once,
+    best first (ties by row).
 
     In phases, each a loop of independent loads (the slices' bounds, then their members, then
     the products), so that their cache misses overlap rather than wait on one another: the
     lists are scattered over a 1M-row offsets array and the segment's rows."""
     rows = _gathered(offsets, members, near, key, unsorted)
-    total = len(rows)
+    norm = np.sqrt(_exact_dot(query, query))
+    # Compared as products with the floor scaled by the query's norm: mostly none passes, and
+    # the division is left to the few that do.
+    threshold = floor * norm
     lowered = threshold - MARGIN * abs(threshold)
     kept = 0
-    for i in range(total):
+    for i in range(len(rows)):
         f = rows[i]
         if _fast_dot(units[f], query) <= lowered:
             continue
         if not _holds(rows, kept, f):  # attached under two of the lists read: once (few pass)
             rows[kept] = f
             kept += 1
-    return rows[:kept]
+    return _ranked(rows[:kept], units, query, threshold, norm)
 
 
 @numba.njit(cache=True, nogil=True)
-def sorted_candidates(
+def sorted_ranked(
     sorted_factors: npt.NDArray[np.float32],
     sorted_rows: npt.NDArray[np.int64],
     read: int,
@@ -116,11 +155,11 @@ def sorted_candidates(
     factors: npt.NDArray[np.float32],
     query: npt.NDArray[np.float32],
     floor: float,
-) -> npt.NDArray[np.int64]:  # pragma: no cover - compiled
-    """The rows among the first `read` of the norm order (`sorted_factors`, `sorted_rows`) and
-    the `tail` rows changed since its sort (read from `factors`, by row; their copies in the
-    order are stale and skipped) whose product with `query` may be above `floor` (see MARGIN):
-    the caller scores these few exactly."""
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:  # pragma: no cover - compiled
+    """(rows, inner product) of the rows among the first `read` of the norm order
+    (`sorted_factors`, `sorted_rows`) and the `tail` rows changed since its sort (read from
+    `factors`, by row; their copies in the order are stale and skipped) whose product with
+    `query` is above `floor`, best first (ties by row)."""
     rows = np.empty(read + len(tail), np.int64)
     lowered = floor - MARGIN * abs(floor)
     kept = 0
@@ -135,13 +174,13 @@ def sorted_candidates(
         if i >= read or not _holds(tail, len(tail), r):  # in the tail: its copy here is stale
             rows[kept] = r
             kept += 1
-    return rows[:kept]
+    return _ranked(rows[:kept], factors, query, floor, 1.0)
 
 
 def warm() -> None:
     """Compile the kernels now (or read them from numba's cache)."""
     none, vector = np.zeros(0, np.int64), np.zeros((1, 1), np.float32)
-    attached_candidates(
+    attached_ranked(
         np.zeros(2, np.int64), none, np.zeros(1, np.int32), 0, none, vector, vector[0], 0.0
     )
-    sorted_candidates(vector, np.zeros(1, np.int64), 1, none, vector, vector[0], 0.0)
+    sorted_ranked(vector, np.zeros(1, np.int64), 1, none, vector, vector[0], 0.0)

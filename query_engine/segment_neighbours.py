@@ -68,7 +68,6 @@ WALK_ROUNDS = 2
 # waited to be placed (upserts faster than their share of the thread), every request sorted
 # again and still read them all.
 PENDING = 256
-_NO_SCORES: FloatArray = np.empty(0, np.float32)  # never written to: returned as is
 
 
 def key_of_fresh(local: int) -> int:
@@ -98,7 +97,7 @@ class SegmentNeighbours:
         self._thresholds = np.empty(0, np.float32)  # by fresh local row (inf: none)
         self._search: VersionSearch | None = None
         self._unsorted: Rows | None = None  # _pending and _waiting as one array, until changed
-        self._kernel: Callable[..., Rows] | None = None  # segment_kernels.py, once used
+        self._kernel: Callable[..., Ranked] | None = None  # segment_kernels.py, once used
 
     def queue(self, local: int, search: VersionSearch) -> None:
         """Fresh item `local` arrived (or got a new vector): read by every request until
@@ -110,7 +109,7 @@ class SegmentNeighbours:
             from query_engine import segment_kernels
 
             segment_kernels.warm()
-            self._kernel = segment_kernels.attached_candidates
+            self._kernel = segment_kernels.attached_ranked
         if len(self._thresholds) <= local:  # inf: no row yet, its requests scan
             grown = np.full(max(local + 1, 2 * len(self._thresholds)), np.inf, np.float32)
             grown[: len(self._thresholds)] = self._thresholds
@@ -204,33 +203,30 @@ class SegmentNeighbours:
 
     def above(self, key: int, floor: float, units: FloatArray, query: FloatArray) -> Ranked | None:
         """The candidates of item `key` (as `candidates`) whose cosine with `query` is above
-        `floor`: (fresh rows, cosine), each row once, in no order; None: scan. `units`: the
-        segment's unit rows by local row. A version item's are read and scored in one compiled
-        call (query_engine/segment_kernels.py)."""
+        `floor`: (fresh rows, cosine), each row once, best first (ties by row); None: scan.
+        `units`: the segment's unit rows by local row. A version item's are read, scored and
+        ranked in one compiled call (query_engine/segment_kernels.py)."""
         kernel, rows, last = self._kernel, self._table_rows, self._table_last
-        norm = math.sqrt(float(query @ query))
-        # Compared as products with the floor scaled by the query's norm: mostly none passes,
-        # and the division is left to the few that do.
-        threshold = floor * norm
         if key < 0 or kernel is None or rows is None or last is None:
             listed = self.candidates(key, floor)
             if listed is None:
                 return None
             found = np.unique(listed)  # listed twice: once
-        else:
-            if floor < float(last[key]):
-                return None
-            if self._unsorted is None:
-                self._unsorted = np.asarray([*self._pending, *self._waiting], np.int64)
-            # float32 as compiled: another dtype would compile again, inside a request
-            query = np.asarray(query, np.float32)
-            lists = (self._offsets, self._members, rows[key], key, self._unsorted)
-            found = kernel(*lists, units, query, threshold)
-        if not len(found):
-            return found, _NO_SCORES
-        products = units[found] @ query  # the few screened in, scored as the version scores
-        hit = np.flatnonzero(products > threshold)
-        return found[hit], (products[hit] / norm).astype(np.float32)
+            norm = math.sqrt(float(query @ query))
+            products = units[found] @ query
+            hit = np.flatnonzero(products > floor * norm)
+            found, scores = found[hit], (products[hit] / norm).astype(np.float32)
+            best = np.lexsort((found, -scores))
+            return found[best], scores[best]
+        if floor < float(last[key]):
+            return None
+        if self._unsorted is None:
+            self._unsorted = np.asarray([*self._pending, *self._waiting], np.int64)
+        # float32 as compiled: another dtype would compile again, inside a request
+        query = np.asarray(query, np.float32)
+        return kernel(
+            self._offsets, self._members, rows[key], key, self._unsorted, units, query, floor
+        )
 
     def _sort(self) -> None:
         """Every fresh item's row as one array sorted by version row."""

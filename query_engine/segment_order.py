@@ -55,7 +55,7 @@ class NormOrder:
         self.factors = np.empty((0, dim), np.float32)  # self.rows' vectors, in that order
         self._tail: dict[int, None] = {}  # local rows changed since the sort, in order
         self._tail_rows: Rows | None = None  # _tail as an array, until it changes
-        self._kernel: Callable[..., Rows] | None = None  # segment_kernels.py, once used
+        self._kernel: Callable[..., Ranked] | None = None  # segment_kernels.py, once used
         self.read = 0  # sorted rows the last `top` read (the bound stopped it there)
 
     def changed(self, local: int) -> None:
@@ -66,7 +66,7 @@ class NormOrder:
             from query_engine import segment_kernels
 
             segment_kernels.warm()
-            self._kernel = segment_kernels.sorted_candidates
+            self._kernel = segment_kernels.sorted_ranked
 
     def outdated(self) -> bool:
         return len(self._tail) > max(MIN_TAIL, len(self.rows) // 8)
@@ -89,11 +89,12 @@ class NormOrder:
         return bisect.bisect_left(self._ascending, -floor / reach)
 
     def top(
-        self, factors: FloatArray, query: FloatArray, k: int, floor: float, allowed: Allowed
+        self, factors: FloatArray, query: FloatArray, k: int, floor: float, allowed: Allowed | None
     ) -> Ranked:
         """The k allowed rows with the largest inner product with `query` scoring above
         `floor` (the k-th score of what they are merged with; -inf: none), best first.
-        `factors`: the segment's, by local row (the tail is read from it)."""
+        `factors`: the segment's, by local row (the tail is read from it); `allowed` None:
+        every row (none removed, nothing filtered)."""
         if self._tail_rows is None:
             self._tail_rows = np.fromiter(self._tail, np.int64, len(self._tail))
         tail = self._tail_rows
@@ -105,14 +106,13 @@ class NormOrder:
             # 1,280 rows for a tenth of the requests at 1M, where a few hundred can pass.)
             self.read = self._reaching(floor, reach)
             query = np.asarray(query, np.float32)  # as compiled: another dtype compiles again
-            rows = self._kernel(self.factors, self.rows, self.read, tail, factors, query, floor)
-            if not len(rows):
-                return rows, np.empty(0, np.float32)
-            scores = np.asarray(factors[rows] @ query, np.float32)  # the few screened in, exactly
-            ok = (scores > floor) & allowed(rows)
-            rows, scores = rows[ok], scores[ok]
-            best = np.lexsort((rows, -scores))[:k]
-            return rows[best], scores[best]
+            rows, scores = self._kernel(
+                self.factors, self.rows, self.read, tail, factors, query, floor
+            )
+            if allowed is not None and len(rows):
+                ok = allowed(rows)
+                rows, scores = rows[ok], scores[ok]
+            return rows[:k], scores[:k]
         found_rows: list[Rows] = []
         found_scores: list[FloatArray] = []
         kth = floor
@@ -123,7 +123,7 @@ class NormOrder:
             if not len(above):
                 return
             rows, scores = rows[above], scores[above]
-            ok = allowed(rows)
+            ok = np.ones(len(rows), bool) if allowed is None else allowed(rows)
             if stale is not None:  # changed since the sort: scored in the tail
                 ok &= ~np.isin(rows, stale)
             found_rows.append(rows[ok])
