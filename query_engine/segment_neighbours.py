@@ -6,33 +6,40 @@ score of i's answer from the version. When x arrives:
 
 - its row: its nearest version items, exact cosine (what a version item's neighbour-table row
   is), found by a walk over the table from a few seeds of the angular index;
-- x is attached to each version item of its row;
+- x is listed under each version item i that holds an item of x's row in its own table row
+  (or is one), where cos(i, x) beats i's last table score: the neighbour table read backwards
+  (`reverse_rows`, built once per version in a thread at its first upsert: 0.3 s and 4 bytes
+  per table entry, 136 MB at 1M x 32) gives those i, ~5,000 scored per upsert at 1M;
 - by an exact scan of the segment's unit rows, x is entered under every fresh item whose
   threshold (its row's last score) it beats, and every fresh item beating x's threshold
   under x.
 
-A request for a version item i reads the fresh items attached to i and to the items of i's
-table row, and scores them exactly. The attachments are kept as one sorted array (version row
--> fresh items, CSR) rebuilt between batches once more than PENDING fresh items were placed
-since; those, and the items not placed yet, are read by every request until then (a lookup in
-a dict per table neighbour cost more than the rest of the request). "x in i's top k" is not
-symmetric: i may rank deep in x's own list while x is near i's neighbours (at 100k items, x in
-i's top 10: i among x's 64 nearest for 75% of such pairs, i or one of its 32 table neighbours
-for 99.5%). This part is approximate; `annrec bench freshness` measures the recall against
-brute force. A request for a fresh item reads the fresh items entered under it: exact.
+A request for a version item i reads the fresh items listed under i, and scores them exactly:
+one list. The candidates are the same as reading the fresh items whose row holds i or an item
+of i's table row (33 lists a request, as until 2 December: ~4 us of scattered reads at 1M),
+less those that cannot beat i's last table score, below any floor this read serves. The lists
+are kept as one sorted array (version row -> fresh items, CSR) rebuilt between batches once
+more than PENDING fresh items were placed since; those, and the items not placed yet, are read
+by every request until then (a lookup in a dict per table neighbour cost more than the rest of
+the request). "x in i's top k" is not symmetric: i may rank deep in x's own list while x is
+near i's neighbours (at 100k items, x in i's top 10: i among x's 64 nearest for 75% of such
+pairs, i or one of its 32 table neighbours for 99.5%). This part is approximate; `annrec bench
+freshness` measures the recall against brute force. A request for a fresh item reads the fresh
+items entered under it: exact.
 
 Only where the version's answer reaches as deep as the row (its k-th score at least the row's
 last: k within the row, a filter that leaves enough of it) are candidates read this way; any
 other request (k past the row, a selective filter, an exact answer, a version without a table)
 scans the segment, as before.
 
-numpy + Annoy, and one compiled read per request (query_engine/segment_kernels.py); the segment
+numpy + Annoy, and compiled reads (query_engine/segment_kernels.py); the segment
 (query_engine/segment.py) owns it.
 """
 
 from __future__ import annotations
 
 import math
+import threading
 import time
 from collections.abc import Callable
 
@@ -62,6 +69,7 @@ ROW_WIDTH = 64
 SEEDS = 32
 SEED_BUDGET = 256
 WALK_ROUNDS = 2
+_NONE: Ranked = (np.empty(0, np.int64), np.empty(0, np.float32))  # never written to
 # Fresh items placed since the attachments were last sorted, read by every request meanwhile:
 # sorting 10,000 x 64 attachments costs ~40 ms (and O(n_items): the offsets), once per PENDING
 # upserts, between batches (`discover`). Never in a request: while more than PENDING items
@@ -80,8 +88,8 @@ class SegmentNeighbours:
     fresh items attached to it; per fresh item the fresh items that can enter its answer."""
 
     def __init__(self) -> None:
-        self._rows: dict[int, Ranked] = {}  # fresh local row -> version rows, cosine, best first
-        # version row v -> the fresh items attached to it: _members[_offsets[v]:_offsets[v+1]]
+        self._listed: dict[int, Rows] = {}  # fresh local row -> version rows it is listed under
+        # version row v -> the fresh items listed under it: _members[_offsets[v]:_offsets[v+1]]
         # (removed or moved items stay until the next sort: candidates are rescored and
         # checked by the caller); the items placed since that sort are _pending.
         self._offsets = np.zeros(1, np.int64)
@@ -90,8 +98,9 @@ class SegmentNeighbours:
         # Fresh items whose row and places are not found yet (`discover`, between batches, on
         # a time budget: an upsert costs its request-time share, not 2 ms at once).
         self._waiting: dict[int, None] = {}
-        self._table_rows: npt.NDArray[np.int32] | None = None  # views of the version's table
-        self._table_last: FloatArray | None = None  # (its rows' last score)
+        self._table_last: FloatArray | None = None  # the version's table rows' last score
+        self._reverse: tuple[Rows, npt.NDArray[np.int32]] | None = None  # reverse_rows
+        self._reversing: threading.Thread | None = None
         self._entering: dict[int, set[int]] = {}  # fresh local -> fresh locals that can enter
         self._placed: dict[int, list[int]] = {}  # fresh local -> keys it was placed under
         self._thresholds = np.empty(0, np.float32)  # by fresh local row (inf: none)
@@ -109,7 +118,7 @@ class SegmentNeighbours:
             from query_engine import segment_kernels
 
             segment_kernels.warm()
-            self._kernel = segment_kernels.attached_ranked
+            self._kernel = segment_kernels.listed_ranked
         if len(self._thresholds) <= local:  # inf: no row yet, its requests scan
             grown = np.full(max(local + 1, 2 * len(self._thresholds)), np.inf, np.float32)
             grown[: len(self._thresholds)] = self._thresholds
@@ -117,10 +126,25 @@ class SegmentNeighbours:
         if self._search is not search:
             self._search = search
             self._offsets = np.zeros(len(search.item_norms) + 1, np.int64)
+            self._table_last, self._reverse, self._reversing = None, None, None
             table = search.neighbours
             if table is not None:  # plain views: a memmap's indexing costs microseconds
-                self._table_rows = np.asarray(table.rows, np.int32)  # the kernel's types
                 self._table_last = np.ascontiguousarray(table.scores[:, -1])
+                rows = np.asarray(table.rows, np.int32)
+                self._reversing = threading.Thread(
+                    target=self._read_backwards, args=(search, rows), name="table-reverse"
+                )
+                self._reversing.daemon = True
+                self._reversing.start()
+
+    def _read_backwards(self, search: VersionSearch, rows: npt.NDArray[np.int32]) -> None:
+        """The table's reverse lists, off the serving thread (compiled, without the GIL);
+        until they are there, upserted items wait and every request reads them."""
+        from query_engine.segment_kernels import reverse_rows
+
+        reverse = reverse_rows(rows)
+        if self._search is search:  # not replaced by another version's meanwhile
+            self._reverse = reverse
 
     def discover(
         self, factors: FloatArray, units: FloatArray, live: BoolMask, budget_s: float
@@ -129,6 +153,10 @@ class SegmentNeighbours:
         `budget_s` seconds were spent (the last may overrun it); the number found. `factors`,
         `units`: the segment's vectors and unit rows by local row, `live` which are served."""
         started, found = time.perf_counter(), 0
+        if self._reverse is None and self._reversing is not None and self._waiting:
+            self._reversing.join(None if math.isinf(budget_s) else budget_s)
+            if self._reverse is None:
+                return 0
         while self._waiting and time.perf_counter() - started < budget_s:
             local = next(iter(self._waiting))
             del self._waiting[local]
@@ -153,7 +181,7 @@ class SegmentNeighbours:
             grown[: len(self._thresholds)] = self._thresholds
             self._thresholds = grown
         rows, scores = self._version_row(search, vector)
-        self._rows[local] = rows, scores
+        self._listed[local] = self._listed_under(search, rows, vector)
         own = float(scores[-1]) if len(scores) else -np.inf
         self._thresholds[local] = own
         placed = self._placed.setdefault(local, [])
@@ -175,7 +203,7 @@ class SegmentNeighbours:
         self._pending.pop(local, None)
         self._waiting.pop(local, None)
         self._unsorted = None
-        self._rows.pop(local, None)
+        self._listed.pop(local, None)
         if local < len(self._thresholds):
             self._thresholds[local] = np.inf
 
@@ -190,24 +218,18 @@ class SegmentNeighbours:
             entering = self._entering.get(local, ())
             waiting = np.fromiter(self._waiting, np.int64, len(self._waiting))
             return np.concatenate([np.fromiter(entering, np.int64, len(entering)), waiting])
-        if self._table_rows is None or self._table_last is None:
+        if self._table_last is None or floor < float(self._table_last[key]):
             return None
-        if floor < float(self._table_last[key]):
-            return None
-        near = np.append(self._table_rows[key], key)
-        starts, stops = self._offsets[near], self._offsets[near + 1]
-        sizes = stops - starts
-        at = np.repeat(starts - np.cumsum(sizes) + sizes, sizes) + np.arange(sizes.sum())
-        unsorted = [*self._pending, *self._waiting]
-        return np.concatenate([self._members[at], np.asarray(unsorted, np.int64)])
+        listed = self._members[self._offsets[key] : self._offsets[key + 1]]
+        return np.concatenate([listed, np.asarray([*self._pending, *self._waiting], np.int64)])
 
     def above(self, key: int, floor: float, units: FloatArray, query: FloatArray) -> Ranked | None:
         """The candidates of item `key` (as `candidates`) whose cosine with `query` is above
         `floor`: (fresh rows, cosine), each row once, best first (ties by row); None: scan.
         `units`: the segment's unit rows by local row. A version item's are read, scored and
         ranked in one compiled call (query_engine/segment_kernels.py)."""
-        kernel, rows, last = self._kernel, self._table_rows, self._table_last
-        if key < 0 or kernel is None or rows is None or last is None:
+        kernel, last = self._kernel, self._table_last
+        if key < 0 or kernel is None or last is None:
             listed = self.candidates(key, floor)
             if listed is None:
                 return None
@@ -222,17 +244,18 @@ class SegmentNeighbours:
             return None
         if self._unsorted is None:
             self._unsorted = np.asarray([*self._pending, *self._waiting], np.int64)
+        offsets = self._offsets
+        if offsets[key] == offsets[key + 1] and not len(self._unsorted):
+            return _NONE  # most requests at 1M x 10,000 fresh: without the compiled call's ~2 us
         # float32 as compiled: another dtype would compile again, inside a request
         query = np.asarray(query, np.float32)
-        return kernel(
-            self._offsets, self._members, rows[key], key, self._unsorted, units, query, floor
-        )
+        return kernel(offsets, self._members, key, self._unsorted, units, query, floor)
 
     def _sort(self) -> None:
-        """Every fresh item's row as one array sorted by version row."""
+        """Every fresh item's lists as one array sorted by version row."""
         n = 0 if self._search is None else len(self._search.item_norms)
-        locals_ = np.fromiter(self._rows, np.int64, len(self._rows))
-        rows = [self._rows[i][0] for i in locals_.tolist()]
+        locals_ = np.fromiter(self._listed, np.int64, len(self._listed))
+        rows = [self._listed[i] for i in locals_.tolist()]
         version = np.concatenate(rows) if rows else np.empty(0, np.int64)
         owners = np.repeat(locals_, [len(r) for r in rows])
         order = np.argsort(version, kind="stable")
@@ -240,6 +263,23 @@ class SegmentNeighbours:
         self._offsets = np.concatenate([[0], np.cumsum(np.bincount(version, minlength=n))])
         self._pending = {}
         self._unsorted = None
+
+    def _listed_under(self, search: VersionSearch, row: Rows, vector: FloatArray) -> Rows:
+        """The version rows whose requests read the fresh item (`vector`, its row `row`)."""
+        if self._reverse is None or self._table_last is None:  # no table: requests scan
+            return np.empty(0, np.int64)
+        from query_engine.segment_kernels import listed_under
+
+        offsets, owners = self._reverse
+        return listed_under(
+            offsets,
+            owners,
+            np.asarray(row, np.int64),
+            np.asarray(search.item_factors),
+            np.asarray(search.item_norms, np.float32),
+            self._table_last,
+            np.asarray(vector, np.float32),
+        )
 
     @staticmethod
     def _version_row(search: VersionSearch, vector: FloatArray) -> Ranked:

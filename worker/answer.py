@@ -371,7 +371,9 @@ def _with_fresh(
     if not fresh.ids:
         return items
     try:
-        keep = fresh.passing(request.filter, request.allow_items)
+        keep = None
+        if request.filter is not None or request.allow_items is not None:
+            keep = fresh.passing(request.filter, request.allow_items)
     except FilterError as exc:
         raise BadRequest(f"filter: {exc} (items added since index {v.version})") from exc
     exclude = [*request.exclude_items, *([request.subject_id or ""] if similar else [])]

@@ -3,13 +3,14 @@
 availability, exclusions."""
 
 import json
+import threading
 
 import numpy as np
 import pytest
 
 from index_builder.attributes import table_from_columns
 from index_builder.publish import BuildOptions, publish_version
-from query_engine import segment_neighbours
+from query_engine import segment_kernels, segment_neighbours
 from query_engine.vectors import cosine_scores
 from schemas.events import ItemVector, parse_request
 from worker.answer import BadRequest, answer
@@ -253,6 +254,34 @@ def test_the_compiled_read_of_the_attachments_finds_what_the_lists_hold(
             np.testing.assert_allclose(got[1], [by_row[r] for r in got[0].tolist()], rtol=1e-5)
             compared += len(passing)
     assert compared > 0  # some candidate passed some floor: the comparison saw rows
+
+
+def test_upserts_wait_for_the_reverse_table_and_are_read_meanwhile(published, monkeypatch):
+    """A version's table is read backwards in a thread at its first upsert: until that is
+    done, upserted items wait (a settle with a short budget places none) and every request
+    reads them, so answers hold them all along."""
+    release = threading.Event()
+    reverse_rows = segment_kernels.reverse_rows
+
+    def held(rows):
+        release.wait(30)
+        return reverse_rows(rows)
+
+    monkeypatch.setattr(segment_kernels, "reverse_rows", held)
+    storage, name, factors = published
+    v = load_version(storage, name)
+    try:
+        near = "i5"
+        twin = factors.item_factors[5] * 1.01 + 0.01
+        apply_event(v, ItemVector(item_id="t0", vector=twin.tolist()))
+        assert v.fresh.settle(0.05) == 0 and v.fresh.neighbours.waiting == 1
+        assert _ids(_similar(v, near))[0] == "t0"
+        release.set()
+        assert v.fresh.settle(np.inf) == 1 and v.fresh.neighbours.waiting == 0
+        assert _ids(_similar(v, near))[0] == "t0"
+    finally:
+        release.set()
+        v.close()
 
 
 def test_requests_never_sort_the_attachments_however_many_items_wait(fresh, monkeypatch):

@@ -1,0 +1,55 @@
+"""The fresh segment's compiled reads against their definitions in numpy."""
+
+import numpy as np
+import pytest
+
+from query_engine import segment_kernels
+from query_engine.vectors import unit_rows
+
+
+def _table(rng, n, width):
+    """An exact kNN table of random unit rows: (factors, rows, last scores)."""
+    factors = rng.normal(size=(n, 8)).astype(np.float32)
+    unit = unit_rows(factors)
+    sims = unit @ unit.T
+    np.fill_diagonal(sims, -np.inf)
+    rows = np.argsort(-sims, axis=1)[:, :width].astype(np.int32)
+    last = np.take_along_axis(sims, rows[:, -1:].astype(np.int64), axis=1)[:, 0]
+    return factors, rows, last.astype(np.float32)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_reverse_rows_lists_every_item_whose_row_holds_a_row(seed):
+    rng = np.random.default_rng(seed)
+    _, rows, _ = _table(rng, 200, 6)
+    rows[::7, -1] = -1  # a short row (NN-descent can leave one): skipped
+    offsets, owners = segment_kernels.reverse_rows(rows)
+    for v in range(200):
+        holders = [i for i in range(200) if v in rows[i].tolist()]
+        assert owners[offsets[v] : offsets[v + 1]].tolist() == holders
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_a_fresh_item_is_listed_under_each_item_whose_read_could_find_it(seed):
+    """Under item i iff i or an item of i's table row is in the fresh item's row, and its
+    cosine with i beats i's last table score (a request's floor is never below it)."""
+    rng = np.random.default_rng(seed)
+    n = 300
+    factors, rows, last = _table(rng, n, 8)
+    norms = np.linalg.norm(factors, axis=1).astype(np.float32)
+    offsets, owners = segment_kernels.reverse_rows(rows)
+    for _ in range(10):
+        vector = rng.normal(size=8).astype(np.float32)
+        cos = unit_rows(factors) @ (vector / np.linalg.norm(vector))
+        row = np.argsort(-cos)[:10].astype(np.int64)
+        got = segment_kernels.listed_under(offsets, owners, row, factors, norms, last, vector)
+        near = set(row.tolist())
+        truth = [
+            i
+            for i in range(n)
+            if (i in near or near & set(rows[i].tolist())) and cos[i] > last[i] + 1e-4
+        ]
+        assert set(truth) <= set(got.tolist())
+        assert got.tolist() == sorted(set(got.tolist()))  # ascending, each once
+        assert all(i in near or near & set(rows[i].tolist()) for i in got.tolist())
+        assert all(cos[i] > last[i] - 1e-3 for i in got.tolist())  # the screen's margin only
