@@ -197,16 +197,23 @@ def listed_under(
 def sorted_ranked(
     sorted_factors: npt.NDArray[np.float32],
     sorted_rows: npt.NDArray[np.int64],
-    read: int,
+    ascending: npt.NDArray[np.float64],
     tail: npt.NDArray[np.int64],
     factors: npt.NDArray[np.float32],
     query: npt.NDArray[np.float32],
     floor: float,
-) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:  # pragma: no cover - compiled
-    """(rows, inner product) of the rows among the first `read` of the norm order
-    (`sorted_factors`, `sorted_rows`) and the `tail` rows changed since its sort (read from
-    `factors`, by row; their copies in the order are stale and skipped) whose product with
-    `query` is above `floor`, best first (ties by row)."""
+    bound_margin: float,
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32], int]:  # pragma: no cover - compiled
+    """(rows, inner product, rows of the order read) of the rows whose product with `query`
+    is above `floor`, best first (ties by row), among: the rows of the norm order
+    (`sorted_factors`, `sorted_rows`; `ascending`: their -norms) whose bound ||q|| ||x||
+    (widened by `bound_margin`) beats the floor, and the `tail` rows changed since its sort
+    (read from `factors`, by row; their copies in the order are stale and skipped)."""
+    reach = np.sqrt(_exact_dot(query, query)) * (1 + bound_margin)
+    if reach > 0:
+        read = np.searchsorted(ascending, -floor / reach)
+    else:
+        read = len(sorted_rows) if floor < 0 else 0
     rows = np.empty(read + len(tail), np.int64)
     lowered = floor - MARGIN * abs(floor)
     kept = 0
@@ -221,13 +228,14 @@ def sorted_ranked(
         if i >= read or not _holds(tail, len(tail), r):  # in the tail: its copy here is stale
             rows[kept] = r
             kept += 1
-    return _ranked(rows[:kept], factors, query, floor, 1.0)
+    ranked, scores = _ranked(rows[:kept], factors, query, floor, 1.0)
+    return ranked, scores, read
 
 
 def warm() -> None:
     """Compile the kernels now (or read them from numba's cache)."""
     none, vector = np.zeros(0, np.int64), np.zeros((1, 1), np.float32)
     listed_ranked(np.zeros(2, np.int64), none, 0, none, vector, vector[0], 0.0)
-    sorted_ranked(vector, np.zeros(1, np.int64), 1, none, vector, vector[0], 0.0)
+    sorted_ranked(vector, np.zeros(1, np.int64), np.zeros(1), none, vector, vector[0], 0.0, 0.0)
     offsets, owners = reverse_rows(np.zeros((1, 1), np.int32))
     listed_under(offsets, owners, np.zeros(1, np.int64), vector, vector[0], vector[0], vector[0])

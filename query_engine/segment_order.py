@@ -49,13 +49,17 @@ class NormOrder:
     def __init__(self, dim: int) -> None:
         self.rows = np.empty(0, np.int64)  # local rows, longest first
         self.norms = np.empty(0, np.float32)
-        # -norms, ascending, as Python floats: bisect on a list costs a tenth of a microsecond
-        # per step where np.searchsorted on the array cost 2.6 us a request.
+        # -norms, ascending, as Python floats for the block scan (bisect on a list costs a
+        # tenth of a microsecond per step where np.searchsorted on the array cost 2.6 us a
+        # request), and as an array for the compiled scan, which searches it itself.
         self._ascending: list[float] = []
+        self._ascending_array = np.empty(0, np.float64)
         self.factors = np.empty((0, dim), np.float32)  # self.rows' vectors, in that order
         self._tail: dict[int, None] = {}  # local rows changed since the sort, in order
         self._tail_rows: Rows | None = None  # _tail as an array, until it changes
-        self._kernel: Callable[..., Ranked] | None = None  # segment_kernels.py, once used
+        self._kernel: Callable[..., tuple[Rows, FloatArray, int]] | None = (
+            None  # segment_kernels.py, once used
+        )
         self.read = 0  # sorted rows the last `top` read (the bound stopped it there)
 
     def changed(self, local: int) -> None:
@@ -78,6 +82,7 @@ class NormOrder:
         self.rows = rows[order]
         self.norms = np.ascontiguousarray(norms[self.rows])
         self._ascending = (-self.norms).tolist()
+        self._ascending_array = -self.norms.astype(np.float64)
         self.factors = np.ascontiguousarray(factors[self.rows])
         self._tail.clear()
         self._tail_rows = None
@@ -98,21 +103,28 @@ class NormOrder:
         if self._tail_rows is None:
             self._tail_rows = np.fromiter(self._tail, np.int64, len(self._tail))
         tail = self._tail_rows
-        # Not np.linalg.norm: a few microseconds of checks, a tenth of what this scan costs.
-        reach = math.sqrt(float(query @ query)) * (1 + BOUND_MARGIN)
         if math.isfinite(floor) and self._kernel is not None:
-            # The rows whose bound beats the floor, in one compiled pass: the floor only rises
-            # as items are found, so none past them can enter. (Blocks of 256, 1,024, ... read
-            # 1,280 rows for a tenth of the requests at 1M, where a few hundred can pass.)
-            self.read = self._reaching(floor, reach)
+            # The rows whose bound beats the floor, in one compiled pass (the bound's binary
+            # search too): the floor only rises as items are found, so none past them can
+            # enter. (Blocks of 256, 1,024, ... read 1,280 rows for a tenth of the requests at
+            # 1M, where a few hundred can pass.)
             query = np.asarray(query, np.float32)  # as compiled: another dtype compiles again
-            rows, scores = self._kernel(
-                self.factors, self.rows, self.read, tail, factors, query, floor
+            rows, scores, self.read = self._kernel(
+                self.factors,
+                self.rows,
+                self._ascending_array,
+                tail,
+                factors,
+                query,
+                floor,
+                BOUND_MARGIN,
             )
             if allowed is not None and len(rows):
                 ok = allowed(rows)
                 rows, scores = rows[ok], scores[ok]
             return rows[:k], scores[:k]
+        # Not np.linalg.norm: a few microseconds of checks, a tenth of what this scan costs.
+        reach = math.sqrt(float(query @ query)) * (1 + BOUND_MARGIN)
         found_rows: list[Rows] = []
         found_scores: list[FloatArray] = []
         kth = floor
