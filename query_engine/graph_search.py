@@ -95,11 +95,11 @@ def best_first(
     scores: npt.NDArray[np.float32],
     start: int,
     ef: int,
-) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:  # pragma: no cover - compiled
-    """(rows, approximate cosine) of the (up to) `ef` items the search found nearest to item
-    `start`, in no order, `start` itself excluded. Scores here are float32 loops the compiler
-    may reorder (fastmath: the 64-term dot product vectorizes), approximate to the last bits:
-    the caller rescores what it keeps. Exercised through NeighbourTable.walk."""
+) -> npt.NDArray[np.int64]:  # pragma: no cover - compiled; exercised through NeighbourTable.walk
+    """Rows of the (up to) `ef` items the search found nearest to item `start` by cosine,
+    in no order, `start` itself excluded. Scores here are float32 loops the compiler may
+    reorder (fastmath: the 64-term dot product vectorizes), approximate to the last bits: the
+    caller rescores what it keeps."""
     n, width = rows.shape
     visited = np.zeros((n + 63) // 64, np.uint64)
     _first_visit(visited, np.int64(start))
@@ -142,7 +142,6 @@ def best_first(
                 if len(beam) > ef:
                     heapq.heappop(beam)
     found = np.empty(len(beam), np.int64)
-    found_scores = np.empty(len(beam), np.float32)
     for i in range(len(beam)):
-        found_scores[i], found[i] = beam[i]
-    return found, found_scores
+        found[i] = beam[i][1]
+    return found

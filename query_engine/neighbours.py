@@ -32,9 +32,6 @@ Ranked = tuple[Rows, npt.NDArray[np.float32]]
 # synthetic items x 64 (M=32, graph recall@10 0.97), recall@50 0.85 / 0.89 / 0.92 with beams of
 # 1 / 2 / 3 k, recall@100 0.80 / 0.87 / 0.90 (2 / 3 k): the graph, not the beam, bounds it there.
 WALK_BEAM = 2
-# The search's float32 scores (fastmath) are within a few ulps of the exact ones: items within
-# this relative margin of the fetch-th are rescored, so none the exact order keeps is left out.
-RESCORE_MARGIN = 1e-4
 
 
 @dataclass(frozen=True)
@@ -77,7 +74,7 @@ class NeighbourTable:
         first. None when the search reaches fewer than `fetch` items."""
         from query_engine.graph_search import best_first  # numba: only where walks run
 
-        found, approximate = best_first(
+        found = best_first(
             np.asarray(item_factors),
             np.asarray(item_norms),
             np.asarray(self.rows),
@@ -87,11 +84,6 @@ class NeighbourTable:
         )
         if len(found) < fetch:
             return None
-        # Rescored exactly: the items whose approximate score may reach the fetch-th (the
-        # search's scores differ from the exact ones in the last bits), not the whole beam;
-        # at k=100 and a beam of 200, ~15 us of a ~300-us answer less.
-        kth = float(np.partition(approximate, len(approximate) - fetch)[len(approximate) - fetch])
-        found = found[approximate >= kth - RESCORE_MARGIN * abs(kth)]
         scores = cosine_scores(
             np.asarray(item_factors[found]), item_norms[found], item_factors[row]
         )
