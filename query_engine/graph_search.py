@@ -1,8 +1,8 @@
 """Best-first search over a kNN graph: the search layer of HNSW (Malkov & Yashunin 2018) run on
 a version's neighbour table, compiled with numba (a dependency already, through pynndescent).
 
-A beam of the `ef` best items found so far; the best item not yet expanded is expanded (its
-table row read, each unseen neighbour scored), until the best unexpanded item scores below the
+A beam of the `ef` best items found so far; the best few items not yet expanded are expanded (their
+table rows read, each unseen neighbour scored), until the best unexpanded item scores below the
 worst of a full beam. Compiled, because the loop is per item: in numpy, two rounds of
 whole-row expansions cost 3 ms a query at 1M items and reached fewer items than this search
 does in a tenth of the time.
@@ -95,6 +95,7 @@ def best_first(
     scores: npt.NDArray[np.float32],
     start: int,
     ef: int,
+    expanded: int = EXPANDED,
 ) -> npt.NDArray[np.int64]:  # pragma: no cover - compiled; exercised through NeighbourTable.walk
     """Rows of the (up to) `ef` items the search found nearest to item `start` by cosine,
     in no order, `start` itself excluded. Scores here are float32 loops the compiler may
@@ -118,15 +119,16 @@ def best_first(
         heapq.heappush(beam, (scores[start, j], r))
         if len(beam) > ef:
             heapq.heappop(beam)
-    unseen = np.empty(width * EXPANDED, np.int64)
-    unseen_scores = np.empty(width * EXPANDED, np.float32)
-    nodes = np.empty(EXPANDED, np.int64)
+    unseen = np.empty(width * expanded, np.int64)
+    unseen_scores = np.empty(width * expanded, np.float32)
+    nodes = np.empty(expanded, np.int64)
     while len(candidates):
-        # The EXPANDED best items not expanded yet (those that can still reach the beam) at
+        # The `expanded` best items not expanded yet (those that can still reach the beam) at
         # once: their rows' unseen items, then all their scores in one loop of independent
         # loads, then the heaps. One at a time, each expansion waited on its row's and its
-        # items' cache misses in turn: at 678k items, k=100 and a beam of 200, 165 -> 146 us
-        # a search at 4, the same recall (0.962; 1,236 items scored in 200 expansions).
+        # items' cache misses in turn: at 678k ALS items, k=100 and a beam of 200, 159 -> 141
+        # us a search at 4 (p50 of 300 queries' medians of 3, alternating; the same recall@100
+        # 0.962, ~1,236 items scored in ~200 expansions; benchmarks/results/walk-expand/).
         expanding = _next_nodes(candidates, beam, ef, nodes)
         if not expanding:
             break
