@@ -9,23 +9,22 @@ score of i's answer from the version. When x arrives:
 - x is listed under each version item i that holds an item of x's row in its own table row
   (or is one), where cos(i, x) beats i's last table score: the neighbour table read backwards
   (`reverse_rows`, built once per version in a thread at its first upsert: 0.3 s and 4 bytes
-  per table entry, 136 MB at 1M x 32) gives those i, ~5,000 scored per upsert at 1M;
+  per table entry, 136 MB, at 1M x 32) gives those i;
 - by an exact scan of the segment's unit rows, x is entered under every fresh item whose
   threshold (its row's last score) it beats, and every fresh item beating x's threshold
   under x.
 
 A request for a version item i reads the fresh items listed under i, and scores them exactly:
-one list. The candidates are the same as reading the fresh items whose row holds i or an item
-of i's table row (33 lists a request, as until 2 December: ~4 us of scattered reads at 1M),
-less those that cannot beat i's last table score, below any floor this read serves. The lists
-are kept as one sorted array (version row -> fresh items, CSR) rebuilt between batches once
-more than PENDING fresh items were placed since; those, and the items not placed yet, are read
-by every request until then (a lookup in a dict per table neighbour cost more than the rest of
-the request). "x in i's top k" is not symmetric: i may rank deep in x's own list while x is
-near i's neighbours (at 100k items, x in i's top 10: i among x's 64 nearest for 75% of such
-pairs, i or one of its 32 table neighbours for 99.5%). This part is approximate; `annrec bench
-freshness` measures the recall against brute force. A request for a fresh item reads the fresh
-items entered under it: exact.
+one list. The candidates are the same as reading the fresh items whose row holds i or an item of
+i's table row (33 scattered lists a request, as until 2 December), less those that cannot beat
+i's last table score, below any floor this read serves. The lists are kept as one sorted array
+(version row -> fresh items, CSR) rebuilt between batches once more than PENDING fresh items
+were placed since; those, and the items not placed yet, are read by every request until then (a
+lookup in a dict per table neighbour cost more than the rest of the request). "x in i's top k"
+is not symmetric: i may rank deep in x's own list while x is near i's neighbours (at 100k items,
+x in i's top 10: i among x's 64 nearest for 75% of such pairs, i or one of its 32 table
+neighbours for 99.5%). This part is approximate; `annrec bench freshness` measures the recall
+against brute force. A request for a fresh item reads the fresh items entered under it: exact.
 
 Only where the version's answer reaches as deep as the row (its k-th score at least the row's
 last: k within the row, a filter that leaves enough of it) are candidates read this way; any
