@@ -84,7 +84,7 @@ def key_of_fresh(local: int) -> int:
 
 class SegmentNeighbours:
     """Per fresh item its row of nearest version items (its threshold); per version item the
-    fresh items attached to it; per fresh item the fresh items that can enter its answer."""
+    fresh items listed under it; per fresh item the fresh items that can enter its answer."""
 
     def __init__(self) -> None:
         self._listed: dict[int, Rows] = {}  # fresh local row -> version rows it is listed under
