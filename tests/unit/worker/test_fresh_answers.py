@@ -264,7 +264,8 @@ def test_upserts_wait_for_the_reverse_table_and_are_read_meanwhile(published, mo
     reverse_rows = segment_kernels.reverse_rows
 
     def held(rows):
-        release.wait(30)
+        if len(rows) > 1:  # the version's table, not segment_kernels.warm()'s one-row ones
+            release.wait(30)
         return reverse_rows(rows)
 
     monkeypatch.setattr(segment_kernels, "reverse_rows", held)
