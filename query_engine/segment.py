@@ -247,6 +247,8 @@ class Segment:
     ) -> npt.NDArray[np.bool_] | None:
         """Which local rows pass a request's filter and allow list (None: it has neither).
         Raises selection.FilterError as the version's own evaluation does."""
+        if flt is None and allow_items is None:
+            return None  # most requests: no attributes built, no evaluation
         allow = None
         if allow_items is not None:
             allow = np.asarray(

@@ -19,7 +19,6 @@ numpy, and with a floor one compiled pass (query_engine/segment_kernels.py); the
 
 from __future__ import annotations
 
-import bisect
 import math
 from collections.abc import Callable
 
@@ -49,11 +48,9 @@ class NormOrder:
     def __init__(self, dim: int) -> None:
         self.rows = np.empty(0, np.int64)  # local rows, longest first
         self.norms = np.empty(0, np.float32)
-        # -norms, ascending, as Python floats for the block scan (bisect on a list costs a
-        # tenth of a microsecond per step where np.searchsorted on the array cost 2.6 us a
-        # request), and as an array for the compiled scan, which searches it itself.
-        self._ascending: list[float] = []
-        self._ascending_array = np.empty(0, np.float64)
+        # -norms, ascending: the bound's binary search (inside the compiled scan; the block
+        # scan, without a floor, searches it with numpy)
+        self._ascending = np.empty(0, np.float64)
         self.factors = np.empty((0, dim), np.float32)  # self.rows' vectors, in that order
         self._tail: dict[int, None] = {}  # local rows changed since the sort, in order
         self._tail_rows: Rows | None = None  # _tail as an array, until it changes
@@ -81,8 +78,7 @@ class NormOrder:
         order = np.argsort(-norms[rows], kind="stable")
         self.rows = rows[order]
         self.norms = np.ascontiguousarray(norms[self.rows])
-        self._ascending = (-self.norms).tolist()
-        self._ascending_array = -self.norms.astype(np.float64)
+        self._ascending = -self.norms.astype(np.float64)
         self.factors = np.ascontiguousarray(factors[self.rows])
         self._tail.clear()
         self._tail_rows = None
@@ -91,7 +87,7 @@ class NormOrder:
         """How many of the sorted rows have a bound (norm * reach) above `floor`."""
         if reach <= 0:
             return len(self.rows) if floor < 0 else 0
-        return bisect.bisect_left(self._ascending, -floor / reach)
+        return int(np.searchsorted(self._ascending, -floor / reach))
 
     def top(
         self, factors: FloatArray, query: FloatArray, k: int, floor: float, allowed: Allowed | None
@@ -112,7 +108,7 @@ class NormOrder:
             rows, scores, self.read = self._kernel(
                 self.factors,
                 self.rows,
-                self._ascending_array,
+                self._ascending,
                 tail,
                 factors,
                 query,

@@ -371,20 +371,12 @@ def _with_fresh(
     if not fresh.ids:
         return items
     try:
-        keep = None
-        if request.filter is not None or request.allow_items is not None:
-            keep = fresh.passing(request.filter, request.allow_items)
+        keep = fresh.passing(request.filter, request.allow_items)
     except FilterError as exc:
         raise BadRequest(f"filter: {exc} (items added since index {v.version})") from exc
     exclude = [*request.exclude_items, *([request.subject_id or ""] if similar else [])]
-    # The version's answer comes best first, filled items last: its k-th item is its k-th
-    # score when it is ranked (the list below only where it is not).
-    kth = items[request.k - 1] if len(items) >= request.k else None
-    if kth is not None and not kth.filled and kth.score is not None:
-        floor = kth.score
-    else:
-        ranked = [i.score for i in items if not i.filled and i.score is not None]
-        floor = ranked[request.k - 1] if len(ranked) >= request.k else -np.inf
+    ranked = [i.score for i in items if not i.filled and i.score is not None]
+    floor = ranked[request.k - 1] if len(ranked) >= request.k else -np.inf
     # Under max_per a fresh item past the k-th fresh one can still be taken (its value's
     # places are not all taken): every one above the floor is a candidate.
     fetch = request.k if max_per is None else len(fresh.ids)
