@@ -101,9 +101,11 @@ def kept_storage(args: argparse.Namespace) -> Path | None:
 def kept_version(storage: Path, catalogue: dict[str, Any], publish: Callable[[], object]) -> str:
     """The name of the version in `storage` built from `catalogue` (what its inputs were, kept
     beside it in bench-catalogue.json): `publish()` runs unless that same catalogue was built
-    there already."""
-    built = storage / "bench-catalogue.json"
-    if not (built.exists() and json.loads(built.read_text()) == catalogue):
+    there already and its version is still there (a cleaned /tmp can take the version's
+    folder and leave the small files beside it)."""
+    built, latest = storage / "bench-catalogue.json", storage / "LATEST"
+    kept = latest.exists() and (storage / latest.read_text().strip()).is_dir()
+    if not (kept and built.exists() and json.loads(built.read_text()) == catalogue):
         storage.mkdir(parents=True, exist_ok=True)
         publish()
         built.write_text(json.dumps(catalogue))

@@ -45,6 +45,7 @@ def test_a_kept_version_is_built_once_per_catalogue(tmp_path):
     def publish(name):
         def run():
             built.append(name)
+            (tmp_path / name).mkdir()
             (tmp_path / "LATEST").write_text(name + "\n")
 
         return run
@@ -54,3 +55,17 @@ def test_a_kept_version_is_built_once_per_catalogue(tmp_path):
     assert kept_version(tmp_path, dict(one), publish("v2")) == "v1"  # found again: not rebuilt
     assert kept_version(tmp_path, {**one, "attributes": 1}, publish("v3")) == "v3"
     assert built == ["v1", "v3"]
+
+
+def test_a_kept_catalogue_whose_version_folder_is_gone_is_built_again(tmp_path):
+    def publish(name):
+        def run():
+            (tmp_path / name).mkdir()
+            (tmp_path / "LATEST").write_text(name + "\n")
+
+        return run
+
+    one = {"items": 100, "seed": 1}
+    kept_version(tmp_path, one, publish("v1"))
+    (tmp_path / "v1").rmdir()  # what a cleaned /tmp left: LATEST and the catalogue, no version
+    assert kept_version(tmp_path, one, publish("v2")) == "v2"
