@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from schemas.layout import read_latest, version_dir
 from tools.subcommands import Command, Table
 
 KINDS: Table = {
@@ -101,10 +102,10 @@ def kept_storage(args: argparse.Namespace) -> Path | None:
 def kept_version(storage: Path, catalogue: dict[str, Any], publish: Callable[[], object]) -> str:
     """The name of the version in `storage` built from `catalogue` (what its inputs were, kept
     beside it in bench-catalogue.json): `publish()` runs unless that same catalogue was built
-    there already and its version is still there (a cleaned /tmp can take the version's
-    folder and leave the small files beside it)."""
-    built, latest = storage / "bench-catalogue.json", storage / "LATEST"
-    kept = latest.exists() and (storage / latest.read_text().strip()).is_dir()
+    there already and its version's folder is still there (a cleaned /tmp can take it and
+    leave the small files beside it)."""
+    built, name = storage / "bench-catalogue.json", read_latest(storage)
+    kept = name is not None and version_dir(storage, name).is_dir()
     if not (kept and built.exists() and json.loads(built.read_text()) == catalogue):
         storage.mkdir(parents=True, exist_ok=True)
         publish()

@@ -4,8 +4,12 @@ from pathlib import Path
 
 import pytest
 
+from schemas.layout import version_dir
 from tools.bench.cli import kept_storage, kept_version
+
 from tools.cli import build_parser
+
+V1, V2, V3 = (f"20261202T01104{i}.000000Z-8e33bc" for i in range(3))  # version names
 
 # The commands that build their own catalogue and can keep it (`--storage`, `--build-only`).
 KEEPING = [["bench", "e2e"], ["bench", "e2e", "--via", "gateway"], ["bench", "freshness"]]
@@ -45,27 +49,29 @@ def test_a_kept_version_is_built_once_per_catalogue(tmp_path):
     def publish(name):
         def run():
             built.append(name)
-            (tmp_path / name).mkdir()
+            version_dir(tmp_path, name).mkdir(parents=True)
             (tmp_path / "LATEST").write_text(name + "\n")
 
         return run
 
     one = {"items": 100, "seed": 1}
-    assert kept_version(tmp_path, one, publish("v1")) == "v1"
-    assert kept_version(tmp_path, dict(one), publish("v2")) == "v1"  # found again: not rebuilt
-    assert kept_version(tmp_path, {**one, "attributes": 1}, publish("v3")) == "v3"
-    assert built == ["v1", "v3"]
+    assert kept_version(tmp_path, one, publish(V1)) == V1
+    assert kept_version(tmp_path, dict(one), publish(V2)) == V1  # found again: not rebuilt
+    assert kept_version(tmp_path, {**one, "attributes": 1}, publish(V3)) == V3
+    assert built == [V1, V3]
 
 
 def test_a_kept_catalogue_whose_version_folder_is_gone_is_built_again(tmp_path):
     def publish(name):
         def run():
-            (tmp_path / name).mkdir()
+            version_dir(tmp_path, name).mkdir(parents=True)
             (tmp_path / "LATEST").write_text(name + "\n")
 
         return run
 
     one = {"items": 100, "seed": 1}
-    kept_version(tmp_path, one, publish("v1"))
-    (tmp_path / "v1").rmdir()  # what a cleaned /tmp left: LATEST and the catalogue, no version
-    assert kept_version(tmp_path, one, publish("v2")) == "v2"
+    kept_version(tmp_path, one, publish(V1))
+    version_dir(
+        tmp_path, V1
+    ).rmdir()  # what a cleaned /tmp left: LATEST and the catalogue, no version
+    assert kept_version(tmp_path, one, publish(V2)) == V2
