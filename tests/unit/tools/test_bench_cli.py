@@ -6,7 +6,6 @@ import pytest
 
 from schemas.layout import version_dir
 from tools.bench.cli import kept_storage, kept_version
-
 from tools.cli import build_parser
 
 V1, V2, V3 = (f"20261202T01104{i}.000000Z-8e33bc" for i in range(3))  # version names
