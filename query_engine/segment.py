@@ -13,6 +13,7 @@ version's own files stay immutable. Pure numpy: no Kafka, no I/O.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 import numpy as np
@@ -25,7 +26,7 @@ from query_engine.segment_neighbours import SegmentNeighbours, key_of_fresh
 from query_engine.segment_order import NormOrder
 from query_engine.selection import select
 from query_engine.vectors import top_k
-from schemas.events import ItemVector, ScoredItem
+from schemas.events import ItemVector
 from schemas.filters import Filter
 from schemas.manifest import FALSE, TRUE, UNKNOWN, AttributeSpec
 
@@ -34,7 +35,6 @@ Rows = npt.NDArray[np.int64]
 Ranked = tuple[Rows, FloatArray]
 AttributeValues = Mapping[str, str | bool]
 G = TypeVar("G", bound=np.generic)
-_NO_SCORES: FloatArray = np.empty(0, np.float32)  # never written to: returned as is
 
 
 def refusal(event: ItemVector, dim: int, specs: Sequence[AttributeSpec]) -> str | None:
@@ -186,7 +186,7 @@ class Segment:
         exclude: Iterable[str] = (),
         floor: float = -np.inf,
         exact: bool = False,
-    ) -> tuple[list[str], FloatArray]:
+    ) -> tuple[list[str], list[float]]:
         """The k fresh items with the largest inner product with `query` scoring above `floor`
         (the k-th score of the answer they are merged into), best first: the norm-ordered scan
         that stops at the bound (query_engine/segment_order.py), or every row (`exact`)."""
@@ -197,7 +197,7 @@ class Segment:
         if self._order.outdated():
             self._order.sort(self._factors[:n], self._norms[:n], self._live[:n])
         rows, scores = self._order.top(self._factors, query, k, floor, self._allowed(keep, exclude))
-        return [self.ids[r] for r in rows.tolist()], scores
+        return [self.ids[r] for r in rows.tolist()], scores.tolist()
 
     def similar(
         self,
@@ -208,7 +208,7 @@ class Segment:
         floor: float = -np.inf,
         subject: int | None = None,
         exact: bool = False,
-    ) -> tuple[list[str], FloatArray]:
+    ) -> tuple[list[str], list[float]]:
         """The k fresh items with the largest cosine with `query` scoring above `floor`, best
         first. `subject`: the asked item's key (a version row, or key_of_fresh(local)): when
         `floor` lets it, only the candidates found at the upserts are read (segment_neighbours);
@@ -219,12 +219,12 @@ class Segment:
         if hit is not None:
             rows, scores = hit  # best first
             if not len(rows):
-                return [], _NO_SCORES
+                return [], []
             allowed = self._allowed(keep, exclude)
             if allowed is not None:
                 ok = allowed(rows)
                 rows, scores = rows[ok], scores[ok]
-            return [self.ids[r] for r in rows[:k].tolist()], scores[:k]
+            return [self.ids[r] for r in rows[:k].tolist()], scores[:k].tolist()
         n = len(self.ids)
         norm = float(np.linalg.norm(query))
         unit = query / norm if norm > 0 else query
@@ -314,7 +314,7 @@ class Segment:
         keep: npt.NDArray[np.bool_] | None,
         exclude: Iterable[str],
         floor: float = -np.inf,
-    ) -> tuple[list[str], FloatArray]:
+    ) -> tuple[list[str], list[float]]:
         # What may not be returned scores -inf in place (`scores` is this call's own array): no
         # index arrays over the whole segment per request.
         n = len(self.ids)
@@ -328,7 +328,7 @@ class Segment:
                 scores[row] = -np.inf
         best = top_k(scores, min(k, n))
         best = best[scores[best] > floor]
-        return [self.ids[r] for r in best.tolist()], scores[best]
+        return [self.ids[r] for r in best.tolist()], scores[best].tolist()
 
     def _grow(self, n: int) -> None:
         if n <= self._capacity:
@@ -381,54 +381,90 @@ def past_hidden(search: Callable[[int], Ranked], fetch: int, hidden: set[int]) -
         fetch = max(2 * fetch, wanted + 2 * taken)
 
 
-def merged(
-    items: Sequence[ScoredItem], fresh_ids: Sequence[str], fresh_scores: FloatArray, k: int
-) -> list[ScoredItem]:
-    """The version's items and the fresh ones by score, best first, k of them (on a tie the
+@dataclass
+class Draft:
+    """An answer before its reply items are built: each built item costs pydantic's validation
+    (~1 us), so the fresh items are merged into plain lists and the items built once, after.
+    `ids`, `scores`: ranked by score, best first; `filled`: (id, score or None) from the
+    popularity list, after them."""
+
+    ids: list[str]
+    scores: list[float]
+    filled: list[tuple[str, float | None]] = field(default_factory=list)
+
+    def kth_score(self, k: int) -> float:
+        """The k-th ranked score (-inf when fewer are ranked): what an item must beat to enter."""
+        return self.scores[k - 1] if len(self.scores) >= k else -np.inf
+
+    def __len__(self) -> int:
+        return len(self.ids) + len(self.filled)
+
+
+def merged(draft: Draft, fresh_ids: Sequence[str], fresh_scores: Sequence[float], k: int) -> Draft:
+    """The version's answer and the fresh items by score, best first, k of them (on a tie the
     version's first); items filled from the popularity list (no rank of their own) come last,
     only where k is not reached. Both sides come best first: the fresh items are inserted
-    into the version's list, a few steps each, where sorting both cost ~5 us a request."""
-    taken = set(fresh_ids)
-    # A fresh id the version also returned is the same item's new vector: the fresh one counts.
-    out = [i for i in items if not i.filled and i.item_id not in taken]
+    into the version's list, a few steps each, where sorting both cost ~5 us a request. In a
+    request the version's answer and the fresh items are a few each: list operations, no sets
+    (this runs for each answer a fresh item enters, ~9% of them at 1M + 10,000)."""
+    ids, scores = draft.ids, draft.scores
+    if any(i in ids for i in fresh_ids):  # the same item's new vector: the fresh one counts
+        kept = [j for j, i in enumerate(ids) if i not in fresh_ids]
+        ids, scores = [ids[j] for j in kept], [scores[j] for j in kept]
+    else:
+        ids, scores = ids[:], scores[:]
     at = 0
-    for item_id, score in zip(fresh_ids, fresh_scores.tolist(), strict=True):
-        while at < len(out) and (s := out[at].score) is not None and s >= score:
+    for item_id, score in zip(fresh_ids, fresh_scores, strict=True):
+        n = len(scores)
+        while at < n and scores[at] >= score:
             at += 1
-        out.insert(at, ScoredItem(item_id=item_id, score=score))
+        ids.insert(at, item_id)
+        scores.insert(at, score)
         at += 1
-    del out[k:]
-    if len(out) < k:
-        chosen = {i.item_id for i in out}
-        out += [i for i in items if i.filled and i.item_id not in chosen][: k - len(out)]
-    return out
+    del ids[k:], scores[k:]
+    filled = draft.filled
+    if filled:
+        chosen = set(ids)
+        filled = [f for f in filled if f[0] not in chosen][: k - len(ids)]
+    return Draft(ids, scores, filled)
 
 
 def merged_within(
-    items: Sequence[ScoredItem],
+    draft: Draft,
     codes: npt.NDArray[np.int32],
     fresh_ids: Sequence[str],
-    fresh_scores: FloatArray,
+    fresh_scores: Sequence[float],
     fresh_codes: npt.NDArray[np.int32],
     n: int,
     k: int,
-) -> list[ScoredItem]:
+) -> Draft:
     """merged() under max_per: the greedy walk (query_engine/diversity.py), at most n items of
-    a value, over the version's answer under the constraint (`codes`: its items' values) and
-    the fresh items above its k-th score, by score. Exact over both: an item the walk over
-    everything takes is taken by the walk over its own side (each side's items of a value
-    above it are as many as the whole's, or more), so the union of the two sides' answers
-    holds the whole answer; and no fresh item at or below the version's k-th score can
-    displace one (the walk's i-th score only grows when items are added)."""
-    fresh = [
-        ScoredItem(item_id=i, score=float(s))
-        for i, s in zip(fresh_ids, fresh_scores.tolist(), strict=True)
+    a value, over the version's answer under the constraint (`codes`: the values of its ranked
+    items, then of its filled ones) and the fresh items above its k-th score, by score. Exact
+    over both: an item the walk over everything takes is taken by the walk over its own side
+    (each side's items of a value above it are as many as the whole's, or more), so the union
+    of the two sides' answers holds the whole answer; and no fresh item at or below the
+    version's k-th score can displace one (the walk's i-th score only grows when items are
+    added). Filled items come last, counted by the walk too."""
+    taken = set(fresh_ids)
+    values = codes.tolist()
+    ranked = [
+        (i, s, values[j])
+        for j, (i, s) in enumerate(zip(draft.ids, draft.scores, strict=True))
+        if i not in taken
     ]
-    taken = {i.item_id for i in fresh}
-    pool = [
-        (i, int(c)) for i, c in zip(items, codes.tolist(), strict=True) if i.item_id not in taken
+    ranked += zip(fresh_ids, fresh_scores, fresh_codes.tolist(), strict=True)
+    ranked.sort(key=lambda p: -p[1])  # stable: on a tie the version's first
+    filled = [
+        (i, s, values[len(draft.ids) + j])
+        for j, (i, s) in enumerate(draft.filled)
+        if i not in taken
     ]
-    pool += list(zip(fresh, fresh_codes.tolist(), strict=True))
-    pool.sort(key=lambda p: -(p[0].score if p[0].score is not None else -np.inf))
-    walk = MaxPer(np.asarray([c for _, c in pool], np.int32), n)
-    return [pool[j][0] for j in walk.pick(np.arange(len(pool)), k).tolist()]
+    walk = MaxPer(np.asarray([c for *_, c in [*ranked, *filled]], np.int32), n)
+    picked = walk.pick(np.arange(len(ranked) + len(filled)), k).tolist()
+    taken_ranked = [ranked[j] for j in picked if j < len(ranked)]
+    return Draft(
+        [i for i, _, _ in taken_ranked],
+        [s for _, s, _ in taken_ranked],
+        [filled[j - len(ranked)][:2] for j in picked if j >= len(ranked)],
+    )

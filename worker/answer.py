@@ -29,7 +29,7 @@ from query_engine.personalize import (
     personal_vector,
 )
 from query_engine.search import scaled_search_k
-from query_engine.segment import merged, merged_within, past_hidden
+from query_engine.segment import Draft, merged, merged_within, past_hidden
 from query_engine.segment_neighbours import similar_to_vector
 from query_engine.selection import FilterError, Selection, select
 from query_engine.vectors import cosine_scores, explain_scores, fold_in
@@ -327,9 +327,10 @@ def _similar(
     def scorer(r: Rows) -> npt.NDArray[np.float32]:
         return cosine_scores(np.asarray(v.item_factors[r]), v.search.item_norms[r], query)
 
-    items = _complete(v, rows, scores, excluded, request.k, scorer, keep, max_per)
+    draft = _complete(v, rows, scores, excluded, request.k, scorer, keep, max_per)
     subject = v.fresh.key(request.item_id, row)
-    return _with_fresh(v, request, items, query, max_per, True, exact, subject), excluded
+    draft = _with_fresh(v, request, draft, query, max_per, True, exact, subject)
+    return _items(draft), excluded
 
 
 def _similar_to(
@@ -355,13 +356,13 @@ def _similar_to(
 def _with_fresh(
     v: LoadedVersion,
     request: AnyRequest,
-    items: list[ScoredItem],
+    draft: Draft,
     query: npt.NDArray[np.float32],
     max_per: MaxPer | None,
     similar: bool,
     exact: bool = False,
     subject: int | None = None,
-) -> list[ScoredItem]:
+) -> Draft:
     """The version's items merged with the fresh items that can enter them
     (query_engine/segment.py): exact scores, the request's filter, allow list and exclusions
     applied to them too, only those above the k-th score of the version's answer looked at.
@@ -369,14 +370,15 @@ def _with_fresh(
     version's)."""
     fresh = v.fresh
     if not fresh.ids:
-        return items
+        return draft
     try:
         keep = fresh.passing(request.filter, request.allow_items)
     except FilterError as exc:
         raise BadRequest(f"filter: {exc} (items added since index {v.version})") from exc
-    exclude = [*request.exclude_items, *([request.subject_id or ""] if similar else [])]
-    ranked = [i.score for i in items if not i.filled and i.score is not None]
-    floor = ranked[request.k - 1] if len(ranked) >= request.k else -np.inf
+    # The asked item is among the fresh rows only when it is fresh itself (a negative key).
+    asked = [request.subject_id or ""] if similar and subject is not None and subject < 0 else []
+    exclude = [*request.exclude_items, *asked]
+    floor = draft.kth_score(request.k)
     # Under max_per a fresh item past the k-th fresh one can still be taken (its value's
     # places are not all taken): every one above the floor is a candidate.
     fetch = request.k if max_per is None else len(fresh.ids)
@@ -385,13 +387,14 @@ def _with_fresh(
     else:
         ids, scores = fresh.recommend(query, fetch, keep, exclude, floor, exact)
     if not ids:
-        return items
+        return draft
     if max_per is None or request.max_per is None:
-        return merged(items, ids, scores, request.k)
+        return merged(draft, ids, scores, request.k)
     attr = request.max_per.attr
-    codes = max_per.codes[v.item_rows.rows([i.item_id for i in items])[0]]
+    version_ids = [*draft.ids, *(i for i, _ in draft.filled)]
+    codes = max_per.codes[v.item_rows.rows(version_ids)[0]]
     return merged_within(
-        items, codes, ids, scores, fresh.value_codes(attr, ids), request.max_per.n, request.k
+        draft, codes, ids, scores, fresh.value_codes(attr, ids), request.max_per.n, request.k
     )
 
 
@@ -415,15 +418,17 @@ def _recommend(
     if query is None:  # cold start: nothing known about this user
         if policy.cold_start == "error":
             raise BadRequest(f"unknown user in index {v.version} (cold start disabled)")
-        items = _complete(
-            v,
-            np.empty(0, np.int64),
-            np.empty(0, np.float32),
-            excluded,
-            request.k,
-            None,
-            keep,
-            max_per,
+        items = _items(
+            _complete(
+                v,
+                np.empty(0, np.int64),
+                np.empty(0, np.float32),
+                excluded,
+                request.k,
+                None,
+                keep,
+                max_per,
+            )
         )
         return Reply(
             status=_status(v, items, request.k, keep, max_per, excluded),
@@ -446,11 +451,11 @@ def _recommend(
     def scorer(r: Rows) -> npt.NDArray[np.float32]:
         return (np.asarray(v.item_factors[r]) @ query).astype(np.float32)
 
-    items = _complete(v, rows, scores, excluded, request.k, scorer, keep, max_per)
+    draft = _complete(v, rows, scores, excluded, request.k, scorer, keep, max_per)
     # A user_id's history is not what its vector is explained by (the long-term factors are
     # part of it): explained only for recent_items.
     refusal = _explain_refusal(request, has_history=len(seen) > 0 and request.user_id is None)
-    items = _with_fresh(v, request, items, query, max_per, False, exact)
+    items = _items(_with_fresh(v, request, draft, query, max_per, False, exact))
     if request.explain and refusal is None:
         items = _explained(v, items, seen, rows)
     return Reply(
@@ -584,24 +589,25 @@ def _complete(
     scorer: Scorer | None,
     allowed: Selection | None = None,
     max_per: MaxPer | None = None,
-) -> list[ScoredItem]:
+) -> Draft:
     """The first k non-excluded results, filled up from the popularity list when short (with
     popular items passing the filter, when there is one, and within max_per). Under max_per
     `rows` already are the best the constraint allows: only a cold start is filled."""
     kept = [i for i, r in enumerate(rows.tolist()) if r not in excluded][:k]
-    items = _items(v, rows[kept], np.asarray(scores)[kept].tolist())
-    missing = k - len(items)
+    chosen = rows[kept]
+    missing = k - len(kept)
+    fill = np.empty(0, np.int64)
     if missing > 0 and (max_per is None or scorer is None):
-        taken = excluded | {int(rows[i]) for i in kept}
-        fill = _popular(v, taken, missing, allowed, max_per, rows[kept])
-        fill_scores = scorer(fill) if scorer is not None and len(fill) else None
-        items += _items(
-            v,
-            fill,
-            [None] * len(fill) if fill_scores is None else np.asarray(fill_scores).tolist(),
-            filled=True,
-        )
-    return items
+        fill = _popular(v, excluded | set(chosen.tolist()), missing, allowed, max_per, chosen)
+    # The ids in one read of the mapped array: row by row, each read costs more than the
+    # reply item built from it (~1.5 us of numpy indexing per item).
+    ids = np.asarray(v.item_ids[np.concatenate([chosen, fill])]).tolist()
+    draft = Draft(ids[: len(kept)], np.asarray(scores)[kept].tolist())
+    if len(fill):
+        fill_scores = scorer(fill) if scorer is not None else None
+        filled = [None] * len(fill) if fill_scores is None else np.asarray(fill_scores).tolist()
+        draft.filled = list(zip(ids[len(kept) :], filled, strict=True))
+    return draft
 
 
 def _popular(
@@ -635,16 +641,14 @@ def _popular(
     return np.asarray(picked, dtype=np.int64)
 
 
-def _items(
-    v: LoadedVersion, rows: Rows, scores: Sequence[float | None], filled: bool = False
-) -> list[ScoredItem]:
-    # The ids in one read of the mapped array: row by row, each read costs more than the
-    # reply item built from it (~1.5 us of numpy indexing per item).
-    ids = np.asarray(v.item_ids[np.asarray(rows, dtype=np.int64)]).tolist()
+def _items(draft: Draft) -> list[ScoredItem]:
     # One validation of the whole list: a ScoredItem(...) per item cost ~1.5x as much (each
     # __init__ enters pydantic's core on its own), a third of a table lookup's answer().
     return _SCORED_ITEMS.validate_python(
-        [{"item_id": i, "score": s, "filled": filled} for i, s in zip(ids, scores, strict=True)]
+        [
+            *({"item_id": i, "score": s} for i, s in zip(draft.ids, draft.scores, strict=True)),
+            *({"item_id": i, "score": s, "filled": True} for i, s in draft.filled),
+        ]
     )
 
 

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from query_engine.segment import Segment, merged, past_hidden, refusal
-from schemas.events import ItemVector, ScoredItem
+from query_engine.segment import Draft, Segment, merged, merged_within, past_hidden, refusal
+from schemas.events import ItemVector
 from schemas.filters import AttrEquals
 from schemas.manifest import AttributeSpec
 
@@ -51,7 +51,7 @@ def test_segment_upserts_removals_hidden_rows_and_its_own_filter():
     assert len(s) == 2 and s.hidden == {5, 9} and s.size == 4
     assert s.local("n2") is None and s.removed == {"n2", "i9"}
     ids, scores = s.recommend(np.array([1.0, 0.5], np.float32), 5)
-    assert ids == ["n1", "i5"] and scores.tolist() == [1.0, 0.5]
+    assert ids == ["n1", "i5"] and scores == [1.0, 0.5]
     keep = s.passing(AttrEquals(attr="brand", eq="c"), None)
     assert s.recommend(np.array([1.0, 0.5], np.float32), 5, keep)[0] == ["n1"]
     assert s.set_flag("in_stock", "n1", False) and not s.set_flag("in_stock", "n1", False)
@@ -63,15 +63,22 @@ def test_segment_upserts_removals_hidden_rows_and_its_own_filter():
 
 
 def test_merged_ranks_by_score_and_fills_last():
-    version = [
-        ScoredItem(item_id="a", score=3.0),
-        ScoredItem(item_id="b", score=1.0),
-        ScoredItem(item_id="p", score=0.1, filled=True),
-    ]
-    out = merged(version, ["n", "b"], np.array([2.0, 0.5], np.float32), 3)
-    assert [(i.item_id, i.score) for i in out] == [("a", 3.0), ("n", 2.0), ("b", 0.5)]
-    short = merged(version, ["n"], np.array([2.0], np.float32), 4)
-    assert [i.item_id for i in short] == ["a", "n", "b", "p"] and short[-1].filled
+    version = Draft(["a", "b"], [3.0, 1.0], [("p", 0.1)])
+    out = merged(version, ["n", "b"], [2.0, 0.5], 3)
+    assert (out.ids, out.scores, out.filled) == (["a", "n", "b"], [3.0, 2.0, 0.5], [])
+    short = merged(version, ["n"], [2.0], 4)
+    assert short.ids == ["a", "n", "b"] and short.filled == [("p", 0.1)]
+    assert version == Draft(["a", "b"], [3.0, 1.0], [("p", 0.1)])  # not changed in place
+
+
+def test_merged_within_walks_both_sides_by_score_under_max_per():
+    """At most one item of a value: the fresh item of value 0 displaces the version's (lower)
+    one, and the next of the version's values takes its place; filled items come last,
+    counted by the walk (the filled item of value 1 is skipped)."""
+    version = Draft(["a", "b", "c"], [3.0, 2.0, 1.0], [("p", None), ("q", None)])
+    codes = np.array([0, 1, 1, 1, 2], np.int32)  # a b c, then p q
+    out = merged_within(version, codes, ["n"], [3.5], np.array([0], np.int32), 1, 4)
+    assert (out.ids, out.scores, out.filled) == (["n", "b"], [3.5, 2.0], [("q", None)])
 
 
 def test_past_hidden_asks_again_until_enough_results_are_not_hidden():
