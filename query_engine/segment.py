@@ -218,18 +218,18 @@ class Segment:
             hit = self.neighbours.above(subject, floor, self._units, query)
         if hit is not None:
             rows, scores = hit  # best first
-            if not len(rows):
+            if not rows:
                 return [], []
             allowed = self._allowed(keep, exclude)
             if allowed is not None:
-                ok = allowed(rows)
-                rows, scores = rows[ok], scores[ok]
-            return [self.ids[r] for r in rows[:k].tolist()], scores[:k].tolist()
+                ok = allowed(np.asarray(rows, np.int64)).tolist()
+                rows = [r for r, yes in zip(rows, ok, strict=True) if yes]
+                scores = [c for c, yes in zip(scores, ok, strict=True) if yes]
+            return [self.ids[r] for r in rows[:k]], scores[:k]
         n = len(self.ids)
         norm = float(np.linalg.norm(query))
         unit = query / norm if norm > 0 else query
-        scores = np.asarray(self._units[:n] @ unit, dtype=np.float32)
-        return self._best(scores, k, keep, exclude, floor)
+        return self._best(np.asarray(self._units[:n] @ unit, np.float32), k, keep, exclude, floor)
 
     def value_codes(self, attr: str, ids: Sequence[str]) -> npt.NDArray[np.int32]:
         """The value index of a categorical attribute for fresh items (-1: none), in the
@@ -293,6 +293,8 @@ class Segment:
     ) -> Callable[[Rows], npt.NDArray[np.bool_]] | None:
         """Which local rows may be returned: live, passing `keep`, not excluded. None: every
         row may (none removed, no filter, nothing excluded), so a request checks none."""
+        if not self._dead and keep is None and not exclude:
+            return None  # most requests: no list built
         excluded = [r for i in exclude if (r := self._local.get(i)) is not None]
         if not self._dead and keep is None and not excluded:
             return None

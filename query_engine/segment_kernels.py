@@ -161,12 +161,14 @@ def listed_under(
     factors: npt.NDArray[np.float32],
     norms: npt.NDArray[np.float32],
     last: npt.NDArray[np.float32],
-    vector: npt.NDArray[np.float32],
-) -> npt.NDArray[np.int64]:  # pragma: no cover - compiled
-    """The version rows a fresh item (`vector`, its nearest version rows `row`) is listed
-    under: each item of `row` and each item whose table row holds one of them (`offsets`,
-    `owners`: reverse_rows), where its cosine may beat that item's last table score (`last`,
-    screened with MARGIN: a request scores exactly). Ascending."""
+    unit: npt.NDArray[np.float32],
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]]:  # pragma: no cover - compiled
+    """(version rows, cosine) a fresh item (`unit`: its unit row; `row`: its nearest version
+    rows) is listed under, ascending: each item of `row` and each item whose table row holds
+    one of them (`offsets`, `owners`: reverse_rows), where its cosine may beat that item's
+    last table score (`last`, screened with MARGIN). The cosine is exact, in float64, as a
+    request for that item would score it (the item's factors are its query): requests
+    compare it with their floor and score nothing."""
     total = len(row)
     for j in range(len(row)):
         total += offsets[row[j] + 1] - offsets[row[j]]
@@ -179,18 +181,19 @@ def listed_under(
             reached[m] = owners[at]
             m += 1
     reached.sort()  # ascending: the factors below are read in order, each once
-    norm = np.sqrt(_exact_dot(vector, vector))
+    cosines = np.empty(total, np.float64)
     kept = 0
     for j in range(total):
         i = reached[j]
         if j and i == reached[j - 1]:
             continue
-        denom = norms[i] * norm
-        cos = _fast_dot(factors[i], vector) / denom if denom > 0 else 0.0
+        cos = _fast_dot(factors[i], unit) / norms[i] if norms[i] > 0 else 0.0
         if cos > last[i] - MARGIN * abs(last[i]):
             reached[kept] = i
+            norm = np.sqrt(_exact_dot(factors[i], factors[i]))
+            cosines[kept] = _exact_dot(unit, factors[i]) / norm if norm > 0 else 0.0
             kept += 1
-    return reached[:kept]
+    return reached[:kept], cosines[:kept]
 
 
 @numba.njit(cache=True, nogil=True)

@@ -42,7 +42,8 @@ import math
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import cast
 
 import numpy as np
 import numpy.typing as npt
@@ -70,13 +71,24 @@ ROW_WIDTH = 64
 SEEDS = 32
 SEED_BUDGET = 256
 WALK_ROUNDS = 2
-_NONE: Ranked = (np.empty(0, np.int64), np.empty(0, np.float32))  # never written to
-# Fresh items placed since the attachments were last sorted, read by every request meanwhile:
-# sorting 10,000 x 64 attachments costs ~40 ms (and O(n_items): the offsets), once per PENDING
-# upserts, between batches (`discover`). Never in a request: while more than PENDING items
-# waited to be placed (upserts faster than their share of the thread), every request sorted
-# again and still read them all.
+Listed = tuple[list[int], list[float]]  # (fresh local rows, cosine), best first
+_NONE: Listed = ([], [])  # never written to: callers slice
+_NO_OFFSETS, _NO_MEMBERS = np.zeros(2, np.int64), np.empty(0, np.int64)  # an empty CSR
+# The lists are sorted into one array (CSR) once more than PENDING fresh items were placed
+# since the last sort: sorting 10,000 x 64 entries costs ~40 ms (and O(n_items): the offsets),
+# between batches (`discover`), never in a request. The items placed since are kept in a dict
+# by version row meanwhile, so a request reads its own entries only.
 PENDING = 256
+
+
+def _floats(array: FloatArray) -> Sequence[float]:
+    """A float32 array read element by element as Python floats (a memoryview: a numpy
+    scalar costs ~10x more to read)."""
+    return cast(Sequence[float], array.data)
+
+
+def _best_first(entry: tuple[float, int]) -> tuple[float, int]:
+    return -entry[0], entry[1]
 
 
 def key_of_fresh(local: int) -> int:
@@ -89,24 +101,31 @@ class SegmentNeighbours:
     fresh items listed under it; per fresh item the fresh items that can enter its answer."""
 
     def __init__(self) -> None:
-        self._listed: dict[int, Rows] = {}  # fresh local row -> version rows it is listed under
-        # version row v -> the fresh items listed under it: _members[_offsets[v]:_offsets[v+1]]
-        # (removed or moved items stay until the next sort: candidates are rescored and
-        # checked by the caller); the items placed since that sort are _pending.
-        self._offsets = np.zeros(1, np.int64)
-        self._members = np.empty(0, np.int64)
+        # fresh local row -> (the version rows it is listed under, its cosine with each)
+        self._listed: dict[int, tuple[Rows, FloatArray]] = {}
+        # Version row v -> the fresh items listed under it at the last sort and their cosine
+        # with v: _members[_offsets[v]:_offsets[v + 1]], _cosines alike. Memoryviews: a
+        # request reads a few entries, each a Python number (a numpy scalar costs ~10x more).
+        # Items withdrawn since (removed, or a new vector) are _stale there, skipped.
+        self._offsets = np.zeros(1, np.int64).data
+        self._members = np.empty(0, np.int64).data
+        self._cosines = _floats(np.empty(0, np.float32))
+        self._stale: set[int] = set()
+        # Placed since the sort: by version row, (cosine, fresh local); and counted.
+        self._recent: dict[int, list[tuple[float, int]]] = {}
         self._pending: dict[int, None] = {}
         # Fresh items whose row and places are not found yet (`discover`, between batches, on
         # a time budget: an upsert costs its request-time share, not 2 ms at once).
         self._waiting: dict[int, None] = {}
         self._table_last: FloatArray | None = None  # the version's table rows' last score
+        self._last = _floats(np.empty(0, np.float32))  # the same, read in requests
         self._reverse: tuple[Rows, npt.NDArray[np.int32]] | None = None  # reverse_rows
         self._reversing: threading.Thread | None = None
         self._entering: dict[int, set[int]] = {}  # fresh local -> fresh locals that can enter
         self._placed: dict[int, list[int]] = {}  # fresh local -> keys it was placed under
         self._thresholds = np.empty(0, np.float32)  # by fresh local row (inf: none)
         self._search: VersionSearch | None = None
-        self._unsorted: Rows | None = None  # _pending and _waiting as one array, until changed
+        self._waiting_rows: Rows | None = None  # _waiting as an array, until it changes
         self._kernel: Callable[..., Ranked] | None = None  # segment_kernels.py, once used
 
     def queue(self, local: int, search: VersionSearch) -> None:
@@ -114,7 +133,7 @@ class SegmentNeighbours:
         `discover` has found its row and places."""
         self.withdraw(local)
         self._waiting[local] = None
-        self._unsorted = None
+        self._waiting_rows = None
         if self._kernel is None:
             from query_engine import segment_kernels
 
@@ -126,11 +145,12 @@ class SegmentNeighbours:
             self._thresholds = grown
         if self._search is not search:
             self._search = search
-            self._offsets = np.zeros(len(search.item_norms) + 1, np.int64)
+            self._offsets = np.zeros(len(search.item_norms) + 1, np.int64).data
             self._table_last, self._reverse, self._reversing = None, None, None
             table = search.neighbours
             if table is not None:  # plain views: a memmap's indexing costs microseconds
-                self._table_last = np.ascontiguousarray(table.scores[:, -1])
+                self._table_last = np.ascontiguousarray(table.scores[:, -1], np.float32)
+                self._last = _floats(self._table_last)
                 rows = np.asarray(table.rows, np.int32)
                 self._reversing = threading.Thread(
                     target=self._read_backwards, args=(search, rows), name="table-reverse"
@@ -166,9 +186,12 @@ class SegmentNeighbours:
         while self._waiting and time.perf_counter() - started < budget_s:
             local = next(iter(self._waiting))
             del self._waiting[local]
+            self._waiting_rows = None
             self._add(local, factors[local], units, live)
             self._pending[local] = None
-            self._unsorted = None
+            rows, cosines = self._listed[local]
+            for row, cosine in zip(rows.tolist(), cosines.tolist(), strict=True):
+                self._recent.setdefault(row, []).append((cosine, local))
             found += 1
         if len(self._pending) > PENDING:
             self._sort()
@@ -187,7 +210,7 @@ class SegmentNeighbours:
             grown[: len(self._thresholds)] = self._thresholds
             self._thresholds = grown
         rows, scores = self._version_row(search, vector)
-        self._listed[local] = self._listed_under(search, rows, vector)
+        self._listed[local] = self._listed_under(search, rows, units[local])
         own = float(scores[-1]) if len(scores) else -np.inf
         self._thresholds[local] = own
         placed = self._placed.setdefault(local, [])
@@ -206,10 +229,19 @@ class SegmentNeighbours:
         for key in self._placed.pop(local, ()):
             self._entering.get(-1 - key, set()).discard(local)
         self._entering.pop(local, None)
+        listed = self._listed.pop(local, None)
+        if listed is not None and local in self._pending:  # out of the lists since the sort
+            for row in listed[0].tolist():
+                entries = [e for e in self._recent[row] if e[1] != local]
+                if entries:
+                    self._recent[row] = entries
+                else:
+                    del self._recent[row]
+        elif listed is not None:
+            self._stale.add(local)  # in the sorted lists: skipped there until the next sort
         self._pending.pop(local, None)
-        self._waiting.pop(local, None)
-        self._unsorted = None
-        self._listed.pop(local, None)
+        if self._waiting.pop(local, 0) is None:
+            self._waiting_rows = None
         if local < len(self._thresholds):
             self._thresholds[local] = np.inf
 
@@ -224,68 +256,106 @@ class SegmentNeighbours:
             entering = self._entering.get(local, ())
             waiting = np.fromiter(self._waiting, np.int64, len(self._waiting))
             return np.concatenate([np.fromiter(entering, np.int64, len(entering)), waiting])
-        if self._table_last is None or floor < float(self._table_last[key]):
+        if self._table_last is None or floor < self._last[key]:
             return None
         listed = self._members[self._offsets[key] : self._offsets[key + 1]]
-        return np.concatenate([listed, np.asarray([*self._pending, *self._waiting], np.int64)])
+        recent = self._recent.get(key, ())
+        return np.asarray(
+            [
+                *(m for m in listed if m not in self._stale),
+                *(m for _, m in recent),
+                *self._waiting,
+            ],
+            np.int64,
+        )
 
-    def above(self, key: int, floor: float, units: FloatArray, query: FloatArray) -> Ranked | None:
+    def above(self, key: int, floor: float, units: FloatArray, query: FloatArray) -> Listed | None:
         """The candidates of item `key` (as `candidates`) whose cosine with `query` is above
         `floor`: (fresh rows, cosine), each row once, best first (ties by row); None: scan.
-        `units`: the segment's unit rows by local row. A version item's are read, scored and
-        ranked in one compiled call (query_engine/segment_kernels.py)."""
-        kernel, last = self._kernel, self._table_last
-        if key < 0 or kernel is None or last is None:
+        `units`: the segment's unit rows by local row. A version item's query is its own
+        factors: its listed items' cosines were computed when they were listed, so a request
+        compares a few numbers (the items not placed yet are scored in one compiled call)."""
+        if key < 0 or self._kernel is None or self._table_last is None:
             listed = self.candidates(key, floor)
             if listed is None:
                 return None
-            found = np.unique(listed)  # listed twice: once
+            unique = np.unique(listed)  # listed twice: once
             norm = math.sqrt(float(query @ query))
-            products = units[found] @ query
+            products = units[unique] @ query
             hit = np.flatnonzero(products > floor * norm)
-            found, scores = found[hit], (products[hit] / norm).astype(np.float32)
-            best = np.lexsort((found, -scores))
-            return found[best], scores[best]
-        if floor < float(last[key]):
+            unique, scores = unique[hit], (products[hit] / norm).astype(np.float32)
+            best = np.lexsort((unique, -scores))
+            return unique[best].tolist(), scores[best].tolist()
+        if floor < self._last[key]:
             return None
-        if self._unsorted is None:
-            self._unsorted = np.asarray([*self._pending, *self._waiting], np.int64)
-        offsets = self._offsets
-        if offsets[key] == offsets[key + 1] and not len(self._unsorted):
-            return _NONE  # most requests at 1M x 10,000 fresh: without the compiled call's ~2 us
-        # float32 as compiled: another dtype would compile again, inside a request
-        query = np.asarray(query, np.float32)
-        return kernel(offsets, self._members, key, self._unsorted, units, query, floor)
+        start, stop = self._offsets[key], self._offsets[key + 1]
+        recent = self._recent.get(key)
+        if start == stop and recent is None and not self._waiting:
+            return _NONE  # most requests at 1M x 10,000 fresh
+        cosines = self._cosines[start:stop]
+        found = [
+            (c, m) for c, m in zip(cosines, self._members[start:stop], strict=True) if c > floor
+        ]
+        if self._stale and found:
+            found = [e for e in found if e[1] not in self._stale]
+        if recent is not None:
+            found += [e for e in recent if e[0] > floor]
+        if self._waiting:
+            if self._waiting_rows is None:
+                self._waiting_rows = np.fromiter(self._waiting, np.int64, len(self._waiting))
+            # float32 as compiled: another dtype would compile again, inside a request
+            rows, scores = self._kernel(
+                _NO_OFFSETS,
+                _NO_MEMBERS,
+                0,
+                self._waiting_rows,
+                units,
+                np.asarray(query, np.float32),
+                floor,
+            )
+            found += zip(scores.tolist(), rows.tolist(), strict=True)
+        if len(found) > 1:
+            found.sort(key=_best_first)
+        return [m for _, m in found], [c for c, _ in found]
 
     def _sort(self) -> None:
         """Every fresh item's lists as one array sorted by version row."""
         n = 0 if self._search is None else len(self._search.item_norms)
-        locals_ = np.fromiter(self._listed, np.int64, len(self._listed))
-        rows = [self._listed[i] for i in locals_.tolist()]
-        version = np.concatenate(rows) if rows else np.empty(0, np.int64)
-        owners = np.repeat(locals_, [len(r) for r in rows])
+        listed = list(self._listed.values())
+        version = np.concatenate([r for r, _ in listed]) if listed else np.empty(0, np.int64)
+        cosines = np.concatenate([c for _, c in listed]) if listed else np.empty(0, np.float32)
+        owners = np.repeat(
+            np.fromiter(self._listed, np.int64, len(self._listed)), [len(r) for r, _ in listed]
+        )
         order = np.argsort(version, kind="stable")
-        self._members = owners[order]
-        self._offsets = np.concatenate([[0], np.cumsum(np.bincount(version, minlength=n))])
-        self._pending = {}
-        self._unsorted = None
+        self._members = np.ascontiguousarray(owners[order], np.int64).data
+        self._cosines = _floats(np.ascontiguousarray(cosines[order], np.float32))
+        offsets = np.concatenate([[0], np.cumsum(np.bincount(version, minlength=n))])
+        self._offsets = offsets.astype(np.int64).data
+        self._pending, self._recent, self._stale = {}, {}, set()
 
-    def _listed_under(self, search: VersionSearch, row: Rows, vector: FloatArray) -> Rows:
-        """The version rows whose requests read the fresh item (`vector`, its row `row`)."""
+    def _listed_under(
+        self, search: VersionSearch, row: Rows, unit: FloatArray
+    ) -> tuple[Rows, FloatArray]:
+        """The version rows whose requests read the fresh item (`unit`: its unit row; `row`:
+        its nearest version rows) and its cosine with each, as such a request scores it."""
         if self._reverse is None or self._table_last is None:  # no table: requests scan
-            return np.empty(0, np.int64)
+            return np.empty(0, np.int64), np.empty(0, np.float32)
         from query_engine.segment_kernels import listed_under
 
         offsets, owners = self._reverse
-        return listed_under(
+        rows, cosines = listed_under(
             offsets,
             owners,
             np.asarray(row, np.int64),
             np.asarray(search.item_factors),
             np.asarray(search.item_norms, np.float32),
             self._table_last,
-            np.asarray(vector, np.float32),
+            np.asarray(unit, np.float32),
         )
+        # float32, as every other score: a cosine rounded to the floor's own float32 value
+        # ties with the version's k-th item, which a tie keeps (segment.merged)
+        return rows, cosines.astype(np.float32)
 
     @staticmethod
     def _version_row(search: VersionSearch, vector: FloatArray) -> Ranked:

@@ -375,9 +375,9 @@ def _with_fresh(
         keep = fresh.passing(request.filter, request.allow_items)
     except FilterError as exc:
         raise BadRequest(f"filter: {exc} (items added since index {v.version})") from exc
-    # The asked item is among the fresh rows only when it is fresh itself (a negative key).
-    asked = [request.subject_id or ""] if similar and subject is not None and subject < 0 else []
-    exclude = [*request.exclude_items, *asked]
+    exclude = request.exclude_items
+    if similar and subject is not None and subject < 0:  # the asked item is itself fresh
+        exclude = [*exclude, request.subject_id or ""]
     floor = draft.kth_score(request.k)
     # Under max_per a fresh item past the k-th fresh one can still be taken (its value's
     # places are not all taken): every one above the floor is a candidate.

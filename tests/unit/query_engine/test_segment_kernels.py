@@ -42,7 +42,11 @@ def test_a_fresh_item_is_listed_under_each_item_whose_read_could_find_it(seed):
         vector = rng.normal(size=8).astype(np.float32)
         cos = unit_rows(factors) @ (vector / np.linalg.norm(vector))
         row = np.argsort(-cos)[:10].astype(np.int64)
-        got = segment_kernels.listed_under(offsets, owners, row, factors, norms, last, vector)
+        unit = (vector / np.linalg.norm(vector)).astype(np.float32)
+        got, cosines = segment_kernels.listed_under(
+            offsets, owners, row, factors, norms, last, unit
+        )
+        np.testing.assert_allclose(cosines, cos[got], rtol=1e-5)  # as a request scores them
         near = set(row.tolist())
         truth = [
             i

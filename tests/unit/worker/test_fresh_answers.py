@@ -223,10 +223,10 @@ def test_similar_items_read_the_fresh_items_found_at_their_upsert(fresh, monkeyp
 def test_the_compiled_read_of_the_attachments_finds_what_the_lists_hold(
     fresh, monkeypatch, pending
 ):
-    """`above` (one compiled call for a version item) returns exactly the candidates that
-    `candidates` lists whose cosine with the query beats the floor, each once, with their
-    cosine: from the sorted attachments (pending 0) and from the items not sorted in yet
-    (pending 1000)."""
+    """`above` (for a version item: the cosines computed when it was listed) returns exactly
+    the candidates that `candidates` lists whose cosine with the query beats the floor, each
+    once, with their cosine, best first: from the sorted lists (pending 0) and from the items
+    placed since the sort or not placed yet (pending 1000)."""
     monkeypatch.setattr(segment_neighbours, "PENDING", pending)
     v, _, vectors, _, _ = fresh
     rng = np.random.default_rng(3)
@@ -249,11 +249,42 @@ def test_the_compiled_read_of_the_attachments_finds_what_the_lists_hold(
                 continue
             cosine = units[listed] @ query / norm
             passing = listed[cosine > floor]
-            assert sorted(got[0].tolist()) == sorted(set(passing.tolist()))  # each once
+            assert sorted(got[0]) == sorted(set(passing.tolist()))  # each once
             by_row = dict(zip(listed.tolist(), cosine.tolist(), strict=True))
-            np.testing.assert_allclose(got[1], [by_row[r] for r in got[0].tolist()], rtol=1e-5)
+            np.testing.assert_allclose(got[1], [by_row[r] for r in got[0]], rtol=1e-5)
+            assert got[1] == sorted(got[1], reverse=True)  # best first
             compared += len(passing)
     assert compared > 0  # some candidate passed some floor: the comparison saw rows
+
+
+@pytest.mark.parametrize("pending", [0, 1000])
+def test_items_moved_or_removed_after_they_were_listed_leave_their_old_places(
+    fresh, monkeypatch, pending
+):
+    """Twins of two version items are listed under them (sorted into the lists at the settle,
+    pending 0; or kept by version row until a sort, pending 1000). Then one twin gets a far
+    vector and the other is removed: the version items' similar items are brute force over
+    version + segment - removals, before the new vector is placed and after."""
+    monkeypatch.setattr(segment_neighbours, "PENDING", pending)
+    v, _, vectors, _, _ = fresh
+    near = [i for i in vectors if i.startswith("i") and v.fresh.local(i) is None][:2]
+    rng = np.random.default_rng(13)
+    for j, item in enumerate(near):
+        nudge = rng.normal(size=8) * 0.05 * np.linalg.norm(vectors[item])
+        vectors[f"m{j}"] = (vectors[item] + nudge).astype(np.float32)
+        apply_event(v, ItemVector(item_id=f"m{j}", vector=vectors[f"m{j}"].tolist()))
+    assert v.fresh.settle(np.inf) == 2
+    assert [_ids(_similar(v, item))[0] for item in near] == ["m0", "m1"]
+    vectors["m0"] = -vectors[near[0]]
+    apply_event(v, ItemVector(item_id="m0", vector=vectors["m0"].tolist()))
+    apply_event(v, ItemVector(item_id="m1", removed=True))
+    del vectors["m1"]
+    for placed in (False, True):
+        if placed:
+            assert v.fresh.settle(np.inf) == 1
+        for item in near:
+            truth = _truth(vectors, vectors[item], 8, cosine=True, exclude={item})
+            assert _ids(_similar(v, item)) == truth
 
 
 def test_upserts_wait_for_the_reverse_table_and_are_read_meanwhile(published, monkeypatch):
