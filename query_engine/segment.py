@@ -22,7 +22,7 @@ import numpy.typing as npt
 from query_engine.attributes import ItemAttributes
 from query_engine.diversity import MaxPer
 from query_engine.plan import VersionSearch
-from query_engine.segment_neighbours import SegmentNeighbours, key_of_fresh
+from query_engine.segment_neighbours import SegmentNeighbours
 from query_engine.segment_order import NormOrder
 from query_engine.selection import select
 from query_engine.vectors import top_k
@@ -217,15 +217,14 @@ class Segment:
         if subject is not None and not exact:
             hit = self.neighbours.above(subject, floor, self._units, query)
         if hit is not None:
-            rows, scores = hit  # best first
-            if not rows:
+            if not hit:
                 return [], []
             allowed = self._allowed(keep, exclude)
             if allowed is not None:
-                ok = allowed(np.asarray(rows, np.int64)).tolist()
-                rows = [r for r, yes in zip(rows, ok, strict=True) if yes]
-                scores = [c for c, yes in zip(scores, ok, strict=True) if yes]
-            return [self.ids[r] for r in rows[:k]], scores[:k]
+                ok = allowed(np.asarray([r for _, r in hit], np.int64)).tolist()
+                hit = [e for e, yes in zip(hit, ok, strict=True) if yes]
+            del hit[k:]
+            return [self.ids[r] for _, r in hit], [c for c, _ in hit]
         n = len(self.ids)
         norm = float(np.linalg.norm(query))
         unit = query / norm if norm > 0 else query
@@ -236,11 +235,6 @@ class Segment:
         version's numbering (values only the segment has come after the version's)."""
         codes = self._codes[attr]
         return np.asarray([codes[self._local[i]] for i in ids], np.int32)
-
-    def key(self, item_id: str, version_row: int | None) -> int | None:
-        """The key of an item's candidates in `neighbours` (None: the segment hides it)."""
-        local = self.local(item_id)
-        return key_of_fresh(local) if local is not None else version_row
 
     def passing(
         self, flt: Filter | None, allow_items: Sequence[str] | None
@@ -409,12 +403,12 @@ def merged(draft: Draft, fresh_ids: Sequence[str], fresh_scores: Sequence[float]
     into the version's list, a few steps each, where sorting both cost ~5 us a request. In a
     request the version's answer and the fresh items are a few each: list operations, no sets
     (this runs for each answer a fresh item enters, ~9% of them at 1M + 10,000)."""
-    ids, scores = draft.ids, draft.scores
-    if any(i in ids for i in fresh_ids):  # the same item's new vector: the fresh one counts
-        kept = [j for j, i in enumerate(ids) if i not in fresh_ids]
-        ids, scores = [ids[j] for j in kept], [scores[j] for j in kept]
-    else:
-        ids, scores = ids[:], scores[:]
+    ids, scores = draft.ids[:], draft.scores[:]
+    for item_id in fresh_ids:
+        if item_id in ids:  # the same item's new vector: the fresh one counts
+            kept = [j for j, i in enumerate(ids) if i not in fresh_ids]
+            ids, scores = [ids[j] for j in kept], [scores[j] for j in kept]
+            break
     at = 0
     for item_id, score in zip(fresh_ids, fresh_scores, strict=True):
         n = len(scores)

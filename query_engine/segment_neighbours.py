@@ -71,8 +71,7 @@ ROW_WIDTH = 64
 SEEDS = 32
 SEED_BUDGET = 256
 WALK_ROUNDS = 2
-Listed = tuple[list[int], list[float]]  # (fresh local rows, cosine), best first
-_NONE: Listed = ([], [])  # never written to: callers slice
+Listed = list[tuple[float, int]]  # (cosine, fresh local row), best first
 _NO_OFFSETS, _NO_MEMBERS = np.zeros(2, np.int64), np.empty(0, np.int64)  # an empty CSR
 # The lists are sorted into one array (CSR) once more than PENDING fresh items were placed
 # since the last sort: sorting 10,000 x 64 entries costs ~40 ms (and O(n_items): the offsets),
@@ -271,7 +270,7 @@ class SegmentNeighbours:
 
     def above(self, key: int, floor: float, units: FloatArray, query: FloatArray) -> Listed | None:
         """The candidates of item `key` (as `candidates`) whose cosine with `query` is above
-        `floor`: (fresh rows, cosine), each row once, best first (ties by row); None: scan.
+        `floor`: (cosine, fresh row), each row once, best first (ties by row); None: scan.
         `units`: the segment's unit rows by local row. A version item's query is its own
         factors: its listed items' cosines were computed when they were listed, so a request
         compares a few numbers (the items not placed yet are scored in one compiled call)."""
@@ -285,13 +284,13 @@ class SegmentNeighbours:
             hit = np.flatnonzero(products > floor * norm)
             unique, scores = unique[hit], (products[hit] / norm).astype(np.float32)
             best = np.lexsort((unique, -scores))
-            return unique[best].tolist(), scores[best].tolist()
+            return list(zip(scores[best].tolist(), unique[best].tolist(), strict=True))
         if floor < self._last[key]:
             return None
         start, stop = self._offsets[key], self._offsets[key + 1]
         recent = self._recent.get(key)
         if start == stop and recent is None and not self._waiting:
-            return _NONE  # most requests at 1M x 10,000 fresh
+            return []  # most requests at 1M x 10,000 fresh
         cosines = self._cosines[start:stop]
         found = [
             (c, m) for c, m in zip(cosines, self._members[start:stop], strict=True) if c > floor
@@ -316,7 +315,7 @@ class SegmentNeighbours:
             found += zip(scores.tolist(), rows.tolist(), strict=True)
         if len(found) > 1:
             found.sort(key=_best_first)
-        return [m for _, m in found], [c for c, _ in found]
+        return found
 
     def _sort(self) -> None:
         """Every fresh item's lists as one array sorted by version row."""

@@ -30,7 +30,7 @@ from query_engine.personalize import (
 )
 from query_engine.search import scaled_search_k
 from query_engine.segment import Draft, merged, merged_within, past_hidden
-from query_engine.segment_neighbours import similar_to_vector
+from query_engine.segment_neighbours import key_of_fresh, similar_to_vector
 from query_engine.selection import FilterError, Selection, select
 from query_engine.vectors import cosine_scores, explain_scores, fold_in
 from schemas.events import (
@@ -328,7 +328,7 @@ def _similar(
         return cosine_scores(np.asarray(v.item_factors[r]), v.search.item_norms[r], query)
 
     draft = _complete(v, rows, scores, excluded, request.k, scorer, keep, max_per)
-    subject = v.fresh.key(request.item_id, row)
+    subject = row if local is None else key_of_fresh(local)  # its candidates' key
     draft = _with_fresh(v, request, draft, query, max_per, True, exact, subject)
     return _items(draft), excluded
 

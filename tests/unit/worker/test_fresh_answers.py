@@ -249,10 +249,11 @@ def test_the_compiled_read_of_the_attachments_finds_what_the_lists_hold(
                 continue
             cosine = units[listed] @ query / norm
             passing = listed[cosine > floor]
-            assert sorted(got[0]) == sorted(set(passing.tolist()))  # each once
+            rows, cosines = [r for _, r in got], [c for c, _ in got]
+            assert sorted(rows) == sorted(set(passing.tolist()))  # each once
             by_row = dict(zip(listed.tolist(), cosine.tolist(), strict=True))
-            np.testing.assert_allclose(got[1], [by_row[r] for r in got[0]], rtol=1e-5)
-            assert got[1] == sorted(got[1], reverse=True)  # best first
+            np.testing.assert_allclose(cosines, [by_row[r] for r in rows], rtol=1e-5)
+            assert cosines == sorted(cosines, reverse=True)  # best first
             compared += len(passing)
     assert compared > 0  # some candidate passed some floor: the comparison saw rows
 
