@@ -1,14 +1,13 @@
-"""The fresh segment's reads in a request, each one compiled call: the fresh items attached to a
-version item and its table row (similar items), and the norm-ordered rows that can beat the
-version's k-th score (recommend); each returns the few that pass scored exactly, best first.
+"""The fresh segment's compiled parts: at an upsert, the version items a fresh item is listed
+under and its cosine with each (similar items); in a request, the fresh items not placed yet
+(similar items) and the norm-ordered rows that can beat the version's k-th score (recommend),
+each read in one call that returns the few that pass scored exactly, best first.
 
-A similar-items request for version item i reads the fresh items attached to i and to each of
-the 32 items of i's table row (query_engine/segment_neighbours.py), plus those not sorted into
-the attachments yet, and keeps the few whose product with the query beats the version's k-th
-score. In numpy that was ~15 calls on mostly empty slices: ~30 us a request at 1M items with
-10,000 fresh items, more than the version's own table lookup (25 us). Here it is one loop.
-A recommendation reads the first few hundred rows of the segment by decreasing norm
-(query_engine/segment_order.py): in numpy ~8 us of calls around a 1-us product.
+A similar-items request for a version item reads the cosines its list carries
+(query_engine/segment_neighbours.py), in Python: a few numbers, where a compiled call's
+dispatch cost ~3.5 us. Until they are placed, fresh items are scored by every request here
+(`screened_ranked`). A recommendation reads the first few hundred rows of the segment by
+decreasing norm (query_engine/segment_order.py): in numpy ~8 us of calls around a 1-us product.
 
 Compiled with numba (cache=True: on disk next to this module after the first time), made ready
 (`warm`) while a version loads or at the first upsert, never in a request.
@@ -82,49 +81,27 @@ def _holds(rows: npt.NDArray[np.int64], n: int, row: np.int64) -> bool:  # pragm
 
 
 @numba.njit(cache=True, nogil=True)
-def _gathered(
-    offsets: npt.NDArray[np.int64],
-    members: npt.NDArray[np.int64],
-    key: int,
-    unsorted: npt.NDArray[np.int64],
-) -> npt.NDArray[np.int64]:  # pragma: no cover - compiled
-    """The members listed under `key`, then `unsorted`."""
-    start, stop = offsets[key], offsets[key + 1]
-    rows = np.empty(stop - start + len(unsorted), np.int64)
-    rows[: stop - start] = members[start:stop]
-    rows[stop - start :] = unsorted
-    return rows
-
-
-@numba.njit(cache=True, nogil=True)
-def listed_ranked(
-    offsets: npt.NDArray[np.int64],
-    members: npt.NDArray[np.int64],
-    key: int,
-    unsorted: npt.NDArray[np.int64],
+def screened_ranked(
+    rows: npt.NDArray[np.int64],
     units: npt.NDArray[np.float32],
     query: npt.NDArray[np.float32],
     floor: float,
 ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:  # pragma: no cover - compiled
-    """(rows, cosine) of the fresh rows listed under version row `key`
-    (members[offsets[key]:offsets[key + 1]]) and of `unsorted` whose cosine with `query`
-    (units: the fresh items' unit rows) is above `floor`, each row once, best first (ties by
-    row)."""
-    rows = _gathered(offsets, members, key, unsorted)
+    """(rows, cosine) of `rows` (distinct fresh rows; units: the fresh items' unit rows) whose
+    cosine with `query` is above `floor`, best first (ties by row): the items not placed yet,
+    which every similar-items request reads until they are."""
     norm = np.sqrt(_exact_dot(query, query))
     # Compared as products with the floor scaled by the query's norm: mostly none passes, and
     # the division is left to the few that do.
     threshold = floor * norm
     lowered = threshold - MARGIN * abs(threshold)
-    kept = 0
+    kept = np.empty(len(rows), np.int64)
+    m = 0
     for i in range(len(rows)):
-        f = rows[i]
-        if _fast_dot(units[f], query) <= lowered:
-            continue
-        if not _holds(rows, kept, f):  # listed and unsorted at once (moved): once
-            rows[kept] = f
-            kept += 1
-    return _ranked(rows[:kept], units, query, threshold, norm)
+        if _fast_dot(units[rows[i]], query) > lowered:
+            kept[m] = rows[i]
+            m += 1
+    return _ranked(kept[:m], units, query, threshold, norm)
 
 
 @numba.njit(cache=True, nogil=True)
@@ -244,7 +221,7 @@ def warm() -> None:
     mapped = vector.copy()
     mapped.flags.writeable = False
     for query in (vector[0], mapped[0]):
-        listed_ranked(np.zeros(2, np.int64), none, 0, none, vector, query, 0.0)
+        screened_ranked(none, vector, query, 0.0)
         sorted_ranked(vector, np.zeros(1, np.int64), np.zeros(1), none, vector, query, 0.0, 0.0)
     mapped_table = np.zeros((1, 1), np.int32)
     mapped_table.flags.writeable = False

@@ -72,7 +72,6 @@ SEEDS = 32
 SEED_BUDGET = 256
 WALK_ROUNDS = 2
 Listed = list[tuple[float, int]]  # (cosine, fresh local row), best first
-_NO_OFFSETS, _NO_MEMBERS = np.zeros(2, np.int64), np.empty(0, np.int64)  # an empty CSR
 # The lists are sorted into one array (CSR) once more than PENDING fresh items were placed
 # since the last sort: sorting 10,000 x 64 entries costs ~40 ms (and O(n_items): the offsets),
 # between batches (`discover`), never in a request. The items placed since are kept in a dict
@@ -137,7 +136,7 @@ class SegmentNeighbours:
             from query_engine import segment_kernels
 
             segment_kernels.warm()
-            self._kernel = segment_kernels.listed_ranked
+            self._kernel = segment_kernels.screened_ranked
         if len(self._thresholds) <= local:  # inf: no row yet, its requests scan
             grown = np.full(max(local + 1, 2 * len(self._thresholds)), np.inf, np.float32)
             grown[: len(self._thresholds)] = self._thresholds
@@ -304,13 +303,7 @@ class SegmentNeighbours:
                 self._waiting_rows = np.fromiter(self._waiting, np.int64, len(self._waiting))
             # float32 as compiled: another dtype would compile again, inside a request
             rows, scores = self._kernel(
-                _NO_OFFSETS,
-                _NO_MEMBERS,
-                0,
-                self._waiting_rows,
-                units,
-                np.asarray(query, np.float32),
-                floor,
+                self._waiting_rows, units, np.asarray(query, np.float32), floor
             )
             found += zip(scores.tolist(), rows.tolist(), strict=True)
         if len(found) > 1:

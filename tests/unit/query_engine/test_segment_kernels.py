@@ -57,3 +57,23 @@ def test_a_fresh_item_is_listed_under_each_item_whose_read_could_find_it(seed):
         assert got.tolist() == sorted(set(got.tolist()))  # ascending, each once
         assert all(i in near or near & set(rows[i].tolist()) for i in got.tolist())
         assert all(cos[i] > last[i] - 1e-3 for i in got.tolist())  # the screen's margin only
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_screened_ranked_keeps_the_rows_above_the_floor_best_first(seed):
+    """The items not placed yet, as a request reads them: exactly those whose cosine beats the
+    floor, by decreasing cosine, ties by row (two rows share a vector)."""
+    rng = np.random.default_rng(seed)
+    units = unit_rows(rng.normal(size=(50, 8)).astype(np.float32))
+    units[7] = units[3]  # a tie: row 3 first
+    query = rng.normal(size=8).astype(np.float32) * 3
+    rows = np.asarray([3, 7, *range(10, 40)], np.int64)
+    cos = units[rows] @ query / np.linalg.norm(query)
+    for floor in (-1.0, float(np.median(cos)), float(cos.max())):
+        got, scores = segment_kernels.screened_ranked(rows, units, query, floor)
+        passing = rows[cos > floor + 1e-6]
+        assert set(passing.tolist()) <= set(got.tolist())
+        assert all(c > floor - 1e-6 for c in scores.tolist())
+        order = sorted(zip((-scores).tolist(), got.tolist(), strict=True))
+        assert got.tolist() == [r for _, r in order]
+        np.testing.assert_allclose(scores, cos[[rows.tolist().index(r) for r in got]], rtol=1e-5)
