@@ -287,9 +287,7 @@ class Segment:
     ) -> Callable[[Rows], npt.NDArray[np.bool_]] | None:
         """Which local rows may be returned: live, passing `keep`, not excluded. None: every
         row may (none removed, no filter, nothing excluded), so a request checks none."""
-        if not self._dead and keep is None and not exclude:
-            return None  # most requests: no list built
-        excluded = [r for i in exclude if (r := self._local.get(i)) is not None]
+        excluded = [r for i in exclude if (r := self._local.get(i)) is not None] if exclude else []
         if not self._dead and keep is None and not excluded:
             return None
 
@@ -391,9 +389,6 @@ class Draft:
     def kth_score(self, k: int) -> float:
         """The k-th ranked score (-inf when fewer are ranked): what an item must beat to enter."""
         return self.scores[k - 1] if len(self.scores) >= k else -np.inf
-
-    def __len__(self) -> int:
-        return len(self.ids) + len(self.filled)
 
 
 def merged(draft: Draft, fresh_ids: Sequence[str], fresh_scores: Sequence[float], k: int) -> Draft:
