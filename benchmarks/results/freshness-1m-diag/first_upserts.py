@@ -20,9 +20,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from profile_worker import follow_worker  # this folder's: the bench's worker, for py-spy
+
 import tools.bench.freshness as bench
 from index_builder.synth import synth_factors
-from tools import processes
 
 PHASE_S = 12.0
 
@@ -48,13 +49,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     whole = synth_factors(1_010_000, 101_000, 64, seed=0)
     version, _ = bench.split(whole, 1_000_000)
-    worker: dict[str, int] = {}
-    start_worker, load = processes.start_worker, bench._load
-
-    def started(env: Any, log: Any) -> Any:
-        proc = start_worker(env, log)
-        worker["pid"] = proc.pid
-        return proc
+    worker, load = follow_worker(), bench._load
 
     def profiled(*args: Any, upserts: int, produce: bool) -> dict[str, Any]:
         if not produce or args[4] < PHASE_S:  # the warm-up, the phase without upserts
@@ -79,7 +74,6 @@ def main() -> None:
         spy.wait()
         return result
 
-    bench.processes.start_worker = started
     bench._load = profiled
     figures = bench.freshness(storage, version, 500, 100, PHASE_S, 0)
     bench._print_freshness(figures)

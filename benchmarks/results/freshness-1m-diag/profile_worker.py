@@ -21,19 +21,28 @@ from index_builder.synth import synth_factors
 from tools import processes
 
 
+def follow_worker() -> dict[str, int]:
+    """The bench's worker process id, under "pid" once the bench has started it (py-spy
+    attaches to it)."""
+    worker: dict[str, int] = {}
+    start_worker = processes.start_worker
+
+    def started(env: Any, log: Any) -> Any:
+        proc = start_worker(env, log)
+        worker["pid"] = proc.pid
+        return proc
+
+    bench.processes.start_worker = started
+    return worker
+
+
 def main() -> None:
     storage, out = Path(sys.argv[1]), Path(sys.argv[2])
     items, fresh, duration = int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5])
     out.mkdir(parents=True, exist_ok=True)
     whole = synth_factors(items + fresh, max(1000, items // 10), 64, seed=0)
     version, _ = bench.split(whole, items)
-    worker: dict[str, int] = {}
-    start_worker, load = processes.start_worker, bench._load
-
-    def started(env: Any, log: Any) -> Any:
-        proc = start_worker(env, log)
-        worker["pid"] = proc.pid
-        return proc
+    worker, load = follow_worker(), bench._load
 
     def profiled(*args: Any, upserts: int, produce: bool) -> dict[str, Any]:
         if args[4] < duration:  # the warm-up
@@ -49,7 +58,6 @@ def main() -> None:
         spy.wait()
         return result
 
-    bench.processes.start_worker = started
     bench._load = profiled
     bench._print_freshness(bench.freshness(storage, version, 500, 100, duration, 0))
 
